@@ -1,0 +1,205 @@
+"""Composition root: builds the store, the queue service and the MCP server, and serves them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from nexus_bridge import config
+from nexus_bridge.auth import StaticTokenVerifier
+from nexus_bridge.config import Settings
+from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.migrate import head_revisions
+from nexus_bridge.db.store import Store
+from nexus_bridge.errors import DatabaseNotReady
+from nexus_bridge.mcp_tools import create_mcp_server
+from nexus_bridge.queue import QueueService
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+@dataclass
+class Bridge:
+    """The running parts of one nexus-bridge process."""
+
+    settings: Settings
+    store: Store
+    queue: QueueService
+    mcp: MCPServer[Any]
+    heads: tuple[str, ...]
+
+    async def check_schema(self) -> None:
+        """Raises DatabaseNotReady unless the database is reachable and migrated to head."""
+        try:
+            current = tuple(sorted(await self.queue.schema_revisions()))
+        except OSError as exc:
+            raise DatabaseNotReady(f"the database is unreachable: {exc}") from exc
+        if current != tuple(sorted(self.heads)):
+            at = ", ".join(current) or "no schema"
+            raise DatabaseNotReady(
+                f"the database is at {at}, not at the current schema "
+                f"({', '.join(self.heads)}); run: nexus-bridge db upgrade"
+            )
+
+    async def close(self) -> None:
+        self.queue.signal.close()
+        await self.store.dispose()
+
+
+def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Bridge:
+    """Wire the parts together; nothing connects until first use."""
+    store = Store(
+        create_engine(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    )
+    queue = QueueService(
+        store,
+        max_message_chars=settings.max_message_chars,
+        max_wait_seconds=settings.max_wait_seconds,
+    )
+    verifier = None
+    auth = None
+    if http and settings.auth_tokens:
+        verifier = StaticTokenVerifier([t.get_secret_value() for t in settings.auth_tokens])
+        auth = AuthSettings(
+            issuer_url=AnyHttpUrl(f"http://{settings.host}:{settings.port}"),
+            resource_server_url=None,
+        )
+    server = create_mcp_server(
+        queue, default_identity=default_identity, token_verifier=verifier, auth=auth
+    )
+    return Bridge(settings=settings, store=store, queue=queue, mcp=server, heads=head_revisions())
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection: loopback names, the bind address, and ALLOWED_HOSTS."""
+    hosts = list(LOOPBACK_HOSTS)
+    if settings.host not in ("0.0.0.0", "::", "") and settings.host not in hosts:  # noqa: S104
+        hosts.append(f"[{settings.host}]" if ":" in settings.host else settings.host)
+    hosts.extend(settings.allowed_hosts)
+    allowed_hosts: list[str] = []
+    allowed_origins: list[str] = []
+    for host in hosts:
+        has_port = host.rsplit("]", 1)[-1].count(":") == 1
+        allowed_hosts.append(host)
+        if not has_port:
+            allowed_hosts.append(f"{host}:*")
+        for scheme in ("http", "https"):
+            allowed_origins.append(f"{scheme}://{host}")
+            if not has_port:
+                allowed_origins.append(f"{scheme}://{host}:*")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+    )
+
+
+def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
+    """The ASGI app: ``/mcp`` (stateless Streamable HTTP), ``/healthz`` and ``/readyz``."""
+    bridge = bridge or build_bridge(settings, default_identity="anonymous", http=True)
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        try:
+            await bridge.check_schema()
+        except DatabaseNotReady as exc:
+            return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
+        except Exception:
+            logger.exception("readiness check failed")
+            return JSONResponse(
+                {"status": "not ready", "reason": "the database check failed; see the log"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    app = bridge.mcp.streamable_http_app(
+        streamable_http_path=config.MCP_PATH,
+        stateless_http=True,
+        transport_security=transport_security(settings),
+        host=settings.host,
+    )
+    app.router.routes.extend(
+        [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await bridge.check_schema()
+        try:
+            async with bridge.mcp.session_manager.run():
+                yield
+        finally:
+            await bridge.close()
+
+    app.router.lifespan_context = lifespan
+    app.state.bridge = bridge
+    return app
+
+
+class BridgeServer(uvicorn.Server):
+    """uvicorn, plus: announce the real address, and wake long pulls when asked to stop."""
+
+    def __init__(self, config_: uvicorn.Config, bridge: Bridge) -> None:
+        super().__init__(config_)
+        self._bridge = bridge
+        self.bound_port: int | None = None
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.servers and self.servers[0].sockets:
+            self.bound_port = int(self.servers[0].sockets[0].getsockname()[1])
+            logger.info(
+                "nexus-bridge listening on %s", mcp_url(self._bridge.settings, self.bound_port)
+            )
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # Called from the signal handler: hand the wake-up to the loop, then let uvicorn drain.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            loop.call_soon_threadsafe(self._bridge.queue.signal.close)
+        super().handle_exit(sig, frame)
+
+
+def mcp_url(settings: Settings, port: int | None = None) -> str:
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port if port is not None else settings.port}{config.MCP_PATH}"
+
+
+def make_server(settings: Settings) -> BridgeServer:
+    bridge = build_bridge(settings, default_identity="anonymous", http=True)
+    app = create_app(settings, bridge)
+    uv_config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        server_header=False,
+    )
+    return BridgeServer(uv_config, bridge)

@@ -1,0 +1,332 @@
+"""The ``nexus-bridge`` command: serve, migrate, and work the queue from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from nexus_bridge import __version__, config
+from nexus_bridge.config import Settings, load_settings
+from nexus_bridge.domain import Task, Update, first_line
+from nexus_bridge.errors import NexusBridgeError
+
+logger = logging.getLogger("nexus_bridge")
+
+CLI_IDENTITY: Final = "cli"
+FOLLOW_POLL_SECONDS: Final = 1.0
+T = TypeVar("T")
+
+
+def _configure_logging(level: str) -> None:
+    # Logs go to stderr: stdout belongs to command output, and to the protocol under --stdio.
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _task_json(task: Task) -> dict[str, Any]:
+    from nexus_bridge.mcp_tools import TaskOut
+
+    return TaskOut.of(task).model_dump()
+
+
+def _update_json(update: Update) -> dict[str, Any]:
+    from nexus_bridge.mcp_tools import UpdateOut
+
+    return UpdateOut.of(update).model_dump()
+
+
+def _format_update(update: Update) -> str:
+    task = update.message_id[:8] if update.message_id else "--------"
+    when = update.created_at.strftime("%Y-%m-%d %H:%M:%S")
+    return f"#{update.seq:<6} {when}Z [{task}] {update.kind.value:<6} {update.content}"
+
+
+def _format_task(task: Task) -> str:
+    when = task.created_at.strftime("%Y-%m-%d %H:%M:%S")
+    summary = first_line(task.content, 60)
+    return f"{task.id}  {when}Z  {task.status.value:<12} {task.target:<10} {summary}"
+
+
+async def _with_queue(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    from nexus_bridge.app import build_bridge
+
+    bridge = build_bridge(settings, default_identity=CLI_IDENTITY, http=False)
+    try:
+        await bridge.check_schema()
+        return await work(bridge.queue)
+    finally:
+        await bridge.close()
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from nexus_bridge.app import make_server, mcp_url
+
+    if args.host:
+        settings = settings.model_copy(update={"host": args.host})
+    if args.port is not None:
+        settings = settings.model_copy(update={"port": args.port})
+
+    if args.stdio:
+        return asyncio.run(_serve_stdio(settings))
+
+    settings.check_serve_security()
+    asyncio.run(_with_queue(settings, _noop))  # refuse to start on an unmigrated database
+    server = make_server(settings)
+    if not settings.auth_tokens:
+        logger.warning(
+            "no %sAUTH_TOKENS set: /mcp accepts any client that can reach %s",
+            config.ENV_PREFIX,
+            settings.host,
+        )
+    _print_banner(settings, mcp_url(settings))
+    server.run()
+    return 0 if server.started else 1
+
+
+async def _noop(_queue: Any) -> None:
+    return None
+
+
+def _print_banner(settings: Settings, url: str) -> None:
+    header = ' --header "Authorization: Bearer $TOKEN"' if settings.auth_tokens else ""
+    lines = [
+        f"nexus-bridge {__version__}",
+        f"  database : {_safe_url(settings.database_url)}",
+        f"  MCP URL  : {url}",
+        "  connect  :",
+        f"    Claude Code   claude mcp add --transport http nexus-bridge {url}{header}",
+        f"    Inspector     npx @modelcontextprotocol/inspector  (Streamable HTTP, {url})",
+        "    health        curl -s " + url.removesuffix(config.MCP_PATH) + "/readyz",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+async def _serve_stdio(settings: Settings) -> int:
+    from nexus_bridge.app import build_bridge
+
+    bridge = build_bridge(settings, default_identity="stdio", http=False)
+    try:
+        await bridge.check_schema()
+        await bridge.mcp.run_stdio_async()
+    finally:
+        await bridge.close()
+    return 0
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from nexus_bridge.db import migrate
+    from nexus_bridge.db.engine import ensure_sqlite_directory
+
+    ensure_sqlite_directory(settings.database_url)
+    if args.db_command == "upgrade":
+        migrate.upgrade(settings.database_url, args.revision)
+        print(f"database at {args.revision}: {_safe_url(settings.database_url)}", file=sys.stderr)
+    elif args.db_command == "downgrade":
+        migrate.downgrade(settings.database_url, args.revision)
+    return 0
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    result = asyncio.run(_with_queue(settings, lambda q: q.enqueue(args.text, args.target)))
+    if args.json:
+        _print_json({"queued": result.queued, "id": result.task.id, "status": result.task.status})
+    elif result.queued:
+        print(f"queued {result.task.id}")
+    else:
+        print(f"duplicate of open task {result.task.id} ({result.task.status.value}); not queued")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    counts = asyncio.run(_with_queue(settings, lambda q: q.status(args.target)))
+    data: dict[str, Any] = {s.value: n for s, n in counts.by_status.items()}
+    data["total_updates"] = counts.total_updates
+    data["current_task"] = counts.current_task.content if counts.current_task else None
+    data["current_task_id"] = counts.current_task.id if counts.current_task else None
+    if args.json:
+        _print_json(data)
+        return 0
+    for key, value in data.items():
+        if key == "current_task" and value:
+            value = first_line(str(value), 80)
+        print(f"{key:<16}{value if value is not None else '-'}")
+    return 0
+
+
+def cmd_updates(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(queue: Any) -> None:
+        cursor = args.cursor
+        since = args.since
+        first = True
+        while True:
+            page = await queue.pull(
+                CLI_IDENTITY,
+                since=since if first else None,
+                cursor=cursor if (cursor is not None or not first) else None,
+                message_id=args.message_id,
+                limit=args.limit,
+            )
+            for update in page.updates:
+                print(json.dumps(_update_json(update)) if args.json else _format_update(update))
+            sys.stdout.flush()
+            first = False
+            cursor = page.next_cursor
+            since = None
+            if page.has_more:
+                continue
+            if not args.follow:
+                return
+            # Another process (the server) writes the updates, so a follower re-reads.
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+    try:
+        asyncio.run(_with_queue(settings, run))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    detail = asyncio.run(_with_queue(settings, lambda q: q.get(args.id)))
+    if args.json:
+        data = _task_json(detail.task)
+        data["updates"] = [_update_json(u) for u in detail.recent_updates]
+        _print_json(data)
+        return 0
+    task = detail.task
+    print(f"id       {task.id}\ntarget   {task.target}\nstatus   {task.status.value}")
+    if task.status_reason:
+        print(f"reason   {task.status_reason}")
+    print(f"created  {task.created_at.isoformat()}\n\n{task.content}\n")
+    for update in detail.recent_updates:
+        print(_format_update(update))
+    return 0
+
+
+def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    task = asyncio.run(_with_queue(settings, lambda q: q.cancel(args.id, args.reason)))
+    if args.json:
+        _print_json(_task_json(task))
+    else:
+        print(f"cancelled {task.id}")
+    return 0
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    page = asyncio.run(
+        _with_queue(
+            settings,
+            lambda q: q.list(
+                status=args.status, target=args.target, limit=args.limit, before=args.before
+            ),
+        )
+    )
+    if args.json:
+        _print_json(
+            {"messages": [_task_json(t) for t in page.tasks], "next_before": page.next_before}
+        )
+        return 0
+    for task in page.tasks:
+        print(_format_task(task))
+    if page.next_before:
+        print(f"(more: --before {page.next_before})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nexus-bridge",
+        description="A durable task queue and MCP server between claude.ai and your agent.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve MCP over Streamable HTTP (or --stdio)")
+    serve.add_argument("--stdio", action="store_true", help="speak MCP over stdin/stdout")
+    serve.add_argument("--host", help="override NEXUS_BRIDGE_HOST")
+    serve.add_argument("--port", type=int, help="override NEXUS_BRIDGE_PORT (0: any free port)")
+    serve.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database migrations")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="migrate to the latest schema (alembic upgrade)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = db_sub.add_parser("downgrade", help="migrate back (alembic downgrade)")
+    down.add_argument("revision")
+    db.set_defaults(func=cmd_db)
+
+    send = sub.add_parser("send", parents=[common], help="queue a task")
+    send.add_argument("text")
+    send.add_argument("--target", default=config.DEFAULT_TARGET)
+    send.set_defaults(func=cmd_send)
+
+    status = sub.add_parser("status", parents=[common], help="the queue at a glance")
+    status.add_argument("--target")
+    status.set_defaults(func=cmd_status)
+
+    upd = sub.add_parser("updates", parents=[common], help="updates since this command's last run")
+    upd.add_argument("--follow", "-f", action="store_true", help="keep printing new updates")
+    upd.add_argument("--since", help="ISO-8601 time instead of the last-run cursor")
+    upd.add_argument("--cursor", help="a seq to continue after")
+    upd.add_argument("--message-id", help="only this task's updates")
+    upd.add_argument("--limit", type=int, default=config.DEFAULT_PULL_LIMIT)
+    upd.set_defaults(func=cmd_updates)
+
+    show = sub.add_parser("show", parents=[common], help="one task and its recent updates")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_show)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel an open task")
+    cancel.add_argument("id")
+    cancel.add_argument("--reason")
+    cancel.set_defaults(func=cmd_cancel)
+
+    lst = sub.add_parser("list", parents=[common], help="tasks, newest first")
+    lst.add_argument("--status")
+    lst.add_argument("--target")
+    lst.add_argument("--limit", type=int, default=config.DEFAULT_LIST_LIMIT)
+    lst.add_argument("--before")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        _configure_logging(settings.log_level)
+        result: int = args.func(settings, args)
+    except NexusBridgeError as exc:
+        print(f"nexus-bridge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

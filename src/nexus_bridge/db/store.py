@@ -1,0 +1,322 @@
+"""The one place that issues SQL. Driver errors are translated to domain errors here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Row, and_, func, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from nexus_bridge.db.engine import WRITE_OPTION
+from nexus_bridge.db.models import OPEN_CONTENT_INDEX, messages, pull_cursors, updates
+from nexus_bridge.domain import OPEN_STATUSES, Task, TaskStatus, Update, UpdateKind
+from nexus_bridge.errors import DuplicateTask, InvalidInput, TaskNotFound
+
+# Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
+# order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
+_PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
+SHORT_ID_MIN_CHARS: Final = 8
+
+
+def _task(row: Row[Any]) -> Task:
+    return Task(
+        id=row.id,
+        target=row.target,
+        content=row.content,
+        status=TaskStatus(row.status),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        acknowledged_at=row.acknowledged_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        status_reason=row.status_reason,
+    )
+
+
+def _update(row: Row[Any]) -> Update:
+    return Update(
+        seq=row.seq,
+        message_id=row.message_id,
+        kind=UpdateKind(row.kind),
+        content=row.content,
+        created_at=row.created_at,
+    )
+
+
+def _is_open_content_violation(exc: IntegrityError) -> bool:
+    text_of = str(exc.orig).lower()
+    return OPEN_CONTENT_INDEX in text_of or (
+        "unique" in text_of and "messages.target" in text_of and "content_hash" in text_of
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """The fields of a task about to be inserted."""
+
+    id: str
+    target: str
+    content: str
+    content_hash: str
+    created_at: datetime
+
+
+class StoreTransaction:
+    """The queries of one transaction. Obtain it from :meth:`Store.read` or :meth:`Store.write`."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._conn = connection
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    async def insert_task(self, new: NewTask) -> Task:
+        """Insert a pending task.
+
+        Raises:
+            DuplicateTask: an open task with the same target and content exists.
+        """
+        values = {
+            "id": new.id,
+            "target": new.target,
+            "content": new.content,
+            "content_hash": new.content_hash,
+            "status": TaskStatus.PENDING.value,
+            "status_reason": None,
+            "created_at": new.created_at,
+            "updated_at": new.created_at,
+        }
+        try:
+            await self._conn.execute(insert(messages).values(**values))
+        except IntegrityError as exc:
+            if _is_open_content_violation(exc):
+                raise DuplicateTask() from exc
+            raise
+        return Task(
+            id=new.id,
+            target=new.target,
+            content=new.content,
+            status=TaskStatus.PENDING,
+            created_at=new.created_at,
+            updated_at=new.created_at,
+            acknowledged_at=None,
+            started_at=None,
+            ended_at=None,
+            status_reason=None,
+        )
+
+    async def open_task_with_hash(self, target: str, content_hash: str) -> Task | None:
+        row = (
+            await self._conn.execute(
+                select(messages).where(
+                    messages.c.target == target,
+                    messages.c.content_hash == content_hash,
+                    messages.c.status.in_([s.value for s in OPEN_STATUSES]),
+                )
+            )
+        ).first()
+        return _task(row) if row else None
+
+    async def get_task(self, task_id: str) -> Task:
+        """The task with this id, or the only task whose id starts with it (8+ characters).
+
+        Raises:
+            TaskNotFound: no task matches.
+            InvalidInput: a short id matches several tasks.
+        """
+        row = (await self._conn.execute(select(messages).where(messages.c.id == task_id))).first()
+        if row is not None:
+            return _task(row)
+        if len(task_id) >= SHORT_ID_MIN_CHARS and "%" not in task_id and "_" not in task_id:
+            rows = (
+                await self._conn.execute(
+                    select(messages).where(messages.c.id.like(f"{task_id}%")).limit(2)
+                )
+            ).all()
+            if len(rows) == 1:
+                return _task(rows[0])
+            if len(rows) > 1:
+                raise InvalidInput(
+                    f"the short id {task_id!r} matches several tasks; use the full id"
+                )
+        raise TaskNotFound(task_id)
+
+    async def set_status(
+        self,
+        task: Task,
+        new_status: TaskStatus,
+        *,
+        at: datetime,
+        reason: str | None,
+        stamps: Mapping[str, datetime],
+    ) -> bool:
+        """Move ``task`` to ``new_status`` if it is still in ``task.status`` (compare-and-set)."""
+        result = await self._conn.execute(
+            update(messages)
+            .where(messages.c.id == task.id, messages.c.status == task.status.value)
+            .values(status=new_status.value, status_reason=reason, updated_at=at, **stamps)
+        )
+        return bool(result.rowcount == 1)
+
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None,
+        target: str | None,
+        limit: int,
+        before: Task | None,
+    ) -> list[Task]:
+        """Newest first; ``before`` continues after that task."""
+        query = select(messages)
+        if status is not None:
+            query = query.where(messages.c.status == status.value)
+        if target is not None:
+            query = query.where(messages.c.target == target)
+        if before is not None:
+            query = query.where(
+                or_(
+                    messages.c.created_at < before.created_at,
+                    and_(messages.c.created_at == before.created_at, messages.c.id < before.id),
+                )
+            )
+        query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
+        return [_task(row) for row in (await self._conn.execute(query)).all()]
+
+    async def count_by_status(self, target: str | None) -> dict[TaskStatus, int]:
+        query = select(messages.c.status, func.count()).group_by(messages.c.status)
+        if target is not None:
+            query = query.where(messages.c.target == target)
+        counts = {status: 0 for status in TaskStatus}
+        for status, count in (await self._conn.execute(query)).all():
+            counts[TaskStatus(status)] = int(count)
+        return counts
+
+    async def current_task(self, target: str | None) -> Task | None:
+        """The oldest in-progress task: what the agent is working on."""
+        query = select(messages).where(messages.c.status == TaskStatus.IN_PROGRESS.value)
+        if target is not None:
+            query = query.where(messages.c.target == target)
+        row = (
+            await self._conn.execute(query.order_by(messages.c.created_at, messages.c.id).limit(1))
+        ).first()
+        return _task(row) if row else None
+
+    # --- updates ---------------------------------------------------------------------------
+
+    async def insert_update(
+        self,
+        *,
+        message_id: str | None,
+        kind: UpdateKind,
+        content: str,
+        at: datetime,
+        status: TaskStatus | None = None,
+    ) -> Update:
+        result = await self._conn.execute(
+            insert(updates)
+            .values(
+                message_id=message_id,
+                kind=kind.value,
+                status=status.value if status else None,
+                content=content,
+                created_at=at,
+            )
+            .returning(updates.c.seq)
+        )
+        seq = int(result.scalar_one())
+        return Update(seq=seq, message_id=message_id, kind=kind, content=content, created_at=at)
+
+    async def list_updates(
+        self,
+        *,
+        after_seq: int | None = None,
+        since: datetime | None = None,
+        message_id: str | None = None,
+        limit: int,
+        newest_first: bool = False,
+    ) -> list[Update]:
+        query = select(updates)
+        if after_seq is not None:
+            query = query.where(updates.c.seq > after_seq)
+        if since is not None:
+            query = query.where(updates.c.created_at > since)
+        if message_id is not None:
+            query = query.where(updates.c.message_id == message_id)
+        order = updates.c.seq.desc() if newest_first else updates.c.seq
+        rows = (await self._conn.execute(query.order_by(order).limit(limit))).all()
+        return [_update(row) for row in rows]
+
+    async def count_updates(self, target: str | None) -> int:
+        query = select(func.count()).select_from(updates)
+        if target is not None:
+            query = query.join(messages, messages.c.id == updates.c.message_id).where(
+                messages.c.target == target
+            )
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def last_seq(self) -> int:
+        return int((await self._conn.execute(select(func.max(updates.c.seq)))).scalar() or 0)
+
+    # --- pull cursors ----------------------------------------------------------------------
+
+    async def get_cursor(self, identity: str) -> int | None:
+        value = (
+            await self._conn.execute(
+                select(pull_cursors.c.position).where(pull_cursors.c.identity == identity)
+            )
+        ).scalar()
+        return None if value is None else int(value)
+
+    async def advance_cursor(self, identity: str, position: int, *, at: datetime) -> None:
+        """Move the cursor forward to ``position`` (never backwards)."""
+        moved = await self._conn.execute(
+            update(pull_cursors)
+            .where(pull_cursors.c.identity == identity, pull_cursors.c.position < position)
+            .values(position=position, updated_at=at)
+        )
+        if moved.rowcount == 0:
+            exists = await self.get_cursor(identity)
+            if exists is None:
+                await self._conn.execute(
+                    insert(pull_cursors).values(identity=identity, position=position, updated_at=at)
+                )
+
+    # --- schema ----------------------------------------------------------------------------
+
+    async def schema_revisions(self) -> Sequence[str]:
+        """The alembic revisions the database is at (empty before the first migration)."""
+        try:
+            rows = (await self._conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+        except Exception:  # noqa: BLE001 - any failure here means "not migrated"
+            return ()
+        return tuple(str(r[0]) for r in rows)
+
+
+class Store:
+    """Opens transactions on the engine; all SQL lives in :class:`StoreTransaction`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._is_postgres = engine.dialect.name == "postgresql"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[StoreTransaction]:
+        async with self.engine.connect() as conn, conn.begin():
+            yield StoreTransaction(conn)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[StoreTransaction]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                if self._is_postgres:
+                    await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})"))
+                yield StoreTransaction(conn)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,176 @@
+"""Domain values of nexus-bridge: tasks, updates, statuses and the one transition table.
+
+No I/O here: nothing in this module knows about SQL, MCP, HTTP or Telegram.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from nexus_bridge.errors import IllegalTransition, InvalidInput, TaskAlreadyEnded
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its life. Stored as these lowercase words."""
+
+    PENDING = "pending"
+    ACKNOWLEDGED = "acknowledged"
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+class UpdateKind(enum.StrEnum):
+    """What an update row records."""
+
+    STATUS = "status"  # a transition of the task, written by the bridge
+    AGENT = "agent"  # text from the agent
+
+
+TERMINAL_STATUSES: Final = frozenset({TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED})
+OPEN_STATUSES: Final = tuple(s for s in TaskStatus if s not in TERMINAL_STATUSES)
+
+# The one table that decides which status changes are legal. Moves go forward only; an agent may
+# skip steps (one that says it is done is done); any open status may be cancelled.
+TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
+    TaskStatus.PENDING: frozenset(
+        {
+            TaskStatus.ACKNOWLEDGED,
+            TaskStatus.IN_PROGRESS,
+            TaskStatus.COMPLETE,
+            TaskStatus.ERROR,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.ACKNOWLEDGED: frozenset(
+        {TaskStatus.IN_PROGRESS, TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.IN_PROGRESS: frozenset(
+        {TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.COMPLETE: frozenset(),
+    TaskStatus.ERROR: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: TaskStatus, new: TaskStatus) -> bool:
+    """Whether the transition table allows ``current`` → ``new``."""
+    return new in TRANSITIONS[current]
+
+
+def check_transition(current: TaskStatus, new: TaskStatus) -> None:
+    """Raise unless ``current`` → ``new`` is legal.
+
+    Raises:
+        TaskAlreadyEnded: the task is in a terminal status.
+        IllegalTransition: the table forbids the move.
+    """
+    if current.is_terminal:
+        raise TaskAlreadyEnded(
+            f"the task already ended as {current.value}; it cannot become {new.value}"
+        )
+    if not can_transition(current, new):
+        allowed = ", ".join(sorted(s.value for s in TRANSITIONS[current]))
+        raise IllegalTransition(
+            f"a task cannot go from {current.value} to {new.value}; from {current.value} it may "
+            f"go to: {allowed}"
+        )
+
+
+def normalize_content(text: str) -> str:
+    """The task text as stored: outer whitespace trimmed, inner text verbatim."""
+    return text.strip()
+
+
+def content_hash(normalized: str) -> str:
+    """SHA-256 of the normalized text: the dedup key (with the target)."""
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def parse_instant(text: str, *, field: str) -> datetime:
+    """Parse an ISO-8601 time; no offset means UTC.
+
+    Raises:
+        InvalidInput: the text is not an ISO-8601 time.
+    """
+    candidate = text.strip()
+    if candidate.endswith(("Z", "z")):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        value = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise InvalidInput(
+            f"{field} must be an ISO-8601 time such as 2026-03-30T01:00:00Z, got {text!r}"
+        ) from None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def first_line(text: str, max_chars: int = 120) -> str:
+    """The first non-blank line of ``text``, shortened for summaries."""
+    for line in text.splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= max_chars else line[: max_chars - 1] + "…"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task queued for an agent (a row of ``messages``)."""
+
+    id: str
+    target: str
+    content: str
+    status: TaskStatus
+    created_at: datetime
+    updated_at: datetime
+    acknowledged_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    status_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One entry of the update stream; ``seq`` is its cursor position."""
+
+    seq: int
+    message_id: str | None
+    kind: UpdateKind
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """How many tasks are in each status, and what the agent is working on."""
+
+    by_status: Mapping[TaskStatus, int]
+    total_updates: int
+    current_task: Task | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """The outcome of a send: a new task, or the open task it duplicates."""
+
+    queued: bool
+    task: Task

@@ -1,0 +1,44 @@
+"""One exception tree for nexus-bridge. Each class's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class NexusBridgeError(Exception):
+    """nexus-bridge failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(NexusBridgeError):
+    """The configuration is invalid."""
+
+
+class InvalidInput(NexusBridgeError):
+    """The request is invalid."""
+
+
+class TaskNotFound(NexusBridgeError):
+    """No task has that id."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(
+            f"no task with id {task_id!r}; list_messages shows the ids of existing tasks"
+        )
+        self.task_id = task_id
+
+
+class DuplicateTask(NexusBridgeError):
+    """An identical task is still open for this target."""
+
+
+class IllegalTransition(NexusBridgeError):
+    """That status change is not allowed."""
+
+
+class TaskAlreadyEnded(IllegalTransition):
+    """The task has already ended."""
+
+
+class DatabaseNotReady(NexusBridgeError):
+    """The database is not migrated to the current schema; run: nexus-bridge db upgrade"""

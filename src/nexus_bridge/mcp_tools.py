@@ -1,0 +1,361 @@
+"""The MCP tools: a thin adapter from MCP calls to the queue service.
+
+Each tool returns a pydantic model, so clients get structured content (with an output schema) and
+the same JSON as text. Domain errors become tool errors (``isError``) with a one-line message.
+"""
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, ParamSpec, Self, TypeVar
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
+
+from nexus_bridge import __version__, config
+from nexus_bridge.db.types import format_timestamp
+from nexus_bridge.domain import Task, TaskStatus, Update
+from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.queue import QueueService
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME: Final = "nexus-bridge"
+INSTRUCTIONS: Final = (
+    "nexus-bridge queues tasks for an AI agent running on the user's server and brings back "
+    "its progress. Use send_message to hand the agent a task, pull_updates (with wait_seconds "
+    "to wait) to follow what it reports, get_message for one task's state and history, "
+    "list_messages and queue_status for an overview, and cancel_message to withdraw a task."
+)
+
+StatusName = Literal["pending", "acknowledged", "in_progress", "complete", "error", "cancelled"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return format_timestamp(value) if value is not None else None
+
+
+class UpdateOut(BaseModel):
+    """One entry of the update stream."""
+
+    seq: int = Field(description="Position in the stream; pass it as cursor to continue after it.")
+    message_id: str | None = Field(description="The task this update belongs to, if any.")
+    kind: Literal["status", "agent"] = Field(
+        description="status: the task changed status; agent: text the agent reported."
+    )
+    content: str
+    created_at: str = Field(description="ISO-8601 UTC time with offset.")
+
+    @classmethod
+    def of(cls, update: Update) -> Self:
+        return cls(
+            seq=update.seq,
+            message_id=update.message_id,
+            kind=update.kind.value,
+            content=update.content,
+            created_at=format_timestamp(update.created_at),
+        )
+
+
+class TaskOut(BaseModel):
+    """A task and where it is in its life."""
+
+    id: str
+    target: str
+    content: str
+    status: StatusName
+    status_reason: str | None = Field(description="Why it reached its status, when known.")
+    created_at: str
+    updated_at: str
+    acknowledged_at: str | None
+    started_at: str | None
+    ended_at: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> Self:
+        return cls(
+            id=task.id,
+            target=task.target,
+            content=task.content,
+            status=task.status.value,
+            status_reason=task.status_reason,
+            created_at=format_timestamp(task.created_at),
+            updated_at=format_timestamp(task.updated_at),
+            acknowledged_at=_iso(task.acknowledged_at),
+            started_at=_iso(task.started_at),
+            ended_at=_iso(task.ended_at),
+        )
+
+
+class SendResult(BaseModel):
+    queued: bool = Field(description="True if a new task was queued; false for a duplicate.")
+    id: str = Field(description="The new task's id, or the id of the open task it duplicates.")
+    status: StatusName = Field(description="That task's status.")
+    reason: Literal["duplicate"] | None = Field(
+        default=None, description="Why nothing was queued: an identical task is still open."
+    )
+
+
+class PullResult(BaseModel):
+    updates: list[UpdateOut]
+    next_cursor: str = Field(description="Pass as cursor to get what comes after these updates.")
+    has_more: bool = Field(description="True if more updates are waiting: pull again at once.")
+
+
+class QueueStatusResult(BaseModel):
+    pending: int
+    acknowledged: int
+    in_progress: int
+    complete: int
+    error: int
+    cancelled: int
+    total_updates: int
+    current_task: str | None = Field(description="The text of the task the agent is working on.")
+    current_task_id: str | None
+
+
+class MessageDetail(TaskOut):
+    updates: list[UpdateOut] = Field(description="The task's most recent updates, oldest first.")
+
+
+class MessageList(BaseModel):
+    messages: list[TaskOut] = Field(description="Newest first.")
+    next_before: str | None = Field(
+        description="Pass as before to get the next (older) page; null on the last page."
+    )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn domain errors into one-line tool errors; hide anything unexpected behind a reference."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except NexusBridgeError as exc:
+            raise ToolError(str(exc)) from exc
+        except Exception as exc:
+            reference = uuid.uuid4().hex[:8]
+            logger.exception("tool %s failed unexpectedly (ref %s)", fn.__name__, reference)
+            raise ToolError(
+                f"internal error in nexus-bridge (ref {reference}); nothing was changed by this "
+                "call unless it says otherwise; try again, or ask the operator to check the log"
+            ) from exc
+
+    return wrapper
+
+
+def current_identity(default: str) -> str:
+    """Who is calling: the authenticated client, or ``default`` when there is no authentication."""
+    token = get_access_token()
+    return f"client:{token.client_id}" if token is not None else default
+
+
+def _limit_schema(low: int, high: int) -> dict[str, Any]:
+    # Advertised in the schema; enforced by the service so the error is one clear line.
+    return {"minimum": low, "maximum": high}
+
+
+def register_tools(server: MCPServer[Any], queue: QueueService, *, default_identity: str) -> None:
+    """Add the client tools to ``server``, bound to ``queue``."""
+    read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+    targets: Sequence[str] = queue.targets
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=True))
+    @_tool_errors
+    async def send_message(
+        message: Annotated[
+            str,
+            Field(
+                description=(
+                    "The task for the agent, in plain words, complete enough to act on without "
+                    f"further context. At most {queue.max_message_chars} characters."
+                )
+            ),
+        ],
+        target: Annotated[
+            str, Field(description=f"Which agent receives it. Known: {', '.join(targets)}.")
+        ] = config.DEFAULT_TARGET,
+    ) -> SendResult:
+        """Queue a task for the agent on the user's server.
+
+        Returns queued=true with the new task's id. If an identical task for the same target is
+        still open, nothing is queued: queued=false, reason="duplicate", with that task's id and
+        status. Follow progress with pull_updates or get_message.
+        """
+        result = await queue.enqueue(message, target)
+        return SendResult(
+            queued=result.queued,
+            id=result.task.id,
+            status=result.task.status.value,
+            reason=None if result.queued else "duplicate",
+        )
+
+    @server.tool(annotations=read_only)
+    @_tool_errors
+    async def pull_updates(
+        since: Annotated[
+            str | None,
+            Field(description="ISO-8601 time; only updates after it. No offset means UTC."),
+        ] = None,
+        cursor: Annotated[
+            str | None, Field(description="A next_cursor from an earlier call; continue after it.")
+        ] = None,
+        message_id: Annotated[
+            str | None, Field(description="Only this task's updates (from its start by default).")
+        ] = None,
+        limit: Annotated[
+            int,
+            Field(
+                description="At most this many updates.",
+                json_schema_extra=_limit_schema(1, config.MAX_PULL_LIMIT),
+            ),
+        ] = config.DEFAULT_PULL_LIMIT,
+        wait_seconds: Annotated[
+            float,
+            Field(
+                description=(
+                    "If nothing is new, wait up to this long for the first update (capped at "
+                    f"{queue.max_wait_seconds:g} s). 0 returns at once."
+                ),
+                json_schema_extra={"minimum": 0},
+            ),
+        ] = 0,
+    ) -> PullResult:
+        """Get the agent's updates: status changes and the agent's reports, oldest first.
+
+        With no since and no cursor, returns everything since your previous pull_updates call
+        and remembers where you stopped. Pass either since or cursor, not both. When has_more is
+        true, call again with cursor=next_cursor.
+        """
+        page = await queue.pull(
+            current_identity(default_identity),
+            since=since,
+            cursor=cursor,
+            message_id=message_id,
+            limit=limit,
+            wait_seconds=wait_seconds,
+        )
+        return PullResult(
+            updates=[UpdateOut.of(u) for u in page.updates],
+            next_cursor=page.next_cursor,
+            has_more=page.has_more,
+        )
+
+    @server.tool(annotations=read_only)
+    @_tool_errors
+    async def queue_status(
+        target: Annotated[
+            str | None, Field(description="Only this target's queue; all targets if omitted.")
+        ] = None,
+    ) -> QueueStatusResult:
+        """See the queue at a glance: tasks per status, total updates, and the current task."""
+        counts = await queue.status(target)
+        current = counts.current_task
+        return QueueStatusResult(
+            **{status.value: counts.by_status[status] for status in TaskStatus},
+            total_updates=counts.total_updates,
+            current_task=current.content if current else None,
+            current_task_id=current.id if current else None,
+        )
+
+    @server.tool(annotations=read_only)
+    @_tool_errors
+    async def get_message(
+        id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
+    ) -> MessageDetail:
+        """Look up one task: its text, status, timestamps and its most recent updates."""
+        detail = await queue.get(id)
+        return MessageDetail(
+            **TaskOut.of(detail.task).model_dump(),
+            updates=[UpdateOut.of(u) for u in detail.recent_updates],
+        )
+
+    @server.tool(annotations=read_only)
+    @_tool_errors
+    async def list_messages(
+        status: Annotated[
+            StatusName | None, Field(description="Only tasks in this status.")
+        ] = None,
+        target: Annotated[str | None, Field(description="Only this target's tasks.")] = None,
+        limit: Annotated[
+            int,
+            Field(
+                description="Page size.",
+                json_schema_extra=_limit_schema(1, config.MAX_LIST_LIMIT),
+            ),
+        ] = config.DEFAULT_LIST_LIMIT,
+        before: Annotated[
+            str | None, Field(description="A next_before from the previous page.")
+        ] = None,
+    ) -> MessageList:
+        """List tasks, newest first, a page at a time."""
+        page = await queue.list(status=status, target=target, limit=limit, before=before)
+        return MessageList(
+            messages=[TaskOut.of(t) for t in page.tasks], next_before=page.next_before
+        )
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True))
+    @_tool_errors
+    async def cancel_message(
+        id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
+        reason: Annotated[
+            str | None, Field(description="Why, in a few words; recorded in its history.")
+        ] = None,
+    ) -> TaskOut:
+        """Cancel a task that has not ended yet. Fails if it already completed, failed or was
+        cancelled."""
+        return TaskOut.of(await queue.cancel(id, reason))
+
+
+def _one_line(tool: str, error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "arguments"
+        parts.append(f"{where}: {item['msg']}")
+    return f"invalid arguments for {tool}: " + "; ".join(parts)
+
+
+class BridgeMCPServer(MCPServer[Any]):
+    """MCPServer whose argument-validation errors are one line a model can act on."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_one_line(name, exc.__cause__)) from exc.__cause__
+            raise
+
+
+def create_mcp_server(
+    queue: QueueService,
+    *,
+    default_identity: str,
+    token_verifier: TokenVerifier | None = None,
+    auth: AuthSettings | None = None,
+) -> MCPServer[Any]:
+    """An MCP server exposing the client tools over ``queue``."""
+    server = BridgeMCPServer(
+        SERVER_NAME,
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+        token_verifier=token_verifier,
+        auth=auth,
+    )
+    register_tools(server, queue, default_identity=default_identity)
+    return server

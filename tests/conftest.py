@@ -1,0 +1,147 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL database, migrated by real alembic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from nexus_bridge.app import BridgeServer, make_server
+from nexus_bridge.config import Settings
+from nexus_bridge.db import migrate
+from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.store import Store
+from nexus_bridge.queue import QueueService
+
+POSTGRES_ENV = "NEXUS_BRIDGE_TEST_POSTGRES_URL"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_SECONDS = 20.0
+
+
+def postgres_admin_url() -> str | None:
+    """The PostgreSQL server for tests; when set, PostgreSQL tests must run (fail, not skip)."""
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    admin = postgres_admin_url()
+    if admin is None:
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+    name = f"nexus_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_pg_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """An empty database of each kind (not migrated)."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def migrated_url(database_url: str) -> str:
+    """The same database after a real ``alembic upgrade head``."""
+    migrate.upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+def migrated_sqlite_url(sqlite_url: str) -> str:
+    migrate.upgrade(sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+async def store(migrated_url: str) -> AsyncIterator[Store]:
+    store = Store(create_engine(migrated_url))
+    yield store
+    await store.dispose()
+
+
+@pytest.fixture
+async def queue(store: Store) -> QueueService:
+    return QueueService(store, max_message_chars=1_000, max_wait_seconds=5)
+
+
+async def wait_for(
+    condition: Callable[[], Any], *, deadline: float = DEADLINE_SECONDS, what: str = "condition"
+) -> None:
+    """Wait until ``condition()`` is truthy (it may be a coroutine function), within a deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[tuple[str, BridgeServer]]:
+    """A real uvicorn server for ``settings`` on an ephemeral loopback port; yields its /mcp URL."""
+    server = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": 0}))
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.bound_port or task.done(), what="the server to start")
+        if task.done():
+            task.result()
+            raise AssertionError("the server stopped during start-up")
+        yield f"http://127.0.0.1:{server.bound_port}/mcp", server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=DEADLINE_SECONDS)
+
+
+@pytest.fixture
+def make_settings(migrated_sqlite_url: str) -> Callable[..., Settings]:
+    """Settings on a migrated SQLite file, with overrides."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"database_url": migrated_sqlite_url, "port": 0}
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+def subprocess_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment for a ``nexus-bridge`` subprocess: only our variables, no stray .env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_BRIDGE_")}
+    env["NEXUS_BRIDGE_DATABASE_URL"] = database_url
+    env.update(extra)
+    return env

@@ -1,0 +1,60 @@
+"""Connection set-up and schema facts that the durability promise rests on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import text
+
+from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.store import Store
+from nexus_bridge.queue import QueueService
+
+
+async def test_every_sqlite_connection_gets_the_durability_pragmas(
+    migrated_sqlite_url: str,
+) -> None:
+    engine = create_engine(migrated_sqlite_url, busy_timeout_ms=4321)
+    try:
+        # Several pooled connections at once: each one must be configured, not just the first.
+        conns = [await engine.connect() for _ in range(3)]
+        for conn in conns:
+            pragmas = {
+                name: (await conn.execute(text(f"PRAGMA {name}"))).scalar()
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            }
+            assert pragmas == {
+                "journal_mode": "wal",
+                "synchronous": 2,  # FULL
+                "foreign_keys": 1,
+                "busy_timeout": 4321,
+            }
+        for conn in conns:
+            await conn.close()
+    finally:
+        await engine.dispose()
+
+
+async def test_timestamps_read_well_and_sort_in_the_sqlite3_cli(migrated_sqlite_url: str) -> None:
+    store = Store(create_engine(migrated_sqlite_url))
+    queue = QueueService(store)
+    ids = [(await queue.enqueue(f"task {i}")).task.id for i in range(3)]
+    await store.dispose()
+    path = Path(migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///"))
+    with sqlite3.connect(path) as raw:
+        rows = raw.execute("SELECT id, created_at FROM messages ORDER BY created_at").fetchall()
+    assert [r[0] for r in rows] == ids
+    for _, created in rows:
+        assert len(created) == 32
+        assert created.endswith("+00:00")
+        assert created[10] == "T"
+
+
+async def test_the_sqlite_file_directory_is_created_on_first_use(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'deep' / 'er' / 'bridge.db'}"
+    engine = create_engine(url)
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    await engine.dispose()
+    assert (tmp_path / "deep" / "er" / "bridge.db").exists()
