@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run migrate lint format typecheck test test-fast bench clean
+.PHONY: install node-deps run migrate lint format test bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nexus-bridge needs Python >= 3.11; set PYTHON=python3.11")'
@@ -13,7 +13,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+NODE_STAMP := tests/ts/node_modules/.installed
+
 install: $(STAMP)
+
+# The official TypeScript SDK client, used by one end-to-end test (skipped only where npm is absent).
+$(NODE_STAMP): tests/ts/package.json tests/ts/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/ts && npm ci --silent --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: the TypeScript client test will be skipped"; fi
+
+node-deps: $(if $(wildcard tests/ts/package.json),$(NODE_STAMP))
 
 migrate: install
 	$(BIN)/nexus-bridge db upgrade
@@ -30,7 +39,7 @@ lint: install
 	$(BIN)/ruff format --check src tests migrations $(wildcard bench)
 	$(BIN)/mypy
 
-test: lint
+test: lint node-deps
 	$(BIN)/pytest -q
 
 bench: install
