@@ -13,6 +13,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from sqlalchemy.engine import make_url
 
 from nexus_bridge.app import BridgeServer, make_server
@@ -125,6 +128,17 @@ async def running_server(settings: Settings) -> AsyncIterator[tuple[str, BridgeS
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=DEADLINE_SECONDS)
+
+
+@asynccontextmanager
+async def mcp_client(url: str, token: str | None = None) -> AsyncIterator[Client]:
+    """The SDK's own client over Streamable HTTP, optionally with a bearer token."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
 
 
 @pytest.fixture
