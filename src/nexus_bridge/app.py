@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,12 +23,9 @@ from starlette.routing import Route
 from nexus_bridge import config
 from nexus_bridge.auth import StaticTokenVerifier
 from nexus_bridge.config import Settings
-from nexus_bridge.db.engine import create_engine
-from nexus_bridge.db.migrate import head_revisions
-from nexus_bridge.db.store import Store
 from nexus_bridge.errors import DatabaseNotReady
 from nexus_bridge.mcp_tools import create_mcp_server
-from nexus_bridge.queue import QueueService
+from nexus_bridge.runtime import Runtime, open_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -35,43 +33,15 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass
-class Bridge:
-    """The running parts of one nexus-bridge process."""
+class Bridge(Runtime):
+    """The running parts of one server process: the runtime plus the MCP adapter."""
 
-    settings: Settings
-    store: Store
-    queue: QueueService
     mcp: MCPServer[Any]
-    heads: tuple[str, ...]
-
-    async def check_schema(self) -> None:
-        """Raises DatabaseNotReady unless the database is reachable and migrated to head."""
-        try:
-            current = tuple(sorted(await self.queue.schema_revisions()))
-        except OSError as exc:
-            raise DatabaseNotReady(f"the database is unreachable: {exc}") from exc
-        if current != tuple(sorted(self.heads)):
-            at = ", ".join(current) or "no schema"
-            raise DatabaseNotReady(
-                f"the database is at {at}, not at the current schema "
-                f"({', '.join(self.heads)}); run: nexus-bridge db upgrade"
-            )
-
-    async def close(self) -> None:
-        self.queue.signal.close()
-        await self.store.dispose()
 
 
 def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Bridge:
     """Wire the parts together; nothing connects until first use."""
-    store = Store(
-        create_engine(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-    )
-    queue = QueueService(
-        store,
-        max_message_chars=settings.max_message_chars,
-        max_wait_seconds=settings.max_wait_seconds,
-    )
+    runtime = open_runtime(settings)
     verifier = None
     auth = None
     if http and settings.auth_tokens:
@@ -81,9 +51,9 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
             resource_server_url=None,
         )
     server = create_mcp_server(
-        queue, default_identity=default_identity, token_verifier=verifier, auth=auth
+        runtime.queue, default_identity=default_identity, token_verifier=verifier, auth=auth
     )
-    return Bridge(settings=settings, store=store, queue=queue, mcp=server, heads=head_revisions())
+    return Bridge(**vars(runtime), mcp=server)
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -179,6 +149,12 @@ class BridgeServer(uvicorn.Server):
         if loop is not None:
             loop.call_soon_threadsafe(self._bridge.queue.signal.close)
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises the signals it caught once it has shut down, so a drained, cleanly
+            # closed server would still die of SIGTERM (status -15) instead of exiting 0. SIGTERM
+            # is how a service is stopped: it has been handled. (SIGINT still ends in 130.)
+            captured: list[int] = getattr(self, "_captured_signals", [])
+            captured[:] = [s for s in captured if s != signal.SIGTERM]
 
 
 def mcp_url(settings: Settings, port: int | None = None) -> str:

@@ -14,6 +14,9 @@ from nexus_bridge import __version__, config
 from nexus_bridge.config import Settings, load_settings
 from nexus_bridge.domain import Task, Update, first_line
 from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.queue import QueueService
+from nexus_bridge.runtime import open_runtime
+from nexus_bridge.views import TaskOut, UpdateOut
 
 logger = logging.getLogger("nexus_bridge")
 
@@ -37,14 +40,10 @@ def _print_json(value: Any) -> None:
 
 
 def _task_json(task: Task) -> dict[str, Any]:
-    from nexus_bridge.mcp_tools import TaskOut
-
     return TaskOut.of(task).model_dump()
 
 
 def _update_json(update: Update) -> dict[str, Any]:
-    from nexus_bridge.mcp_tools import UpdateOut
-
     return UpdateOut.of(update).model_dump()
 
 
@@ -60,15 +59,14 @@ def _format_task(task: Task) -> str:
     return f"{task.id}  {when}Z  {task.status.value:<12} {task.target:<10} {summary}"
 
 
-async def _with_queue(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    from nexus_bridge.app import build_bridge
-
-    bridge = build_bridge(settings, default_identity=CLI_IDENTITY, http=False)
+async def _with_queue(settings: Settings, work: Callable[[QueueService], Awaitable[T]]) -> T:
+    """Run ``work`` on the queue service of a migrated database (no MCP: starts fast)."""
+    runtime = open_runtime(settings)
     try:
-        await bridge.check_schema()
-        return await work(bridge.queue)
+        await runtime.check_schema()
+        return await work(runtime.queue)
     finally:
-        await bridge.close()
+        await runtime.close()
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -99,7 +97,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-async def _noop(_queue: Any) -> None:
+async def _noop(_queue: QueueService) -> None:
     return None
 
 
@@ -176,7 +174,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_updates(settings: Settings, args: argparse.Namespace) -> int:
-    async def run(queue: Any) -> None:
+    async def run(queue: QueueService) -> None:
         cursor = args.cursor
         since = args.since
         first = True

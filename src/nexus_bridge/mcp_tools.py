@@ -8,8 +8,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Annotated, Any, Final, Literal, ParamSpec, Self, TypeVar
+from typing import Annotated, Any, Final, Literal, ParamSpec, TypeVar
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import TokenVerifier
@@ -20,10 +19,10 @@ from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from nexus_bridge import __version__, config
-from nexus_bridge.db.types import format_timestamp
-from nexus_bridge.domain import Task, TaskStatus, Update
+from nexus_bridge.domain import TaskStatus
 from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.queue import QueueService
+from nexus_bridge.views import StatusName, TaskOut, UpdateOut
 
 logger = logging.getLogger(__name__)
 
@@ -34,64 +33,6 @@ INSTRUCTIONS: Final = (
     "to wait) to follow what it reports, get_message for one task's state and history, "
     "list_messages and queue_status for an overview, and cancel_message to withdraw a task."
 )
-
-StatusName = Literal["pending", "acknowledged", "in_progress", "complete", "error", "cancelled"]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return format_timestamp(value) if value is not None else None
-
-
-class UpdateOut(BaseModel):
-    """One entry of the update stream."""
-
-    seq: int = Field(description="Position in the stream; pass it as cursor to continue after it.")
-    message_id: str | None = Field(description="The task this update belongs to, if any.")
-    kind: Literal["status", "agent"] = Field(
-        description="status: the task changed status; agent: text the agent reported."
-    )
-    content: str
-    created_at: str = Field(description="ISO-8601 UTC time with offset.")
-
-    @classmethod
-    def of(cls, update: Update) -> Self:
-        return cls(
-            seq=update.seq,
-            message_id=update.message_id,
-            kind=update.kind.value,
-            content=update.content,
-            created_at=format_timestamp(update.created_at),
-        )
-
-
-class TaskOut(BaseModel):
-    """A task and where it is in its life."""
-
-    id: str
-    target: str
-    content: str
-    status: StatusName
-    status_reason: str | None = Field(description="Why it reached its status, when known.")
-    created_at: str
-    updated_at: str
-    acknowledged_at: str | None
-    started_at: str | None
-    ended_at: str | None
-
-    @classmethod
-    def of(cls, task: Task) -> Self:
-        return cls(
-            id=task.id,
-            target=task.target,
-            content=task.content,
-            status=task.status.value,
-            status_reason=task.status_reason,
-            created_at=format_timestamp(task.created_at),
-            updated_at=format_timestamp(task.updated_at),
-            acknowledged_at=_iso(task.acknowledged_at),
-            started_at=_iso(task.started_at),
-            ended_at=_iso(task.ended_at),
-        )
 
 
 class SendResult(BaseModel):

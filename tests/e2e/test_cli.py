@@ -1,0 +1,90 @@
+"""The nexus-bridge command, run as a user would: a real process on a real database file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import subprocess_env
+
+EXE = str(Path(sys.executable).with_name("nexus-bridge"))
+
+
+def run(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [EXE, *args],
+        env=subprocess_env(url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_a_task_sent_from_the_shell_can_be_followed_and_cancelled(
+    migrated_sqlite_url: str,
+) -> None:
+    url = migrated_sqlite_url
+    sent = json.loads(run(url, "send", "--json", "check the UPS battery").stdout)
+    assert sent["queued"] is True
+    task_id = sent["id"]
+
+    dup = run(url, "send", "  check the UPS battery ").stdout
+    assert f"duplicate of open task {task_id}" in dup
+
+    status = json.loads(run(url, "status", "--json").stdout)
+    assert status["pending"] == 1
+    assert status["total_updates"] == 1
+
+    listed = run(url, "list").stdout
+    assert task_id in listed
+    assert "check the UPS battery" in listed
+
+    shown = json.loads(run(url, "show", "--json", task_id[:8]).stdout)
+    assert shown["id"] == task_id
+    assert shown["updates"][0]["content"] == "status: pending (queued)"
+
+    first = run(url, "updates", "--json").stdout.splitlines()
+    assert [json.loads(line)["message_id"] for line in first] == [task_id]
+    assert run(url, "updates").stdout == ""  # the cli cursor moved on
+
+    assert f"cancelled {task_id}" in run(url, "cancel", task_id, "--reason", "done by hand").stdout
+    again = run(url, "cancel", task_id, ok=False)
+    assert again.returncode != 0
+    assert "already ended as cancelled" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    history = run(url, "updates", "--message-id", task_id).stdout
+    assert "pending → cancelled (done by hand)" in history
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("send", "   "), "message is empty"),
+        (("show", "nope"), "no task with id 'nope'"),
+        (("updates", "--since", "soon"), "since must be an ISO-8601 time"),
+        (("list", "--status", "finished"), "unknown status 'finished'"),
+    ],
+)
+def test_errors_go_to_stderr_with_a_nonzero_exit(
+    migrated_sqlite_url: str, args: tuple[str, ...], message: str
+) -> None:
+    result = run(migrated_sqlite_url, *args, ok=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+
+
+def test_commands_refuse_an_unmigrated_database_and_say_what_to_run(sqlite_url: str) -> None:
+    result = run(sqlite_url, "status", ok=False)
+    assert result.returncode == 2
+    assert "run: nexus-bridge db upgrade" in result.stderr
