@@ -103,6 +103,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     app = bridge.mcp.streamable_http_app(
         streamable_http_path=config.MCP_PATH,
         stateless_http=True,
+        json_response=True,  # plain JSON answers: nothing to cut off at shutdown
         transport_security=transport_security(settings),
         host=settings.host,
     )

@@ -7,6 +7,7 @@ through :class:`~nexus_bridge.db.store.Store`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from nexus_bridge.domain import (
     utc_now,
 )
 from nexus_bridge.errors import DuplicateTask, IllegalTransition, InvalidInput
+
+logger = logging.getLogger(__name__)
 
 _ENQUEUE_ATTEMPTS: Final = 5
 
@@ -361,6 +364,7 @@ class QueueService:
             remaining = deadline - loop.time()
             if rows or remaining <= 0 or self.signal.closed:
                 break
+            logger.debug("pull for %s waiting up to %.1f s for an update", identity, remaining)
             await self.signal.wait(generation, remaining)
 
         more = len(rows) > limit

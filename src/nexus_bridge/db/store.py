@@ -217,17 +217,19 @@ class StoreTransaction:
         status: TaskStatus | None = None,
     ) -> Update:
         result = await self._conn.execute(
-            insert(updates)
-            .values(
+            insert(updates).values(
                 message_id=message_id,
                 kind=kind.value,
                 status=status.value if status else None,
                 content=content,
                 created_at=at,
             )
-            .returning(updates.c.seq)
         )
-        seq = int(result.scalar_one())
+        # The primary key comes back without a RETURNING fetch on SQLite (lastrowid).
+        key = result.inserted_primary_key
+        if key is None:  # pragma: no cover - every supported driver reports it
+            raise RuntimeError("the database did not report the new update's seq")
+        seq = int(key[0])
         return Update(seq=seq, message_id=message_id, kind=kind, content=content, created_at=at)
 
     async def list_updates(
@@ -243,7 +245,17 @@ class StoreTransaction:
         if after_seq is not None:
             query = query.where(updates.c.seq > after_seq)
         if since is not None:
-            query = query.where(updates.c.created_at > since)
+            # Start from the first seq after `since`, found on the created_at index, so the cost
+            # does not grow with the history before it. Exact because writers are serialised and
+            # stamp rows in seq order.
+            first = (
+                select(updates.c.seq)
+                .where(updates.c.created_at > since)
+                .order_by(updates.c.created_at, updates.c.seq)
+                .limit(1)
+                .scalar_subquery()
+            )
+            query = query.where(updates.c.seq >= first, updates.c.created_at > since)
         if message_id is not None:
             query = query.where(updates.c.message_id == message_id)
         order = updates.c.seq.desc() if newest_first else updates.c.seq

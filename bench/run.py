@@ -1,0 +1,149 @@
+"""nexus-bridge benchmarks: ``make bench`` (full, ~1-2 min on 2 cores) or ``--quick`` (smoke run).
+
+Every figure is compared with a baseline measured in the same run, on the same machine:
+
+1. ``send_message`` round trip vs the MCP ``ping`` round trip (target <= 1.5x).
+2. ``QueueService.enqueue`` rate vs raw ``sqlite3`` insert+commit, same pragmas (no target).
+3. ``pull_updates`` latency with 1M vs 1k update rows (target <= 1.5x: flat).
+
+Progress goes to stderr, the table to stdout. Temporary databases live in one temporary
+directory that is removed at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_enqueue
+import bench_pull
+import bench_roundtrip
+from benchlib import Report, copy_database, fill_updates, migrated_template, progress
+
+
+@dataclass(frozen=True)
+class Sizes:
+    roundtrip_iterations: int
+    roundtrip_warmup: int
+    enqueue_operations: int
+    enqueue_warmup: int
+    small_rows: int
+    big_rows: int
+    pull_iterations: int
+    pull_warmup: int
+
+
+FULL = Sizes(
+    roundtrip_iterations=1000,
+    roundtrip_warmup=100,
+    enqueue_operations=3000,
+    enqueue_warmup=100,
+    small_rows=1_000,
+    big_rows=1_000_000,
+    pull_iterations=200,
+    pull_warmup=20,
+)
+QUICK = Sizes(
+    roundtrip_iterations=60,
+    roundtrip_warmup=10,
+    enqueue_operations=150,
+    enqueue_warmup=10,
+    small_rows=1_000,
+    big_rows=20_000,
+    pull_iterations=20,
+    pull_warmup=3,
+)
+
+
+def _label(rows: int) -> str:
+    if rows >= 1_000_000 and rows % 1_000_000 == 0:
+        return f"{rows // 1_000_000}M"
+    if rows >= 1_000 and rows % 1_000 == 0:
+        return f"{rows // 1_000}k"
+    return str(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    began = time.perf_counter()
+    report = Report()
+
+    with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
+        scratch = Path(tmp)
+        progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
+        progress("migrating a template database (alembic upgrade head)")
+        template = migrated_template(scratch)
+
+        roundtrip_db = copy_database(template, scratch / "roundtrip.db")
+        asyncio.run(
+            bench_roundtrip.run(
+                report,
+                roundtrip_db,
+                iterations=sizes.roundtrip_iterations,
+                warmup=sizes.roundtrip_warmup,
+            )
+        )
+
+        enqueue_db = copy_database(template, scratch / "enqueue.db")
+        asyncio.run(
+            bench_enqueue.run(
+                report,
+                enqueue_db,
+                scratch,
+                operations=sizes.enqueue_operations,
+                warmup=sizes.enqueue_warmup,
+            )
+        )
+
+        datasets = []
+        for rows in (sizes.small_rows, sizes.big_rows):
+            label = _label(rows)
+            path = copy_database(template, scratch / f"pull-{label}.db")
+            start = time.perf_counter()
+            fill_updates(path, rows)
+            size_mb = path.stat().st_size / 1e6
+            progress(
+                f"filled {label} update rows in {time.perf_counter() - start:.1f}s "
+                f"({size_mb:.0f} MB)"
+            )
+            datasets.append(bench_pull.Dataset(label=label, path=path, rows=rows))
+        asyncio.run(
+            bench_pull.run(
+                report,
+                datasets[0],
+                datasets[1],
+                iterations=sizes.pull_iterations,
+                warmup=sizes.pull_warmup,
+            )
+        )
+
+    elapsed = time.perf_counter() - began
+    progress(f"done in {elapsed:.0f}s; scratch directory removed")
+    print(
+        f"nexus-bridge benchmarks ({'quick' if args.quick else 'full'} run, {elapsed:.0f}s): "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"mcp {version('mcp')}, SQLAlchemy {version('sqlalchemy')}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(report.render())
+    failed = [row.name for row in report.rows if row.result == "FAIL"]
+    print(f"\n{len(failed)} of {sum(r.target is not None for r in report.rows)} targets missed.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""The real ``nexus-bridge serve`` process: SIGKILL loses no acknowledged send, SIGTERM drains
+waiting pulls and closes the database, and ``/mcp`` answers stateless calls with no session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sqlite3
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from sqlalchemy.engine import make_url
+
+from nexus_bridge.config import Settings
+from tests.conftest import DEADLINE_SECONDS, running_server, subprocess_env, wait_for
+
+NEXUS_BRIDGE = str(Path(sys.executable).with_name("nexus-bridge"))
+LISTENING = re.compile(r"nexus-bridge listening on (http://127\.0\.0\.1:\d+/mcp)")
+# Logged at DEBUG by the queue service when a pull starts waiting: the pull is in flight.
+PULL_WAITING = "waiting up to"
+EXIT_DEADLINE_SECONDS = 15.0
+SHUTDOWN_GRACE_SECONDS = 10.0
+ACKS_BEFORE_KILL = 40
+SENDERS = 4
+MAX_SENDS_PER_SENDER = 1_000  # a bound, so a sender can never loop forever
+
+
+class ServerProcess:
+    """A ``nexus-bridge serve`` child; its stderr is read line by line as it comes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            self.lines.append(text)
+            if self.url is None and (match := LISTENING.search(text)):
+                self.url = match.group(1)
+
+    def count(self, needle: str) -> int:
+        return sum(needle in line for line in self.lines)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_exit(self, deadline: float = EXIT_DEADLINE_SECONDS) -> int:
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout=deadline)
+        except TimeoutError:
+            raise AssertionError(
+                f"nexus-bridge did not exit within {deadline}s; its log:\n{self.log}"
+            ) from None
+
+
+@asynccontextmanager
+async def serve_process(database_url: str, **env: str) -> AsyncIterator[ServerProcess]:
+    """``nexus-bridge serve --port 0`` on loopback, up and listening; killed on the way out."""
+    proc = await asyncio.create_subprocess_exec(
+        NEXUS_BRIDGE,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        env=subprocess_env(database_url, **{"NEXUS_BRIDGE_LOG_LEVEL": "INFO", **env}),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    server = ServerProcess(proc)
+    try:
+        await wait_for(
+            lambda: server.url is not None or server.reader.done(),
+            what="nexus-bridge to log its listening URL",
+        )
+        if server.url is None:
+            raise AssertionError(f"nexus-bridge exited before listening:\n{server.log}")
+        yield server
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await asyncio.wait_for(proc.wait(), timeout=DEADLINE_SECONDS)
+        await asyncio.wait_for(server.reader, timeout=DEADLINE_SECONDS)
+
+
+def sqlite_path(database_url: str) -> Path:
+    database = make_url(database_url).database
+    assert database
+    return Path(database)
+
+
+def read_database(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """``PRAGMA integrity_check``, and every (id, content) in ``messages``, read from the file."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        integrity = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+        rows = [(str(i), str(c)) for i, c in conn.execute("SELECT id, content FROM messages")]
+    return integrity, rows
+
+
+def wal_size(path: Path) -> int | None:
+    wal = path.with_name(path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else None
+
+
+async def list_all_messages(client: Client) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    before: str | None = None
+    while True:
+        args: dict[str, Any] = {"limit": 200}
+        if before is not None:
+            args["before"] = before
+        result = await client.call_tool("list_messages", args)
+        assert not result.is_error, result
+        assert result.structured_content is not None
+        messages.extend(result.structured_content["messages"])
+        before = result.structured_content["next_before"]
+        if before is None:
+            return messages
+
+
+async def test_sigkill_loses_no_acknowledged_send_and_duplicates_none(
+    migrated_sqlite_url: str,
+) -> None:
+    path = sqlite_path(migrated_sqlite_url)
+    run = uuid.uuid4().hex[:8]
+    acked: dict[str, str] = {}  # id -> text, for every send answered queued=true
+    attempted: set[str] = set()
+    tool_errors: list[str] = []
+    stopped_by: dict[int, BaseException | None] = {}
+
+    async with serve_process(migrated_sqlite_url) as server:
+        assert server.url is not None
+        url = server.url
+
+        async def sender(n: int) -> None:
+            try:
+                async with Client(url) as client:
+                    for i in range(MAX_SENDS_PER_SENDER):
+                        text = f"crash-test {run} sender {n} message {i}"
+                        attempted.add(text)
+                        result = await client.call_tool("send_message", {"message": text})
+                        if result.is_error or result.structured_content is None:
+                            tool_errors.append(f"{text}: {result}")
+                            break
+                        if result.structured_content["queued"]:
+                            acked[result.structured_content["id"]] = text
+            except Exception as exc:  # the server died under us: what this test is about
+                stopped_by[n] = exc
+            else:
+                stopped_by[n] = None
+
+        senders = [asyncio.create_task(sender(n)) for n in range(SENDERS)]
+        try:
+            await wait_for(
+                lambda: len(acked) >= ACKS_BEFORE_KILL or any(t.done() for t in senders),
+                what=f"{ACKS_BEFORE_KILL} acknowledged sends",
+            )
+            assert not any(t.done() for t in senders), (tool_errors, stopped_by, server.log)
+            server.proc.send_signal(signal.SIGKILL)  # mid-stream: the senders are still sending
+            assert await server.wait_exit() == -signal.SIGKILL
+            await asyncio.wait_for(asyncio.gather(*senders), timeout=DEADLINE_SECONDS)
+        finally:
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+
+    assert not tool_errors, tool_errors
+    assert len(stopped_by) == SENDERS
+    assert all(exc is not None for exc in stopped_by.values()), "a sender outlived the server"
+    assert len(acked) >= ACKS_BEFORE_KILL
+
+    # Restart on the same file: every acknowledged send is there, exactly once, with its text.
+    async with serve_process(migrated_sqlite_url) as server:
+        assert server.url is not None
+        async with Client(server.url) as client:
+            for task_id, text in acked.items():
+                result = await client.call_tool("get_message", {"id": task_id})
+                assert not result.is_error, (task_id, result)
+                assert result.structured_content is not None
+                assert result.structured_content["id"] == task_id
+                assert result.structured_content["content"] == text
+                assert result.structured_content["status"] == "pending"
+            listed = await list_all_messages(client)
+        server.proc.send_signal(signal.SIGTERM)
+        await server.wait_exit()
+
+    by_id = {m["id"]: m["content"] for m in listed}
+    assert len(by_id) == len(listed)
+    assert {i: by_id.get(i) for i in acked} == acked
+    assert [t for t, n in Counter(by_id.values()).items() if n > 1] == []
+    assert set(by_id.values()) <= attempted  # nothing was made up or mangled
+
+    integrity, rows = await asyncio.to_thread(read_database, path)
+    assert integrity == ["ok"]
+    assert dict(rows) == by_id
+    assert [t for t, n in Counter(c for _, c in rows).items() if n > 1] == []
+
+
+async def test_sigterm_wakes_a_waiting_pull_and_exits_0_with_the_database_closed(
+    migrated_sqlite_url: str,
+) -> None:
+    path = sqlite_path(migrated_sqlite_url)
+    async with serve_process(
+        migrated_sqlite_url,
+        NEXUS_BRIDGE_SHUTDOWN_GRACE_SECONDS=str(SHUTDOWN_GRACE_SECONDS),
+        NEXUS_BRIDGE_LOG_LEVEL="DEBUG",
+    ) as server:
+        assert server.url is not None
+        # The handshake-era client, as claude.ai connects.
+        async with Client(server.url, mode="legacy") as client:
+            await client.list_tools()  # so the client sends nothing more before the pull
+            warm = await client.call_tool("queue_status", {})
+            assert not warm.is_error, warm
+            waiting = server.count(PULL_WAITING)
+            pull = asyncio.create_task(client.call_tool("pull_updates", {"wait_seconds": 30}))
+            try:
+                await wait_for(
+                    lambda: server.count(PULL_WAITING) > waiting or pull.done(),
+                    what="the server to take the waiting pull",
+                )
+                assert not pull.done(), pull.result()
+                server.proc.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                result = await asyncio.wait_for(pull, timeout=DEADLINE_SECONDS)
+                took = time.monotonic() - signalled
+            finally:
+                pull.cancel()
+                await asyncio.gather(pull, return_exceptions=True)
+        code = await server.wait_exit()
+
+    assert not result.is_error, result
+    assert result.structured_content == {"updates": [], "next_cursor": "0", "has_more": False}
+    # Woken by the shutdown, not by its own 30 s, nor cut off after the grace period.
+    assert took < SHUTDOWN_GRACE_SECONDS / 2, took
+    assert code == 0, f"exit code {code}; the log:\n{server.log}"
+    assert "Application shutdown complete" in server.log
+    assert not wal_size(path), "the WAL was not checkpointed and removed: the db was not closed"
+    integrity, _rows = await asyncio.to_thread(read_database, path)
+    assert integrity == ["ok"]
+
+
+def sse_or_json_messages(response: httpx2.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a Streamable HTTP response, SSE or plain JSON."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        return [
+            json.loads(line.removeprefix("data:").strip())
+            for line in response.text.splitlines()
+            if line.startswith("data:") and line.removeprefix("data:").strip()
+        ]
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    return body if isinstance(body, list) else [body]
+
+
+@pytest.mark.parametrize("protocol_version", [None, "2025-06-18", "2025-11-25"])
+async def test_tools_call_without_session_or_initialize_succeeds(
+    make_settings: Callable[..., Settings], protocol_version: str | None
+) -> None:
+    """claude.ai never sends Mcp-Session-Id back: each POST must stand on its own."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if protocol_version is not None:
+        headers["MCP-Protocol-Version"] = protocol_version
+
+    async def call(http: httpx2.AsyncClient, url: str, rpc_id: int, tool: str, args: Any) -> Any:
+        request = {
+            "jsonrpc": "2.0",
+            "id": rpc_id,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": args},
+        }
+        response = await http.post(url, json=request, headers=headers)
+        assert response.status_code == 200, response.text
+        assert "mcp-session-id" not in response.headers
+        replies = [m for m in sse_or_json_messages(response) if m.get("id") == rpc_id]
+        assert len(replies) == 1, response.text
+        assert "error" not in replies[0], replies[0]
+        result = replies[0]["result"]
+        assert result.get("isError") is not True, result
+        return result["structuredContent"]
+
+    async with (
+        running_server(make_settings()) as (url, _server),
+        httpx2.AsyncClient(timeout=DEADLINE_SECONDS) as http,
+    ):
+        sent = await call(http, url, 1, "send_message", {"message": "stateless hello"})
+        assert sent["queued"] is True
+        status = await call(http, url, 2, "queue_status", {})
+        assert status["pending"] == 1
+        assert status["total_updates"] == 1
