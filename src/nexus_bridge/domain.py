@@ -21,6 +21,7 @@ class TaskStatus(enum.StrEnum):
     PENDING = "pending"
     ACKNOWLEDGED = "acknowledged"
     IN_PROGRESS = "in_progress"
+    INPUT_REQUIRED = "input_required"  # the agent asked a question; the client answers
     COMPLETE = "complete"
     ERROR = "error"
     CANCELLED = "cancelled"
@@ -35,29 +36,25 @@ class UpdateKind(enum.StrEnum):
 
     STATUS = "status"  # a transition of the task, written by the bridge
     AGENT = "agent"  # text from the agent
+    CLIENT = "client"  # the client's answer to the agent's question (reply_to_task)
 
 
 TERMINAL_STATUSES: Final = frozenset({TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED})
 OPEN_STATUSES: Final = tuple(s for s in TaskStatus if s not in TERMINAL_STATUSES)
 
 # The one table that decides which status changes are legal. Moves go forward only; an agent may
-# skip steps (one that says it is done is done); any open status may be cancelled.
+# skip steps (one that says it is done is done); any open status may be cancelled. The agent may
+# ask a question from any open status (input_required); an answer moves the task to in_progress.
+_ENDINGS: Final = frozenset({TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED})
 TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
     TaskStatus.PENDING: frozenset(
-        {
-            TaskStatus.ACKNOWLEDGED,
-            TaskStatus.IN_PROGRESS,
-            TaskStatus.COMPLETE,
-            TaskStatus.ERROR,
-            TaskStatus.CANCELLED,
-        }
+        {TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS, TaskStatus.INPUT_REQUIRED} | _ENDINGS
     ),
     TaskStatus.ACKNOWLEDGED: frozenset(
-        {TaskStatus.IN_PROGRESS, TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED}
+        {TaskStatus.IN_PROGRESS, TaskStatus.INPUT_REQUIRED} | _ENDINGS
     ),
-    TaskStatus.IN_PROGRESS: frozenset(
-        {TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED}
-    ),
+    TaskStatus.IN_PROGRESS: frozenset({TaskStatus.INPUT_REQUIRED} | _ENDINGS),
+    TaskStatus.INPUT_REQUIRED: frozenset({TaskStatus.IN_PROGRESS} | _ENDINGS),
     TaskStatus.COMPLETE: frozenset(),
     TaskStatus.ERROR: frozenset(),
     TaskStatus.CANCELLED: frozenset(),

@@ -54,6 +54,7 @@ class QueueStatusResult(BaseModel):
     pending: int
     acknowledged: int
     in_progress: int
+    input_required: int
     complete: int
     error: int
     cancelled: int

@@ -8,7 +8,9 @@ from pydantic import BaseModel, Field
 from nexus_bridge.db.types import format_timestamp
 from nexus_bridge.domain import Task, Update
 
-StatusName = Literal["pending", "acknowledged", "in_progress", "complete", "error", "cancelled"]
+StatusName = Literal[
+    "pending", "acknowledged", "in_progress", "input_required", "complete", "error", "cancelled"
+]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -20,8 +22,11 @@ class UpdateOut(BaseModel):
 
     seq: int = Field(description="Position in the stream; pass it as cursor to continue after it.")
     message_id: str | None = Field(description="The task this update belongs to, if any.")
-    kind: Literal["status", "agent"] = Field(
-        description="status: the task changed status; agent: text the agent reported."
+    kind: Literal["status", "agent", "client"] = Field(
+        description=(
+            "status: the task changed status; agent: text the agent reported; client: an "
+            "answer sent to the agent's question with reply_to_task."
+        )
     )
     content: str
     created_at: str = Field(description="ISO-8601 UTC time with offset.")

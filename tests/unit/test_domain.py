@@ -32,6 +32,10 @@ def expected_legal(current: str, new: str) -> bool:
         return True
     if new in ENDINGS:
         return True
+    if new == "input_required":  # a question may come at any open point
+        return current != "input_required"
+    if current == "input_required":  # an answer resumes the work
+        return new == "in_progress"
     return new in FORWARD and FORWARD.index(new) > FORWARD.index(current)
 
 
@@ -58,6 +62,7 @@ def test_statuses_are_stored_as_lowercase_words() -> None:
         "pending",
         "acknowledged",
         "in_progress",
+        "input_required",
         "complete",
         "error",
         "cancelled",

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Final, cast
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -14,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -38,6 +41,10 @@ OPEN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in OPEN_STATUSES
 KNOWN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in TaskStatus])})"
 KNOWN_KIND_SQL: Final = f"kind IN ({_sql_list([k.value for k in UpdateKind])})"
 OPEN_CONTENT_INDEX: Final = "uq_messages_open_content"
+TELEGRAM_MESSAGE_UNIQUE: Final = "uq_telegram_messages_chat_id_telegram_message_id"
+
+OUTBOX_KINDS: Final = ("task", "reply")
+OUTBOX_STATES: Final = ("pending", "delivered", "failed", "skipped")
 
 
 class Base(DeclarativeBase):
@@ -55,6 +62,7 @@ class MessageRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20))
     status_reason: Mapped[str | None] = mapped_column(Text)
+    urgent: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -110,6 +118,88 @@ class PullCursorRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class OutboxRow(Base):
+    """Something to post to the agent's chat: a task, or the client's answer to a question.
+
+    Committed with the task (or the answer) and posted by the delivery worker, so nothing is
+    lost if the process dies before Telegram has it.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("messages.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    reply_to_telegram_id: Mapped[int | None] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    parts_sent: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({_sql_list(OUTBOX_KINDS)})", name="kind_known"),
+        CheckConstraint(f"state IN ({_sql_list(OUTBOX_STATES)})", name="state_known"),
+        Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_outbox_message_id", "message_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class TelegramMessageRow(Base):
+    """Every Telegram message the bridge posted or received in a chat: the journal.
+
+    Unique on (chat, Telegram message id), so a redelivered update is stored once. Inbound
+    messages from unknown senders are kept without their text (``accepted`` false).
+    """
+
+    __tablename__ = "telegram_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    telegram_message_id: Mapped[int] = mapped_column(BigInteger)
+    direction: Mapped[str] = mapped_column(String(8))
+    message_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    outbox_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("outbox.id", ondelete="SET NULL")
+    )
+    part: Mapped[int | None] = mapped_column(Integer)
+    from_id: Mapped[int | None] = mapped_column(BigInteger)
+    reply_to_telegram_id: Mapped[int | None] = mapped_column(BigInteger)
+    text: Mapped[str | None] = mapped_column(Text)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("direction IN ('out', 'in')", name="direction_known"),
+        UniqueConstraint("chat_id", "telegram_message_id"),
+        Index("ix_telegram_messages_message_id", "message_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class LeaseRow(Base):
+    """A named lease: which process holds a singleton job (the Telegram poller) and until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 messages = cast(Table, MessageRow.__table__)
 updates = cast(Table, UpdateRow.__table__)
 pull_cursors = cast(Table, PullCursorRow.__table__)
+outbox = cast(Table, OutboxRow.__table__)
+telegram_messages = cast(Table, TelegramMessageRow.__table__)
+leases = cast(Table, LeaseRow.__table__)
