@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -23,9 +24,12 @@ from starlette.routing import Route
 from nexus_bridge import config
 from nexus_bridge.auth import StaticTokenVerifier
 from nexus_bridge.config import Settings
+from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import DatabaseNotReady
 from nexus_bridge.mcp_tools import create_mcp_server
+from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import Runtime, open_runtime
+from nexus_bridge.transports.telegram import POLLER_LEASE, TelegramTransport, TransportState
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +38,55 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 @dataclass
 class Bridge(Runtime):
-    """The running parts of one server process: the runtime plus the MCP adapter."""
+    """The running parts of one server process: the runtime, the MCP adapter, the transport."""
 
     mcp: MCPServer[Any]
+    transport: TelegramTransport | None = None
+    _transport_task: asyncio.Task[None] | None = None
+
+    def start_transport(self) -> None:
+        if self.transport is not None and self._transport_task is None:
+            self._transport_task = asyncio.create_task(self.transport.run(), name="transport")
+
+    async def stop_transport(self) -> None:
+        if self.transport is not None and self._transport_task is not None:
+            await self.transport.stop()
+            await asyncio.gather(self._transport_task, return_exceptions=True)
+
+    async def transport_report(self) -> TransportReport:
+        return await report_transport(self.queue, self.transport)
+
+    async def close(self) -> None:
+        await self.stop_transport()
+        await super().close()
+
+
+async def report_transport(
+    queue: QueueService, transport: TelegramTransport | None
+) -> TransportReport:
+    """The transport's state in this process, and which process holds the poller lease."""
+    if transport is None:
+        return TransportReport(name="telegram", state=TransportState.NOT_CONFIGURED)
+    status = transport.status
+    lease = await queue.lease(POLLER_LEASE)
+    return TransportReport(
+        name=status.name,
+        state=status.state,
+        detail=status.detail,
+        poller=lease.holder if lease else None,
+        this_process=status.holder_id,
+    )
 
 
 def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Bridge:
-    """Wire the parts together; nothing connects until first use."""
+    """Wire the parts together; nothing connects until first use.
+
+    Raises:
+        ConfigError: the Telegram settings are incomplete.
+    """
     runtime = open_runtime(settings)
+    telegram = settings.telegram()
+    transport = TelegramTransport(runtime.queue, telegram) if telegram else None
     verifier = None
     auth = None
     if http and settings.auth_tokens:
@@ -51,9 +96,13 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
             resource_server_url=None,
         )
     server = create_mcp_server(
-        runtime.queue, default_identity=default_identity, token_verifier=verifier, auth=auth
+        runtime.queue,
+        default_identity=default_identity,
+        token_verifier=verifier,
+        auth=auth,
+        transport_report=functools.partial(report_transport, runtime.queue, transport),
     )
-    return Bridge(**vars(runtime), mcp=server)
+    return Bridge(**vars(runtime), mcp=server, transport=transport)
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -90,6 +139,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     async def readyz(_request: Request) -> Response:
         try:
             await bridge.check_schema()
+            report = await bridge.transport_report()
         except DatabaseNotReady as exc:
             return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
         except Exception:
@@ -98,7 +148,17 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
                 {"status": "not ready", "reason": "the database check failed; see the log"},
                 status_code=503,
             )
-        return JSONResponse({"status": "ready"})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "transport": {
+                    "name": report.name,
+                    "state": report.state,
+                    "poller": report.poller,
+                    "this_process": report.this_process,
+                },
+            }
+        )
 
     app = bridge.mcp.streamable_http_app(
         streamable_http_path=config.MCP_PATH,
@@ -114,6 +174,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await bridge.check_schema()
+        bridge.start_transport()
         try:
             async with bridge.mcp.session_manager.run():
                 yield

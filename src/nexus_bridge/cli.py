@@ -236,7 +236,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     page = asyncio.run(
         _with_queue(
             settings,
-            lambda q: q.list(
+            lambda q: q.list_tasks(
                 status=args.status, target=args.target, limit=args.limit, before=args.before
             ),
         )

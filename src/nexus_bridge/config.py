@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -28,6 +30,16 @@ DEFAULT_LIST_LIMIT: Final = 20
 MAX_LIST_LIMIT: Final = 200
 RECENT_UPDATES_IN_GET: Final = 20
 MCP_PATH: Final = "/mcp"
+DEFAULT_TELEGRAM_BASE_URL: Final = "https://api.telegram.org/bot"
+CREDENTIAL_KEYS: Final = {
+    "token": "bot_token",
+    "bot_token": "bot_token",
+    "telegram_bot_token": "bot_token",
+    "chat_id": "chat_id",
+    "telegram_chat_id": "chat_id",
+    "agent_ids": "agent_ids",
+    "agent_username": "agent_username",
+}
 
 
 def default_database_url() -> str:
@@ -64,7 +76,20 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
 
-    @field_validator("auth_tokens", "allowed_hosts", mode="before")
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: int | None = None
+    telegram_agent_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    telegram_agent_username: str | None = None
+    telegram_base_url: str = DEFAULT_TELEGRAM_BASE_URL
+    telegram_credentials_file: Path | None = None
+    telegram_poll_timeout: int = Field(default=25, ge=0, le=50)
+    telegram_lease_seconds: float = Field(default=15.0, gt=0)
+    telegram_min_send_interval: float = Field(default=1.0, ge=0)
+    telegram_request_timeout: float = Field(default=20.0, gt=0)
+    telegram_retry_base_seconds: float = Field(default=1.0, gt=0)
+    telegram_retry_max_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("auth_tokens", "allowed_hosts", "telegram_agent_ids", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -110,6 +135,126 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}ALLOW_UNAUTHENTICATED=true if something in front of the bridge "
                 "authenticates every request"
             )
+
+    def telegram(self) -> TelegramSettings | None:
+        """The Telegram transport's settings, or None when no bot token is configured.
+
+        Values from the environment win over ``TELEGRAM_CREDENTIALS_FILE``.
+
+        Raises:
+            ConfigError: a token without a chat or agent ids, or an unreadable credentials file.
+        """
+        found: dict[str, str] = {}
+        warnings: list[str] = []
+        if self.telegram_credentials_file is not None:
+            found, warnings = read_credentials_file(self.telegram_credentials_file)
+        token = (
+            self.telegram_bot_token.get_secret_value()
+            if self.telegram_bot_token
+            else found.get("bot_token")
+        )
+        if not token:
+            return None
+        chat = self.telegram_chat_id
+        if chat is None and "chat_id" in found:
+            chat = _int(found["chat_id"], "chat_id", self.telegram_credentials_file)
+        if chat is None:
+            raise ConfigError(
+                f"{ENV_PREFIX}TELEGRAM_CHAT_ID is required with a bot token: the chat where the "
+                "agent's bot listens (see the README's Telegram set-up)"
+            )
+        agents = list(self.telegram_agent_ids)
+        if not agents and "agent_ids" in found:
+            agents = [
+                _int(v, "agent_ids", self.telegram_credentials_file)
+                for v in found["agent_ids"].split(",")
+                if v.strip()
+            ]
+        if not agents:
+            raise ConfigError(
+                f"{ENV_PREFIX}TELEGRAM_AGENT_IDS is required with a bot token: the Telegram user "
+                "ids whose messages count as the agent's (the agent bot, optionally you)"
+            )
+        username = self.telegram_agent_username or found.get("agent_username")
+        return TelegramSettings(
+            token=token,
+            chat_id=chat,
+            agent_ids=frozenset(agents),
+            agent_username=username.lstrip("@") if username else None,
+            base_url=self.telegram_base_url,
+            poll_timeout=self.telegram_poll_timeout,
+            lease_seconds=self.telegram_lease_seconds,
+            min_send_interval=self.telegram_min_send_interval,
+            request_timeout=self.telegram_request_timeout,
+            retry_base_seconds=self.telegram_retry_base_seconds,
+            retry_max_seconds=self.telegram_retry_max_seconds,
+            warnings=tuple(warnings),
+        )
+
+    def secrets(self) -> list[str]:
+        """Every secret value configured, so logging can redact them wherever they appear."""
+        values = [t.get_secret_value() for t in self.auth_tokens]
+        if self.telegram_bot_token is not None:
+            values.append(self.telegram_bot_token.get_secret_value())
+        return [v for v in values if v]
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramSettings:
+    """What the Telegram transport needs, resolved from the environment and credentials file."""
+
+    token: str = field(repr=False)
+    chat_id: int
+    agent_ids: frozenset[int]
+    agent_username: str | None
+    base_url: str
+    poll_timeout: int
+    lease_seconds: float
+    min_send_interval: float
+    request_timeout: float
+    retry_base_seconds: float
+    retry_max_seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+def _int(value: str, key: str, path: Path | None) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{path}: {key} must be a number, got {value!r}") from None
+
+
+def read_credentials_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Read ``key=value`` lines (``token=...``, ``chat_id=...``) as the homelab setup keeps them.
+
+    Returns the known keys found and warnings (a file readable by others).
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+        mode = path.expanduser().stat().st_mode
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {ENV_PREFIX}TELEGRAM_CREDENTIALS_FILE {path}: {exc.strerror}"
+        ) from exc
+    warnings = []
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append(
+            f"{path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+            f"it holds a bot token: chmod 600 {path}"
+        )
+    found: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        known = CREDENTIAL_KEYS.get(key.strip().lower().removeprefix("export ").strip())
+        if known:
+            found[known] = value.strip().strip("\"'")
+    return found, warnings
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -143,6 +143,61 @@ class Task:
     started_at: datetime | None
     ended_at: datetime | None
     status_reason: str | None
+    urgent: bool = False
+
+
+class OutboxKind(enum.StrEnum):
+    """What an outbox entry posts to the agent's chat."""
+
+    TASK = "task"
+    REPLY = "reply"
+
+
+class OutboxState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # the task ended before it was delivered
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One thing to post to the agent, with its delivery state."""
+
+    id: int
+    message_id: str
+    kind: OutboxKind
+    body: str
+    reply_to_telegram_id: int | None
+    state: OutboxState
+    attempts: int
+    parts_sent: int
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message received in the agent's chat, as journaled."""
+
+    id: int
+    chat_id: int
+    telegram_message_id: int
+    from_id: int | None
+    reply_to_telegram_id: int | None
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a singleton job, and until when."""
+
+    name: str
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +218,18 @@ class QueueCounts:
     by_status: Mapping[TaskStatus, int]
     total_updates: int
     current_task: Task | None
+    ignored_messages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TransportReport:
+    """How tasks reach the agent, as ``queue_status`` and ``/readyz`` report it."""
+
+    name: str
+    state: str  # "not configured", "starting", "polling", "standby", "error", "stopped"
+    detail: str | None = None
+    poller: str | None = None  # the process that holds the poller lease, if any
+    this_process: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,10 @@ from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from nexus_bridge import __version__, config
-from nexus_bridge.domain import TaskStatus
+from nexus_bridge.db.types import format_timestamp
+from nexus_bridge.domain import TaskStatus, TransportReport
 from nexus_bridge.errors import NexusBridgeError
-from nexus_bridge.queue import QueueService
+from nexus_bridge.queue import DeliveryInfo, QueueService
 from nexus_bridge.views import StatusName, TaskOut, UpdateOut
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,47 @@ INSTRUCTIONS: Final = (
     "nexus-bridge queues tasks for an AI agent running on the user's server and brings back "
     "its progress. Use send_message to hand the agent a task, pull_updates (with wait_seconds "
     "to wait) to follow what it reports, get_message for one task's state and history, "
-    "list_messages and queue_status for an overview, and cancel_message to withdraw a task."
+    "list_messages and queue_status for an overview, cancel_message to withdraw a task, and "
+    "reply_to_task to answer a question the agent asked (status input_required)."
 )
+
+
+class TransportOut(BaseModel):
+    name: str
+    state: str = Field(
+        description="not configured, starting, polling, standby (another process polls), error."
+    )
+    detail: str | None
+    poller: str | None = Field(description="The bridge process that polls Telegram, if any.")
+    this_process: str | None
+
+    @classmethod
+    def of(cls, report: TransportReport) -> "TransportOut":
+        return cls(
+            name=report.name,
+            state=report.state,
+            detail=report.detail,
+            poller=report.poller,
+            this_process=report.this_process,
+        )
+
+
+class DeliveryOut(BaseModel):
+    state: Literal["pending", "delivered", "failed", "skipped"]
+    attempts: int
+    last_error: str | None
+    delivered_at: str | None
+    telegram_message_ids: list[int]
+
+    @classmethod
+    def of(cls, info: DeliveryInfo) -> "DeliveryOut":
+        return cls(
+            state=info.state.value,
+            attempts=info.attempts,
+            last_error=info.last_error,
+            delivered_at=format_timestamp(info.delivered_at) if info.delivered_at else None,
+            telegram_message_ids=list(info.telegram_message_ids),
+        )
 
 
 class SendResult(BaseModel):
@@ -61,9 +101,18 @@ class QueueStatusResult(BaseModel):
     total_updates: int
     current_task: str | None = Field(description="The text of the task the agent is working on.")
     current_task_id: str | None
+    ignored_messages: int = Field(
+        description="Messages in the agent's chat from senders that are not the agent, ignored."
+    )
+    transport: TransportOut | None = Field(
+        description="How tasks reach the agent; state 'not configured' means tasks wait."
+    )
 
 
 class MessageDetail(TaskOut):
+    delivery: DeliveryOut | None = Field(
+        description="How the task (or the latest answer to it) reached the agent's chat."
+    )
     updates: list[UpdateOut] = Field(description="The task's most recent updates, oldest first.")
 
 
@@ -109,7 +158,13 @@ def _limit_schema(low: int, high: int) -> dict[str, Any]:
     return {"minimum": low, "maximum": high}
 
 
-def register_tools(server: MCPServer[Any], queue: QueueService, *, default_identity: str) -> None:
+def register_tools(
+    server: MCPServer[Any],
+    queue: QueueService,
+    *,
+    default_identity: str,
+    transport_report: Callable[[], Awaitable[TransportReport]] | None = None,
+) -> None:
     """Add the client tools to ``server``, bound to ``queue``."""
     read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
     targets: Sequence[str] = queue.targets
@@ -129,6 +184,15 @@ def register_tools(server: MCPServer[Any], queue: QueueService, *, default_ident
         target: Annotated[
             str, Field(description=f"Which agent receives it. Known: {', '.join(targets)}.")
         ] = config.DEFAULT_TARGET,
+        urgent: Annotated[
+            bool,
+            Field(
+                description=(
+                    "Mark the task URGENT: the agent halts what it is doing for it. Use only "
+                    "when the user says it cannot wait."
+                )
+            ),
+        ] = False,
     ) -> SendResult:
         """Queue a task for the agent on the user's server.
 
@@ -136,7 +200,7 @@ def register_tools(server: MCPServer[Any], queue: QueueService, *, default_ident
         still open, nothing is queued: queued=false, reason="duplicate", with that task's id and
         status. Follow progress with pull_updates or get_message.
         """
-        result = await queue.enqueue(message, target)
+        result = await queue.enqueue(message, target, urgent=urgent)
         return SendResult(
             queued=result.queued,
             id=result.task.id,
@@ -202,25 +266,44 @@ def register_tools(server: MCPServer[Any], queue: QueueService, *, default_ident
             str | None, Field(description="Only this target's queue; all targets if omitted.")
         ] = None,
     ) -> QueueStatusResult:
-        """See the queue at a glance: tasks per status, total updates, and the current task."""
+        """See the queue at a glance: tasks per status, total updates, the current task, and
+        whether tasks can reach the agent (transport)."""
         counts = await queue.status(target)
         current = counts.current_task
+        report = await transport_report() if transport_report else None
         return QueueStatusResult(
             **{status.value: counts.by_status[status] for status in TaskStatus},
             total_updates=counts.total_updates,
             current_task=current.content if current else None,
             current_task_id=current.id if current else None,
+            ignored_messages=counts.ignored_messages,
+            transport=TransportOut.of(report) if report else None,
         )
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=False))
+    @_tool_errors
+    async def reply_to_task(
+        id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
+        text: Annotated[str, Field(description="Your answer to the agent's question.")],
+    ) -> TaskOut:
+        """Answer the agent's question on a task in status input_required.
+
+        The answer is posted to the agent as a reply to its question, and the task goes back to
+        in_progress. Read the question first with get_message or pull_updates.
+        """
+        return TaskOut.of(await queue.reply(id, text))
 
     @server.tool(annotations=read_only)
     @_tool_errors
     async def get_message(
         id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
     ) -> MessageDetail:
-        """Look up one task: its text, status, timestamps and its most recent updates."""
+        """Look up one task: its text, status, timestamps, how it was delivered to the agent,
+        and its most recent updates."""
         detail = await queue.get(id)
         return MessageDetail(
             **TaskOut.of(detail.task).model_dump(),
+            delivery=DeliveryOut.of(detail.delivery) if detail.delivery else None,
             updates=[UpdateOut.of(u) for u in detail.recent_updates],
         )
 
@@ -243,7 +326,7 @@ def register_tools(server: MCPServer[Any], queue: QueueService, *, default_ident
         ] = None,
     ) -> MessageList:
         """List tasks, newest first, a page at a time."""
-        page = await queue.list(status=status, target=target, limit=limit, before=before)
+        page = await queue.list_tasks(status=status, target=target, limit=limit, before=before)
         return MessageList(
             messages=[TaskOut.of(t) for t in page.tasks], next_before=page.next_before
         )
@@ -289,6 +372,7 @@ def create_mcp_server(
     default_identity: str,
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
+    transport_report: Callable[[], Awaitable[TransportReport]] | None = None,
 ) -> MCPServer[Any]:
     """An MCP server exposing the client tools over ``queue``."""
     server = BridgeMCPServer(
@@ -299,5 +383,7 @@ def create_mcp_server(
         token_verifier=token_verifier,
         auth=auth,
     )
-    register_tools(server, queue, default_identity=default_identity)
+    register_tools(
+        server, queue, default_identity=default_identity, transport_report=transport_report
+    )
     return server

@@ -11,25 +11,33 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 from nexus_bridge import config
 from nexus_bridge.db.store import NewTask, Store, StoreTransaction
 from nexus_bridge.domain import (
     EnqueueResult,
+    InboundMessage,
+    Lease,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
     QueueCounts,
     Task,
     TaskStatus,
     Update,
     UpdateKind,
+    can_transition,
     check_transition,
     content_hash,
+    first_line,
     normalize_content,
     parse_instant,
     utc_now,
 )
-from nexus_bridge.errors import DuplicateTask, IllegalTransition, InvalidInput
+from nexus_bridge.errors import DuplicateTask, IllegalTransition, InvalidInput, TaskNotFound
+from nexus_bridge.protocol import AgentMessage, parse_agent_message
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +109,38 @@ class TaskPage:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryInfo:
+    """How a task (or the latest answer to it) reached the agent's chat."""
+
+    state: OutboxState
+    attempts: int
+    last_error: str | None
+    delivered_at: datetime | None
+    telegram_message_ids: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskDetail:
     task: Task
     recent_updates: Sequence[Update]
+    delivery: DeliveryInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An outbox entry that is due, with its task: what the delivery worker posts next."""
+
+    item: OutboxItem
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class InboundResult:
+    """What a message from the agent did: which task it joined, and any status it applied."""
+
+    task_id: str | None
+    status: TaskStatus | None
+    applied: bool
 
 
 def _status_line(old: TaskStatus | None, new: TaskStatus, reason: str | None) -> str:
@@ -135,6 +172,10 @@ class QueueService:
     def targets(self) -> tuple[str, ...]:
         return self._targets
 
+    def now(self) -> datetime:
+        """The service's clock (injectable in tests)."""
+        return self._clock()
+
     @property
     def max_message_chars(self) -> int:
         return self._max_message_chars
@@ -151,21 +192,16 @@ class QueueService:
 
     # --- commands --------------------------------------------------------------------------
 
-    async def enqueue(self, message: str, target: str = config.DEFAULT_TARGET) -> EnqueueResult:
-        """Queue a task, or return the open task it duplicates.
+    async def enqueue(
+        self, message: str, target: str = config.DEFAULT_TARGET, *, urgent: bool = False
+    ) -> EnqueueResult:
+        """Queue a task (and its delivery), or return the open task it duplicates.
 
         Raises:
             InvalidInput: empty text, text over the size limit, or an unknown target.
         """
         self._check_target(target)
-        content = normalize_content(message)
-        if not content:
-            raise InvalidInput("message is empty; send the task's text")
-        if len(content) > self._max_message_chars:
-            raise InvalidInput(
-                f"message is {len(content)} characters, over the limit of "
-                f"{self._max_message_chars}; shorten it or split it into several tasks"
-            )
+        content = self._check_text(message, "message")
         digest = content_hash(content)
         for _ in range(_ENQUEUE_ATTEMPTS):
             now = self._clock()
@@ -178,7 +214,15 @@ class QueueService:
                             content=content,
                             content_hash=digest,
                             created_at=now,
+                            urgent=urgent,
                         )
+                    )
+                    await tx.insert_outbox(
+                        message_id=task.id,
+                        kind=OutboxKind.TASK,
+                        body=content,
+                        reply_to_telegram_id=None,
+                        at=now,
                     )
                     await tx.insert_update(
                         message_id=task.id,
@@ -196,6 +240,51 @@ class QueueService:
             self.signal.notify()
             return EnqueueResult(queued=True, task=task)
         raise DuplicateTask("the same task keeps being queued and ended concurrently; try again")
+
+    def _check_text(self, text: str, field: str) -> str:
+        content = normalize_content(text)
+        if not content:
+            raise InvalidInput(f"{field} is empty; send the text")
+        if len(content) > self._max_message_chars:
+            raise InvalidInput(
+                f"{field} is {len(content)} characters, over the limit of "
+                f"{self._max_message_chars}; shorten it or split it"
+            )
+        return content
+
+    async def reply(self, task_id: str, text: str) -> Task:
+        """Answer the agent's question: record it, queue it for delivery, resume the task.
+
+        Raises:
+            TaskNotFound: no task has that id.
+            InvalidInput: empty or over-long text.
+            IllegalTransition: the task is not waiting for an answer.
+        """
+        content = self._check_text(text, "text")
+        async with self._store.write() as tx:
+            task = await tx.get_task(task_id)
+            if task.status is not TaskStatus.INPUT_REQUIRED:
+                raise IllegalTransition(
+                    f"task {task.id} is not waiting for an answer (it is {task.status.value}); "
+                    "reply_to_task answers a task in input_required"
+                )
+            now = self._clock()
+            await tx.insert_update(
+                message_id=task.id, kind=UpdateKind.CLIENT, content=content, at=now
+            )
+            questions = await tx.telegram_ids_of_task(task.id, direction="in")
+            posted = await tx.telegram_ids_of_task(task.id, direction="out")
+            reply_to = questions[-1] if questions else (posted[0] if posted else None)
+            await tx.insert_outbox(
+                message_id=task.id,
+                kind=OutboxKind.REPLY,
+                body=content,
+                reply_to_telegram_id=reply_to,
+                at=now,
+            )
+            resumed = await self._apply(tx, task, TaskStatus.IN_PROGRESS, "answered")
+        self.signal.notify()
+        return resumed
 
     async def transition(
         self, task_id: str, new_status: TaskStatus, *, reason: str | None = None
@@ -271,9 +360,21 @@ class QueueService:
         async with self._store.read() as tx:
             task = await tx.get_task(task_id)
             latest = await tx.list_updates(message_id=task.id, limit=recent, newest_first=True)
-        return TaskDetail(task=task, recent_updates=list(reversed(latest)))
+            deliveries = await tx.outbox_for_task(task.id)
+            posted = await tx.telegram_ids_of_task(task.id, direction="out")
+        delivery = None
+        if deliveries:
+            last = deliveries[-1]
+            delivery = DeliveryInfo(
+                state=last.state,
+                attempts=last.attempts,
+                last_error=last.last_error,
+                delivered_at=last.delivered_at,
+                telegram_message_ids=posted,
+            )
+        return TaskDetail(task=task, recent_updates=list(reversed(latest)), delivery=delivery)
 
-    async def list(
+    async def list_tasks(
         self,
         *,
         status: str | None = None,
@@ -312,7 +413,10 @@ class QueueService:
             counts = await tx.count_by_status(target)
             total = await tx.count_updates(target)
             current = await tx.current_task(target)
-        return QueueCounts(by_status=counts, total_updates=total, current_task=current)
+            ignored = await tx.count_ignored_inbound()
+        return QueueCounts(
+            by_status=counts, total_updates=total, current_task=current, ignored_messages=ignored
+        )
 
     async def pull(
         self,
@@ -374,6 +478,205 @@ class QueueService:
             async with self._store.write() as tx:
                 await tx.advance_cursor(identity, position, at=self._clock())
         return UpdatePage(updates=rows, next_cursor=str(position), has_more=more)
+
+    # --- delivery (the outbox) --------------------------------------------------------------
+
+    async def next_delivery(self) -> Delivery | None:
+        """The next due outbox entry; entries whose task ended before delivery are skipped."""
+        while True:
+            async with self._store.write() as tx:
+                item = await tx.next_due_outbox(self._clock())
+                if item is None:
+                    return None
+                task = await tx.get_task(item.message_id)
+                if not task.status.is_terminal or item.parts_sent > 0:
+                    return Delivery(item=item, task=task)
+                await tx.update_outbox(
+                    item.id,
+                    state=OutboxState.SKIPPED.value,
+                    last_error=f"the task was {task.status.value} before delivery",
+                )
+
+    async def next_delivery_due_at(self) -> datetime | None:
+        """When the earliest pending delivery is due (maybe already), or None if none is pending."""
+        async with self._store.read() as tx:
+            return await tx.earliest_pending_outbox()
+
+    async def record_part_sent(
+        self, delivery: Delivery, *, part: int, chat_id: int, telegram_message_id: int
+    ) -> None:
+        """Journal one posted part; a restart resumes after it, so no part is posted twice."""
+        now = self._clock()
+        async with self._store.write() as tx:
+            await tx.journal_telegram_message(
+                chat_id=chat_id,
+                telegram_message_id=telegram_message_id,
+                direction="out",
+                accepted=True,
+                at=now,
+                message_id=delivery.task.id,
+                outbox_id=delivery.item.id,
+                part=part,
+                processed_at=now,
+            )
+            await tx.update_outbox(delivery.item.id, parts_sent=part + 1)
+
+    async def mark_delivered(self, delivery: Delivery) -> None:
+        async with self._store.write() as tx:
+            await tx.update_outbox(
+                delivery.item.id,
+                state=OutboxState.DELIVERED.value,
+                attempts=delivery.item.attempts + 1,
+                delivered_at=self._clock(),
+                last_error=None,
+            )
+
+    async def mark_retry(self, delivery: Delivery, *, error: str, delay_seconds: float) -> None:
+        """Try again after ``delay_seconds``; the error stays visible in get_message."""
+        async with self._store.write() as tx:
+            await tx.update_outbox(
+                delivery.item.id,
+                attempts=delivery.item.attempts + 1,
+                last_error=error,
+                next_attempt_at=self._clock() + timedelta(seconds=delay_seconds),
+            )
+
+    async def mark_failed(self, delivery: Delivery, *, error: str) -> None:
+        """A permanent refusal: the delivery fails and the task ends in error, saying why."""
+        async with self._store.write() as tx:
+            await tx.update_outbox(
+                delivery.item.id,
+                state=OutboxState.FAILED.value,
+                attempts=delivery.item.attempts + 1,
+                last_error=error,
+            )
+            task = await tx.get_task(delivery.task.id)
+            if not task.status.is_terminal:
+                what = "the task" if delivery.item.kind is OutboxKind.TASK else "the answer"
+                await self._apply(tx, task, TaskStatus.ERROR, f"Telegram refused {what}: {error}")
+        self.signal.notify()
+
+    # --- inbound (the agent's messages) ------------------------------------------------------
+
+    async def journal_inbound(
+        self,
+        *,
+        chat_id: int,
+        telegram_message_id: int,
+        from_id: int | None,
+        text: str | None,
+        reply_to_telegram_id: int | None,
+        accepted: bool,
+    ) -> int | None:
+        """Journal a received message before anything acts on it; None if already journaled.
+
+        Messages that are not accepted are kept without their text, only to be counted.
+        """
+        async with self._store.write() as tx:
+            return await tx.journal_telegram_message(
+                chat_id=chat_id,
+                telegram_message_id=telegram_message_id,
+                direction="in",
+                accepted=accepted,
+                at=self._clock(),
+                from_id=from_id,
+                reply_to_telegram_id=reply_to_telegram_id,
+                text=text if accepted else None,
+            )
+
+    async def unprocessed_inbound(self) -> list[int]:
+        """Journaled messages not yet acted on (a crash between journal and processing)."""
+        async with self._store.read() as tx:
+            return await tx.unprocessed_inbound()
+
+    async def process_inbound(self, journal_id: int, *, target: str) -> InboundResult:
+        """Turn a journaled agent message into an update, and a status change if it asks for one.
+
+        The task is found by, first match wins: a reply to one of the task's messages; a task
+        tag; a ``[Responding to: <first line>]`` announcement; the target's task in progress.
+        A status change the transition table forbids is recorded as text only.
+        """
+        async with self._store.write() as tx:
+            inbound = await tx.inbound_message(journal_id)
+            text = inbound.text or ""
+            parsed = parse_agent_message(text)
+            task = await self._correlate(tx, inbound, parsed, target)
+            now = self._clock()
+            await tx.insert_update(
+                message_id=task.id if task else None,
+                kind=UpdateKind.AGENT,
+                content=text,
+                at=now,
+            )
+            applied = False
+            if task is not None and parsed.status is not None:
+                if can_transition(task.status, parsed.status):
+                    await self._apply(tx, task, parsed.status, None)
+                    applied = True
+                else:
+                    logger.info(
+                        "agent asked to move task %s from %s to %s: not allowed, kept as text",
+                        task.id,
+                        task.status.value,
+                        parsed.status.value,
+                    )
+            await tx.mark_inbound_processed(
+                journal_id, message_id=task.id if task else None, at=now
+            )
+        self.signal.notify()
+        return InboundResult(
+            task_id=task.id if task else None, status=parsed.status, applied=applied
+        )
+
+    async def _correlate(
+        self,
+        tx: StoreTransaction,
+        inbound: InboundMessage,
+        parsed: AgentMessage,
+        target: str,
+    ) -> Task | None:
+        if inbound.reply_to_telegram_id is not None:
+            task_id = await tx.task_of_telegram_message(
+                inbound.chat_id, inbound.reply_to_telegram_id
+            )
+            if task_id is not None:
+                return await tx.get_task(task_id)
+        for tag in parsed.task_tags:
+            try:
+                return await tx.get_task(tag)
+            except (TaskNotFound, InvalidInput):
+                continue
+        open_tasks = await tx.open_tasks(target)
+        if parsed.responding_to:
+            wanted = parsed.responding_to.casefold().rstrip(".…")
+            for task in open_tasks:
+                line = first_line(task.content, 10_000).casefold()
+                if wanted and (line.startswith(wanted) or wanted.startswith(line)):
+                    return task
+        in_progress = [t for t in open_tasks if t.status is TaskStatus.IN_PROGRESS]
+        return in_progress[0] if in_progress else None
+
+    # --- leases -----------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, *, seconds: float) -> bool:
+        """Take or renew a lease; False while another live holder has it."""
+        now = self._clock()
+        async with self._store.write() as tx:
+            return await tx.acquire_lease(
+                name, holder, now=now, until=now + timedelta(seconds=seconds)
+            )
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        async with self._store.write() as tx:
+            await tx.release_lease(name, holder)
+
+    async def lease(self, name: str) -> Lease | None:
+        """The lease if it is held and has not expired."""
+        async with self._store.read() as tx:
+            lease = await tx.get_lease(name)
+        if lease is None or lease.expires_at < self._clock():
+            return None
+        return lease
 
     async def schema_revisions(self) -> Sequence[str]:
         async with self._store.read() as tx:

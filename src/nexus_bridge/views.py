@@ -50,6 +50,7 @@ class TaskOut(BaseModel):
     content: str
     status: StatusName
     status_reason: str | None = Field(description="Why it reached its status, when known.")
+    urgent: bool
     created_at: str
     updated_at: str
     acknowledged_at: str | None
@@ -64,6 +65,7 @@ class TaskOut(BaseModel):
             content=task.content,
             status=task.status.value,
             status_reason=task.status_reason,
+            urgent=task.urgent,
             created_at=format_timestamp(task.created_at),
             updated_at=format_timestamp(task.updated_at),
             acknowledged_at=_iso(task.acknowledged_at),

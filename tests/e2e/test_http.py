@@ -27,6 +27,7 @@ TOOLS = {
     "get_message",
     "list_messages",
     "cancel_message",
+    "reply_to_task",
 }
 TOKEN_A = "token-a-" + "a" * 32
 TOKEN_B = "token-b-" + "b" * 32
@@ -261,7 +262,8 @@ async def test_readyz_reports_a_database_that_is_not_at_head(
         async with create_mcp_http_client() as http:
             ready = await http.get(base + "/readyz")
             assert ready.status_code == 200
-            assert ready.json() == {"status": "ready"}
+            assert ready.json()["status"] == "ready"
+            assert ready.json()["transport"]["state"] == "not configured"
             await asyncio.to_thread(migrate.downgrade, settings.database_url, "base")
             not_ready = await http.get(base + "/readyz")
             assert not_ready.status_code == 503

@@ -26,14 +26,7 @@ SDK_PACKAGE = TS_DIR / "node_modules" / "@modelcontextprotocol" / "sdk" / "packa
 REQUIRE_NODE_ENV = "NEXUS_BRIDGE_REQUIRE_NODE"
 TOKEN_ENV = "NEXUS_BRIDGE_TOKEN"
 CLIENT_TIMEOUT_SECONDS = 60.0
-TOOLS = {
-    "send_message",
-    "pull_updates",
-    "queue_status",
-    "get_message",
-    "list_messages",
-    "cancel_message",
-}
+from tests.e2e.test_http import TOOLS  # noqa: E402
 
 
 @dataclass

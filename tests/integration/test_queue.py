@@ -262,11 +262,11 @@ async def test_wait_seconds_is_capped(store: Store) -> None:
 
 async def test_list_is_newest_first_and_paginates_with_before(queue: QueueService) -> None:
     ids = [(await queue.enqueue(f"task {i}")).task.id for i in range(5)]
-    first = await queue.list(limit=2)
+    first = await queue.list_tasks(limit=2)
     assert [t.id for t in first.tasks] == ids[::-1][:2]
-    second = await queue.list(limit=2, before=first.next_before)
+    second = await queue.list_tasks(limit=2, before=first.next_before)
     assert [t.id for t in second.tasks] == ids[::-1][2:4]
-    third = await queue.list(limit=2, before=second.next_before)
+    third = await queue.list_tasks(limit=2, before=second.next_before)
     assert [t.id for t in third.tasks] == ids[:1]
     assert third.next_before is None
 
@@ -275,11 +275,11 @@ async def test_list_filters_by_status_and_refuses_unknown_ones(queue: QueueServi
     a = (await queue.enqueue("a")).task
     await queue.enqueue("b")
     await queue.cancel(a.id)
-    assert [t.id for t in (await queue.list(status="cancelled")).tasks] == [a.id]
+    assert [t.id for t in (await queue.list_tasks(status="cancelled")).tasks] == [a.id]
     with pytest.raises(InvalidInput, match="unknown status 'done'"):
-        await queue.list(status="done")
+        await queue.list_tasks(status="done")
     with pytest.raises(InvalidInput, match="limit must be between 1 and 200"):
-        await queue.list(limit=0)
+        await queue.list_tasks(limit=0)
 
 
 async def test_status_counts_and_names_the_current_task(queue: QueueService) -> None:

@@ -8,13 +8,48 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Row, and_, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Insert,
+    Row,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nexus_bridge.db.engine import WRITE_OPTION
-from nexus_bridge.db.models import OPEN_CONTENT_INDEX, messages, pull_cursors, updates
-from nexus_bridge.domain import OPEN_STATUSES, Task, TaskStatus, Update, UpdateKind
+from nexus_bridge.db.models import (
+    OPEN_CONTENT_INDEX,
+    leases,
+    messages,
+    outbox,
+    pull_cursors,
+    telegram_messages,
+    updates,
+)
+from nexus_bridge.db.types import UTCDateTime
+from nexus_bridge.domain import (
+    OPEN_STATUSES,
+    InboundMessage,
+    Lease,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
+    Task,
+    TaskStatus,
+    Update,
+    UpdateKind,
+)
 from nexus_bridge.errors import DuplicateTask, InvalidInput, TaskNotFound
 
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
@@ -35,6 +70,24 @@ def _task(row: Row[Any]) -> Task:
         started_at=row.started_at,
         ended_at=row.ended_at,
         status_reason=row.status_reason,
+        urgent=bool(row.urgent),
+    )
+
+
+def _outbox(row: Row[Any]) -> OutboxItem:
+    return OutboxItem(
+        id=row.id,
+        message_id=row.message_id,
+        kind=OutboxKind(row.kind),
+        body=row.body,
+        reply_to_telegram_id=row.reply_to_telegram_id,
+        state=OutboxState(row.state),
+        attempts=row.attempts,
+        parts_sent=row.parts_sent,
+        last_error=row.last_error,
+        next_attempt_at=row.next_attempt_at,
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
     )
 
 
@@ -64,6 +117,7 @@ class NewTask:
     content: str
     content_hash: str
     created_at: datetime
+    urgent: bool = False
 
 
 class StoreTransaction:
@@ -71,6 +125,13 @@ class StoreTransaction:
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._conn = connection
+        self._dialect = connection.dialect.name
+
+    def _insert_ignoring_duplicates(self, table: Table) -> Insert:
+        """INSERT ... ON CONFLICT DO NOTHING, which keeps a PostgreSQL transaction usable."""
+        if self._dialect == "postgresql":
+            return postgresql_insert(table).on_conflict_do_nothing()
+        return sqlite_insert(table).on_conflict_do_nothing()
 
     # --- tasks -----------------------------------------------------------------------------
 
@@ -87,6 +148,7 @@ class StoreTransaction:
             "content_hash": new.content_hash,
             "status": TaskStatus.PENDING.value,
             "status_reason": None,
+            "urgent": new.urgent,
             "created_at": new.created_at,
             "updated_at": new.created_at,
         }
@@ -107,6 +169,7 @@ class StoreTransaction:
             started_at=None,
             ended_at=None,
             status_reason=None,
+            urgent=new.urgent,
         )
 
     async def open_task_with_hash(self, target: str, content_hash: str) -> Task | None:
@@ -185,6 +248,18 @@ class StoreTransaction:
             )
         query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
         return [_task(row) for row in (await self._conn.execute(query)).all()]
+
+    async def open_tasks(self, target: str) -> list[Task]:
+        """The target's open tasks, oldest first."""
+        rows = await self._conn.execute(
+            select(messages)
+            .where(
+                messages.c.target == target,
+                messages.c.status.in_([s.value for s in OPEN_STATUSES]),
+            )
+            .order_by(messages.c.created_at, messages.c.id)
+        )
+        return [_task(row) for row in rows.all()]
 
     async def count_by_status(self, target: str | None) -> dict[TaskStatus, int]:
         query = select(messages.c.status, func.count()).group_by(messages.c.status)
@@ -296,6 +371,230 @@ class StoreTransaction:
                 await self._conn.execute(
                     insert(pull_cursors).values(identity=identity, position=position, updated_at=at)
                 )
+
+    # --- outbox ----------------------------------------------------------------------------
+
+    async def insert_outbox(
+        self,
+        *,
+        message_id: str,
+        kind: OutboxKind,
+        body: str,
+        reply_to_telegram_id: int | None,
+        at: datetime,
+    ) -> int:
+        result = await self._conn.execute(
+            insert(outbox).values(
+                message_id=message_id,
+                kind=kind.value,
+                body=body,
+                reply_to_telegram_id=reply_to_telegram_id,
+                state=OutboxState.PENDING.value,
+                attempts=0,
+                parts_sent=0,
+                next_attempt_at=at,
+                created_at=at,
+            )
+        )
+        key = result.inserted_primary_key
+        if key is None:  # pragma: no cover - every supported driver reports it
+            raise RuntimeError("the database did not report the new outbox id")
+        return int(key[0])
+
+    async def next_due_outbox(self, now: datetime) -> OutboxItem | None:
+        """The next pending delivery that is due: urgent tasks first, then oldest first."""
+        row = (
+            await self._conn.execute(
+                select(outbox)
+                .join(messages, messages.c.id == outbox.c.message_id)
+                .where(
+                    outbox.c.state == OutboxState.PENDING.value,
+                    outbox.c.next_attempt_at <= now,
+                )
+                .order_by(messages.c.urgent.desc(), outbox.c.id)
+                .limit(1)
+            )
+        ).first()
+        return _outbox(row) if row else None
+
+    async def earliest_pending_outbox(self) -> datetime | None:
+        value = (
+            await self._conn.execute(
+                select(func.min(outbox.c.next_attempt_at, type_=UTCDateTime())).where(
+                    outbox.c.state == OutboxState.PENDING.value
+                )
+            )
+        ).scalar()
+        return value if isinstance(value, datetime) else None
+
+    async def outbox_for_task(self, message_id: str) -> list[OutboxItem]:
+        rows = await self._conn.execute(
+            select(outbox).where(outbox.c.message_id == message_id).order_by(outbox.c.id)
+        )
+        return [_outbox(row) for row in rows.all()]
+
+    async def update_outbox(self, outbox_id: int, **values: Any) -> None:
+        """Set delivery fields: state, attempts, parts_sent, last_error, next_attempt_at, ..."""
+        await self._conn.execute(update(outbox).where(outbox.c.id == outbox_id).values(**values))
+
+    # --- telegram journal ------------------------------------------------------------------
+
+    async def journal_telegram_message(
+        self,
+        *,
+        chat_id: int,
+        telegram_message_id: int,
+        direction: str,
+        accepted: bool,
+        at: datetime,
+        message_id: str | None = None,
+        outbox_id: int | None = None,
+        part: int | None = None,
+        from_id: int | None = None,
+        reply_to_telegram_id: int | None = None,
+        text: str | None = None,
+        processed_at: datetime | None = None,
+    ) -> int | None:
+        """Record a Telegram message; None if (chat, message id) was already recorded."""
+        result = await self._conn.execute(
+            self._insert_ignoring_duplicates(telegram_messages).values(
+                chat_id=chat_id,
+                telegram_message_id=telegram_message_id,
+                direction=direction,
+                message_id=message_id,
+                outbox_id=outbox_id,
+                part=part,
+                from_id=from_id,
+                reply_to_telegram_id=reply_to_telegram_id,
+                text=text,
+                accepted=accepted,
+                processed_at=processed_at,
+                created_at=at,
+            )
+        )
+        if result.rowcount != 1:
+            return None
+        found = (
+            await self._conn.execute(
+                select(telegram_messages.c.id).where(
+                    telegram_messages.c.chat_id == chat_id,
+                    telegram_messages.c.telegram_message_id == telegram_message_id,
+                )
+            )
+        ).scalar_one()
+        return int(found)
+
+    async def inbound_message(self, journal_id: int) -> InboundMessage:
+        row = (
+            await self._conn.execute(
+                select(telegram_messages).where(telegram_messages.c.id == journal_id)
+            )
+        ).one()
+        return InboundMessage(
+            id=row.id,
+            chat_id=row.chat_id,
+            telegram_message_id=row.telegram_message_id,
+            from_id=row.from_id,
+            reply_to_telegram_id=row.reply_to_telegram_id,
+            text=row.text,
+        )
+
+    async def unprocessed_inbound(self) -> list[int]:
+        rows = await self._conn.execute(
+            select(telegram_messages.c.id)
+            .where(
+                telegram_messages.c.direction == "in",
+                telegram_messages.c.accepted.is_(True),
+                telegram_messages.c.processed_at.is_(None),
+            )
+            .order_by(telegram_messages.c.id)
+        )
+        return [int(r[0]) for r in rows.all()]
+
+    async def mark_inbound_processed(
+        self, journal_id: int, *, message_id: str | None, at: datetime
+    ) -> None:
+        await self._conn.execute(
+            update(telegram_messages)
+            .where(telegram_messages.c.id == journal_id)
+            .values(message_id=message_id, processed_at=at)
+        )
+
+    async def task_of_telegram_message(self, chat_id: int, telegram_message_id: int) -> str | None:
+        value = (
+            await self._conn.execute(
+                select(telegram_messages.c.message_id).where(
+                    telegram_messages.c.chat_id == chat_id,
+                    telegram_messages.c.telegram_message_id == telegram_message_id,
+                )
+            )
+        ).scalar()
+        return None if value is None else str(value)
+
+    async def telegram_ids_of_task(self, message_id: str, *, direction: str) -> list[int]:
+        rows = await self._conn.execute(
+            select(telegram_messages.c.telegram_message_id)
+            .where(
+                telegram_messages.c.message_id == message_id,
+                telegram_messages.c.direction == direction,
+            )
+            .order_by(telegram_messages.c.id)
+        )
+        return [int(r[0]) for r in rows.all()]
+
+    async def count_ignored_inbound(self) -> int:
+        return int(
+            (
+                await self._conn.execute(
+                    select(func.count())
+                    .select_from(telegram_messages)
+                    .where(telegram_messages.c.accepted.is_(False))
+                )
+            ).scalar_one()
+        )
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, name: str, holder: str, *, now: datetime, until: datetime
+    ) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` unless someone else holds it."""
+        renewed = await self._conn.execute(
+            update(leases)
+            .where(
+                leases.c.name == name,
+                or_(leases.c.holder == holder, leases.c.expires_at < now),
+            )
+            .values(
+                holder=holder,
+                expires_at=until,
+                acquired_at=case((leases.c.holder == holder, leases.c.acquired_at), else_=now),
+            )
+        )
+        if renewed.rowcount == 1:
+            return True
+        created = await self._conn.execute(
+            self._insert_ignoring_duplicates(leases).values(
+                name=name, holder=holder, acquired_at=now, expires_at=until
+            )
+        )
+        return bool(created.rowcount == 1)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._conn.execute(
+            delete(leases).where(leases.c.name == name, leases.c.holder == holder)
+        )
+
+    async def get_lease(self, name: str) -> Lease | None:
+        row = (await self._conn.execute(select(leases).where(leases.c.name == name))).first()
+        if row is None:
+            return None
+        return Lease(
+            name=row.name,
+            holder=row.holder,
+            acquired_at=row.acquired_at,
+            expires_at=row.expires_at,
+        )
 
     # --- schema ----------------------------------------------------------------------------
 
