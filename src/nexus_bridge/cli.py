@@ -14,6 +14,7 @@ from nexus_bridge import __version__, config
 from nexus_bridge.config import Settings, load_settings
 from nexus_bridge.domain import Task, Update, first_line
 from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import open_runtime
 from nexus_bridge.views import TaskOut, UpdateOut
@@ -23,16 +24,6 @@ logger = logging.getLogger("nexus_bridge")
 CLI_IDENTITY: Final = "cli"
 FOLLOW_POLL_SECONDS: Final = 1.0
 T = TypeVar("T")
-
-
-def _configure_logging(level: str) -> None:
-    # Logs go to stderr: stdout belongs to command output, and to the protocol under --stdio.
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _print_json(value: Any) -> None:
@@ -253,6 +244,29 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reply(settings: Settings, args: argparse.Namespace) -> int:
+    task = asyncio.run(_with_queue(settings, lambda q: q.reply(args.id, args.text)))
+    if args.json:
+        _print_json(_task_json(task))
+    else:
+        print(f"answered {task.id}; it is {task.status.value} again")
+    return 0
+
+
+def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:
+    from nexus_bridge.protocol import agent_prompt
+
+    username = args.agent_username
+    if username is None:
+        try:
+            telegram = settings.telegram()
+        except NexusBridgeError:
+            telegram = None
+        username = telegram.agent_username if telegram else None
+    print(agent_prompt(agent_username=username, bridge_username=args.bridge_username))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexus-bridge",
@@ -303,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason")
     cancel.set_defaults(func=cmd_cancel)
 
+    reply = sub.add_parser("reply", parents=[common], help="answer the agent's question")
+    reply.add_argument("id")
+    reply.add_argument("text")
+    reply.set_defaults(func=cmd_reply)
+
+    prompt = sub.add_parser(
+        "agent-prompt", help="print the CLAUDE.md section that teaches the agent the protocol"
+    )
+    prompt.add_argument("--agent-username", help="the agent bot's @username")
+    prompt.add_argument("--bridge-username", help="the bridge bot's @username")
+    prompt.set_defaults(func=cmd_agent_prompt)
+
     lst = sub.add_parser("list", parents=[common], help="tasks, newest first")
     lst.add_argument("--status")
     lst.add_argument("--target")
@@ -316,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        _configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.secrets())
         result: int = args.func(settings, args)
     except NexusBridgeError as exc:
         print(f"nexus-bridge: error: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -93,3 +94,37 @@ def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "nexus_bridge/migrations/env.py" in names
     assert "nexus_bridge/migrations/versions/0001_initial_schema.py" in names
+
+
+async def test_upgrading_from_0001_keeps_tasks_and_their_history(database_url: str) -> None:
+    from sqlalchemy import text
+
+    from nexus_bridge.db.engine import create_engine
+
+    await asyncio.to_thread(migrate.upgrade, database_url, "0001")
+    engine = create_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO messages (id, target, content, content_hash, status, created_at, "
+                "updated_at) VALUES ('t1', 'homelab', 'old task', 'h1', 'in_progress', "
+                "'2026-01-01T00:00:00.000000+00:00', '2026-01-01T00:00:00.000000+00:00')"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO updates (message_id, kind, content, created_at) VALUES "
+                "('t1', 'agent', 'step 1', '2026-01-01T00:00:01.000000+00:00')"
+            )
+        )
+    await engine.dispose()
+    await asyncio.to_thread(migrate.upgrade, database_url)
+
+    engine = create_engine(database_url)
+    async with engine.connect() as conn:
+        task = (await conn.execute(text("SELECT status, urgent FROM messages"))).one()
+        history = (await conn.execute(text("SELECT message_id, content FROM updates"))).all()
+    await engine.dispose()
+    assert task.status == "in_progress"
+    assert not task.urgent
+    assert [tuple(r) for r in history] == [("t1", "step 1")]

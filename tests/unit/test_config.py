@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nexus_bridge.config import Settings, load_settings
@@ -74,3 +76,75 @@ def test_non_loopback_without_auth_refuses_to_start(host: str) -> None:
 )
 def test_loopback_or_authenticated_or_opted_out_may_start(values: dict[str, object]) -> None:
     settings(**values).check_serve_security()
+
+
+def test_without_a_bot_token_the_telegram_transport_is_off() -> None:
+    assert settings().telegram() is None
+
+
+def test_telegram_settings_come_from_the_environment() -> None:
+    telegram = settings(
+        telegram_bot_token="123:abc",
+        telegram_chat_id=-1001,
+        telegram_agent_ids="42, 43",
+        telegram_agent_username="@agent_bot",
+    ).telegram()
+    assert telegram is not None
+    assert telegram.token == "123:abc"
+    assert telegram.chat_id == -1001
+    assert telegram.agent_ids == frozenset({42, 43})
+    assert telegram.agent_username == "agent_bot"
+    assert "123:abc" not in repr(telegram)
+
+
+@pytest.mark.parametrize(
+    ("values", "missing"),
+    [
+        ({"telegram_agent_ids": "42"}, "TELEGRAM_CHAT_ID"),
+        ({"telegram_chat_id": -1}, "TELEGRAM_AGENT_IDS"),
+    ],
+)
+def test_a_token_without_chat_or_agents_is_a_clear_error(
+    values: dict[str, object], missing: str
+) -> None:
+    with pytest.raises(ConfigError, match=missing):
+        settings(telegram_bot_token="123:abc", **values).telegram()
+
+
+def test_the_homelab_credentials_file_is_read_and_loose_permissions_warned(
+    tmp_path: Path,
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("# homelab bot\ntoken=999:file-token\nchat_id = -1002\nagent_ids=7\n")
+    creds.chmod(0o644)
+    telegram = settings(telegram_credentials_file=creds).telegram()
+    assert telegram is not None
+    assert telegram.token == "999:file-token"
+    assert telegram.chat_id == -1002
+    assert telegram.agent_ids == frozenset({7})
+    assert any("chmod 600" in w for w in telegram.warnings)
+    creds.chmod(0o600)
+    quiet = settings(telegram_credentials_file=creds).telegram()
+    assert quiet is not None
+    assert quiet.warnings == ()
+
+
+def test_the_environment_wins_over_the_credentials_file(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("token=999:file-token\nchat_id=-1002\n")
+    creds.chmod(0o600)
+    telegram = settings(
+        telegram_credentials_file=creds, telegram_chat_id=-5, telegram_agent_ids="1"
+    ).telegram()
+    assert telegram is not None
+    assert telegram.chat_id == -5
+
+
+def test_an_unreadable_credentials_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TELEGRAM_CREDENTIALS_FILE"):
+        settings(telegram_credentials_file=tmp_path / "nope").telegram()
+
+
+def test_secrets_lists_every_token() -> None:
+    s = settings(auth_tokens=[TOKEN], telegram_bot_token="123:abc")
+    assert set(s.secrets()) == {TOKEN, "123:abc"}

@@ -38,6 +38,7 @@ from telegram.request import HTTPXRequest
 
 from nexus_bridge.config import DEFAULT_TARGET, TelegramSettings
 from nexus_bridge.domain import OutboxKind
+from nexus_bridge.logs import quiet_noisy_loggers
 from nexus_bridge.protocol import render_reply, render_task
 from nexus_bridge.queue import Delivery, QueueService
 
@@ -97,6 +98,7 @@ class TelegramTransport:
         self._inbound_failed = False
         self._last_send = 0.0
         self._application = self._build_application()
+        quiet_noisy_loggers()  # httpx would log Bot API URLs, which carry the token
 
     # --- status ------------------------------------------------------------------------------
 
