@@ -25,6 +25,10 @@ from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.queue import QueueService
 
+# python-telegram-bot warns (an error under filterwarnings=error) when it builds RetryAfter with
+# an int; opting in to its timedelta form, which the transport handles, keeps 429s as RetryAfter.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
 POSTGRES_ENV = "NEXUS_BRIDGE_TEST_POSTGRES_URL"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 20.0
