@@ -6,9 +6,9 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -42,22 +42,34 @@ class Bridge(Runtime):
 
     mcp: MCPServer[Any]
     transport: TelegramTransport | None = None
-    _transport_task: asyncio.Task[None] | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def start_transport(self) -> None:
-        if self.transport is not None and self._transport_task is None:
-            self._transport_task = asyncio.create_task(self.transport.run(), name="transport")
+    def start_background(self) -> None:
+        """The change watcher and, when configured, the transport."""
+        if self._background:
+            return
+        self._background.append(
+            asyncio.create_task(
+                self.queue.watch_for_changes(self.settings.change_poll_seconds), name="watch"
+            )
+        )
+        if self.transport is not None:
+            self._background.append(asyncio.create_task(self.transport.run(), name="transport"))
 
-    async def stop_transport(self) -> None:
-        if self.transport is not None and self._transport_task is not None:
+    async def stop_background(self) -> None:
+        if self.transport is not None:
             await self.transport.stop()
-            await asyncio.gather(self._transport_task, return_exceptions=True)
+        for task in self._background:
+            if task.get_name() != "transport":
+                task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
 
     async def transport_report(self) -> TransportReport:
         return await report_transport(self.queue, self.transport)
 
     async def close(self) -> None:
-        await self.stop_transport()
+        await self.stop_background()
         await super().close()
 
 
@@ -174,7 +186,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await bridge.check_schema()
-        bridge.start_transport()
+        bridge.start_background()
         try:
             async with bridge.mcp.session_manager.run():
                 yield
@@ -189,18 +201,25 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
 class BridgeServer(uvicorn.Server):
     """uvicorn, plus: announce the real address, and wake long pulls when asked to stop."""
 
-    def __init__(self, config_: uvicorn.Config, bridge: Bridge) -> None:
+    def __init__(
+        self,
+        config_: uvicorn.Config,
+        bridge: Bridge,
+        on_listening: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__(config_)
         self._bridge = bridge
+        self._on_listening = on_listening
         self.bound_port: int | None = None
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)
         if self.servers and self.servers[0].sockets:
             self.bound_port = int(self.servers[0].sockets[0].getsockname()[1])
-            logger.info(
-                "nexus-bridge listening on %s", mcp_url(self._bridge.settings, self.bound_port)
-            )
+            url = mcp_url(self._bridge.settings, self.bound_port)
+            if self._on_listening is not None:
+                self._on_listening(url)
+            logger.info("nexus-bridge listening on %s", url)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # Called from the signal handler: hand the wake-up to the loop, then let uvicorn drain.
@@ -228,7 +247,9 @@ def mcp_url(settings: Settings, port: int | None = None) -> str:
     return f"http://{host}:{port if port is not None else settings.port}{config.MCP_PATH}"
 
 
-def make_server(settings: Settings) -> BridgeServer:
+def make_server(
+    settings: Settings, on_listening: Callable[[str], None] | None = None
+) -> BridgeServer:
     bridge = build_bridge(settings, default_identity="anonymous", http=True)
     app = create_app(settings, bridge)
     uv_config = uvicorn.Config(
@@ -240,4 +261,4 @@ def make_server(settings: Settings) -> BridgeServer:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         server_header=False,
     )
-    return BridgeServer(uv_config, bridge)
+    return BridgeServer(uv_config, bridge, on_listening)

@@ -64,7 +64,7 @@ async def _with_queue(settings: Settings, work: Callable[[QueueService], Awaitab
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from nexus_bridge.app import make_server, mcp_url
+    from nexus_bridge.app import make_server
 
     if args.host:
         settings = settings.model_copy(update={"host": args.host})
@@ -76,14 +76,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     settings.check_serve_security()
     asyncio.run(_with_queue(settings, _noop))  # refuse to start on an unmigrated database
-    server = make_server(settings)
+    server = make_server(settings, on_listening=lambda url: _print_banner(settings, url))
     if not settings.auth_tokens:
         logger.warning(
             "no %sAUTH_TOKENS set: /mcp accepts any client that can reach %s",
             config.ENV_PREFIX,
             settings.host,
         )
-    _print_banner(settings, mcp_url(settings))
     server.run()
     return 0 if server.started else 1
 
@@ -118,6 +117,7 @@ async def _serve_stdio(settings: Settings) -> int:
     bridge = build_bridge(settings, default_identity="stdio", http=False)
     try:
         await bridge.check_schema()
+        bridge.start_background()
         await bridge.mcp.run_stdio_async()
     finally:
         await bridge.close()

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT_SECONDS, ge=0)
     sqlite_busy_timeout_ms: int = Field(default=DEFAULT_BUSY_TIMEOUT_MS, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    change_poll_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
 
     telegram_bot_token: SecretStr | None = None

@@ -8,8 +8,14 @@ from collections.abc import Iterable
 from typing import Final
 
 REDACTED: Final = "[redacted]"
-# httpx logs every request URL at INFO, and a Bot API URL carries the bot token.
-QUIET_LOGGERS: Final = ("httpx", "httpcore", "alembic.runtime.plugins")
+# httpx logs every request URL at INFO, and python-telegram-bot logs its Bot API URL at DEBUG:
+# both carry the bot token. The handler filter below is the second line of defence.
+QUIET_LOGGERS: Final = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "telegram": logging.INFO,
+    "alembic.runtime.plugins": logging.WARNING,
+}
 
 
 class RedactSecrets(logging.Filter):
@@ -37,8 +43,10 @@ class RedactSecrets(logging.Filter):
 
 
 def quiet_noisy_loggers() -> None:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name, level in QUIET_LOGGERS.items():
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < level:
+            logger.setLevel(level)
 
 
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:

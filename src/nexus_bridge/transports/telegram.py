@@ -45,6 +45,8 @@ from nexus_bridge.queue import Delivery, QueueService
 logger = logging.getLogger(__name__)
 
 POLLER_LEASE: Final = "telegram-poller"
+# Enqueues (in this process or, through the change watcher, any other) wake the worker at once;
+# this only bounds how long it sleeps with nothing to do.
 IDLE_DELIVERY_CHECK_SECONDS: Final = 60.0
 MAX_POLL_BACKOFF_SECONDS: Final = 30.0
 
@@ -97,8 +99,8 @@ class TelegramTransport:
         self._stopping = asyncio.Event()
         self._inbound_failed = False
         self._last_send = 0.0
+        quiet_noisy_loggers()  # before PTB builds its bot: it logs the URL, token included
         self._application = self._build_application()
-        quiet_noisy_loggers()  # httpx would log Bot API URLs, which carry the token
 
     # --- status ------------------------------------------------------------------------------
 
