@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -119,9 +120,11 @@ async def wait_for(
 
 
 @asynccontextmanager
-async def running_server(settings: Settings) -> AsyncIterator[tuple[str, BridgeServer]]:
-    """A real uvicorn server for ``settings`` on an ephemeral loopback port; yields its /mcp URL."""
-    server = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": 0}))
+async def running_server(
+    settings: Settings, *, port: int = 0
+) -> AsyncIterator[tuple[str, BridgeServer]]:
+    """A real uvicorn server for ``settings`` on loopback (an ephemeral port unless given)."""
+    server = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": port}))
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.bound_port or task.done(), what="the server to start")
@@ -132,6 +135,13 @@ async def running_server(settings: Settings) -> AsyncIterator[tuple[str, BridgeS
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=DEADLINE_SECONDS)
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for settings that must name their URL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

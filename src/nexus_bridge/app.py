@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import uvicorn
-from mcp.server.auth.settings import AuthSettings
+from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
@@ -24,9 +25,11 @@ from starlette.routing import Route
 from nexus_bridge import config
 from nexus_bridge.auth import StaticTokenVerifier
 from nexus_bridge.config import Settings
+from nexus_bridge.consent import consent_routes
 from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import DatabaseNotReady
 from nexus_bridge.mcp_tools import create_mcp_server
+from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import Runtime, open_runtime
 from nexus_bridge.transports.telegram import POLLER_LEASE, TelegramTransport, TransportState
@@ -42,6 +45,7 @@ class Bridge(Runtime):
 
     mcp: MCPServer[Any]
     transport: TelegramTransport | None = None
+    oauth: BridgeOAuthProvider | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
@@ -99,10 +103,25 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
     runtime = open_runtime(settings)
     telegram = settings.telegram()
     transport = TelegramTransport(runtime.queue, telegram) if telegram else None
-    verifier = None
+    static = (
+        StaticTokenVerifier([t.get_secret_value() for t in settings.auth_tokens])
+        if settings.auth_tokens
+        else None
+    )
+    verifier: StaticTokenVerifier | None = None
+    provider = oauth_provider(settings, runtime, static) if http else None
     auth = None
-    if http and settings.auth_tokens:
-        verifier = StaticTokenVerifier([t.get_secret_value() for t in settings.auth_tokens])
+    if provider is not None:
+        # claude.ai: nexus-bridge is its own authorization server; static tokens still work.
+        auth = AuthSettings(
+            issuer_url=AnyHttpUrl(provider.policy.issuer),
+            resource_server_url=AnyHttpUrl(provider.policy.public_url),
+            validate_token_resource=False,  # tokens are ours, issued for this one resource
+            client_registration_options=ClientRegistrationOptions(enabled=True),
+            revocation_options=RevocationOptions(enabled=True),
+        )
+    elif http and static is not None:
+        verifier = static
         auth = AuthSettings(
             issuer_url=AnyHttpUrl(f"http://{settings.host}:{settings.port}"),
             resource_server_url=None,
@@ -111,10 +130,29 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
         runtime.queue,
         default_identity=default_identity,
         token_verifier=verifier,
+        auth_server_provider=provider,
         auth=auth,
         transport_report=functools.partial(report_transport, runtime.queue, transport),
     )
-    return Bridge(**vars(runtime), mcp=server, transport=transport)
+    return Bridge(**vars(runtime), mcp=server, transport=transport, oauth=provider)
+
+
+def oauth_provider(
+    settings: Settings, runtime: Runtime, static: StaticTokenVerifier | None
+) -> BridgeOAuthProvider | None:
+    """The OAuth authorization server, when PUBLIC_URL says where claude.ai reaches us."""
+    if settings.public_url is None:
+        return None
+    policy = OAuthPolicy(
+        public_url=settings.public_url,
+        access_token_seconds=settings.oauth_access_token_seconds,
+        refresh_token_seconds=settings.oauth_refresh_token_seconds,
+        max_failed_attempts=settings.oauth_max_failed_attempts,
+        lockout_seconds=settings.oauth_lockout_seconds,
+        failure_delay_seconds=settings.oauth_failure_delay_seconds,
+        extra_redirect_uris=tuple(settings.oauth_redirect_uris),
+    )
+    return BridgeOAuthProvider(runtime.store, policy, static_tokens=static)
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -123,6 +161,10 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
     if settings.host not in ("0.0.0.0", "::", "") and settings.host not in hosts:  # noqa: S104
         hosts.append(f"[{settings.host}]" if ":" in settings.host else settings.host)
     hosts.extend(settings.allowed_hosts)
+    if settings.public_url:
+        public = urlparse(settings.public_url).netloc
+        if public not in hosts:
+            hosts.append(public)
     allowed_hosts: list[str] = []
     allowed_origins: list[str] = []
     for host in hosts:
@@ -182,6 +224,8 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     app.router.routes.extend(
         [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
     )
+    if bridge.oauth is not None:
+        app.router.routes.extend(consent_routes(bridge.oauth))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -211,6 +255,10 @@ class BridgeServer(uvicorn.Server):
         self._bridge = bridge
         self._on_listening = on_listening
         self.bound_port: int | None = None
+
+    @property
+    def bridge(self) -> Bridge:
+        return self._bridge
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)

@@ -13,7 +13,7 @@ from typing import Any, Final, TypeVar
 from nexus_bridge import __version__, config
 from nexus_bridge.config import Settings, load_settings
 from nexus_bridge.domain import Task, Update, first_line
-from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.errors import ConfigError, NexusBridgeError
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import open_runtime
@@ -267,6 +267,103 @@ def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _oauth_provider(settings: Settings) -> tuple[Any, Any]:
+    from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
+
+    runtime = open_runtime(settings)
+    policy = OAuthPolicy(public_url=settings.public_url or "http://127.0.0.1/mcp")
+    return runtime, BridgeOAuthProvider(runtime.store, policy)
+
+
+def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> int:
+        runtime, provider = _oauth_provider(settings)
+        try:
+            await runtime.check_schema()
+            return await _auth_action(runtime, provider, args)
+        finally:
+            await runtime.close()
+
+    return asyncio.run(run())
+
+
+def _read_new_passphrase(from_stdin: bool) -> str:
+    import getpass
+
+    if from_stdin:
+        passphrase = sys.stdin.readline().rstrip("\n")
+    else:
+        passphrase = getpass.getpass("New owner passphrase: ")
+        if getpass.getpass("Again: ") != passphrase:
+            raise ConfigError("the two passphrases differ; nothing was changed")
+    if len(passphrase) < 12:
+        raise ConfigError("the passphrase must be at least 12 characters; nothing was changed")
+    return passphrase
+
+
+async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) -> int:
+    from nexus_bridge.domain import utc_now
+
+    if args.auth_command == "set-passphrase":
+        await provider.set_passphrase(_read_new_passphrase(args.stdin))
+        print("passphrase set; the consent page accepts it from now on", file=sys.stderr)
+        return 0
+    async with runtime.store.read() as tx:
+        clients = await tx.oauth_clients()
+        tokens = await tx.oauth_tokens()
+    now = utc_now()
+    if args.auth_command == "clients":
+        rows = [
+            {
+                "client_id": c.client_id,
+                "name": c.client_name,
+                "registered": c.created_at.isoformat(),
+                "revoked": c.revoked_at.isoformat() if c.revoked_at else None,
+            }
+            for c in clients
+        ]
+        if args.json:
+            _print_json(rows)
+        for row in [] if args.json else rows:
+            state = f"revoked {row['revoked']}" if row["revoked"] else "active"
+            print(f"{row['client_id']}  {row['name'] or '-':<24} {row['registered']}  {state}")
+        return 0
+    if args.auth_command == "tokens":
+        families: dict[str, dict[str, Any]] = {}
+        for t in tokens:
+            live = t.revoked_at is None and t.expires_at > now and t.used_at is None
+            family = families.setdefault(
+                t.family_id,
+                {"family_id": t.family_id, "client_id": t.client_id, "issued": 0, "live": 0},
+            )
+            family["issued"] += 1
+            family["live"] += int(live)
+            family["last_issued"] = t.created_at.isoformat()
+        rows = list(families.values())
+        if args.json:
+            _print_json(rows)
+        for row in [] if args.json else rows:
+            print(
+                f"{row['family_id']}  client {row['client_id']}  {row['live']} live of "
+                f"{row['issued']} issued, last {row['last_issued']}"
+            )
+        return 0
+    # revoke: a client id (the client and all its tokens) or a token family id
+    async with runtime.store.write() as tx:
+        if any(c.client_id == args.id for c in clients):
+            await tx.oauth_revoke_client(args.id, at=now)
+            what = f"client {args.id} and all its tokens"
+        elif any(t.family_id == args.id for t in tokens):
+            await tx.oauth_revoke_family(args.id, at=now)
+            what = f"token family {args.id}"
+        else:
+            raise ConfigError(
+                f"no client or token family {args.id!r}; see: nexus-bridge auth clients"
+            )
+    print(f"revoked {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexus-bridge",
@@ -328,6 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--agent-username", help="the agent bot's @username")
     prompt.add_argument("--bridge-username", help="the bridge bot's @username")
     prompt.set_defaults(func=cmd_agent_prompt)
+
+    auth = sub.add_parser("auth", help="OAuth: the owner passphrase, clients and tokens")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    setp = auth_sub.add_parser("set-passphrase", help="set the consent page's passphrase")
+    setp.add_argument("--stdin", action="store_true", help="read it from standard input")
+    auth_sub.add_parser("clients", parents=[common], help="registered clients")
+    auth_sub.add_parser("tokens", parents=[common], help="issued token families")
+    revoke = auth_sub.add_parser("revoke", help="revoke a client or a token family")
+    revoke.add_argument("id")
+    auth.set_defaults(func=cmd_auth, json=False)
 
     lst = sub.add_parser("list", parents=[common], help="tasks, newest first")
     lst.add_argument("--status")

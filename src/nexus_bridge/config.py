@@ -11,6 +11,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Final
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -77,6 +78,14 @@ class Settings(BaseSettings):
     change_poll_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
 
+    public_url: str | None = None
+    oauth_access_token_seconds: int = Field(default=3600, ge=60)
+    oauth_refresh_token_seconds: int = Field(default=30 * 24 * 3600, ge=3600)
+    oauth_max_failed_attempts: int = Field(default=5, ge=1)
+    oauth_lockout_seconds: int = Field(default=900, ge=1)
+    oauth_failure_delay_seconds: float = Field(default=1.0, ge=0)
+    oauth_redirect_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: int | None = None
     telegram_agent_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
@@ -90,10 +99,25 @@ class Settings(BaseSettings):
     telegram_retry_base_seconds: float = Field(default=1.0, gt=0)
     telegram_retry_max_seconds: float = Field(default=300.0, gt=0)
 
-    @field_validator("auth_tokens", "allowed_hosts", "telegram_agent_ids", mode="before")
+    @field_validator(
+        "auth_tokens", "allowed_hosts", "telegram_agent_ids", "oauth_redirect_uris", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlparse(value.strip())
+        if parsed.scheme not in ("https", "http") or not parsed.netloc:
+            raise ValueError("must be the full URL of the MCP endpoint, e.g. https://host/mcp")
+        local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
+        if parsed.scheme != "https" and not local:
+            raise ValueError("must use https (claude.ai only connects over TLS)")
+        return value.strip().rstrip("/")
 
     @field_validator("log_level")
     @classmethod

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Final, Literal, ParamSpec, TypeVar
 
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.provider import OAuthAuthorizationServerProvider, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -371,6 +371,7 @@ def create_mcp_server(
     *,
     default_identity: str,
     token_verifier: TokenVerifier | None = None,
+    auth_server_provider: OAuthAuthorizationServerProvider[Any, Any, Any] | None = None,
     auth: AuthSettings | None = None,
     transport_report: Callable[[], Awaitable[TransportReport]] | None = None,
 ) -> MCPServer[Any]:
@@ -381,6 +382,7 @@ def create_mcp_server(
         instructions=INSTRUCTIONS,
         log_level="WARNING",
         token_verifier=token_verifier,
+        auth_server_provider=auth_server_provider,
         auth=auth,
     )
     register_tools(

@@ -484,13 +484,15 @@ class QueueService:
     async def next_delivery(self) -> Delivery | None:
         """The next due outbox entry; entries whose task ended before delivery are skipped."""
         while True:
-            async with self._store.write() as tx:
+            # A read first: the worker looks after every update, and most need no delivery.
+            async with self._store.read() as tx:
                 item = await tx.next_due_outbox(self._clock())
                 if item is None:
                     return None
                 task = await tx.get_task(item.message_id)
-                if not task.status.is_terminal or item.parts_sent > 0:
-                    return Delivery(item=item, task=task)
+            if not task.status.is_terminal or item.parts_sent > 0:
+                return Delivery(item=item, task=task)
+            async with self._store.write() as tx:
                 await tx.update_outbox(
                     item.id,
                     state=OutboxState.SKIPPED.value,

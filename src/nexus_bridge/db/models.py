@@ -197,9 +197,99 @@ class LeaseRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class OAuthClientRow(Base):
+    """A client registered through Dynamic Client Registration (claude.ai, a desktop client)."""
+
+    __tablename__ = "oauth_clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_name: Mapped[str | None] = mapped_column(Text)
+    # The registration as JSON. A confidential client's secret is inside, as issued: the SDK's
+    # client authentication compares it directly. It is worthless without the owner's consent.
+    info: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class OAuthRequestRow(Base):
+    """An authorization request waiting on the owner's consent page."""
+
+    __tablename__ = "oauth_requests"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("oauth_clients.client_id", ondelete="CASCADE")
+    )
+    params: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OAuthCodeRow(Base):
+    """An authorization code, stored hashed; single use, bound to client, redirect and PKCE."""
+
+    __tablename__ = "oauth_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("oauth_clients.client_id", ondelete="CASCADE")
+    )
+    family_id: Mapped[str] = mapped_column(String(36))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    redirect_uri_explicit: Mapped[bool] = mapped_column(Boolean)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[str] = mapped_column(Text)
+    resource: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class OAuthTokenRow(Base):
+    """An access or refresh token, stored hashed. A family is every token grown from one code."""
+
+    __tablename__ = "oauth_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("oauth_clients.client_id", ondelete="CASCADE")
+    )
+    family_id: Mapped[str] = mapped_column(String(36))
+    scopes: Mapped[str] = mapped_column(Text)
+    resource: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('access', 'refresh')", name="kind_known"),
+        Index("ix_oauth_tokens_family_id", "family_id"),
+        Index("ix_oauth_tokens_client_id", "client_id"),
+    )
+
+
+class OwnerRow(Base):
+    """The single owner: the consent passphrase (scrypt) and the wrong-passphrase lockout."""
+
+    __tablename__ = "owner"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    passphrase_hash: Mapped[str | None] = mapped_column(Text)
+    failed_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 messages = cast(Table, MessageRow.__table__)
 updates = cast(Table, UpdateRow.__table__)
 pull_cursors = cast(Table, PullCursorRow.__table__)
 outbox = cast(Table, OutboxRow.__table__)
 telegram_messages = cast(Table, TelegramMessageRow.__table__)
 leases = cast(Table, LeaseRow.__table__)
+oauth_clients = cast(Table, OAuthClientRow.__table__)
+oauth_requests = cast(Table, OAuthRequestRow.__table__)
+oauth_codes = cast(Table, OAuthCodeRow.__table__)
+oauth_tokens = cast(Table, OAuthTokenRow.__table__)
+owner = cast(Table, OwnerRow.__table__)

@@ -32,7 +32,12 @@ from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
     leases,
     messages,
+    oauth_clients,
+    oauth_codes,
+    oauth_requests,
+    oauth_tokens,
     outbox,
+    owner,
     pull_cursors,
     telegram_messages,
     updates,
@@ -595,6 +600,142 @@ class StoreTransaction:
             acquired_at=row.acquired_at,
             expires_at=row.expires_at,
         )
+
+    # --- oauth -----------------------------------------------------------------------------
+
+    async def oauth_insert_client(
+        self,
+        *,
+        client_id: str,
+        client_name: str | None,
+        info: str,
+        at: datetime,
+    ) -> None:
+        await self._conn.execute(
+            insert(oauth_clients).values(
+                client_id=client_id,
+                client_name=client_name,
+                info=info,
+                created_at=at,
+            )
+        )
+
+    async def oauth_client(self, client_id: str) -> Row[Any] | None:
+        return (
+            await self._conn.execute(
+                select(oauth_clients).where(oauth_clients.c.client_id == client_id)
+            )
+        ).first()
+
+    async def oauth_clients(self) -> list[Row[Any]]:
+        return list(
+            (
+                await self._conn.execute(select(oauth_clients).order_by(oauth_clients.c.created_at))
+            ).all()
+        )
+
+    async def oauth_revoke_client(self, client_id: str, *, at: datetime) -> bool:
+        result = await self._conn.execute(
+            update(oauth_clients)
+            .where(oauth_clients.c.client_id == client_id, oauth_clients.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        await self._conn.execute(
+            update(oauth_tokens)
+            .where(oauth_tokens.c.client_id == client_id, oauth_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return bool(result.rowcount)
+
+    async def oauth_insert_request(
+        self, *, id_hash: str, client_id: str, params: str, expires_at: datetime, at: datetime
+    ) -> None:
+        await self._conn.execute(
+            insert(oauth_requests).values(
+                id_hash=id_hash,
+                client_id=client_id,
+                params=params,
+                expires_at=expires_at,
+                created_at=at,
+            )
+        )
+
+    async def oauth_request(self, id_hash: str) -> Row[Any] | None:
+        return (
+            await self._conn.execute(
+                select(oauth_requests).where(oauth_requests.c.id_hash == id_hash)
+            )
+        ).first()
+
+    async def oauth_delete_request(self, id_hash: str) -> bool:
+        result = await self._conn.execute(
+            delete(oauth_requests).where(oauth_requests.c.id_hash == id_hash)
+        )
+        return bool(result.rowcount)
+
+    async def oauth_insert_code(self, **values: Any) -> None:
+        await self._conn.execute(insert(oauth_codes).values(**values))
+
+    async def oauth_code(self, code_hash: str) -> Row[Any] | None:
+        return (
+            await self._conn.execute(
+                select(oauth_codes).where(oauth_codes.c.code_hash == code_hash)
+            )
+        ).first()
+
+    async def oauth_use_code(self, code_hash: str, *, at: datetime) -> bool:
+        """Mark a code used; False if it already was (a replay)."""
+        result = await self._conn.execute(
+            update(oauth_codes)
+            .where(oauth_codes.c.code_hash == code_hash, oauth_codes.c.used_at.is_(None))
+            .values(used_at=at)
+        )
+        return bool(result.rowcount == 1)
+
+    async def oauth_insert_token(self, **values: Any) -> None:
+        await self._conn.execute(insert(oauth_tokens).values(**values))
+
+    async def oauth_token(self, token_hash: str) -> Row[Any] | None:
+        return (
+            await self._conn.execute(
+                select(oauth_tokens, oauth_clients.c.revoked_at.label("client_revoked_at"))
+                .join(oauth_clients, oauth_clients.c.client_id == oauth_tokens.c.client_id)
+                .where(oauth_tokens.c.token_hash == token_hash)
+            )
+        ).first()
+
+    async def oauth_use_token(self, token_hash: str, *, at: datetime) -> bool:
+        """Mark a refresh token used (rotated); False if it already was (a reuse)."""
+        result = await self._conn.execute(
+            update(oauth_tokens)
+            .where(oauth_tokens.c.token_hash == token_hash, oauth_tokens.c.used_at.is_(None))
+            .values(used_at=at)
+        )
+        return bool(result.rowcount == 1)
+
+    async def oauth_revoke_family(self, family_id: str, *, at: datetime) -> int:
+        result = await self._conn.execute(
+            update(oauth_tokens)
+            .where(oauth_tokens.c.family_id == family_id, oauth_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return int(result.rowcount)
+
+    async def oauth_tokens(self) -> list[Row[Any]]:
+        return list(
+            (
+                await self._conn.execute(select(oauth_tokens).order_by(oauth_tokens.c.created_at))
+            ).all()
+        )
+
+    async def owner(self) -> Row[Any] | None:
+        return (await self._conn.execute(select(owner).where(owner.c.id == 1))).first()
+
+    async def save_owner(self, **values: Any) -> None:
+        """Create or update the single owner row."""
+        changed = await self._conn.execute(update(owner).where(owner.c.id == 1).values(**values))
+        if changed.rowcount == 0:
+            await self._conn.execute(insert(owner).values(id=1, **values))
 
     # --- schema ----------------------------------------------------------------------------
 

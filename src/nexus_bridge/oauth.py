@@ -1,0 +1,456 @@
+"""nexus-bridge as its own OAuth 2.1 authorization server, for one owner.
+
+claude.ai registers itself (RFC 7591), sends the owner to the consent page, and exchanges the
+code (PKCE S256) for a short-lived access token and a rotating refresh token. Codes and tokens
+are stored only as SHA-256 hashes; the owner's passphrase as a scrypt hash. The SDK's handlers do
+the protocol; this module is the storage and the policy behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+from urllib.parse import urlencode, urlparse
+
+from mcp.server.auth.provider import (
+    AccessToken,
+    AuthorizationCode,
+    AuthorizationParams,
+    RefreshToken,
+    RegistrationError,
+    TokenError,
+)
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from pydantic import AnyUrl
+
+from nexus_bridge.auth import StaticTokenVerifier
+from nexus_bridge.db.store import Store, StoreTransaction
+from nexus_bridge.domain import utc_now
+from nexus_bridge.errors import NexusBridgeError
+
+logger = logging.getLogger(__name__)
+
+CONSENT_PATH: Final = "/consent"
+CLAUDE_CALLBACKS: Final = (
+    "https://claude.ai/api/mcp/auth_callback",
+    "https://claude.com/api/mcp/auth_callback",
+)
+LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+REQUEST_SECONDS: Final = 600
+_SCRYPT_N: Final = 2**14
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+
+
+class ConsentRefused(NexusBridgeError):
+    """That did not work. Check the passphrase and try again."""
+
+
+class OwnerLockedOut(NexusBridgeError):
+    """Too many wrong attempts. Try again later."""
+
+
+class ConsentExpired(NexusBridgeError):
+    """This authorization request has expired or was already used; start again from your client."""
+
+
+class NoPassphrase(NexusBridgeError):
+    """The owner has not set a passphrase yet: run nexus-bridge auth set-passphrase"""
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthPolicy:
+    """Lifetimes, limits and addresses, from settings."""
+
+    public_url: str  # the MCP endpoint as claude.ai sees it, e.g. https://mcp.example.net/mcp
+    access_token_seconds: int = 3600
+    refresh_token_seconds: int = 30 * 24 * 3600
+    code_seconds: int = 300
+    max_failed_attempts: int = 5
+    lockout_seconds: int = 900
+    failure_delay_seconds: float = 1.0
+    extra_redirect_uris: tuple[str, ...] = ()
+
+    @property
+    def issuer(self) -> str:
+        parsed = urlparse(self.public_url)
+        return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def hash_passphrase(passphrase: str) -> str:
+    """A scrypt hash with its parameters and salt, for storing."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        passphrase.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    parts = [
+        "scrypt",
+        str(_SCRYPT_N),
+        str(_SCRYPT_R),
+        str(_SCRYPT_P),
+        base64.b64encode(salt).decode(),
+        base64.b64encode(digest).decode(),
+    ]
+    return "$".join(parts)
+
+
+def verify_passphrase(passphrase: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, expected = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    digest = hashlib.scrypt(
+        passphrase.encode("utf-8"),
+        salt=base64.b64decode(salt),
+        n=int(n),
+        r=int(r),
+        p=int(p),
+        dklen=32,
+    )
+    return hmac.compare_digest(digest, base64.b64decode(expected))
+
+
+def redirect_uri_allowed(uri: str, extra: tuple[str, ...] = ()) -> bool:
+    """claude.ai's callback, loopback addresses (desktop clients), or an operator-listed URI."""
+    if uri in CLAUDE_CALLBACKS or uri in extra:
+        return True
+    parsed = urlparse(uri)
+    return parsed.scheme in ("http", "https") and (parsed.hostname or "") in LOOPBACK_NAMES
+
+
+def _epoch(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+class BridgeOAuthProvider:
+    """The SDK's ``OAuthAuthorizationServerProvider``, backed by the database."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: OAuthPolicy,
+        *,
+        static_tokens: StaticTokenVerifier | None = None,
+    ) -> None:
+        self._store = store
+        self.policy = policy
+        self._static = static_tokens
+        self._now = utc_now
+
+    # --- clients -------------------------------------------------------------------------------
+
+    async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        async with self._store.read() as tx:
+            row = await tx.oauth_client(client_id)
+        if row is None or row.revoked_at is not None:
+            return None
+        return OAuthClientInformationFull.model_validate_json(row.info)
+
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        uris = [str(u) for u in client_info.redirect_uris or []]
+        refused = [u for u in uris if not redirect_uri_allowed(u, self.policy.extra_redirect_uris)]
+        if not uris or refused:
+            raise RegistrationError(
+                error="invalid_redirect_uri",
+                error_description=(
+                    "redirect URIs must be claude.ai's callback or a loopback address; "
+                    f"refused: {', '.join(refused) or '(none given)'}"
+                ),
+            )
+        if client_info.client_id is None:
+            raise RegistrationError(error="invalid_client_metadata", error_description="no id")
+        async with self._store.write() as tx:
+            await tx.oauth_insert_client(
+                client_id=client_info.client_id,
+                client_name=client_info.client_name,
+                info=client_info.model_dump_json(),
+                at=self._now(),
+            )
+        logger.info(
+            "oauth: registered client %s (%s)", client_info.client_id, client_info.client_name
+        )
+
+    # --- authorization -------------------------------------------------------------------------
+
+    async def authorize(
+        self, client: OAuthClientInformationFull, params: AuthorizationParams
+    ) -> str:
+        """Park the request and send the owner to the consent page."""
+        if client.client_id is None:
+            raise RegistrationError(error="invalid_client_metadata", error_description="no id")
+        request_id = secrets.token_urlsafe(32)
+        now = self._now()
+        async with self._store.write() as tx:
+            await tx.oauth_insert_request(
+                id_hash=token_hash(request_id),
+                client_id=client.client_id,
+                params=params.model_dump_json(),
+                expires_at=now + timedelta(seconds=REQUEST_SECONDS),
+                at=now,
+            )
+        return f"{self.policy.issuer}{CONSENT_PATH}?{urlencode({'request': request_id})}"
+
+    async def pending_request(
+        self, request_id: str
+    ) -> tuple[OAuthClientInformationFull, AuthorizationParams]:
+        """The client and parameters of a parked request, for the consent page.
+
+        Raises:
+            ConsentExpired: unknown, used or expired.
+        """
+        async with self._store.read() as tx:
+            row = await tx.oauth_request(token_hash(request_id))
+        if row is None or row.expires_at < self._now():
+            raise ConsentExpired()
+        client = await self.get_client(row.client_id)
+        if client is None:
+            raise ConsentExpired()
+        return client, AuthorizationParams.model_validate_json(row.params)
+
+    async def decline(self, request_id: str) -> str:
+        """The owner said no: the redirect back to the client with access_denied."""
+        _client, params = await self.pending_request(request_id)
+        async with self._store.write() as tx:
+            await tx.oauth_delete_request(token_hash(request_id))
+        query = {"error": "access_denied", "error_description": "the owner declined"}
+        if params.state is not None:
+            query["state"] = params.state
+        return _with_query(str(params.redirect_uri), query)
+
+    async def approve(self, request_id: str, passphrase: str) -> str:
+        """Check the passphrase; on success issue a code and return the redirect to the client.
+
+        Raises:
+            ConsentExpired: the request is gone.
+            NoPassphrase: none has been set.
+            OwnerLockedOut: too many wrong attempts lately.
+            ConsentRefused: wrong passphrase (the page never says more).
+        """
+        client, params = await self.pending_request(request_id)
+        async with self._store.read() as tx:
+            owner = await tx.owner()
+        if owner is None or not owner.passphrase_hash:
+            raise NoPassphrase()
+        now = self._now()
+        if owner.locked_until is not None and owner.locked_until > now:
+            raise OwnerLockedOut()
+        ok = await asyncio.to_thread(verify_passphrase, passphrase, owner.passphrase_hash)
+        if not ok:
+            locked = await self._record_failure(owner.failed_attempts)
+            await asyncio.sleep(self.policy.failure_delay_seconds)  # throttle guessing
+            raise OwnerLockedOut() if locked else ConsentRefused()
+        code = secrets.token_urlsafe(32)
+        async with self._store.write() as tx:
+            if not await tx.oauth_delete_request(token_hash(request_id)):
+                raise ConsentExpired()  # approved twice at once: only one wins
+            await tx.save_owner(failed_attempts=0, locked_until=None, updated_at=now)
+            await tx.oauth_insert_code(
+                code_hash=token_hash(code),
+                client_id=client.client_id,
+                family_id=str(uuid.uuid4()),
+                redirect_uri=str(params.redirect_uri),
+                redirect_uri_explicit=params.redirect_uri_provided_explicitly,
+                code_challenge=params.code_challenge,
+                scopes=" ".join(params.scopes or []),
+                resource=params.resource,
+                expires_at=now + timedelta(seconds=self.policy.code_seconds),
+                created_at=now,
+            )
+        logger.info("oauth: the owner approved client %s", client.client_id)
+        query = {"code": code}
+        if params.state is not None:
+            query["state"] = params.state
+        return _with_query(str(params.redirect_uri), query)
+
+    async def _record_failure(self, failed_before: int) -> bool:
+        """Count a wrong passphrase; True when this one starts a lockout."""
+        now = self._now()
+        failed = failed_before + 1
+        values: dict[str, object] = {"failed_attempts": failed, "updated_at": now}
+        if failed >= self.policy.max_failed_attempts:
+            values = {
+                "failed_attempts": 0,
+                "locked_until": now + timedelta(seconds=self.policy.lockout_seconds),
+                "updated_at": now,
+            }
+            logger.warning(
+                "oauth: consent locked for %s s after wrong passphrases",
+                self.policy.lockout_seconds,
+            )
+        async with self._store.write() as tx:
+            await tx.save_owner(**values)
+        return "locked_until" in values
+
+    async def set_passphrase(self, passphrase: str) -> None:
+        hashed = await asyncio.to_thread(hash_passphrase, passphrase)
+        async with self._store.write() as tx:
+            await tx.save_owner(
+                passphrase_hash=hashed, failed_attempts=0, locked_until=None, updated_at=self._now()
+            )
+
+    # --- codes and tokens ----------------------------------------------------------------------
+
+    async def load_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: str
+    ) -> AuthorizationCode | None:
+        async with self._store.write() as tx:
+            row = await tx.oauth_code(token_hash(authorization_code))
+            if row is None or row.client_id != client.client_id:
+                return None
+            if row.used_at is not None:
+                # A replayed code: whatever it produced is compromised (RFC 6749 §4.1.2).
+                revoked = await tx.oauth_revoke_family(row.family_id, at=self._now())
+                logger.warning("oauth: a used code was presented again; revoked %s tokens", revoked)
+                return None
+        return AuthorizationCode(
+            code=authorization_code,
+            scopes=row.scopes.split() if row.scopes else [],
+            expires_at=row.expires_at.timestamp(),
+            client_id=row.client_id,
+            code_challenge=row.code_challenge,
+            redirect_uri=AnyUrl(row.redirect_uri),
+            redirect_uri_provided_explicitly=row.redirect_uri_explicit,
+            resource=row.resource,
+        )
+
+    async def exchange_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: AuthorizationCode
+    ) -> OAuthToken:
+        hashed = token_hash(authorization_code.code)
+        async with self._store.write() as tx:
+            row = await tx.oauth_code(hashed)
+            if row is None or not await tx.oauth_use_code(hashed, at=self._now()):
+                raise TokenError(error="invalid_grant", error_description="code already used")
+            return await self._issue(
+                tx,
+                client_id=row.client_id,
+                family_id=row.family_id,
+                scopes=authorization_code.scopes,
+                resource=authorization_code.resource,
+            )
+
+    async def load_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: str
+    ) -> RefreshToken | None:
+        async with self._store.write() as tx:
+            row = await tx.oauth_token(token_hash(refresh_token))
+            if row is None or row.kind != "refresh" or row.client_id != client.client_id:
+                return None
+            if row.revoked_at is not None or row.client_revoked_at is not None:
+                return None
+            if row.used_at is not None:
+                # Reuse of a rotated refresh token: someone has a copy. End the whole family.
+                revoked = await tx.oauth_revoke_family(row.family_id, at=self._now())
+                logger.warning(
+                    "oauth: a rotated refresh token was reused; revoked its family (%s tokens)",
+                    revoked,
+                )
+                return None
+        return RefreshToken(
+            token=refresh_token,
+            client_id=row.client_id,
+            scopes=row.scopes.split() if row.scopes else [],
+            expires_at=_epoch(row.expires_at),
+            resource=row.resource,
+        )
+
+    async def exchange_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: RefreshToken, scopes: list[str]
+    ) -> OAuthToken:
+        hashed = token_hash(refresh_token.token)
+        async with self._store.write() as tx:
+            row = await tx.oauth_token(hashed)
+            if row is None or not await tx.oauth_use_token(hashed, at=self._now()):
+                if row is not None:
+                    await tx.oauth_revoke_family(row.family_id, at=self._now())
+                raise TokenError(error="invalid_grant", error_description="refresh token reused")
+            return await self._issue(
+                tx,
+                client_id=row.client_id,
+                family_id=row.family_id,
+                scopes=scopes,
+                resource=refresh_token.resource,
+            )
+
+    async def _issue(
+        self,
+        tx: StoreTransaction,
+        *,
+        client_id: str,
+        family_id: str,
+        scopes: list[str],
+        resource: str | None,
+    ) -> OAuthToken:
+        now = self._now()
+        access = "nba_" + secrets.token_urlsafe(32)
+        refresh = "nbr_" + secrets.token_urlsafe(32)
+        for token, kind, seconds in (
+            (access, "access", self.policy.access_token_seconds),
+            (refresh, "refresh", self.policy.refresh_token_seconds),
+        ):
+            await tx.oauth_insert_token(
+                token_hash=token_hash(token),
+                kind=kind,
+                client_id=client_id,
+                family_id=family_id,
+                scopes=" ".join(scopes),
+                resource=resource,
+                expires_at=now + timedelta(seconds=seconds),
+                created_at=now,
+            )
+        return OAuthToken(
+            access_token=access,
+            token_type="Bearer",  # noqa: S106 - the token type's name, not a secret
+            expires_in=self.policy.access_token_seconds,
+            refresh_token=refresh,
+            scope=" ".join(scopes) or None,
+        )
+
+    async def load_access_token(self, token: str) -> AccessToken | None:
+        if self._static is not None:
+            static = await self._static.verify_token(token)
+            if static is not None:
+                return static
+        async with self._store.read() as tx:
+            row = await tx.oauth_token(token_hash(token))
+        if row is None or row.kind != "access":
+            return None
+        if row.revoked_at is not None or row.client_revoked_at is not None:
+            return None
+        if row.expires_at <= self._now():
+            return None
+        return AccessToken(
+            token=token,
+            client_id=row.client_id,
+            scopes=row.scopes.split() if row.scopes else [],
+            expires_at=_epoch(row.expires_at),
+            resource=row.resource,
+        )
+
+    async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
+        async with self._store.write() as tx:
+            row = await tx.oauth_token(token_hash(token.token))
+            if row is not None:
+                await tx.oauth_revoke_family(row.family_id, at=self._now())
+
+    async def exchange_identity_assertion(self, *args: object, **kwargs: object) -> OAuthToken:
+        raise TokenError(error="unsupported_grant_type", error_description="not supported")
+
+
+def _with_query(uri: str, query: dict[str, str]) -> str:
+    separator = "&" if urlparse(uri).query else "?"
+    return f"{uri}{separator}{urlencode(query)}"

@@ -1,0 +1,429 @@
+"""OAuth 2.1 as claude.ai uses it: discovery from the 401, dynamic registration, consent with
+the owner's passphrase, PKCE code exchange, refresh rotation, revocation, and every refusal."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import httpx2
+import pytest
+from sqlalchemy import text
+
+from nexus_bridge.config import Settings
+from nexus_bridge.db.engine import create_engine
+from tests.conftest import free_port, mcp_client, running_server
+from tests.e2e.test_http import TOOLS, call
+
+CALLBACK = "https://claude.ai/api/mcp/auth_callback"
+PASSPHRASE = "correct horse battery staple"
+STATIC_TOKEN = "static-token-" + "s" * 30
+
+
+@dataclass
+class Bridge:
+    base: str
+    public_url: str
+    http: httpx2.AsyncClient
+    settings: Settings
+
+
+@asynccontextmanager
+async def oauth_bridge(
+    make_settings: Callable[..., Settings], **overrides: Any
+) -> AsyncIterator[Bridge]:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}/mcp"
+    values: dict[str, Any] = {"public_url": public, "oauth_failure_delay_seconds": 0}
+    values.update(overrides)
+    settings = make_settings(**values)
+    async with running_server(settings, port=port) as (_url, server):
+        await server.bridge.oauth.set_passphrase(PASSPHRASE)  # type: ignore[union-attr]
+        async with httpx2.AsyncClient(follow_redirects=False, timeout=20) as http:
+            yield Bridge(f"http://127.0.0.1:{port}", public, http, settings)
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+async def register(b: Bridge, redirect: str = CALLBACK) -> dict[str, Any]:
+    response = await b.http.post(
+        b.base + "/register",
+        json={
+            "redirect_uris": [redirect],
+            "client_name": "Claude",
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        },
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def start_authorization(
+    b: Bridge, client_id: str, challenge: str, redirect: str = CALLBACK
+) -> str:
+    """GET /authorize; returns the consent page URL it redirects to."""
+    query = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "xyz-state",
+        "resource": b.public_url,
+    }
+    response = await b.http.get(b.base + "/authorize?" + urlencode(query))
+    assert response.status_code == 302, response.text
+    location = response.headers["location"]
+    assert location.startswith(b.base + "/consent?request=")
+    return location
+
+
+async def submit_consent(
+    b: Bridge, consent_url: str, passphrase: str, action: str = "approve"
+) -> httpx2.Response:
+    request_id = parse_qs(urlparse(consent_url).query)["request"][0]
+    page = await b.http.get(consent_url)
+    assert page.status_code == 200
+    return await b.http.post(
+        b.base + "/consent",
+        data={"request": request_id, "passphrase": passphrase, "action": action},
+    )
+
+
+async def authorize(b: Bridge, client_id: str, challenge: str, redirect: str = CALLBACK) -> str:
+    """The whole front channel; returns the authorization code."""
+    consent_url = await start_authorization(b, client_id, challenge, redirect)
+    response = await submit_consent(b, consent_url, PASSPHRASE)
+    assert response.status_code == 303, response.text
+    target = urlparse(response.headers["location"])
+    assert f"{target.scheme}://{target.netloc}{target.path}" == redirect
+    query = parse_qs(target.query)
+    assert query["state"] == ["xyz-state"]
+    return query["code"][0]
+
+
+async def token_request(b: Bridge, **form: str) -> httpx2.Response:
+    return await b.http.post(b.base + "/token", data=form)
+
+
+async def exchange(b: Bridge, client_id: str, code: str, verifier: str) -> dict[str, Any]:
+    response = await token_request(
+        b,
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=CALLBACK,
+        code_verifier=verifier,
+        client_id=client_id,
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def refresh(b: Bridge, client_id: str, token: str) -> httpx2.Response:
+    return await token_request(
+        b, grant_type="refresh_token", refresh_token=token, client_id=client_id
+    )
+
+
+async def mcp_status(b: Bridge, token: str) -> int:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    response = await b.http.post(
+        b.public_url,
+        json=body,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json, text/event-stream",
+        },
+    )
+    return response.status_code
+
+
+async def signed_in(b: Bridge) -> tuple[str, dict[str, Any]]:
+    client = await register(b)
+    verifier, challenge = pkce()
+    code = await authorize(b, client["client_id"], challenge)
+    return client["client_id"], await exchange(b, client["client_id"], code, verifier)
+
+
+async def test_claude_ai_flow_from_the_401_to_a_tool_call_and_across_a_restart(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        unauthorized = await b.http.post(b.public_url, json={})
+        assert unauthorized.status_code == 401
+        challenge_header = unauthorized.headers["www-authenticate"]
+        assert challenge_header.startswith("Bearer")
+        metadata_url = challenge_header.split('resource_metadata="')[1].split('"')[0]
+        resource = (await b.http.get(metadata_url)).json()
+        assert resource["resource"] == b.public_url
+        (issuer,) = resource["authorization_servers"]
+        server_meta = (
+            await b.http.get(issuer.rstrip("/") + "/.well-known/oauth-authorization-server")
+        ).json()
+        assert server_meta["code_challenge_methods_supported"] == ["S256"]
+        assert server_meta["registration_endpoint"] == b.base + "/register"
+        assert server_meta["revocation_endpoint"] == b.base + "/revoke"
+
+        client_id, tokens = await signed_in(b)
+        assert tokens["token_type"] == "Bearer"
+        assert tokens["expires_in"] == 3600
+        async with mcp_client(b.public_url, tokens["access_token"]) as client:
+            assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+            sent = await call(client, "send_message", {"message": "from claude.ai"})
+            assert sent["queued"]
+
+        rotated = await refresh(b, client_id, tokens["refresh_token"])
+        assert rotated.status_code == 200, rotated.text
+        new = rotated.json()
+        assert new["refresh_token"] != tokens["refresh_token"]
+        assert await mcp_status(b, new["access_token"]) == 200
+        settings = b.settings
+
+    # A restart keeps claude.ai connected: tokens and clients live in the database.
+    port = urlparse(b.public_url).port
+    assert port is not None
+    async with (
+        running_server(settings, port=port),
+        httpx2.AsyncClient(timeout=20) as http,
+    ):
+        b2 = Bridge(b.base, b.public_url, http, settings)
+        assert await mcp_status(b2, new["access_token"]) == 200
+        again = await refresh(b2, client_id, new["refresh_token"])
+        assert again.status_code == 200, again.text
+
+
+async def test_static_tokens_keep_working_beside_oauth(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings, auth_tokens=[STATIC_TOKEN]) as b:
+        assert await mcp_status(b, STATIC_TOKEN) == 200
+        assert await mcp_status(b, "nope-" + "x" * 30) == 401
+
+
+async def test_a_wrong_pkce_verifier_is_refused(make_settings: Callable[..., Settings]) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        _verifier, challenge = pkce()
+        code = await authorize(b, client["client_id"], challenge)
+        response = await token_request(
+            b,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri=CALLBACK,
+            code_verifier=pkce()[0],
+            client_id=client["client_id"],
+        )
+        assert response.status_code == 400
+        assert response.json() == {
+            "error": "invalid_grant",
+            "error_description": "incorrect code_verifier",
+        }
+
+
+async def test_a_replayed_code_is_refused_and_revokes_what_it_gave(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        verifier, challenge = pkce()
+        code = await authorize(b, client["client_id"], challenge)
+        tokens = await exchange(b, client["client_id"], code, verifier)
+        replay = await token_request(
+            b,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri=CALLBACK,
+            code_verifier=verifier,
+            client_id=client["client_id"],
+        )
+        assert replay.status_code == 400
+        assert replay.json()["error"] == "invalid_grant"
+        assert await mcp_status(b, tokens["access_token"]) == 401
+
+
+async def test_a_code_only_works_for_its_client_and_redirect_uri(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        owner_client = await register(b)
+        other_client = await register(b)
+        verifier, challenge = pkce()
+        code = await authorize(b, owner_client["client_id"], challenge)
+        stolen = await token_request(
+            b,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri=CALLBACK,
+            code_verifier=verifier,
+            client_id=other_client["client_id"],
+        )
+        assert stolen.status_code == 400
+        assert stolen.json()["error"] == "invalid_grant"
+        elsewhere = await token_request(
+            b,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri="http://127.0.0.1:9/callback",
+            code_verifier=verifier,
+            client_id=owner_client["client_id"],
+        )
+        assert elsewhere.status_code == 400
+        assert elsewhere.json()["error"] == "invalid_request"
+        assert "redirect_uri did not match" in elsewhere.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    "redirect", ["https://evil.example/callback", "http://192.0.2.1/cb", "https://claude.ai/other"]
+)
+async def test_registration_refuses_redirects_to_other_hosts(
+    make_settings: Callable[..., Settings], redirect: str
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        response = await b.http.post(
+            b.base + "/register",
+            json={"redirect_uris": [redirect], "token_endpoint_auth_method": "none"},
+        )
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_redirect_uri"
+
+
+async def test_authorize_refuses_an_unregistered_redirect_uri(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        _verifier, challenge = pkce()
+        query = {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": "http://127.0.0.1:1234/not-registered",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": "s",
+        }
+        response = await b.http.get(b.base + "/authorize?" + urlencode(query))
+        assert response.status_code == 400
+        assert "location" not in response.headers
+
+
+async def test_wrong_passphrases_are_refused_alike_then_locked_out(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings, oauth_max_failed_attempts=3) as b:
+        client = await register(b)
+        _verifier, challenge = pkce()
+        consent_url = await start_authorization(b, client["client_id"], challenge)
+        for attempt in ("wrong", "", "correct horse battery stapl"):
+            refused = await submit_consent(b, consent_url, attempt)
+            assert refused.status_code in (401, 429)
+            assert "location" not in refused.headers
+        assert refused.status_code == 429
+        assert "Too many wrong attempts" in refused.text
+        # Locked: even the right passphrase does not work now, and says only that.
+        locked = await submit_consent(b, consent_url, PASSPHRASE)
+        assert locked.status_code == 429
+        assert "location" not in locked.headers
+        first = await submit_consent(
+            b, await start_authorization(b, client["client_id"], challenge), "nope"
+        )
+        assert "That did not work" in first.text or "Too many" in first.text
+        assert "passphrase is wrong" not in first.text.lower()
+
+
+async def test_the_owner_can_deny(make_settings: Callable[..., Settings]) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        _verifier, challenge = pkce()
+        consent_url = await start_authorization(b, client["client_id"], challenge)
+        denied = await submit_consent(b, consent_url, "", action="deny")
+        assert denied.status_code == 303
+        query = parse_qs(urlparse(denied.headers["location"]).query)
+        assert query["error"] == ["access_denied"]
+        assert "code" not in query
+
+
+async def test_a_reused_refresh_token_revokes_the_whole_family(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client_id, tokens = await signed_in(b)
+        rotated = (await refresh(b, client_id, tokens["refresh_token"])).json()
+        reuse = await refresh(b, client_id, tokens["refresh_token"])
+        assert reuse.status_code == 400
+        assert reuse.json()["error"] == "invalid_grant"
+        assert await mcp_status(b, rotated["access_token"]) == 401
+        assert (await refresh(b, client_id, rotated["refresh_token"])).status_code == 400
+
+
+async def test_expired_and_revoked_access_tokens_are_refused(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        _client_id, tokens = await signed_in(b)
+        assert await mcp_status(b, tokens["access_token"]) == 200
+        engine = create_engine(b.settings.database_url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE oauth_tokens SET expires_at = '2000-01-01T00:00:00.000000+00:00' "
+                    "WHERE kind = 'access'"
+                )
+            )
+        await engine.dispose()
+        assert await mcp_status(b, tokens["access_token"]) == 401
+
+        client_id, fresh = await signed_in(b)
+        assert await mcp_status(b, fresh["access_token"]) == 200
+        revoked = await b.http.post(
+            b.base + "/revoke",
+            # The SDK's revocation form requires the client_secret field, empty for a public
+            # client.
+            data={"token": fresh["access_token"], "client_id": client_id, "client_secret": ""},
+        )
+        assert revoked.status_code == 200
+        assert await mcp_status(b, fresh["access_token"]) == 401
+        assert (await refresh(b, client_id, fresh["refresh_token"])).status_code == 400
+
+
+async def test_a_token_in_the_query_string_is_not_accepted(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        _client_id, tokens = await signed_in(b)
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        response = await b.http.post(
+            f"{b.public_url}?access_token={tokens['access_token']}",
+            json=body,
+            headers={"Accept": "application/json, text/event-stream"},
+        )
+        assert response.status_code == 401
+
+
+async def test_codes_and_tokens_are_stored_only_as_hashes(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        _client_id, tokens = await signed_in(b)
+        engine = create_engine(b.settings.database_url)
+        rows: list[str] = []
+        async with engine.connect() as conn:
+            for table in ("oauth_tokens", "oauth_codes", "owner"):
+                rows.extend(str(r) for r in (await conn.execute(text(f"SELECT * FROM {table}"))))
+        dump = " ".join(rows)
+        await engine.dispose()
+        assert tokens["access_token"] not in dump
+        assert tokens["refresh_token"] not in dump
+        assert PASSPHRASE not in dump
+        assert "scrypt$" in dump
