@@ -102,10 +102,16 @@ async def submit_consent(
     )
 
 
-async def authorize(b: Bridge, client_id: str, challenge: str, redirect: str = CALLBACK) -> str:
+async def authorize(
+    b: Bridge,
+    client_id: str,
+    challenge: str,
+    redirect: str = CALLBACK,
+    passphrase: str = PASSPHRASE,
+) -> str:
     """The whole front channel; returns the authorization code."""
     consent_url = await start_authorization(b, client_id, challenge, redirect)
-    response = await submit_consent(b, consent_url, PASSPHRASE)
+    response = await submit_consent(b, consent_url, passphrase)
     assert response.status_code == 303, response.text
     target = urlparse(response.headers["location"])
     assert f"{target.scheme}://{target.netloc}{target.path}" == redirect
