@@ -138,7 +138,9 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    result = asyncio.run(_with_queue(settings, lambda q: q.enqueue(args.text, args.target)))
+    result = asyncio.run(
+        _with_queue(settings, lambda q: q.enqueue(args.text, args.target, urgent=args.urgent))
+    )
     if args.json:
         _print_json({"queued": result.queued, "id": result.task.id, "status": result.task.status})
     elif result.queued:
@@ -391,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", parents=[common], help="queue a task")
     send.add_argument("text")
     send.add_argument("--target", default=config.DEFAULT_TARGET)
+    send.add_argument("--urgent", action="store_true", help="mark it URGENT for the agent")
     send.set_defaults(func=cmd_send)
 
     status = sub.add_parser("status", parents=[common], help="the queue at a glance")

@@ -221,7 +221,13 @@ class Settings(BaseSettings):
         values = [t.get_secret_value() for t in self.auth_tokens]
         if self.telegram_bot_token is not None:
             values.append(self.telegram_bot_token.get_secret_value())
-        return [v for v in values if v]
+        try:
+            telegram = self.telegram()  # the token may come from the credentials file
+        except ConfigError:
+            telegram = None
+        if telegram is not None:
+            values.append(telegram.token)
+        return sorted({v for v in values if v})
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,3 +148,10 @@ def test_an_unreadable_credentials_file_names_the_path(tmp_path: Path) -> None:
 def test_secrets_lists_every_token() -> None:
     s = settings(auth_tokens=[TOKEN], telegram_bot_token="123:abc")
     assert set(s.secrets()) == {TOKEN, "123:abc"}
+
+
+def test_a_token_from_the_credentials_file_is_a_secret_too(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("token=999:file-token\nchat_id=-1002\nagent_ids=7\n")
+    creds.chmod(0o600)
+    assert "999:file-token" in settings(telegram_credentials_file=creds).secrets()

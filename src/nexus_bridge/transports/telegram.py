@@ -175,15 +175,21 @@ class TelegramTransport:
                         logger.warning("telegram transport: lost the poller lease; standing by")
                         await self._cancel(workers)
                         workers = []
-                    lease = await self._queue.lease(POLLER_LEASE)
-                    self._set_state(
-                        TransportState.STANDBY, f"polled by {lease.holder}" if lease else None
-                    )
-                for worker in workers:
-                    if worker.done() and not worker.cancelled():
-                        failure = worker.exception()
-                        if failure is not None:
+                    await self._report_standby()
+                if any(worker.done() for worker in workers):
+                    # A worker died (a database error, say): restart both at the next renewal
+                    # rather than stay silently stopped. A rejected token ends the transport.
+                    failures = [w.exception() for w in workers if w.done() and not w.cancelled()]
+                    await self._cancel(workers)
+                    workers = []
+                    for failure in failures:
+                        if isinstance(failure, InvalidToken):
                             raise failure
+                        if failure is not None:
+                            logger.error(
+                                "telegram transport: a worker stopped (%s); restarting", failure
+                            )
+                    self._set_state(TransportState.ERROR, "restarting after an error")
                 await self._pause(renew_every)
         except InvalidToken:
             self._set_state(TransportState.ERROR, "Telegram rejected the bot token")
@@ -215,6 +221,14 @@ class TelegramTransport:
             self._set_state(TransportState.ERROR, f"cannot reach Telegram: {_describe(exc)}")
             return False
         return True
+
+    async def _report_standby(self) -> None:
+        try:
+            lease = await self._queue.lease(POLLER_LEASE)
+        except Exception:
+            logger.exception("telegram transport: could not read the poller lease")
+            return
+        self._set_state(TransportState.STANDBY, f"polled by {lease.holder}" if lease else None)
 
     async def _try_lease(self) -> bool:
         try:
@@ -426,5 +440,8 @@ def _seconds(value: object) -> float:
     return float(total()) if callable(total) else float(value)  # type: ignore[arg-type]
 
 
-def _text_of(message: Message) -> str | None:
-    return message.text or message.caption
+def _text_of(message: Message) -> str:
+    """The text (or caption); a message with neither is recorded as what it was."""
+    if message.text or message.caption:
+        return message.text or message.caption or ""
+    return "(a message without text)"
