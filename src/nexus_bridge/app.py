@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from nexus_bridge.transports.telegram import POLLER_LEASE, TelegramTransport, Tr
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+WEBHOOK_PATH = "/telegram/webhook"
 
 
 @dataclass
@@ -155,6 +157,27 @@ def oauth_provider(
     return BridgeOAuthProvider(runtime.store, policy, static_tokens=static)
 
 
+def webhook_route(transport: TelegramTransport) -> Route:
+    """POST /telegram/webhook: Telegram's updates, checked against the secret token header."""
+    secret = (transport.webhook_secret or "").encode()
+
+    async def webhook(request: Request) -> Response:
+        given = request.headers.get("x-telegram-bot-api-secret-token", "").encode()
+        if not secret or not hmac.compare_digest(given, secret):
+            logger.warning("telegram webhook: refused a request without the right secret token")
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        try:
+            payload = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "invalid JSON"}, status_code=400)
+        if not await transport.accept_webhook(payload):
+            # Not journaled: a non-2xx answer makes Telegram deliver it again.
+            return JSONResponse({"error": "try again"}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    return Route(WEBHOOK_PATH, webhook, methods=["POST"])
+
+
 def transport_security(settings: Settings) -> TransportSecuritySettings:
     """DNS-rebinding protection: loopback names, the bind address, and ALLOWED_HOSTS."""
     hosts = list(LOOPBACK_HOSTS)
@@ -226,6 +249,8 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     )
     if bridge.oauth is not None:
         app.router.routes.extend(consent_routes(bridge.oauth))
+    if bridge.transport is not None and bridge.transport.webhook_secret is not None:
+        app.router.routes.append(webhook_route(bridge.transport))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,8 @@ class Settings(BaseSettings):
     telegram_request_timeout: float = Field(default=20.0, gt=0)
     telegram_retry_base_seconds: float = Field(default=1.0, gt=0)
     telegram_retry_max_seconds: float = Field(default=300.0, gt=0)
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: SecretStr | None = None
 
     @field_validator(
         "auth_tokens", "allowed_hosts", "telegram_agent_ids", "oauth_redirect_uris", mode="before"
@@ -201,6 +204,21 @@ class Settings(BaseSettings):
                 "ids whose messages count as the agent's (the agent bot, optionally you)"
             )
         username = self.telegram_agent_username or found.get("agent_username")
+        webhook_secret = (
+            self.telegram_webhook_secret.get_secret_value()
+            if self.telegram_webhook_secret
+            else None
+        )
+        if self.telegram_webhook_url and not webhook_secret:
+            raise ConfigError(
+                f"{ENV_PREFIX}TELEGRAM_WEBHOOK_SECRET is required with TELEGRAM_WEBHOOK_URL: "
+                "Telegram sends it with every update, so nobody else can post to the webhook"
+            )
+        if webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", webhook_secret):
+            raise ConfigError(
+                f"{ENV_PREFIX}TELEGRAM_WEBHOOK_SECRET must be 16-256 characters of A-Z, a-z, "
+                "0-9, _ and -"
+            )
         return TelegramSettings(
             token=token,
             chat_id=chat,
@@ -213,6 +231,8 @@ class Settings(BaseSettings):
             request_timeout=self.telegram_request_timeout,
             retry_base_seconds=self.telegram_retry_base_seconds,
             retry_max_seconds=self.telegram_retry_max_seconds,
+            webhook_url=self.telegram_webhook_url or None,
+            webhook_secret=webhook_secret,
             warnings=tuple(warnings),
         )
 
@@ -221,6 +241,8 @@ class Settings(BaseSettings):
         values = [t.get_secret_value() for t in self.auth_tokens]
         if self.telegram_bot_token is not None:
             values.append(self.telegram_bot_token.get_secret_value())
+        if self.telegram_webhook_secret is not None:
+            values.append(self.telegram_webhook_secret.get_secret_value())
         try:
             telegram = self.telegram()  # the token may come from the credentials file
         except ConfigError:
@@ -245,6 +267,8 @@ class TelegramSettings:
     request_timeout: float
     retry_base_seconds: float
     retry_max_seconds: float
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()
 
 

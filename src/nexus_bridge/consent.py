@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Final
 from urllib.parse import urlparse
 
@@ -20,11 +21,14 @@ from nexus_bridge.oauth import (
     OwnerLockedOut,
 )
 
+_CSP: Final = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+_CSP_ORIGIN: Final = re.compile(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]-]+")
+
 SECURITY_HEADERS: Final = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": _CSP.format(form_action="'self'"),
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -82,9 +86,21 @@ _MESSAGE_PAGE: Final = """<!doctype html>
 """
 
 
+def _form_headers(redirect_uri: str) -> dict[str, str]:
+    """The form's 303 goes to the client's redirect URI, and browsers apply form-action to every
+    hop of a form's redirects (Chromium blocks the redirect otherwise): allow that origin too."""
+    parsed = urlparse(redirect_uri)
+    origin = f"{parsed.scheme}://{parsed.netloc}"
+    if not _CSP_ORIGIN.fullmatch(origin):
+        return SECURITY_HEADERS
+    csp = _CSP.format(form_action=f"'self' {origin}")
+    return {**SECURITY_HEADERS, "Content-Security-Policy": csp}
+
+
 def _page(
-    *, client: str, redirect_host: str, request_id: str, error: str | None, status: int
+    *, client: str, redirect_uri: str, request_id: str, error: str | None, status: int
 ) -> HTMLResponse:
+    redirect_host = urlparse(redirect_uri).netloc
     body = _PAGE.format(
         client=html.escape(client),
         redirect_host=html.escape(redirect_host),
@@ -92,7 +108,7 @@ def _page(
         action=CONSENT_PATH,
         error=f'<p class="error" id="error">{html.escape(error)}</p>' if error else "",
     )
-    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+    return HTMLResponse(body, status_code=status, headers=_form_headers(redirect_uri))
 
 
 def _message(message: str, status: int) -> HTMLResponse:
@@ -114,7 +130,7 @@ def consent_routes(provider: BridgeOAuthProvider) -> list[Route]:
             return _message(str(exc), 400)
         return _page(
             client=client.client_name or client.client_id or "an unnamed client",
-            redirect_host=urlparse(str(params.redirect_uri)).netloc,
+            redirect_uri=str(params.redirect_uri),
             request_id=request_id,
             error=error,
             status=status,
@@ -143,10 +159,10 @@ def consent_routes(provider: BridgeOAuthProvider) -> list[Route]:
             retry = await _show_again(request_id)
             if retry is None:
                 return _message(str(exc), status)
-            client, redirect_host = retry
+            client, redirect_uri = retry
             return _page(
                 client=client,
-                redirect_host=redirect_host,
+                redirect_uri=redirect_uri,
                 request_id=request_id,
                 error=str(exc),
                 status=status,
@@ -161,7 +177,7 @@ def consent_routes(provider: BridgeOAuthProvider) -> list[Route]:
         except ConsentExpired:
             return None
         name = client.client_name or client.client_id or "an unnamed client"
-        return name, urlparse(str(params.redirect_uri)).netloc
+        return name, str(params.redirect_uri)
 
     return [
         Route(CONSENT_PATH, consent_get, methods=["GET"]),

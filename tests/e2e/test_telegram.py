@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from nexus_bridge.config import Settings
 from nexus_bridge.protocol import short_id
@@ -364,3 +365,41 @@ async def test_the_bot_token_never_reaches_the_logs(
     assert caplog.records
     token_secret = fake.token.split(":", 1)[1]
     assert not re.search(re.escape(token_secret), caplog.text)
+
+
+WEBHOOK_SECRET = "webhook-secret-" + "w" * 20
+
+
+async def test_webhook_mode_registers_and_accepts_only_the_secret(
+    make_settings: Callable[..., Settings],
+) -> None:
+    public = "https://bridge.example.net/telegram/webhook"
+    async with running_fake_telegram() as fake:
+        settings = telegram_settings(
+            make_settings,
+            fake,
+            telegram_webhook_url=public,
+            telegram_webhook_secret=WEBHOOK_SECRET,
+        )
+        async with running_server(settings) as (url, _), mcp_client(url) as client:
+            (registered,) = await fake.wait_for_call("setWebhook")
+            assert registered["url"] == public
+            assert registered["secret_token"] == WEBHOOK_SECRET
+            task_id, message_id = await send_and_deliver(client, fake, "via webhook")
+            assert not fake.calls_of("getUpdates")  # no polling in webhook mode
+
+            update = fake.inject_message(
+                CHAT, AGENT, "[Done] hooked", reply_to_message_id=message_id
+            )
+            hook = url.removesuffix("/mcp") + "/telegram/webhook"
+            async with create_mcp_http_client() as http:
+                for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "wrong-" + "x" * 20}):
+                    refused = await http.post(hook, json=update, headers=headers)
+                    assert refused.status_code == 401
+                assert await task_status(client, task_id) == "pending"
+                good = {"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
+                for _ in range(2):  # Telegram may deliver the same update twice
+                    accepted = await http.post(hook, json=update, headers=good)
+                    assert accepted.status_code == 200
+            await wait_status(client, task_id, "complete")
+            assert await agent_updates(client, task_id) == ["[Done] hooked"]

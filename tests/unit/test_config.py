@@ -155,3 +155,20 @@ def test_a_token_from_the_credentials_file_is_a_secret_too(tmp_path: Path) -> No
     creds.write_text("token=999:file-token\nchat_id=-1002\nagent_ids=7\n")
     creds.chmod(0o600)
     assert "999:file-token" in settings(telegram_credentials_file=creds).secrets()
+
+
+@pytest.mark.parametrize(
+    ("secret", "error"),
+    [(None, "TELEGRAM_WEBHOOK_SECRET is required"), ("short", "16-256 characters")],
+)
+def test_webhook_mode_needs_a_proper_secret(secret: str | None, error: str) -> None:
+    values: dict[str, object] = {
+        "telegram_bot_token": "123:abc",
+        "telegram_chat_id": -1,
+        "telegram_agent_ids": "1",
+        "telegram_webhook_url": "https://bridge.example.net/telegram/webhook",
+    }
+    if secret is not None:
+        values["telegram_webhook_secret"] = secret
+    with pytest.raises(ConfigError, match=error):
+        settings(**values).telegram()

@@ -165,8 +165,10 @@ class TelegramTransport:
                 held = await self._try_lease()
                 if held and not workers:
                     await self._recover_inbound()
+                    webhook = self._settings.webhook_url
+                    inbound = self._register_webhook(webhook) if webhook else self._poll_loop()
                     workers = [
-                        asyncio.create_task(self._poll_loop(), name="telegram-poll"),
+                        asyncio.create_task(inbound, name="telegram-inbound"),
                         asyncio.create_task(self._delivery_loop(), name="telegram-deliver"),
                     ]
                     self._set_state(TransportState.POLLING)
@@ -247,6 +249,27 @@ class TelegramTransport:
 
     # --- inbound -------------------------------------------------------------------------------
 
+    async def _register_webhook(self, url: str) -> None:
+        """Webhook mode: tell Telegram where to post (with the secret), then wait; any process
+        behind the URL journals what arrives."""
+        backoff = 1.0
+        while True:
+            try:
+                await self._application.bot.set_webhook(
+                    url=url,
+                    secret_token=self._settings.webhook_secret,
+                    allowed_updates=[Update.MESSAGE],
+                )
+                break
+            except InvalidToken:
+                raise
+            except TelegramError as exc:
+                logger.warning("telegram transport: setWebhook failed: %s", _describe(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
+        logger.info("telegram transport: webhook set; Telegram posts updates to the bridge")
+        await asyncio.Event().wait()  # until cancelled with the lease
+
     async def _poll_loop(self) -> None:
         bot = self._application.bot
         offset: int | None = None
@@ -290,9 +313,21 @@ class TelegramTransport:
 
     async def on_message(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         """Journal a message from the chat, then let the queue act on it if it is the agent's."""
+        if not await self.accept(update):
+            self._inbound_failed = True
+
+    async def accept_webhook(self, payload: object) -> bool:
+        """An update Telegram posted to the webhook; False if it could not be journaled."""
+        update = Update.de_json(payload, self._application.bot)  # type: ignore[arg-type]
+        if update is None:
+            return True
+        return await self.accept(update)
+
+    async def accept(self, update: Update) -> bool:
+        """Journal (and act on) one update; False only if journaling failed (so retry it)."""
         message = update.effective_message
         if message is None:
-            return
+            return True
         sender = message.from_user.id if message.from_user else None
         accepted = message.chat.id == self._settings.chat_id and sender in self._settings.agent_ids
         try:
@@ -307,20 +342,24 @@ class TelegramTransport:
                 accepted=accepted,
             )
         except Exception:
-            self._inbound_failed = True
             logger.exception("telegram transport: could not journal message %s", update.update_id)
-            return
+            return False
         if not accepted:
             logger.info(
                 "telegram transport: ignored a message from user %s in chat %s (not the agent's)",
                 sender,
                 message.chat.id,
             )
-            return
+            return True
         if journal_id is None:
             logger.info("telegram transport: message %s already stored", message.message_id)
-            return
+            return True
         await self._process(journal_id)
+        return True
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return self._settings.webhook_secret
 
     async def _process(self, journal_id: int) -> None:
         try:
