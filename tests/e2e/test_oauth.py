@@ -433,3 +433,74 @@ async def test_codes_and_tokens_are_stored_only_as_hashes(
         assert tokens["refresh_token"] not in dump
         assert PASSPHRASE not in dump
         assert "scrypt$" in dump
+
+
+async def test_an_expired_code_is_refused(make_settings: Callable[..., Settings]) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        verifier, challenge = pkce()
+        code = await authorize(b, client["client_id"], challenge)
+        engine = create_engine(b.settings.database_url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE oauth_codes SET expires_at = '2000-01-01T00:00:00.000000+00:00'")
+            )
+        await engine.dispose()
+        response = await token_request(
+            b,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri=CALLBACK,
+            code_verifier=verifier,
+            client_id=client["client_id"],
+        )
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_grant"
+
+
+async def test_only_s256_pkce_is_accepted(make_settings: Callable[..., Settings]) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        verifier, _challenge = pkce()
+        query = {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": CALLBACK,
+            "code_challenge": verifier,
+            "code_challenge_method": "plain",
+            "state": "s",
+        }
+        response = await b.http.get(b.base + "/authorize?" + urlencode(query))
+        assert response.status_code in (302, 400)
+        if response.status_code == 302:
+            location = response.headers["location"]
+            assert location.startswith(CALLBACK)
+            assert "error=invalid_request" in location
+        assert "/consent" not in response.headers.get("location", "")
+
+
+async def test_public_url_not_the_host_header_decides_every_absolute_url(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings, allowed_hosts=["proxy.internal"]) as b:
+        forged = {"Host": "proxy.internal"}
+        meta = await b.http.get(b.base + "/.well-known/oauth-authorization-server", headers=forged)
+        assert meta.status_code == 200
+        for key in ("issuer", "authorization_endpoint", "token_endpoint", "registration_endpoint"):
+            assert meta.json()[key].startswith(b.base), key
+        unauthorized = await b.http.post(b.public_url, json={}, headers=forged)
+        assert unauthorized.status_code == 401
+        assert b.base in unauthorized.headers["www-authenticate"]
+        assert "proxy.internal" not in unauthorized.headers["www-authenticate"]
+        client = await register(b)
+        _verifier, challenge = pkce()
+        query = {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": CALLBACK,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": "s",
+        }
+        consent = await b.http.get(b.base + "/authorize?" + urlencode(query), headers=forged)
+        assert consent.headers["location"].startswith(b.base + "/consent")
