@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 
@@ -31,3 +31,34 @@ class StaticTokenVerifier(TokenVerifier):
         if matched is None:
             return None
         return AccessToken(token=token, client_id=matched, scopes=[])
+
+
+AGENT_PREFIX = "agent:"
+
+
+class AgentTokenVerifier(TokenVerifier):
+    """Agent tokens for ``/agent/mcp``, each scoped to one target; compared in constant time."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        """``tokens`` maps each token to its target."""
+        self._entries = [
+            (hashlib.sha256(token.encode("utf-8")).digest(), target)
+            for token, target in tokens.items()
+        ]
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        candidate = hashlib.sha256(token.encode("utf-8")).digest()
+        matched: str | None = None
+        for digest, target in self._entries:
+            if hmac.compare_digest(candidate, digest):
+                matched = target
+        if matched is None:
+            return None
+        return AccessToken(token=token, client_id=AGENT_PREFIX + matched, scopes=["agent"])
+
+
+def agent_target(client_id: str | None) -> str | None:
+    """The target an authenticated agent token is scoped to."""
+    if client_id is None or not client_id.startswith(AGENT_PREFIX):
+        return None
+    return client_id.removeprefix(AGENT_PREFIX)

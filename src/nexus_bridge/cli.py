@@ -77,7 +77,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.check_serve_security()
     asyncio.run(_with_queue(settings, _noop))  # refuse to start on an unmigrated database
     server = make_server(settings, on_listening=lambda url: _print_banner(settings, url))
-    if not settings.auth_tokens:
+    if not settings.auth_tokens and settings.public_url is None:
         logger.warning(
             "no %sAUTH_TOKENS set: /mcp accepts any client that can reach %s",
             config.ENV_PREFIX,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Final
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nexus_bridge.errors import ConfigError
@@ -44,10 +44,15 @@ CREDENTIAL_KEYS: Final = {
 }
 
 
+def default_data_dir() -> Path:
+    """Where nexus-bridge keeps its files: ``$XDG_DATA_HOME/nexus-bridge`` (~/.local/share)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "nexus-bridge"
+
+
 def default_database_url() -> str:
     """The embedded SQLite file under the XDG data directory (``~/.local/share/nexus-bridge``)."""
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite+aiosqlite:///{Path(data_home) / 'nexus-bridge' / 'bridge.db'}"
+    return f"sqlite+aiosqlite:///{default_data_dir() / 'bridge.db'}"
 
 
 def _split_csv(value: object) -> object:
@@ -61,6 +66,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
+        populate_by_name=True,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
@@ -78,6 +84,15 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     change_poll_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
+
+    config_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices(f"{ENV_PREFIX}CONFIG", "config_file")
+    )
+    agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    agent_token_file: Path = Field(default_factory=lambda: default_data_dir() / "agent-token")
+    stall_seconds: float = Field(default=1800.0, gt=0)
+    bridge_url: str = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    agent_token: SecretStr | None = None
 
     public_url: str | None = None
     oauth_access_token_seconds: int = Field(default=3600, ge=60)
@@ -103,7 +118,12 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
 
     @field_validator(
-        "auth_tokens", "allowed_hosts", "telegram_agent_ids", "oauth_redirect_uris", mode="before"
+        "auth_tokens",
+        "allowed_hosts",
+        "telegram_agent_ids",
+        "oauth_redirect_uris",
+        "agent_tokens",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -120,6 +140,11 @@ class Settings(BaseSettings):
         local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
         if parsed.scheme != "https" and not local:
             raise ValueError("must use https (claude.ai only connects over TLS)")
+        if parsed.path.rstrip("/") != MCP_PATH or parsed.query or parsed.fragment:
+            raise ValueError(
+                f"must end in {MCP_PATH} with no query, e.g. https://mcp.example.net{MCP_PATH}: "
+                "the bridge serves MCP there and OAuth at the root of the host"
+            )
         return value.strip().rstrip("/")
 
     @field_validator("log_level")
@@ -156,7 +181,8 @@ class Settings(BaseSettings):
         Raises:
             ConfigError: a non-loopback HOST with no AUTH_TOKENS and no explicit opt-out.
         """
-        if not self.binds_loopback and not self.auth_tokens and not self.allow_unauthenticated:
+        authenticated = bool(self.auth_tokens) or self.public_url is not None
+        if not self.binds_loopback and not authenticated and not self.allow_unauthenticated:
             raise ConfigError(
                 f"refusing to listen on {self.host} without authentication: set "
                 f"{ENV_PREFIX}AUTH_TOKENS (comma-separated bearer tokens), or set "
@@ -239,6 +265,9 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value configured, so logging can redact them wherever they appear."""
         values = [t.get_secret_value() for t in self.auth_tokens]
+        values += [t.get_secret_value().rpartition(":")[2] for t in self.agent_tokens]
+        if self.agent_token is not None:
+            values.append(self.agent_token.get_secret_value())
         if self.telegram_bot_token is not None:
             values.append(self.telegram_bot_token.get_secret_value())
         if self.telegram_webhook_secret is not None:

@@ -222,6 +222,25 @@ class QueueCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetPolicy:
+    """What the queue needs to know about a target: how its tasks leave, and how fast."""
+
+    name: str
+    transport: str = "telegram"  # "telegram": posted through the outbox; "agent": claimed
+    one_at_a_time: bool = False  # hand over the next task only when the current one ended
+    description: str = ""
+
+    @property
+    def uses_outbox(self) -> bool:
+        return self.transport == "telegram"
+
+
+HANDED_OVER_STATUSES: Final = frozenset(
+    {TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS, TaskStatus.INPUT_REQUIRED}
+)
+
+
+@dataclass(frozen=True, slots=True)
 class TransportReport:
     """How tasks reach the agent, as ``queue_status`` and ``/readyz`` report it."""
 

@@ -241,18 +241,31 @@ class BridgeOAuthProvider:
             ConsentRefused: wrong passphrase (the page never says more).
         """
         client, params = await self.pending_request(request_id)
-        async with self._store.read() as tx:
-            owner = await tx.owner()
-        if owner is None or not owner.passphrase_hash:
-            raise NoPassphrase()
         now = self._now()
-        if owner.locked_until is not None and owner.locked_until > now:
-            raise OwnerLockedOut()
-        ok = await asyncio.to_thread(verify_passphrase, passphrase, owner.passphrase_hash)
+        # Count the attempt before checking it, in one serialised write: parallel guesses
+        # cannot all slip in under the limit.
+        async with self._store.write() as tx:
+            owner = await tx.owner()
+            if owner is None or not owner.passphrase_hash:
+                raise NoPassphrase()
+            if owner.locked_until is not None and owner.locked_until > now:
+                raise OwnerLockedOut()
+            attempts = owner.failed_attempts + 1
+            values: dict[str, object] = {"failed_attempts": attempts, "updated_at": now}
+            if attempts >= self.policy.max_failed_attempts:
+                values["locked_until"] = now + timedelta(seconds=self.policy.lockout_seconds)
+            await tx.save_owner(**values)
+            stored_hash = owner.passphrase_hash
+        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
         if not ok:
-            locked = await self._record_failure(owner.failed_attempts)
             await asyncio.sleep(self.policy.failure_delay_seconds)  # throttle guessing
-            raise OwnerLockedOut() if locked else ConsentRefused()
+            if "locked_until" in values:
+                logger.warning(
+                    "oauth: consent locked for %s s after wrong passphrases",
+                    self.policy.lockout_seconds,
+                )
+                raise OwnerLockedOut()
+            raise ConsentRefused()
         code = secrets.token_urlsafe(32)
         async with self._store.write() as tx:
             if not await tx.oauth_delete_request(token_hash(request_id)):
@@ -275,25 +288,6 @@ class BridgeOAuthProvider:
         if params.state is not None:
             query["state"] = params.state
         return _with_query(str(params.redirect_uri), query)
-
-    async def _record_failure(self, failed_before: int) -> bool:
-        """Count a wrong passphrase; True when this one starts a lockout."""
-        now = self._now()
-        failed = failed_before + 1
-        values: dict[str, object] = {"failed_attempts": failed, "updated_at": now}
-        if failed >= self.policy.max_failed_attempts:
-            values = {
-                "failed_attempts": 0,
-                "locked_until": now + timedelta(seconds=self.policy.lockout_seconds),
-                "updated_at": now,
-            }
-            logger.warning(
-                "oauth: consent locked for %s s after wrong passphrases",
-                self.policy.lockout_seconds,
-            )
-        async with self._store.write() as tx:
-            await tx.save_owner(**values)
-        return "locked_until" in values
 
     async def set_passphrase(self, passphrase: str) -> None:
         hashed = await asyncio.to_thread(hash_passphrase, passphrase)

@@ -24,6 +24,7 @@ from nexus_bridge.domain import (
     OutboxKind,
     OutboxState,
     QueueCounts,
+    TargetPolicy,
     Task,
     TaskStatus,
     Update,
@@ -155,14 +156,20 @@ class QueueService:
         self,
         store: Store,
         *,
-        targets: Sequence[str] = (config.DEFAULT_TARGET,),
+        targets: Sequence[str | TargetPolicy] = (config.DEFAULT_TARGET,),
         max_message_chars: int = config.DEFAULT_MAX_MESSAGE_CHARS,
         max_wait_seconds: float = config.DEFAULT_MAX_WAIT_SECONDS,
         clock: Callable[[], datetime] = utc_now,
         signal: UpdateSignal | None = None,
+        stall_seconds: float = 1800.0,
     ) -> None:
         self._store = store
-        self._targets = tuple(targets)
+        self._policies = {
+            p.name: p
+            for p in (t if isinstance(t, TargetPolicy) else TargetPolicy(t) for t in targets)
+        }
+        self._targets = tuple(self._policies)
+        self._stall_seconds = stall_seconds
         self._max_message_chars = max_message_chars
         self._max_wait_seconds = max_wait_seconds
         self._clock = clock
@@ -171,6 +178,14 @@ class QueueService:
     @property
     def targets(self) -> tuple[str, ...]:
         return self._targets
+
+    def policy(self, target: str) -> TargetPolicy:
+        """Raises InvalidInput for an unknown target, naming the known ones."""
+        return self._policies[self._check_target(target)]
+
+    @property
+    def policies(self) -> tuple[TargetPolicy, ...]:
+        return tuple(self._policies.values())
 
     def now(self) -> datetime:
         """The service's clock (injectable in tests)."""
@@ -217,13 +232,14 @@ class QueueService:
                             urgent=urgent,
                         )
                     )
-                    await tx.insert_outbox(
-                        message_id=task.id,
-                        kind=OutboxKind.TASK,
-                        body=content,
-                        reply_to_telegram_id=None,
-                        at=now,
-                    )
+                    if self._policies[target].uses_outbox:
+                        await tx.insert_outbox(
+                            message_id=task.id,
+                            kind=OutboxKind.TASK,
+                            body=content,
+                            reply_to_telegram_id=None,
+                            at=now,
+                        )
                     await tx.insert_update(
                         message_id=task.id,
                         kind=UpdateKind.STATUS,
@@ -482,22 +498,43 @@ class QueueService:
     # --- delivery (the outbox) --------------------------------------------------------------
 
     async def next_delivery(self) -> Delivery | None:
-        """The next due outbox entry; entries whose task ended before delivery are skipped."""
+        """The next due outbox entry. Entries whose task ended before delivery are skipped; a
+        one-at-a-time target's next task waits while another of its tasks is with the agent."""
         while True:
             # A read first: the worker looks after every update, and most need no delivery.
             async with self._store.read() as tx:
-                item = await tx.next_due_outbox(self._clock())
-                if item is None:
-                    return None
-                task = await tx.get_task(item.message_id)
-            if not task.status.is_terminal or item.parts_sent > 0:
-                return Delivery(item=item, task=task)
+                candidates = await tx.due_outbox(self._clock(), limit=50)
+                chosen: Delivery | None = None
+                for item in candidates:
+                    task = await tx.get_task(item.message_id)
+                    if task.status.is_terminal and item.parts_sent == 0:
+                        chosen = Delivery(item=item, task=task)  # to be skipped below
+                        break
+                    if (
+                        item.kind is OutboxKind.TASK
+                        and item.parts_sent == 0
+                        and (await self._target_busy(tx, task))
+                    ):
+                        continue
+                    chosen = Delivery(item=item, task=task)
+                    break
+            if chosen is None:
+                return None
+            if not chosen.task.status.is_terminal or chosen.item.parts_sent > 0:
+                return chosen
             async with self._store.write() as tx:
                 await tx.update_outbox(
-                    item.id,
+                    chosen.item.id,
                     state=OutboxState.SKIPPED.value,
-                    last_error=f"the task was {task.status.value} before delivery",
+                    last_error=f"the task was {chosen.task.status.value} before delivery",
                 )
+
+    async def _target_busy(self, tx: StoreTransaction, task: Task) -> bool:
+        """Whether a one-at-a-time target has another task with its agent right now."""
+        policy = self._policies.get(task.target)
+        if policy is None or not policy.one_at_a_time:
+            return False
+        return await tx.count_handed_over(task.target, excluding=task.id) > 0
 
     async def next_delivery_due_at(self) -> datetime | None:
         """When the earliest pending delivery is due (maybe already), or None if none is pending."""
@@ -679,6 +716,113 @@ class QueueService:
         if lease is None or lease.expires_at < self._clock():
             return None
         return lease
+
+    # --- the direct agent API ------------------------------------------------------------------
+
+    async def claim_next(self, target: str) -> Task | None:
+        """Hand the oldest pending task of ``target`` to its agent (-> acknowledged), atomically:
+        two agents claiming at once never get the same task. None when there is nothing to do
+        (or, one at a time, while another task is with the agent)."""
+        policy = self.policy(target)
+        async with self._store.write() as tx:
+            await tx.touch_presence(target, at=self._clock())
+            if policy.one_at_a_time and await tx.count_handed_over(target, excluding=None) > 0:
+                return None
+            task = await tx.oldest_pending(target)
+            if task is None:
+                return None
+            claimed = await self._apply(tx, task, TaskStatus.ACKNOWLEDGED, "claimed by the agent")
+        self.signal.notify()
+        return claimed
+
+    async def wait_for_task(self, target: str, wait_seconds: float) -> Task | None:
+        """claim_next, waiting up to ``wait_seconds`` (capped) for a task to arrive."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait_seconds, 0.0), self._max_wait_seconds)
+        while True:
+            generation = self.signal.generation()
+            task = await self.claim_next(target)
+            remaining = deadline - loop.time()
+            if task is not None or remaining <= 0 or self.signal.closed:
+                return task
+            await self.signal.wait(generation, remaining)
+
+    async def agent_task(self, target: str, task_id: str) -> Task:
+        """A task of ``target``; another target's task is as good as unknown to its agent.
+
+        Raises:
+            TaskNotFound: no such task for this target.
+        """
+        async with self._store.write() as tx:
+            await tx.touch_presence(target, at=self._clock())
+            task = await tx.get_task(task_id)
+        if task.target != target:
+            raise TaskNotFound(task_id)
+        return task
+
+    async def agent_report(
+        self,
+        target: str,
+        task_id: str,
+        *,
+        text: str | None = None,
+        status: TaskStatus | None = None,
+        reason: str | None = None,
+    ) -> Task:
+        """The agent's own report on its task: text (an ``agent`` update) and/or a status.
+
+        Raises:
+            TaskNotFound: not a task of this target.
+            InvalidInput: empty text.
+            IllegalTransition: the transition table forbids the status.
+        """
+        task = await self.agent_task(target, task_id)
+        content = self._check_text(text, "text") if text is not None else None
+        async with self._store.write() as tx:
+            task = await tx.get_task(task.id)
+            if status is not None:
+                check_transition(task.status, status)
+            if content is not None:
+                await tx.insert_update(
+                    message_id=task.id, kind=UpdateKind.AGENT, content=content, at=self._clock()
+                )
+            if status is not None:
+                task = await self._apply(tx, task, status, reason)
+        self.signal.notify()
+        return task
+
+    async def replies(self, target: str, task_id: str, cursor: str | None) -> UpdatePage:
+        """The client's answers to this task's questions, after ``cursor``."""
+        task = await self.agent_task(target, task_id)
+        after = _parse_cursor(cursor) if cursor is not None else 0
+        async with self._store.read() as tx:
+            rows = await tx.list_updates(
+                after_seq=after, message_id=task.id, limit=config.MAX_PULL_LIMIT
+            )
+        answers = [u for u in rows if u.kind is UpdateKind.CLIENT]
+        position = rows[-1].seq if rows else after
+        return UpdatePage(updates=answers, next_cursor=str(position), has_more=False)
+
+    async def touch_presence(self, target: str) -> None:
+        """The agent of ``target`` showed a sign of life (a message, an API call)."""
+        async with self._store.write() as tx:
+            await tx.touch_presence(target, at=self._clock())
+
+    async def presence(self) -> dict[str, datetime]:
+        async with self._store.read() as tx:
+            return await tx.presence()
+
+    def stall(self, task: Task, last_activity: datetime | None) -> float | None:
+        """Seconds without agent activity, if the task is with the agent and stalled."""
+        if task.status not in (TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS):
+            return None
+        latest = max(filter(None, [task.updated_at, last_activity]))
+        idle = (self._clock() - latest).total_seconds()
+        return idle if idle >= self._stall_seconds else None
+
+    async def last_activity(self, task_ids: Sequence[str]) -> dict[str, datetime]:
+        async with self._store.read() as tx:
+            return await tx.last_agent_activity(task_ids)
 
     # --- other processes ----------------------------------------------------------------------
 

@@ -504,3 +504,22 @@ async def test_public_url_not_the_host_header_decides_every_absolute_url(
         }
         consent = await b.http.get(b.base + "/authorize?" + urlencode(query), headers=forged)
         assert consent.headers["location"].startswith(b.base + "/consent")
+
+
+async def test_parallel_guesses_cannot_outrun_the_lockout(
+    make_settings: Callable[..., Settings],
+) -> None:
+    import asyncio
+
+    async with oauth_bridge(make_settings, oauth_max_failed_attempts=3) as b:
+        client = await register(b)
+        _verifier, challenge = pkce()
+        consent_url = await start_authorization(b, client["client_id"], challenge)
+        results = await asyncio.gather(
+            *(submit_consent(b, consent_url, f"guess {i}") for i in range(12))
+        )
+        statuses = sorted(r.status_code for r in results)
+        assert statuses.count(401) <= 2  # the third wrong attempt already locks
+        assert statuses.count(429) >= 10
+        locked = await submit_consent(b, consent_url, PASSPHRASE)
+        assert locked.status_code == 429

@@ -172,3 +172,15 @@ def test_webhook_mode_needs_a_proper_secret(secret: str | None, error: str) -> N
         values["telegram_webhook_secret"] = secret
     with pytest.raises(ConfigError, match=error):
         settings(**values).telegram()
+
+
+@pytest.mark.parametrize(
+    "url", ["https://mcp.example.net/", "https://mcp.example.net/x/mcp", "https://h/mcp?x=1"]
+)
+def test_public_url_must_be_the_mcp_endpoint(url: str) -> None:
+    with pytest.raises(ConfigError, match="must end in /mcp"):
+        load_settings(_env_file=None, public_url=url)
+
+
+def test_public_url_counts_as_authentication_for_a_public_bind() -> None:
+    settings(host="0.0.0.0", public_url="https://mcp.example.net/mcp").check_serve_security()

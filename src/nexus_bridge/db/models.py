@@ -282,6 +282,15 @@ class OwnerRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class AgentPresenceRow(Base):
+    """When each target's agent was last seen (any inbound message or agent API call)."""
+
+    __tablename__ = "agent_presence"
+
+    target: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 messages = cast(Table, MessageRow.__table__)
 updates = cast(Table, UpdateRow.__table__)
 pull_cursors = cast(Table, PullCursorRow.__table__)
@@ -293,3 +302,4 @@ oauth_requests = cast(Table, OAuthRequestRow.__table__)
 oauth_codes = cast(Table, OAuthCodeRow.__table__)
 oauth_tokens = cast(Table, OAuthTokenRow.__table__)
 owner = cast(Table, OwnerRow.__table__)
+agent_presence = cast(Table, AgentPresenceRow.__table__)

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from nexus_bridge.db.engine import WRITE_OPTION
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
+    agent_presence,
     leases,
     messages,
     oauth_clients,
@@ -44,6 +45,7 @@ from nexus_bridge.db.models import (
 )
 from nexus_bridge.db.types import UTCDateTime
 from nexus_bridge.domain import (
+    HANDED_OVER_STATUSES,
     OPEN_STATUSES,
     InboundMessage,
     Lease,
@@ -406,21 +408,90 @@ class StoreTransaction:
             raise RuntimeError("the database did not report the new outbox id")
         return int(key[0])
 
-    async def next_due_outbox(self, now: datetime) -> OutboxItem | None:
-        """The next pending delivery that is due: urgent tasks first, then oldest first."""
+    async def due_outbox(self, now: datetime, *, limit: int) -> list[OutboxItem]:
+        """Pending deliveries that are due: urgent tasks first, then oldest first."""
+        rows = await self._conn.execute(
+            select(outbox)
+            .join(messages, messages.c.id == outbox.c.message_id)
+            .where(
+                outbox.c.state == OutboxState.PENDING.value,
+                outbox.c.next_attempt_at <= now,
+            )
+            .order_by(messages.c.urgent.desc(), outbox.c.id)
+            .limit(limit)
+        )
+        return [_outbox(row) for row in rows.all()]
+
+    async def count_handed_over(self, target: str, *, excluding: str | None) -> int:
+        """Open tasks of ``target`` that its agent has: past pending, or already posted to it."""
+        handed = [s.value for s in HANDED_OVER_STATUSES]
+        posted = select(outbox.c.message_id).where(
+            outbox.c.kind == OutboxKind.TASK.value,
+            or_(outbox.c.state == OutboxState.DELIVERED.value, outbox.c.parts_sent > 0),
+        )
+        query = (
+            select(func.count())
+            .select_from(messages)
+            .where(
+                messages.c.target == target,
+                or_(
+                    messages.c.status.in_(handed),
+                    and_(
+                        messages.c.status == TaskStatus.PENDING.value,
+                        messages.c.id.in_(posted),
+                    ),
+                ),
+            )
+        )
+        if excluding is not None:
+            query = query.where(messages.c.id != excluding)
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def oldest_pending(self, target: str) -> Task | None:
         row = (
             await self._conn.execute(
-                select(outbox)
-                .join(messages, messages.c.id == outbox.c.message_id)
+                select(messages)
                 .where(
-                    outbox.c.state == OutboxState.PENDING.value,
-                    outbox.c.next_attempt_at <= now,
+                    messages.c.target == target,
+                    messages.c.status == TaskStatus.PENDING.value,
                 )
-                .order_by(messages.c.urgent.desc(), outbox.c.id)
+                .order_by(messages.c.urgent.desc(), messages.c.created_at, messages.c.id)
                 .limit(1)
             )
         ).first()
-        return _outbox(row) if row else None
+        return _task(row) if row else None
+
+    async def touch_presence(self, target: str, *, at: datetime) -> None:
+        changed = await self._conn.execute(
+            update(agent_presence).where(agent_presence.c.target == target).values(last_seen_at=at)
+        )
+        if changed.rowcount == 0:
+            await self._conn.execute(
+                self._insert_ignoring_duplicates(agent_presence).values(
+                    target=target, last_seen_at=at
+                )
+            )
+
+    async def presence(self) -> dict[str, datetime]:
+        rows = await self._conn.execute(select(agent_presence))
+        return {row.target: row.last_seen_at for row in rows.all()}
+
+    async def last_agent_activity(self, task_ids: Sequence[str]) -> dict[str, datetime]:
+        """The latest agent update of each task."""
+        if not task_ids:
+            return {}
+        rows = await self._conn.execute(
+            select(
+                updates.c.message_id,
+                func.max(updates.c.created_at, type_=UTCDateTime()).label("latest"),
+            )
+            .where(
+                updates.c.message_id.in_(list(task_ids)),
+                updates.c.kind == UpdateKind.AGENT.value,
+            )
+            .group_by(updates.c.message_id)
+        )
+        return {row.message_id: row.latest for row in rows.all()}
 
     async def earliest_pending_outbox(self) -> datetime | None:
         value = (

@@ -1,0 +1,441 @@
+"""Targets: the agents nexus-bridge dispatches to, declared in the ``NEXUS_BRIDGE_CONFIG`` file.
+
+Without that file there is one target, ``homelab``. With it, every ``[targets.NAME]`` table is a
+target. Every mistake in the file is a ConfigError naming the file, the line and the key, so
+the bridge refuses to start rather than guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeAlias, TypeVar
+
+from nexus_bridge.config import DEFAULT_TARGET, ENV_PREFIX, Settings, TelegramSettings
+from nexus_bridge.errors import ConfigError
+
+TARGET_NAME: Final = re.compile(r"[a-z0-9][a-z0-9:_.-]{0,99}")
+DEFAULT_DESCRIPTION: Final = "the agent"
+MIN_TOKEN_CHARS: Final = 16
+CONFIG_VARIABLE: Final = f"{ENV_PREFIX}CONFIG"
+AGENT_TOKENS_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKENS"
+TARGET_KEYS: Final = (
+    "transport",
+    "description",
+    "dispatch",
+    "chat_id",
+    "agent_ids",
+    "agent_username",
+    "agent_tokens",
+)
+TELEGRAM_ONLY_KEYS: Final = ("chat_id", "agent_ids", "agent_username")
+GENERATE_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+_Fail: TypeAlias = Callable[[str, str], ConfigError]  # (key, message) -> the error to raise
+_Choice = TypeVar("_Choice", bound=enum.StrEnum)
+
+
+class Transport(enum.StrEnum):
+    """How tasks reach a target's agent."""
+
+    TELEGRAM = "telegram"
+    AGENT = "agent"
+
+
+class Dispatch(enum.StrEnum):
+    """When a target's agent is given the next task."""
+
+    IMMEDIATE = "immediate"
+    ONE_AT_A_TIME = "one_at_a_time"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One agent the bridge dispatches to; None and empty values mean "use the settings'"."""
+
+    name: str
+    transport: Transport
+    description: str
+    dispatch: Dispatch
+    chat_id: int | None
+    agent_ids: frozenset[int]
+    agent_username: str | None
+    agent_tokens: tuple[str, ...] = field(default=(), repr=False)
+
+
+def load_targets(settings: Settings) -> list[Target]:
+    """The targets, from the ``NEXUS_BRIDGE_CONFIG`` file or, without one, the single default.
+
+    The default target is ``homelab``; it uses Telegram when a bot token is configured and the
+    direct agent API otherwise. ``NEXUS_BRIDGE_AGENT_TOKENS`` entries (``target:token``; the
+    name is everything before the last ``:``) are added to the tokens from the file.
+
+    Raises:
+        ConfigError: the file is missing or invalid (the message names the file, line and key),
+            or an agent token is unknown, too short or shared by two targets.
+    """
+    config_file: Path | None = getattr(settings, "config_file", None)
+    if config_file is None:
+        telegram = settings.telegram()
+        default = Target(
+            name=DEFAULT_TARGET,
+            transport=Transport.TELEGRAM if telegram is not None else Transport.AGENT,
+            description=DEFAULT_DESCRIPTION,
+            dispatch=Dispatch.IMMEDIATE,
+            chat_id=None,
+            agent_ids=frozenset(),
+            agent_username=None,
+        )
+        return _add_env_tokens(
+            settings, [default], {}, f"without a {CONFIG_VARIABLE} file the only target is"
+        )
+    source = _Source.read(Path(config_file))
+    targets, owners = _parse_file(source, settings)
+    return _add_env_tokens(settings, targets, owners, f"{source.path} declares")
+
+
+class _Source:
+    """The text of the config file, so errors can point at a line."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+
+    @classmethod
+    def read(cls, path: Path) -> _Source:
+        try:
+            data = path.expanduser().read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {CONFIG_VARIABLE} {path}: {exc.strerror}") from exc
+        try:
+            return cls(path, data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from exc
+
+    def parse(self) -> dict[str, Any]:
+        try:
+            return tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+            line = int(at.group(1)) if at else self.text.count("\n") + 1
+            raise ConfigError(f"{self.path}:{line}: invalid TOML: {exc}") from exc
+
+    def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
+        """An error at the line that sets ``keys`` (or the nearest enclosing table's line)."""
+        return ConfigError(f"{self.path}:{_line_of(self.text, keys)}: {_dotted(keys)}: {message}")
+
+
+def _parse_file(source: _Source, settings: Settings) -> tuple[list[Target], dict[str, str]]:
+    """The file's targets, and which target each of the file's agent tokens belongs to."""
+    document = source.parse()
+    for key in document:
+        if key != "targets":
+            raise source.error(
+                (key,), "unknown key; the file holds only [targets.NAME] tables, one per target"
+            )
+    tables = document.get("targets")
+    if not isinstance(tables, dict):
+        if tables is None:
+            raise source.error(("targets",), "no targets; declare at least one [targets.NAME]")
+        raise source.error(("targets",), f"must be a table of targets, got {_kind(tables)}")
+    if not tables:
+        raise source.error(("targets",), "no targets; declare at least one [targets.NAME]")
+    seen: dict[str, str] = {}
+    for name in tables:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise source.error(
+                ("targets", name),
+                f"duplicate target name: {name!r} and {other!r} differ only in case",
+            )
+    targets = [_parse_target(source, settings, name, table) for name, table in tables.items()]
+    owners: dict[str, str] = {}
+    for target in targets:
+        for token in target.agent_tokens:
+            other = owners.setdefault(token, target.name)
+            if other != target.name:
+                raise source.error(
+                    ("targets", target.name, "agent_tokens"),
+                    f"a token is also given to target {other!r}; give each target its own",
+                )
+    return targets, owners
+
+
+def _parse_target(source: _Source, settings: Settings, name: str, table: object) -> Target:
+    here = ("targets", name)
+    if not TARGET_NAME.fullmatch(name):
+        raise source.error(
+            here,
+            f"bad target name {name!r}; use up to 100 of a-z, 0-9 and ':_.-', "
+            "starting with a letter or digit (e.g. homelab, nexus:felt)",
+        )
+    if not isinstance(table, dict):
+        raise source.error(here, f"must be a table ([targets.{_key(name)}]), got {_kind(table)}")
+    for key in table:
+        if key not in TARGET_KEYS:
+            raise source.error(
+                (*here, key), f"unknown key {key!r}; use one of {', '.join(TARGET_KEYS)}"
+            )
+
+    def fail(key: str, message: str) -> ConfigError:
+        return source.error((*here, key), message)
+
+    if "transport" not in table:
+        raise fail("transport", "missing; use telegram or agent")
+    transport = _choice(fail, table, "transport", Transport, "unknown transport")
+    dispatch = (
+        _choice(fail, table, "dispatch", Dispatch, "unknown dispatch")
+        if "dispatch" in table
+        else Dispatch.IMMEDIATE
+    )
+    description = _string(fail, table, "description") or ""
+    chat_id = _integer(fail, table, "chat_id")
+    agent_ids = _integers(fail, table, "agent_ids")
+    username = _string(fail, table, "agent_username")
+    if username is not None:
+        username = username.strip().lstrip("@")
+        if not username:
+            raise fail("agent_username", "must be the agent bot's username, e.g. @homelab_bot")
+    tokens = _tokens(fail, table, "agent_tokens")
+
+    if transport is Transport.AGENT:
+        for key in TELEGRAM_ONLY_KEYS:
+            if key in table:
+                raise fail(key, "only telegram targets take this key; this target uses agent")
+    else:
+        _check_telegram(settings, fail, chat_id, agent_ids)
+    return Target(
+        name=name,
+        transport=transport,
+        description=description,
+        dispatch=dispatch,
+        chat_id=chat_id,
+        agent_ids=agent_ids,
+        agent_username=username,
+        agent_tokens=tokens,
+    )
+
+
+def _check_telegram(
+    settings: Settings, fail: _Fail, chat_id: int | None, agent_ids: frozenset[int]
+) -> None:
+    """A telegram target needs a bot token, a chat and agent ids (its own or the settings')."""
+    telegram: TelegramSettings | None = None
+    problem: ConfigError | None = None
+    try:
+        telegram = settings.telegram()
+    except ConfigError as exc:
+        problem = exc
+    if telegram is None and problem is None:
+        raise fail(
+            "transport",
+            f"a telegram target needs {ENV_PREFIX}TELEGRAM_BOT_TOKEN "
+            f"(or {ENV_PREFIX}TELEGRAM_CREDENTIALS_FILE with the bot token)",
+        )
+    # When the settings cannot be resolved, fall back to the environment's own values to tell
+    # a missing chat from other problems; a credentials file could hold either, so say it all.
+    vague = problem is not None and settings.telegram_credentials_file is not None
+    if telegram is not None:
+        default_chat: int | None = getattr(telegram, "chat_id", None)
+        default_agents = frozenset(getattr(telegram, "agent_ids", ()))
+    else:
+        default_chat = settings.telegram_chat_id
+        default_agents = frozenset(settings.telegram_agent_ids)
+    if not vague and chat_id is None and default_chat is None:
+        raise fail(
+            "chat_id", f"telegram target needs a chat_id (or {ENV_PREFIX}TELEGRAM_CHAT_ID)"
+        ) from problem
+    if not vague and not agent_ids and not default_agents:
+        raise fail(
+            "agent_ids", f"telegram target needs agent_ids (or {ENV_PREFIX}TELEGRAM_AGENT_IDS)"
+        ) from problem
+    if problem is not None:
+        raise fail("transport", f"telegram target, but {problem}") from problem
+
+
+def _choice(
+    fail: _Fail, table: Mapping[str, object], key: str, kind: type[_Choice], what: str
+) -> _Choice:
+    value = table[key]
+    allowed = " or ".join(member.value for member in kind)
+    if not isinstance(value, str):
+        raise fail(key, f"must be a string ({allowed}), got {_kind(value)}")
+    try:
+        return kind(value)
+    except ValueError:
+        raise fail(key, f"{what} {value!r}; use {allowed}") from None
+
+
+def _string(fail: _Fail, table: Mapping[str, object], key: str) -> str | None:
+    value = table.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise fail(key, f"must be a string, got {_kind(value)}")
+
+
+def _integer(fail: _Fail, table: Mapping[str, object], key: str) -> int | None:
+    value = table.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise fail(key, f"must be an integer (a Telegram id), got {_kind(value)}")
+
+
+def _integers(fail: _Fail, table: Mapping[str, object], key: str) -> frozenset[int]:
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        raise fail(key, f"must be a list of integers (Telegram user ids), got {_kind(value)}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise fail(key, f"must be a list of integers (Telegram user ids), got {_kind(item)}")
+    return frozenset(value)
+
+
+def _tokens(fail: _Fail, table: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        raise fail(key, f"must be a list of strings, got {_kind(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise fail(key, f"must be a list of strings, got {_kind(item)}")
+        if len(item) < MIN_TOKEN_CHARS:
+            raise fail(
+                key,
+                f"every token must be at least {MIN_TOKEN_CHARS} characters; make one with: "
+                f"{GENERATE_COMMAND}",
+            )
+    return tuple(dict.fromkeys(value))
+
+
+def _add_env_tokens(
+    settings: Settings, targets: list[Target], owners: dict[str, str], declared: str
+) -> list[Target]:
+    """Merge ``NEXUS_BRIDGE_AGENT_TOKENS`` into the targets' tokens and check them all."""
+    known = {target.name: target for target in targets}
+    extra: dict[str, list[str]] = {name: [] for name in known}
+    for index, entry in enumerate(getattr(settings, "agent_tokens", None) or [], start=1):
+        value = entry.get_secret_value() if hasattr(entry, "get_secret_value") else str(entry)
+        name, colon, token = value.strip().rpartition(":")
+        name, token = name.strip(), token.strip()
+        if not colon or not name:
+            raise ConfigError(
+                f"{AGENT_TOKENS_VARIABLE}: entry {index} must be TARGET:TOKEN, e.g. homelab:<token>"
+            )
+        if name not in known:
+            raise ConfigError(
+                f"{AGENT_TOKENS_VARIABLE}: a token for unknown target {name!r}; "
+                f"{declared} {', '.join(known)}"
+            )
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"{AGENT_TOKENS_VARIABLE}: the token for {name!r} must be at least "
+                f"{MIN_TOKEN_CHARS} characters; make one with: {GENERATE_COMMAND}"
+            )
+        other = owners.setdefault(token, name)
+        if other != name:
+            raise ConfigError(
+                f"{AGENT_TOKENS_VARIABLE}: the token for {name!r} is also given to target "
+                f"{other!r}; give each target its own"
+            )
+        extra[name].append(token)
+    auth = {token.get_secret_value() for token in settings.auth_tokens}
+    for token, name in owners.items():
+        if token in auth:
+            raise ConfigError(
+                f"an agent token of target {name!r} is also in {ENV_PREFIX}AUTH_TOKENS; the "
+                "agent's tokens must differ from claude.ai's"
+            )
+    return [
+        dataclasses.replace(
+            target, agent_tokens=tuple(dict.fromkeys((*target.agent_tokens, *extra[target.name])))
+        )
+        if extra[target.name]
+        else target
+        for target in targets
+    ]
+
+
+# Finding the line of a key, for error messages: tomllib does not report positions, so scan
+# the text for the table headers and ``key =`` lines, and decode their keys with tomllib itself.
+_BARE_OR_QUOTED: Final = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_KEY_PATH: Final = rf"{_BARE_OR_QUOTED}(?:[ \t]*\.[ \t]*{_BARE_OR_QUOTED})*"
+_HEADER: Final = re.compile(rf"[ \t]*\[\[?[ \t]*(?P<keys>{_KEY_PATH})[ \t]*\]\]?[ \t]*(?:#.*)?\r?")
+_ASSIGNMENT: Final = re.compile(rf"[ \t]*(?P<keys>{_KEY_PATH})[ \t]*=")
+
+
+def _line_of(text: str, wanted: tuple[str, ...]) -> int:
+    """The first line that sets ``wanted``, else the first that sets its longest prefix, else 1."""
+    first: dict[int, int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in _lines(text):
+        header = _HEADER.fullmatch(line)
+        if header:
+            keys = _decode_keys(header["keys"])
+            if keys is None:
+                continue
+            table = full = keys
+        else:
+            assignment = _ASSIGNMENT.match(line)
+            if not assignment or (keys := _decode_keys(assignment["keys"])) is None:
+                continue
+            full = (*table, *keys)
+        shared = 0
+        while shared < min(len(full), len(wanted)) and full[shared] == wanted[shared]:
+            shared += 1
+        if shared == len(wanted):
+            return number
+        first.setdefault(shared, number)
+    return first[max(first)] if first and max(first) > 0 else 1
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """Numbered lines (as tomllib counts them), skipping the inside of multi-line strings."""
+    inside: str | None = None
+    for number, line in enumerate(text.split("\n"), start=1):
+        if inside is not None:
+            if line.count(inside) % 2:
+                inside = None
+            continue
+        yield number, line
+        for quotes in ('"""', "'''"):
+            if line.count(quotes) % 2:
+                inside = quotes
+                break
+
+
+def _decode_keys(keys: str) -> tuple[str, ...] | None:
+    try:
+        node: object = tomllib.loads(f"{keys} = 0")
+    except tomllib.TOMLDecodeError:
+        return None
+    path: list[str] = []
+    while isinstance(node, dict) and len(node) == 1:
+        (key, node) = next(iter(node.items()))
+        path.append(key)
+    return tuple(path)
+
+
+def _key(part: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_-]+", part):
+        return part
+    return json.dumps(part, ensure_ascii=False)
+
+
+def _dotted(keys: tuple[str, ...]) -> str:
+    return ".".join(_key(part) for part in keys)
+
+
+def _kind(value: object) -> str:
+    """The TOML name of a value's type, for error messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    kinds = {str: "a string", float: "a float", list: "an array", dict: "a table"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), "a date/time")
