@@ -156,11 +156,15 @@ async def mcp_client(url: str, token: str | None = None) -> AsyncIterator[Client
 
 
 @pytest.fixture
-def make_settings(migrated_sqlite_url: str) -> Callable[..., Settings]:
+def make_settings(migrated_sqlite_url: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings on a migrated SQLite file, with overrides."""
 
     def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"database_url": migrated_sqlite_url, "port": 0}
+        values: dict[str, Any] = {
+            "database_url": migrated_sqlite_url,
+            "port": 0,
+            "agent_token_file": tmp_path / "agent-token",
+        }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
@@ -171,5 +175,9 @@ def subprocess_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment for a ``nexus-bridge`` subprocess: only our variables, no stray .env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_BRIDGE_")}
     env["NEXUS_BRIDGE_DATABASE_URL"] = database_url
+    database = make_url(database_url).database
+    if make_url(database_url).get_backend_name() == "sqlite" and database:
+        # Keep the default agent token beside the test's database, not in the real home.
+        env["NEXUS_BRIDGE_AGENT_TOKEN_FILE"] = str(Path(database).parent / "agent-token")
     env.update(extra)
     return env

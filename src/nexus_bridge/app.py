@@ -14,26 +14,36 @@ from typing import Any
 from urllib.parse import urlparse
 
 import uvicorn
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nexus_bridge import config
-from nexus_bridge.auth import StaticTokenVerifier
-from nexus_bridge.config import Settings
+from nexus_bridge.agent_tools import AGENT_MCP_PATH, agent_auth_settings, create_agent_server
+from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
+from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
 from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import DatabaseNotReady
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 from nexus_bridge.queue import QueueService
-from nexus_bridge.runtime import Runtime, open_runtime
-from nexus_bridge.transports.telegram import POLLER_LEASE, TelegramTransport, TransportState
+from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
+from nexus_bridge.targets import Transport
+from nexus_bridge.transports.telegram import (
+    POLLER_LEASE,
+    TelegramRoute,
+    TelegramTransport,
+    TransportState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,8 @@ class Bridge(Runtime):
     """The running parts of one server process: the runtime, the MCP adapter, the transport."""
 
     mcp: MCPServer[Any]
+    agent_mcp: MCPServer[Any]
+    agent_verifier: AgentTokenVerifier
     transport: TelegramTransport | None = None
     oauth: BridgeOAuthProvider | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -104,7 +116,10 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
     """
     runtime = open_runtime(settings)
     telegram = settings.telegram()
-    transport = TelegramTransport(runtime.queue, telegram) if telegram else None
+    routes = telegram_routes(runtime, telegram)
+    transport = (
+        TelegramTransport(runtime.queue, telegram, routes=routes) if telegram and routes else None
+    )
     static = (
         StaticTokenVerifier([t.get_secret_value() for t in settings.auth_tokens])
         if settings.auth_tokens
@@ -136,7 +151,34 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
         auth=auth,
         transport_report=functools.partial(report_transport, runtime.queue, transport),
     )
-    return Bridge(**vars(runtime), mcp=server, transport=transport, oauth=provider)
+    agent_verifier = AgentTokenVerifier(agent_tokens(runtime, create_default=http))
+    agent_server = create_agent_server(
+        runtime.queue, token_verifier=agent_verifier, auth=agent_auth_settings(settings)
+    )
+    return Bridge(
+        **vars(runtime),
+        mcp=server,
+        agent_mcp=agent_server,
+        agent_verifier=agent_verifier,
+        transport=transport,
+        oauth=provider,
+    )
+
+
+def telegram_routes(runtime: Runtime, telegram: TelegramSettings | None) -> list[TelegramRoute]:
+    """One route per Telegram target: its own chat and agents, or the settings'."""
+    if telegram is None:
+        return []
+    return [
+        TelegramRoute(
+            target=t.name,
+            chat_id=t.chat_id if t.chat_id is not None else telegram.chat_id,  # type: ignore[arg-type]
+            agent_ids=t.agent_ids or telegram.agent_ids,
+            agent_username=t.agent_username or telegram.agent_username,
+        )
+        for t in runtime.targets
+        if t.transport is Transport.TELEGRAM
+    ]
 
 
 def oauth_provider(
@@ -155,6 +197,24 @@ def oauth_provider(
         extra_redirect_uris=tuple(settings.oauth_redirect_uris),
     )
     return BridgeOAuthProvider(runtime.store, policy, static_tokens=static)
+
+
+def agent_route(bridge: Bridge, settings: Settings) -> Route:
+    """/agent/mcp, authenticated by agent tokens only (client tokens are refused there)."""
+    agent_app = bridge.agent_mcp.streamable_http_app(
+        streamable_http_path=AGENT_MCP_PATH,
+        stateless_http=True,
+        json_response=True,
+        transport_security=transport_security(settings),
+        host=settings.host,
+    )
+    (endpoint,) = [
+        r.endpoint for r in agent_app.routes if isinstance(r, Route) and r.path == AGENT_MCP_PATH
+    ]
+    guarded = AuthenticationMiddleware(
+        AuthContextMiddleware(endpoint), backend=BearerAuthBackend(bridge.agent_verifier)
+    )
+    return Route(AGENT_MCP_PATH, endpoint=guarded)
 
 
 def webhook_route(transport: TelegramTransport) -> Route:
@@ -249,6 +309,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     )
     if bridge.oauth is not None:
         app.router.routes.extend(consent_routes(bridge.oauth))
+    app.router.routes.append(agent_route(bridge, settings))
     if bridge.transport is not None and bridge.transport.webhook_secret is not None:
         app.router.routes.append(webhook_route(bridge.transport))
 
@@ -257,7 +318,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         await bridge.check_schema()
         bridge.start_background()
         try:
-            async with bridge.mcp.session_manager.run():
+            async with bridge.mcp.session_manager.run(), bridge.agent_mcp.session_manager.run():
                 yield
         finally:
             await bridge.close()

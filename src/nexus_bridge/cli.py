@@ -102,7 +102,26 @@ def _print_banner(settings: Settings, url: str) -> None:
         f"    Inspector     npx @modelcontextprotocol/inspector  (Streamable HTTP, {url})",
         "    health        curl -s " + url.removesuffix(config.MCP_PATH) + "/readyz",
     ]
+    lines += _agent_banner(settings, url.removesuffix(config.MCP_PATH))
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _agent_banner(settings: Settings, base_url: str) -> list[str]:
+    """How the default agent takes its tasks, when it uses the direct agent API."""
+    from nexus_bridge.runtime import read_or_create_token
+
+    if settings.config_file is not None or settings.telegram() is not None:
+        return []
+    token = read_or_create_token(settings.agent_token_file, create=False)
+    if not token:
+        return []
+    return [
+        f"  agent    : {config.DEFAULT_TARGET} takes its tasks over the direct agent API "
+        f"(token kept in {settings.agent_token_file})",
+        f"    export NEXUS_BRIDGE_URL={base_url} NEXUS_BRIDGE_AGENT_TOKEN={token}",
+        "    nexus-bridge agent next --wait 55      # then: agent start|update|done ID ...",
+        f"    nexus-bridge agent-prompt --target {config.DEFAULT_TARGET}   # for its CLAUDE.md",
+    ]
 
 
 def _safe_url(url: str) -> str:
@@ -255,9 +274,42 @@ def cmd_reply(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def agent_api_prompt(target: str, bridge_url: str) -> str:
+    """The CLAUDE.md section for an agent that takes its tasks from the bridge directly."""
+    return f"""## Tasks from nexus-bridge (target `{target}`)
+
+Tasks for you wait in nexus-bridge at {bridge_url}. Use the `nexus-bridge agent` command (it
+needs `NEXUS_BRIDGE_URL={bridge_url}` and `NEXUS_BRIDGE_AGENT_TOKEN` in the environment), or the
+same tools over MCP at {bridge_url}/agent/mcp with that token as a bearer token.
+
+| Step | Command | MCP tool |
+|---|---|---|
+| take the next task (waits up to 55 s) | `nexus-bridge agent next --wait 55` | `next_task` |
+| say you started | `nexus-bridge agent start ID` | `start_task` |
+| report progress | `nexus-bridge agent update ID "text"` | `post_update` |
+| ask the client, then wait | `nexus-bridge agent ask ID "question"` | `ask_question` |
+| read the answers | `nexus-bridge agent replies ID` | `get_replies` |
+| finish | `nexus-bridge agent done ID --summary "what you did"` | `complete_task` |
+| give up, saying why | `nexus-bridge agent fail ID "why"` | `fail_task` |
+
+- Work on one task at a time; take the next one only when the current one is done or failed.
+- Report progress at each meaningful step: the client reads it in claude.ai as it happens.
+- A task marked URGENT comes first; halt what you are doing and take it.
+- After `ask`, poll `replies` until an answer arrives, then continue with `update`."""
+
+
 def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:
     from nexus_bridge.protocol import agent_prompt
 
+    if args.target is not None:
+        runtime = open_runtime(settings)
+        target = next((t for t in runtime.targets if t.name == args.target), None)
+        if target is None:
+            known = ", ".join(t.name for t in runtime.targets)
+            raise ConfigError(f"unknown target {args.target!r}; known targets: {known}")
+        if target.transport.value == "agent":
+            print(agent_api_prompt(target.name, settings.bridge_url))
+            return 0
     username = args.agent_username
     if username is None:
         try:
@@ -366,6 +418,98 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
     return 0
 
 
+AGENT_ACTIONS: Final = {
+    # action: (tool, positional argument names)
+    "next": ("next_task", ()),
+    "start": ("start_task", ("id",)),
+    "update": ("post_update", ("id", "text")),
+    "ask": ("ask_question", ("id", "text")),
+    "replies": ("get_replies", ("id",)),
+    "done": ("complete_task", ("id",)),
+    "fail": ("fail_task", ("id", "error")),
+}
+
+
+def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
+    """The direct agent API from a shell: one tool call on a running bridge, over HTTP."""
+    from nexus_bridge.runtime import read_or_create_token
+
+    tool, names = AGENT_ACTIONS[args.agent_action]
+    arguments: dict[str, Any] = {name: getattr(args, name) for name in names}
+    if args.agent_action == "next":
+        arguments["wait_seconds"] = args.wait
+    if args.agent_action == "replies" and args.cursor:
+        arguments["cursor"] = args.cursor
+    if args.agent_action == "done" and args.summary:
+        arguments["summary"] = args.summary
+    token = (
+        settings.agent_token.get_secret_value()
+        if settings.agent_token
+        else read_or_create_token(settings.agent_token_file, create=False)
+    )
+    if not token:
+        raise ConfigError(
+            f"no agent token: set {config.ENV_PREFIX}AGENT_TOKEN (make run prints it)"
+        )
+    result = asyncio.run(_call_agent_tool(settings.bridge_url, token, tool, arguments))
+    if args.json or args.agent_action not in ("next", "replies"):
+        _print_json(result)
+    elif args.agent_action == "next":
+        task = result.get("task")
+        print(f"task {task['id']}\n{task['content']}" if task else "no task")
+    else:
+        for reply in result.get("replies", []):
+            print(reply["content"])
+    return 0
+
+
+async def _call_agent_tool(
+    base_url: str, token: str, tool: str, arguments: dict[str, Any]
+) -> dict[str, Any]:
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+    from mcp_types import TextContent
+
+    url = base_url.rstrip("/") + "/agent/mcp"
+    statuses: list[int] = []
+
+    async def remember(response: Any) -> None:
+        statuses.append(int(response.status_code))
+
+    try:
+        async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
+            # The SDK turns an HTTP 401 into a generic error: keep the status to explain it.
+            http.event_hooks = {"request": [], "response": [remember]}
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                result = await client.call_tool(tool, arguments)
+    except Exception as exc:  # noqa: BLE001 - top level: the SDK wraps network errors variously
+        if 401 in statuses or 403 in statuses:
+            raise ConfigError(
+                f"the bridge at {base_url} refused the agent token ({config.ENV_PREFIX}AGENT_TOKEN)"
+            ) from None
+        detail = _messages(exc)[-1]
+        raise ConfigError(
+            f"cannot reach the bridge at {base_url} ({config.ENV_PREFIX}URL): is it running? "
+            f"({detail})"
+        ) from None
+    if result.is_error:
+        texts = [c.text for c in result.content if isinstance(c, TextContent)]
+        raise NexusBridgeError(texts[0] if texts else "the call failed")
+    return dict(result.structured_content or {})
+
+
+def _messages(exc: BaseException) -> list[str]:
+    """The messages of an exception and of everything inside it (groups, causes)."""
+    found = [f"{type(exc).__name__}: {exc}"]
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found += _messages(inner)
+    if exc.__cause__ is not None:
+        found += _messages(exc.__cause__)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexus-bridge",
@@ -427,7 +571,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prompt.add_argument("--agent-username", help="the agent bot's @username")
     prompt.add_argument("--bridge-username", help="the bridge bot's @username")
+    prompt.add_argument("--target", help="print the section for this target's transport")
     prompt.set_defaults(func=cmd_agent_prompt)
+
+    agent = sub.add_parser(
+        "agent", help="the direct agent API on a running bridge (NEXUS_BRIDGE_URL, _AGENT_TOKEN)"
+    )
+    agent_sub = agent.add_subparsers(dest="agent_action", required=True, metavar="ACTION")
+    nxt = agent_sub.add_parser("next", parents=[common], help="claim the next task")
+    nxt.add_argument("--wait", type=float, default=0, help="wait up to this many seconds")
+    for action, helptext in (("start", "say you started"), ("replies", "the client's answers")):
+        one = agent_sub.add_parser(action, parents=[common], help=helptext)
+        one.add_argument("id")
+        if action == "replies":
+            one.add_argument("--cursor")
+    for action, second, helptext in (
+        ("update", "text", "report progress"),
+        ("ask", "text", "ask the client a question"),
+        ("fail", "error", "end the task in error"),
+    ):
+        two = agent_sub.add_parser(action, parents=[common], help=helptext)
+        two.add_argument("id")
+        two.add_argument(second)
+    done = agent_sub.add_parser("done", parents=[common], help="finish the task")
+    done.add_argument("id")
+    done.add_argument("--summary")
+    agent.set_defaults(func=cmd_agent)
 
     auth = sub.add_parser("auth", help="OAuth: the owner passphrase, clients and tokens")
     auth_sub = auth.add_subparsers(dest="auth_command", required=True, metavar="ACTION")

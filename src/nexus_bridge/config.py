@@ -91,7 +91,10 @@ class Settings(BaseSettings):
     agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     agent_token_file: Path = Field(default_factory=lambda: default_data_dir() / "agent-token")
     stall_seconds: float = Field(default=1800.0, gt=0)
-    bridge_url: str = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    bridge_url: str = Field(
+        default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+        validation_alias=AliasChoices(f"{ENV_PREFIX}URL", "bridge_url"),
+    )
     agent_token: SecretStr | None = None
 
     public_url: str | None = None
@@ -212,7 +215,8 @@ class Settings(BaseSettings):
         chat = self.telegram_chat_id
         if chat is None and "chat_id" in found:
             chat = _int(found["chat_id"], "chat_id", self.telegram_credentials_file)
-        if chat is None:
+        per_target = self.config_file is not None  # targets may name their own chats
+        if chat is None and not per_target:
             raise ConfigError(
                 f"{ENV_PREFIX}TELEGRAM_CHAT_ID is required with a bot token: the chat where the "
                 "agent's bot listens (see the README's Telegram set-up)"
@@ -224,7 +228,7 @@ class Settings(BaseSettings):
                 for v in found["agent_ids"].split(",")
                 if v.strip()
             ]
-        if not agents:
+        if not agents and not per_target:
             raise ConfigError(
                 f"{ENV_PREFIX}TELEGRAM_AGENT_IDS is required with a bot token: the Telegram user "
                 "ids whose messages count as the agent's (the agent bot, optionally you)"
@@ -286,7 +290,7 @@ class TelegramSettings:
     """What the Telegram transport needs, resolved from the environment and credentials file."""
 
     token: str = field(repr=False)
-    chat_id: int
+    chat_id: int | None
     agent_ids: frozenset[int]
     agent_username: str | None
     base_url: str

@@ -13,6 +13,8 @@ REDACTED: Final = "[redacted]"
 QUIET_LOGGERS: Final = {
     "httpx": logging.WARNING,
     "httpcore": logging.WARNING,
+    "httpx2": logging.WARNING,
+    "httpcore2": logging.WARNING,
     "telegram": logging.INFO,
     "alembic.runtime.plugins": logging.WARNING,
 }

@@ -22,7 +22,7 @@ from nexus_bridge import __version__, config
 from nexus_bridge.db.types import format_timestamp
 from nexus_bridge.domain import TaskStatus, TransportReport
 from nexus_bridge.errors import NexusBridgeError
-from nexus_bridge.queue import DeliveryInfo, QueueService
+from nexus_bridge.queue import DeliveryInfo, QueueService, TargetSummary
 from nexus_bridge.views import StatusName, TaskOut, UpdateOut
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,43 @@ class QueueStatusResult(BaseModel):
     transport: TransportOut | None = Field(
         description="How tasks reach the agent; state 'not configured' means tasks wait."
     )
+    stalled: int = Field(description="Tasks with the agent but no agent activity for long.")
+    targets: list["TargetOut"] = Field(description="Each target's own figures.")
+
+
+class TargetOut(BaseModel):
+    name: str
+    description: str
+    transport: Literal["telegram", "agent"]
+    dispatch: Literal["immediate", "one_at_a_time"]
+    reachable: bool = Field(description="Its agent was seen recently (a message or an API call).")
+    last_seen_at: str | None
+    pending: int
+    acknowledged: int
+    in_progress: int
+    input_required: int
+    stalled: int
+
+    @classmethod
+    def of(cls, summary: TargetSummary) -> "TargetOut":
+        counts = summary.by_status
+        return cls(
+            name=summary.policy.name,
+            description=summary.policy.description,
+            transport="agent" if summary.policy.transport == "agent" else "telegram",
+            dispatch="one_at_a_time" if summary.policy.one_at_a_time else "immediate",
+            reachable=summary.reachable,
+            last_seen_at=format_timestamp(summary.last_seen_at) if summary.last_seen_at else None,
+            pending=counts[TaskStatus.PENDING],
+            acknowledged=counts[TaskStatus.ACKNOWLEDGED],
+            in_progress=counts[TaskStatus.IN_PROGRESS],
+            input_required=counts[TaskStatus.INPUT_REQUIRED],
+            stalled=summary.stalled,
+        )
+
+
+class TargetList(BaseModel):
+    targets: list[TargetOut]
 
 
 class MessageDetail(TaskOut):
@@ -127,7 +164,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn domain errors into one-line tool errors; hide anything unexpected behind a reference."""
 
     @functools.wraps(fn)
@@ -170,7 +207,7 @@ def register_tools(
     targets: Sequence[str] = queue.targets
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=True))
-    @_tool_errors
+    @tool_errors
     async def send_message(
         message: Annotated[
             str,
@@ -209,7 +246,7 @@ def register_tools(
         )
 
     @server.tool(annotations=read_only)
-    @_tool_errors
+    @tool_errors
     async def pull_updates(
         since: Annotated[
             str | None,
@@ -260,7 +297,7 @@ def register_tools(
         )
 
     @server.tool(annotations=read_only)
-    @_tool_errors
+    @tool_errors
     async def queue_status(
         target: Annotated[
             str | None, Field(description="Only this target's queue; all targets if omitted.")
@@ -271,6 +308,9 @@ def register_tools(
         counts = await queue.status(target)
         current = counts.current_task
         report = await transport_report() if transport_report else None
+        summaries = [
+            s for s in await queue.target_summaries() if target is None or s.policy.name == target
+        ]
         return QueueStatusResult(
             **{status.value: counts.by_status[status] for status in TaskStatus},
             total_updates=counts.total_updates,
@@ -278,10 +318,19 @@ def register_tools(
             current_task_id=current.id if current else None,
             ignored_messages=counts.ignored_messages,
             transport=TransportOut.of(report) if report else None,
+            stalled=sum(s.stalled for s in summaries),
+            targets=[TargetOut.of(s) for s in summaries],
         )
 
+    @server.tool(annotations=read_only)
+    @tool_errors
+    async def list_targets() -> TargetList:
+        """The agents you can send tasks to: name, description, how tasks reach it, whether
+        its agent was seen recently, and its queue."""
+        return TargetList(targets=[TargetOut.of(s) for s in await queue.target_summaries()])
+
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=False))
-    @_tool_errors
+    @tool_errors
     async def reply_to_task(
         id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
         text: Annotated[str, Field(description="Your answer to the agent's question.")],
@@ -294,21 +343,22 @@ def register_tools(
         return TaskOut.of(await queue.reply(id, text))
 
     @server.tool(annotations=read_only)
-    @_tool_errors
+    @tool_errors
     async def get_message(
         id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
     ) -> MessageDetail:
         """Look up one task: its text, status, timestamps, how it was delivered to the agent,
         and its most recent updates."""
         detail = await queue.get(id)
+        stalled = await queue.stalls([detail.task])
         return MessageDetail(
-            **TaskOut.of(detail.task).model_dump(),
+            **TaskOut.of(detail.task, stalled.get(detail.task.id)).model_dump(),
             delivery=DeliveryOut.of(detail.delivery) if detail.delivery else None,
             updates=[UpdateOut.of(u) for u in detail.recent_updates],
         )
 
     @server.tool(annotations=read_only)
-    @_tool_errors
+    @tool_errors
     async def list_messages(
         status: Annotated[
             StatusName | None, Field(description="Only tasks in this status.")
@@ -327,12 +377,14 @@ def register_tools(
     ) -> MessageList:
         """List tasks, newest first, a page at a time."""
         page = await queue.list_tasks(status=status, target=target, limit=limit, before=before)
+        stalled = await queue.stalls(page.tasks)
         return MessageList(
-            messages=[TaskOut.of(t) for t in page.tasks], next_before=page.next_before
+            messages=[TaskOut.of(t, stalled.get(t.id)) for t in page.tasks],
+            next_before=page.next_before,
         )
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True))
-    @_tool_errors
+    @tool_errors
     async def cancel_message(
         id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
         reason: Annotated[

@@ -128,6 +128,15 @@ class TaskDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetSummary:
+    policy: TargetPolicy
+    by_status: dict[TaskStatus, int]
+    last_seen_at: datetime | None
+    reachable: bool
+    stalled: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """An outbox entry that is due, with its task: what the delivery worker posts next."""
 
@@ -623,8 +632,8 @@ class QueueService:
                 text=text if accepted else None,
             )
 
-    async def unprocessed_inbound(self) -> list[int]:
-        """Journaled messages not yet acted on (a crash between journal and processing)."""
+    async def unprocessed_inbound(self) -> list[tuple[int, int]]:
+        """Journaled messages (id, chat) not yet acted on (a crash between journal and acting)."""
         async with self._store.read() as tx:
             return await tx.unprocessed_inbound()
 
@@ -823,6 +832,40 @@ class QueueService:
     async def last_activity(self, task_ids: Sequence[str]) -> dict[str, datetime]:
         async with self._store.read() as tx:
             return await tx.last_agent_activity(task_ids)
+
+    async def stalls(self, tasks: Sequence[Task]) -> dict[str, float]:
+        """Idle seconds of each stalled task among ``tasks``."""
+        activity = await self.last_activity([t.id for t in tasks])
+        found = {}
+        for task in tasks:
+            idle = self.stall(task, activity.get(task.id))
+            if idle is not None:
+                found[task.id] = idle
+        return found
+
+    async def target_summaries(self) -> list[TargetSummary]:
+        """Every target with its queue counts, when its agent was last seen, and stalled tasks."""
+        seen = await self.presence()
+        summaries = []
+        for policy in self._policies.values():
+            async with self._store.read() as tx:
+                counts = await tx.count_by_status(policy.name)
+                with_agent = await tx.tasks_with_status(
+                    policy.name, (TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS)
+                )
+            stalled = await self.stalls(with_agent)
+            last = seen.get(policy.name)
+            summaries.append(
+                TargetSummary(
+                    policy=policy,
+                    by_status=counts,
+                    last_seen_at=last,
+                    reachable=last is not None
+                    and (self._clock() - last).total_seconds() < self._stall_seconds,
+                    stalled=len(stalled),
+                )
+            )
+        return summaries
 
     # --- other processes ----------------------------------------------------------------------
 

@@ -5,14 +5,19 @@ The CLI uses this alone (fast start-up); the server adds the MCP adapter in ``ap
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
-from nexus_bridge.config import Settings
+from nexus_bridge.config import DEFAULT_TARGET, Settings
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.migrate import head_revisions
 from nexus_bridge.db.store import Store
+from nexus_bridge.domain import TargetPolicy
 from nexus_bridge.errors import DatabaseNotReady
 from nexus_bridge.queue import QueueService
+from nexus_bridge.targets import Dispatch, Target, Transport, load_targets
 
 
 @dataclass
@@ -23,6 +28,7 @@ class Runtime:
     store: Store
     queue: QueueService
     heads: tuple[str, ...]
+    targets: tuple[Target, ...]
 
     async def check_schema(self) -> None:
         """Raises DatabaseNotReady unless the database is reachable and migrated to head."""
@@ -43,13 +49,62 @@ class Runtime:
 
 
 def open_runtime(settings: Settings) -> Runtime:
-    """Wire the store and the queue service; nothing connects until first use."""
+    """Wire the store and the queue service; nothing connects until first use.
+
+    Raises:
+        ConfigError: the targets file or the Telegram settings are wrong.
+    """
+    targets = tuple(load_targets(settings))
     store = Store(
         create_engine(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     )
     queue = QueueService(
         store,
+        targets=[
+            TargetPolicy(
+                name=t.name,
+                transport=t.transport.value,
+                one_at_a_time=t.dispatch is Dispatch.ONE_AT_A_TIME,
+                description=t.description,
+            )
+            for t in targets
+        ],
         max_message_chars=settings.max_message_chars,
         max_wait_seconds=settings.max_wait_seconds,
+        stall_seconds=settings.stall_seconds,
     )
-    return Runtime(settings=settings, store=store, queue=queue, heads=head_revisions())
+    return Runtime(
+        settings=settings, store=store, queue=queue, heads=head_revisions(), targets=targets
+    )
+
+
+def agent_tokens(runtime: Runtime, *, create_default: bool) -> dict[str, str]:
+    """Every agent token and its target. With no file and no tokens configured, the default
+    homelab agent gets one, kept (0600) in ``AGENT_TOKEN_FILE`` so it survives restarts."""
+    tokens = {token: t.name for t in runtime.targets for token in t.agent_tokens}
+    default = [
+        t
+        for t in runtime.targets
+        if t.transport is Transport.AGENT and t.name == DEFAULT_TARGET and not t.agent_tokens
+    ]
+    if default and runtime.settings.config_file is None:
+        token = read_or_create_token(runtime.settings.agent_token_file, create=create_default)
+        if token:
+            tokens[token] = DEFAULT_TARGET
+    return tokens
+
+
+def read_or_create_token(path: Path, *, create: bool) -> str | None:
+    """The token stored in ``path``, created (random, mode 0600) if missing and allowed."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if token or not create:
+        return token or None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token

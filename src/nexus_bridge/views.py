@@ -51,6 +51,13 @@ class TaskOut(BaseModel):
     status: StatusName
     status_reason: str | None = Field(description="Why it reached its status, when known.")
     urgent: bool
+    stalled: bool = Field(
+        default=False,
+        description="With the agent (acknowledged/in_progress) but no agent activity for long.",
+    )
+    idle_seconds: float | None = Field(
+        default=None, description="How long a stalled task has seen no agent activity."
+    )
     created_at: str
     updated_at: str
     acknowledged_at: str | None
@@ -58,8 +65,10 @@ class TaskOut(BaseModel):
     ended_at: str | None
 
     @classmethod
-    def of(cls, task: Task) -> Self:
+    def of(cls, task: Task, idle_seconds: float | None = None) -> Self:
         return cls(
+            stalled=idle_seconds is not None,
+            idle_seconds=round(idle_seconds, 1) if idle_seconds is not None else None,
             id=task.id,
             target=task.target,
             content=task.content,

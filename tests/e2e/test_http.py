@@ -28,6 +28,7 @@ TOOLS = {
     "list_messages",
     "cancel_message",
     "reply_to_task",
+    "list_targets",
 }
 TOKEN_A = "token-a-" + "a" * 32
 TOKEN_B = "token-b-" + "b" * 32

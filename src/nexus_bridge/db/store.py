@@ -256,6 +256,15 @@ class StoreTransaction:
         query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
         return [_task(row) for row in (await self._conn.execute(query)).all()]
 
+    async def tasks_with_status(self, target: str, statuses: Sequence[TaskStatus]) -> list[Task]:
+        rows = await self._conn.execute(
+            select(messages).where(
+                messages.c.target == target,
+                messages.c.status.in_([s.value for s in statuses]),
+            )
+        )
+        return [_task(row) for row in rows.all()]
+
     async def open_tasks(self, target: str) -> list[Task]:
         """The target's open tasks, oldest first."""
         rows = await self._conn.execute(
@@ -575,9 +584,9 @@ class StoreTransaction:
             text=row.text,
         )
 
-    async def unprocessed_inbound(self) -> list[int]:
+    async def unprocessed_inbound(self) -> list[tuple[int, int]]:
         rows = await self._conn.execute(
-            select(telegram_messages.c.id)
+            select(telegram_messages.c.id, telegram_messages.c.chat_id)
             .where(
                 telegram_messages.c.direction == "in",
                 telegram_messages.c.accepted.is_(True),
@@ -585,7 +594,7 @@ class StoreTransaction:
             )
             .order_by(telegram_messages.c.id)
         )
-        return [int(r[0]) for r in rows.all()]
+        return [(int(r[0]), int(r[1])) for r in rows.all()]
 
     async def mark_inbound_processed(
         self, journal_id: int, *, message_id: str | None, at: datetime

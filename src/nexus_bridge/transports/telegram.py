@@ -63,6 +63,16 @@ class TransportState:
 
 
 @dataclass(frozen=True, slots=True)
+class TelegramRoute:
+    """One target on this bot: its chat, whose messages count as its agent's, whom to mention."""
+
+    target: str
+    chat_id: int
+    agent_ids: frozenset[int]
+    agent_username: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TransportStatus:
     name: str
     state: str
@@ -87,12 +97,21 @@ class TelegramTransport:
         queue: QueueService,
         settings: TelegramSettings,
         *,
-        target: str = DEFAULT_TARGET,
+        routes: Sequence[TelegramRoute] | None = None,
         holder_id: str | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
-        self._target = target
+        if routes is None:
+            if settings.chat_id is None:
+                raise ValueError("a chat id is needed: in the settings or in routes")
+            routes = [
+                TelegramRoute(
+                    DEFAULT_TARGET, settings.chat_id, settings.agent_ids, settings.agent_username
+                )
+            ]
+        self._by_chat = {route.chat_id: route for route in routes}
+        self._by_target = {route.target: route for route in routes}
         self.holder_id = holder_id or make_holder_id()
         self._state = TransportState.STARTING
         self._detail: str | None = None
@@ -329,7 +348,8 @@ class TelegramTransport:
         if message is None:
             return True
         sender = message.from_user.id if message.from_user else None
-        accepted = message.chat.id == self._settings.chat_id and sender in self._settings.agent_ids
+        route = self._by_chat.get(message.chat.id)
+        accepted = route is not None and sender in route.agent_ids
         try:
             journal_id = await self._queue.journal_inbound(
                 chat_id=message.chat.id,
@@ -354,16 +374,18 @@ class TelegramTransport:
         if journal_id is None:
             logger.info("telegram transport: message %s already stored", message.message_id)
             return True
-        await self._process(journal_id)
+        assert route is not None  # accepted implies a route
+        await self._process(journal_id, route.target)
         return True
 
     @property
     def webhook_secret(self) -> str | None:
         return self._settings.webhook_secret
 
-    async def _process(self, journal_id: int) -> None:
+    async def _process(self, journal_id: int, target: str) -> None:
         try:
-            result = await self._queue.process_inbound(journal_id, target=self._target)
+            await self._queue.touch_presence(target)
+            result = await self._queue.process_inbound(journal_id, target=target)
         except Exception:
             # Journaled but not acted on: picked up again at the next lease take-over/start.
             logger.exception("telegram transport: could not process journaled message")
@@ -375,8 +397,10 @@ class TelegramTransport:
         )
 
     async def _recover_inbound(self) -> None:
-        for journal_id in await self._queue.unprocessed_inbound():
-            await self._process(journal_id)
+        for journal_id, chat_id in await self._queue.unprocessed_inbound():
+            route = self._by_chat.get(chat_id)
+            if route is not None:
+                await self._process(journal_id, route.target)
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """One error handler for the bot: log first."""
@@ -397,29 +421,33 @@ class TelegramTransport:
                 wait = max(0.0, min(wait, (due - self._queue.now()).total_seconds()))
             await self._queue.signal.wait(generation, wait)
 
-    def _render(self, delivery: Delivery) -> list[str]:
+    def _render(self, delivery: Delivery, route: TelegramRoute) -> list[str]:
         if delivery.item.kind is OutboxKind.REPLY:
             return render_reply(
                 delivery.task.id,
                 delivery.item.body,
-                agent_username=self._settings.agent_username,
+                agent_username=route.agent_username,
             )
         return render_task(
             delivery.task.id,
             delivery.item.body,
-            agent_username=self._settings.agent_username,
+            agent_username=route.agent_username,
             urgent=delivery.task.urgent,
         )
 
     async def _deliver(self, delivery: Delivery) -> None:
-        parts = self._render(delivery)
+        route = self._by_target.get(delivery.task.target)
+        if route is None:  # pragma: no cover - the queue only makes outbox rows for our targets
+            await self._queue.mark_failed(delivery, error="no Telegram chat for this target")
+            return
+        parts = self._render(delivery, route)
         bot = self._application.bot
         for index in range(delivery.item.parts_sent, len(parts)):
             await self._pace()
             reply_to = delivery.item.reply_to_telegram_id if index == 0 else None
             try:
                 sent = await bot.send_message(
-                    chat_id=self._settings.chat_id,
+                    chat_id=route.chat_id,
                     text=parts[index],
                     reply_parameters=(
                         ReplyParameters(reply_to, allow_sending_without_reply=True)
