@@ -43,6 +43,7 @@ from nexus_bridge.protocol import AgentMessage, parse_agent_message
 logger = logging.getLogger(__name__)
 
 _ENQUEUE_ATTEMPTS: Final = 5
+_MIN_QUOTE_CHARS: Final = 12  # a shorter quoted first line must match exactly
 
 # Which timestamp column a status change stamps (the first time it is reached).
 _STAMPS: Final = {
@@ -699,7 +700,11 @@ class QueueService:
             wanted = parsed.responding_to.casefold().rstrip(".…")
             for task in open_tasks:
                 line = first_line(task.content, 10_000).casefold()
-                if wanted and (line.startswith(wanted) or wanted.startswith(line)):
+                # Equal, or one a prefix of the other (an agent may shorten or run on) when the
+                # shorter side is long enough to mean something.
+                shorter = min(len(line), len(wanted))
+                prefix = line.startswith(wanted) or wanted.startswith(line)
+                if wanted and (line == wanted or (prefix and shorter >= _MIN_QUOTE_CHARS)):
                     return task
         in_progress = [t for t in open_tasks if t.status is TaskStatus.IN_PROGRESS]
         return in_progress[0] if in_progress else None

@@ -295,3 +295,28 @@ async def test_status_counts_and_names_the_current_task(queue: QueueService) -> 
     assert status.current_task is not None
     assert status.current_task.id == b.id
     assert status.total_updates == 5
+
+
+async def test_responding_to_matches_first_lines_without_loose_short_prefixes(
+    queue: QueueService,
+) -> None:
+    short = (await queue.enqueue("Fix")).task
+    long = (await queue.enqueue("Fix the DNS record for nexus\nand check TTLs")).task
+
+    async def correlate(text: str, message_id: int) -> str | None:
+        journal_id = await queue.journal_inbound(
+            chat_id=-1,
+            telegram_message_id=message_id,
+            from_id=7,
+            text=text,
+            reply_to_telegram_id=None,
+            accepted=True,
+        )
+        assert journal_id is not None
+        return (await queue.process_inbound(journal_id, target="homelab")).task_id
+
+    # "Fix t" is too short to claim the long task by prefix, and is not "Fix" exactly (and no
+    # task is in progress yet to fall back on).
+    assert await correlate("[Responding to: Fix t]", 1) is None
+    assert await correlate("[Responding to: Fix the DNS record]", 2) == long.id
+    assert await correlate("[Responding to: fix]", 3) == short.id
