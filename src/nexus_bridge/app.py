@@ -32,7 +32,7 @@ from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
 from nexus_bridge.domain import TransportReport
-from nexus_bridge.errors import DatabaseNotReady
+from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 from nexus_bridge.queue import QueueService
@@ -169,7 +169,7 @@ def telegram_routes(runtime: Runtime, telegram: TelegramSettings | None) -> list
     """One route per Telegram target: its own chat and agents, or the settings'."""
     if telegram is None:
         return []
-    return [
+    routes = [
         TelegramRoute(
             target=t.name,
             chat_id=t.chat_id if t.chat_id is not None else telegram.chat_id,  # type: ignore[arg-type]
@@ -179,6 +179,16 @@ def telegram_routes(runtime: Runtime, telegram: TelegramSettings | None) -> list
         for t in runtime.targets
         if t.transport is Transport.TELEGRAM
     ]
+    seen: dict[int, str] = {}
+    for route in routes:
+        if route.chat_id in seen:
+            # A message in that chat could not be told apart: which target's agent sent it?
+            raise ConfigError(
+                f"targets {seen[route.chat_id]!r} and {route.target!r} use the same Telegram "
+                f"chat {route.chat_id}; give each Telegram target its own chat_id"
+            )
+        seen[route.chat_id] = route.target
+    return routes
 
 
 def oauth_provider(
