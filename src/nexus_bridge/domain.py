@@ -151,6 +151,7 @@ class OutboxKind(enum.StrEnum):
 
     TASK = "task"
     REPLY = "reply"
+    CANCEL = "cancel"  # tells the agent to stop work on a task the client cancelled
 
 
 class OutboxState(enum.StrEnum):

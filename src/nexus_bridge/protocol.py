@@ -194,6 +194,22 @@ def render_reply(
     return _render(header, text, limit)
 
 
+STOP_WORD: Final = "STOP"
+
+
+def render_cancel(
+    task_id: str,
+    reason: str | None,
+    *,
+    agent_username: str | None,
+    limit: int = TELEGRAM_MAX_CHARS,
+) -> list[str]:
+    """The message that tells the agent a task it has was cancelled: ``STOP [task …]``, so the
+    halt-on-STOP rule of the agent prompt applies."""
+    header = f"{STOP_WORD} {task_tag(task_id)} cancelled by the client{_mention(agent_username)}"
+    return _render(header, reason or "(no reason given)", limit)
+
+
 def _mention(username: str | None) -> str:
     name = (username or "").strip().lstrip("@")
     return f" @{name}" if name else ""

@@ -329,13 +329,27 @@ class QueueService:
         return moved
 
     async def cancel(self, task_id: str, reason: str | None = None) -> Task:
-        """Cancel an open task.
+        """Cancel an open task; if it already reached the agent's chat, tell the agent to stop.
 
         Raises:
             TaskNotFound: no task has that id.
             TaskAlreadyEnded: it already ended.
         """
-        return await self.transition(task_id, TaskStatus.CANCELLED, reason=reason)
+        reason = reason.strip() if reason and reason.strip() else None
+        async with self._store.write() as tx:
+            task = await tx.get_task(task_id)
+            cancelled = await self._apply(tx, task, TaskStatus.CANCELLED, reason)
+            posted = await tx.telegram_ids_of_task(task.id, direction="out")
+            if posted:
+                await tx.insert_outbox(
+                    message_id=task.id,
+                    kind=OutboxKind.CANCEL,
+                    body=reason or "",
+                    reply_to_telegram_id=posted[0],
+                    at=self._clock(),
+                )
+        self.signal.notify()
+        return cancelled
 
     async def _apply(
         self, tx: StoreTransaction, task: Task, new_status: TaskStatus, reason: str | None
@@ -517,7 +531,8 @@ class QueueService:
                 chosen: Delivery | None = None
                 for item in candidates:
                     task = await tx.get_task(item.message_id)
-                    if task.status.is_terminal and item.parts_sent == 0:
+                    ended = item.kind is not OutboxKind.CANCEL and task.status.is_terminal
+                    if ended and item.parts_sent == 0:
                         chosen = Delivery(item=item, task=task)  # to be skipped below
                         break
                     if (
@@ -530,7 +545,8 @@ class QueueService:
                     break
             if chosen is None:
                 return None
-            if not chosen.task.status.is_terminal or chosen.item.parts_sent > 0:
+            notice = chosen.item.kind is OutboxKind.CANCEL
+            if notice or not chosen.task.status.is_terminal or chosen.item.parts_sent > 0:
                 return chosen
             async with self._store.write() as tx:
                 await tx.update_outbox(

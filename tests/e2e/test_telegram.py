@@ -404,3 +404,26 @@ async def test_webhook_mode_registers_and_accepts_only_the_secret(
                     assert accepted.status_code == 200
             await wait_status(client, task_id, "complete")
             assert await agent_updates(client, task_id) == ["[Done] hooked"]
+
+
+async def test_cancelling_a_delivered_task_tells_the_agent_to_stop(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with bridge_with_telegram(make_settings) as (fake, client, _):
+        task_id, message_id = await send_and_deliver(client, fake, "long migration")
+        await call(client, "cancel_message", {"id": task_id, "reason": "wrong server"})
+        sent = await fake.wait_for_sent(2)
+        assert sent[-1].text == (
+            f"STOP [task {short_id(task_id)}] cancelled by the client @agent_bot\nwrong server"
+        )
+        assert sent[-1].reply_to_message_id == message_id
+        # A task cancelled before it was posted is never posted, and needs no notice: hold its
+        # delivery back with a 429 first, so the cancel surely comes before it.
+        fake.fail_next("sendMessage", Fault.retry_after(30))
+        quiet = (await call(client, "send_message", {"message": "never mind"}))["id"]
+        await fake.wait_for_call("sendMessage", 3)
+        await call(client, "cancel_message", {"id": quiet})
+        third = (await call(client, "send_message", {"message": "after"}))["id"]
+        await fake.wait_for_sent(3)
+        assert fake.sent[2].text.startswith(f"[task {short_id(third)}]")
+        assert not any(short_id(quiet) in m.text for m in fake.sent)

@@ -39,7 +39,7 @@ from telegram.request import HTTPXRequest
 from nexus_bridge.config import DEFAULT_TARGET, TelegramSettings
 from nexus_bridge.domain import OutboxKind
 from nexus_bridge.logs import quiet_noisy_loggers
-from nexus_bridge.protocol import render_reply, render_task
+from nexus_bridge.protocol import render_cancel, render_reply, render_task
 from nexus_bridge.queue import Delivery, QueueService
 
 logger = logging.getLogger(__name__)
@@ -422,6 +422,12 @@ class TelegramTransport:
             await self._queue.signal.wait(generation, wait)
 
     def _render(self, delivery: Delivery, route: TelegramRoute) -> list[str]:
+        if delivery.item.kind is OutboxKind.CANCEL:
+            return render_cancel(
+                delivery.task.id,
+                delivery.item.body or None,
+                agent_username=route.agent_username,
+            )
         if delivery.item.kind is OutboxKind.REPLY:
             return render_reply(
                 delivery.task.id,
