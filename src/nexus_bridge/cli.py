@@ -112,6 +112,8 @@ def _agent_banner(settings: Settings, base_url: str) -> list[str]:
 
     if settings.config_file is not None or settings.telegram() is not None:
         return []
+    if settings.agent_tokens:  # homelab has tokens of its own; the file's is not used
+        return []
     token = read_or_create_token(settings.agent_token_file, create=False)
     if not token:
         return []

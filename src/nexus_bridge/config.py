@@ -86,14 +86,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     config_file: Path | None = Field(
-        default=None, validation_alias=AliasChoices(f"{ENV_PREFIX}CONFIG", "config_file")
+        default=None, validation_alias=AliasChoices(f"{ENV_PREFIX}CONFIG")
     )
     agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     agent_token_file: Path = Field(default_factory=lambda: default_data_dir() / "agent-token")
     stall_seconds: float = Field(default=1800.0, gt=0)
     bridge_url: str = Field(
         default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
-        validation_alias=AliasChoices(f"{ENV_PREFIX}URL", "bridge_url"),
+        validation_alias=AliasChoices(f"{ENV_PREFIX}URL"),
     )
     agent_token: SecretStr | None = None
 

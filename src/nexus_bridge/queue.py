@@ -298,16 +298,19 @@ class QueueService:
             await tx.insert_update(
                 message_id=task.id, kind=UpdateKind.CLIENT, content=content, at=now
             )
-            questions = await tx.telegram_ids_of_task(task.id, direction="in")
-            posted = await tx.telegram_ids_of_task(task.id, direction="out")
-            reply_to = questions[-1] if questions else (posted[0] if posted else None)
-            await tx.insert_outbox(
-                message_id=task.id,
-                kind=OutboxKind.REPLY,
-                body=content,
-                reply_to_telegram_id=reply_to,
-                at=now,
-            )
+            policy = self._policies.get(task.target)
+            if policy is None or policy.uses_outbox:
+                questions = await tx.telegram_ids_of_task(task.id, direction="in")
+                posted = await tx.telegram_ids_of_task(task.id, direction="out")
+                reply_to = questions[-1] if questions else (posted[0] if posted else None)
+                await tx.insert_outbox(
+                    message_id=task.id,
+                    kind=OutboxKind.REPLY,
+                    body=content,
+                    reply_to_telegram_id=reply_to,
+                    at=now,
+                )
+            # An agent-API agent reads the answer with get_replies instead.
             resumed = await self._apply(tx, task, TaskStatus.IN_PROGRESS, "answered")
         self.signal.notify()
         return resumed
@@ -754,6 +757,8 @@ class QueueService:
         two agents claiming at once never get the same task. None when there is nothing to do
         (or, one at a time, while another task is with the agent)."""
         policy = self.policy(target)
+        if policy.uses_outbox:
+            raise InvalidInput(f"target {target!r} takes its tasks over Telegram, not next_task")
         async with self._store.write() as tx:
             await tx.touch_presence(target, at=self._clock())
             if policy.one_at_a_time and await tx.count_handed_over(target, excluding=None) > 0:

@@ -15,7 +15,7 @@ from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.migrate import head_revisions
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import TargetPolicy
-from nexus_bridge.errors import DatabaseNotReady
+from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.queue import QueueService
 from nexus_bridge.targets import Dispatch, Target, Transport, load_targets
 
@@ -82,6 +82,15 @@ def agent_tokens(runtime: Runtime, *, create_default: bool) -> dict[str, str]:
     """Every agent token and its target. With no file and no tokens configured, the default
     homelab agent gets one, kept (0600) in ``AGENT_TOKEN_FILE`` so it survives restarts."""
     tokens = {token: t.name for t in runtime.targets for token in t.agent_tokens}
+    if runtime.settings.config_file is not None:
+        silent = [
+            t.name for t in runtime.targets if t.transport is Transport.AGENT and not t.agent_tokens
+        ]
+        if silent:
+            raise ConfigError(
+                f"{runtime.settings.config_file}: agent target(s) {', '.join(silent)} have no "
+                "agent_tokens, so no agent could ever take their tasks"
+            )
     default = [
         t
         for t in runtime.targets

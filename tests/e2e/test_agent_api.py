@@ -320,3 +320,15 @@ async def test_a_task_with_no_agent_activity_shows_as_stalled(migrated_sqlite_ur
         assert await queue.stalls([done]) == {}
     finally:
         await store.dispose()
+
+
+def test_an_agent_target_without_tokens_is_refused_at_start(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from nexus_bridge.app import build_bridge
+    from nexus_bridge.errors import ConfigError
+
+    config = tmp_path / "silent.toml"
+    config.write_text('[targets.silent]\ntransport = "agent"\n')
+    with pytest.raises(ConfigError, match="silent have no agent_tokens"):
+        build_bridge(make_settings(config_file=config), default_identity="t", http=True)

@@ -320,3 +320,22 @@ async def test_responding_to_matches_first_lines_without_loose_short_prefixes(
     assert await correlate("[Responding to: Fix t]", 1) is None
     assert await correlate("[Responding to: Fix the DNS record]", 2) == long.id
     assert await correlate("[Responding to: fix]", 3) == short.id
+
+
+async def test_an_agent_api_task_is_never_put_in_the_telegram_outbox(store: Store) -> None:
+    from nexus_bridge.domain import TargetPolicy
+
+    queue = QueueService(
+        store, targets=[TargetPolicy("homelab"), TargetPolicy("felt", transport="agent")]
+    )
+    task = (await queue.enqueue("agent work", "felt")).task
+    claimed = await queue.claim_next("felt")
+    assert claimed is not None
+    await queue.agent_report("felt", task.id, text="which one?", status=TaskStatus.INPUT_REQUIRED)
+    await queue.reply(task.id, "the first")
+    assert (await queue.get(task.id)).delivery is None  # nothing to post anywhere
+    assert [u.content for u in (await queue.replies("felt", task.id, None)).updates] == [
+        "the first"
+    ]
+    with pytest.raises(InvalidInput, match="takes its tasks over Telegram"):
+        await queue.claim_next("homelab")
