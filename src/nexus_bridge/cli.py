@@ -312,6 +312,8 @@ def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:
         if target.transport.value == "agent":
             print(agent_api_prompt(target.name, settings.bridge_url))
             return 0
+        if args.agent_username is None and target.agent_username:
+            args.agent_username = target.agent_username
     username = args.agent_username
     if username is None:
         try:
