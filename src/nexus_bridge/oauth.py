@@ -45,6 +45,7 @@ CLAUDE_CALLBACKS: Final = (
 )
 LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 REQUEST_SECONDS: Final = 600
+PRUNE_AFTER_DAYS: Final = 7  # expired codes and tokens are kept this long, then forgotten
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
@@ -195,6 +196,8 @@ class BridgeOAuthProvider:
         request_id = secrets.token_urlsafe(32)
         now = self._now()
         async with self._store.write() as tx:
+            # Anyone can start an authorization: keep the tables from growing without bound.
+            await tx.oauth_prune(now=now, keep_after=now - timedelta(days=PRUNE_AFTER_DAYS))
             await tx.oauth_insert_request(
                 id_hash=token_hash(request_id),
                 client_id=client.client_id,

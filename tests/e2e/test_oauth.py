@@ -523,3 +523,25 @@ async def test_parallel_guesses_cannot_outrun_the_lockout(
         assert statuses.count(429) >= 10
         locked = await submit_consent(b, consent_url, PASSPHRASE)
         assert locked.status_code == 429
+
+
+async def test_expired_consents_codes_and_tokens_are_forgotten(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        _client_id, _tokens = await signed_in(b)
+        client = await register(b)
+        await start_authorization(b, client["client_id"], pkce()[1])
+        engine = create_engine(b.settings.database_url)
+        long_ago = "'2000-01-01T00:00:00.000000+00:00'"
+        async with engine.begin() as conn:
+            for table in ("oauth_requests", "oauth_codes", "oauth_tokens"):
+                await conn.execute(text(f"UPDATE {table} SET expires_at = {long_ago}"))
+        await start_authorization(b, client["client_id"], pkce()[1])  # a new request prunes
+        async with engine.connect() as conn:
+            counts = {
+                table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
+                for table in ("oauth_requests", "oauth_codes", "oauth_tokens")
+            }
+        await engine.dispose()
+        assert counts == {"oauth_requests": 1, "oauth_codes": 0, "oauth_tokens": 0}

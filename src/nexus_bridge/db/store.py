@@ -740,6 +740,12 @@ class StoreTransaction:
             )
         )
 
+    async def oauth_prune(self, *, now: datetime, keep_after: datetime) -> None:
+        """Forget consents and codes that have expired, and tokens expired before keep_after."""
+        await self._conn.execute(delete(oauth_requests).where(oauth_requests.c.expires_at < now))
+        await self._conn.execute(delete(oauth_codes).where(oauth_codes.c.expires_at < keep_after))
+        await self._conn.execute(delete(oauth_tokens).where(oauth_tokens.c.expires_at < keep_after))
+
     async def oauth_request(self, id_hash: str) -> Row[Any] | None:
         return (
             await self._conn.execute(
