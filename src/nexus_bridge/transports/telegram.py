@@ -117,6 +117,7 @@ class TelegramTransport:
         self._detail: str | None = None
         self._stopping = asyncio.Event()
         self._inbound_failed = False
+        self._unprocessed = False  # a journaled message failed to process: retry it
         self._last_send = 0.0
         quiet_noisy_loggers()  # before PTB builds its bot: it logs the URL, token included
         self._application = self._build_application()
@@ -296,6 +297,9 @@ class TelegramTransport:
         with contextlib.suppress(TelegramError):
             await bot.delete_webhook()  # a webhook would make getUpdates fail with 409
         while True:
+            if self._unprocessed:
+                self._unprocessed = False
+                await self._recover_inbound()
             try:
                 updates = await bot.get_updates(
                     offset=offset,
@@ -338,6 +342,9 @@ class TelegramTransport:
     async def accept_webhook(self, payload: object) -> bool:
         """An update Telegram posted to the webhook; False if it could not be journaled."""
         update = Update.de_json(payload, self._application.bot)  # type: ignore[arg-type]
+        if self._unprocessed:
+            self._unprocessed = False
+            await self._recover_inbound()
         if update is None:
             return True
         return await self.accept(update)
@@ -387,8 +394,9 @@ class TelegramTransport:
             await self._queue.touch_presence(target)
             result = await self._queue.process_inbound(journal_id, target=target)
         except Exception:
-            # Journaled but not acted on: picked up again at the next lease take-over/start.
+            # Journaled but not acted on: the poll loop retries it before its next getUpdates.
             logger.exception("telegram transport: could not process journaled message")
+            self._unprocessed = True
             return
         logger.info(
             "telegram transport: agent message -> task %s%s",
