@@ -12,7 +12,7 @@ from typing import Any, Final, TypeVar
 
 from nexus_bridge import __version__, config
 from nexus_bridge.config import Settings, load_settings
-from nexus_bridge.domain import Task, Update, first_line
+from nexus_bridge.domain import HANDED_OVER_STATUSES, Task, TaskStatus, Update, first_line
 from nexus_bridge.errors import ConfigError, NexusBridgeError
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
@@ -172,18 +172,43 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    counts = asyncio.run(_with_queue(settings, lambda q: q.status(args.target)))
+    async def work(queue: QueueService) -> tuple[Any, list[Any]]:
+        counts = await queue.status(args.target)
+        summaries = await queue.target_summaries()
+        return counts, [s for s in summaries if args.target in (None, s.policy.name)]
+
+    counts, summaries = asyncio.run(_with_queue(settings, work))
     data: dict[str, Any] = {s.value: n for s, n in counts.by_status.items()}
     data["total_updates"] = counts.total_updates
+    data["ignored_messages"] = counts.ignored_messages
     data["current_task"] = counts.current_task.content if counts.current_task else None
     data["current_task_id"] = counts.current_task.id if counts.current_task else None
+    data["stalled"] = sum(s.stalled for s in summaries)
+    targets = [
+        {
+            "name": s.policy.name,
+            "transport": s.policy.transport,
+            "dispatch": "one_at_a_time" if s.policy.one_at_a_time else "immediate",
+            "pending": s.by_status[TaskStatus.PENDING],
+            "with_agent": sum(s.by_status[st] for st in HANDED_OVER_STATUSES),
+            "stalled": s.stalled,
+            "last_seen_at": s.last_seen_at.isoformat() if s.last_seen_at else None,
+        }
+        for s in summaries
+    ]
     if args.json:
-        _print_json(data)
+        _print_json({**data, "targets": targets})
         return 0
     for key, value in data.items():
         if key == "current_task" and value:
             value = first_line(str(value), 80)
         print(f"{key:<16}{value if value is not None else '-'}")
+    for t in targets:
+        seen = t["last_seen_at"] or "never"
+        print(
+            f"target {t['name']} ({t['transport']}, {t['dispatch']}): {t['pending']} pending, "
+            f"{t['with_agent']} with the agent, {t['stalled']} stalled, agent last seen {seen}"
+        )
     return 0
 
 
