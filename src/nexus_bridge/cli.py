@@ -202,7 +202,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     for key, value in data.items():
         if key == "current_task" and value:
             value = first_line(str(value), 80)
-        print(f"{key:<16}{value if value is not None else '-'}")
+        print(f"{key:<18}{value if value is not None else '-'}")
     for t in targets:
         seen = t["last_seen_at"] or "never"
         print(
