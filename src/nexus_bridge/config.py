@@ -166,10 +166,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
-    @property
     def binds_loopback(self) -> bool:
         if self.host == "localhost":
             return True

@@ -41,7 +41,6 @@ OPEN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in OPEN_STATUSES
 KNOWN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in TaskStatus])})"
 KNOWN_KIND_SQL: Final = f"kind IN ({_sql_list([k.value for k in UpdateKind])})"
 OPEN_CONTENT_INDEX: Final = "uq_messages_open_content"
-TELEGRAM_MESSAGE_UNIQUE: Final = "uq_telegram_messages_chat_id_telegram_message_id"
 
 OUTBOX_KINDS: Final = ("task", "reply", "cancel")
 OUTBOX_STATES: Final = ("pending", "delivered", "failed", "skipped")
