@@ -30,8 +30,8 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _task_json(task: Task) -> dict[str, Any]:
-    return TaskOut.of(task).model_dump()
+def _task_json(task: Task, idle_seconds: float | None = None) -> dict[str, Any]:
+    return TaskOut.of(task, idle_seconds).model_dump()
 
 
 def _update_json(update: Update) -> dict[str, Any]:
@@ -246,9 +246,13 @@ def cmd_updates(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    detail = asyncio.run(_with_queue(settings, lambda q: q.get(args.id)))
+    async def work(queue: QueueService) -> tuple[Any, dict[str, float]]:
+        detail = await queue.get(args.id)
+        return detail, await queue.stalls([detail.task])
+
+    detail, stalls = asyncio.run(_with_queue(settings, work))
     if args.json:
-        data = _task_json(detail.task)
+        data = _task_json(detail.task, stalls.get(detail.task.id))
         data["updates"] = [_update_json(u) for u in detail.recent_updates]
         _print_json(data)
         return 0
@@ -272,17 +276,19 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
-    page = asyncio.run(
-        _with_queue(
-            settings,
-            lambda q: q.list_tasks(
-                status=args.status, target=args.target, limit=args.limit, before=args.before
-            ),
+    async def work(queue: QueueService) -> tuple[Any, dict[str, float]]:
+        page = await queue.list_tasks(
+            status=args.status, target=args.target, limit=args.limit, before=args.before
         )
-    )
+        return page, await queue.stalls(page.tasks)
+
+    page, stalls = asyncio.run(_with_queue(settings, work))
     if args.json:
         _print_json(
-            {"messages": [_task_json(t) for t in page.tasks], "next_before": page.next_before}
+            {
+                "messages": [_task_json(t, stalls.get(t.id)) for t in page.tasks],
+                "next_before": page.next_before,
+            }
         )
         return 0
     for task in page.tasks:

@@ -88,3 +88,37 @@ def test_commands_refuse_an_unmigrated_database_and_say_what_to_run(sqlite_url: 
     result = run(sqlite_url, "status", ok=False)
     assert result.returncode == 2
     assert "run: nexus-bridge db upgrade" in result.stderr
+
+
+async def test_list_and_show_flag_stalled_tasks(migrated_sqlite_url: str) -> None:
+    import asyncio
+
+    from nexus_bridge.db.engine import create_engine
+    from nexus_bridge.db.store import Store
+    from nexus_bridge.domain import TargetPolicy
+    from nexus_bridge.queue import QueueService
+
+    store = Store(create_engine(migrated_sqlite_url))
+    queue = QueueService(store, targets=[TargetPolicy("homelab", transport="agent")])
+    task = (await queue.enqueue("taken and forgotten")).task
+    assert await queue.claim_next("homelab") is not None
+    await store.dispose()
+
+    def stalled_run(*args: str) -> dict[str, object]:
+        result = subprocess.run(
+            [EXE, *args, "--json"],
+            env=subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_STALL_SECONDS="0.001"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    listed = await asyncio.to_thread(stalled_run, "list")
+    (entry,) = listed["messages"]  # type: ignore[misc]
+    assert entry["stalled"] is True
+    assert entry["idle_seconds"] >= 0
+    shown = await asyncio.to_thread(stalled_run, "show", task.id)
+    assert shown["stalled"] is True
