@@ -215,6 +215,24 @@ class StoreTransaction:
                 )
         raise TaskNotFound(task_id)
 
+    async def task_of_target(self, target: str, task_id: str) -> Task | None:
+        """``target``'s task with this id, or its only task whose id starts with it (8+
+        characters); None when there is none, or several. Other targets' tasks are not seen."""
+        of_target = messages.c.target == target
+        row = (
+            await self._conn.execute(select(messages).where(messages.c.id == task_id, of_target))
+        ).first()
+        if row is not None:
+            return _task(row)
+        if len(task_id) < SHORT_ID_MIN_CHARS or "%" in task_id or "_" in task_id:
+            return None
+        rows = (
+            await self._conn.execute(
+                select(messages).where(messages.c.id.like(f"{task_id}%"), of_target).limit(2)
+            )
+        ).all()
+        return _task(rows[0]) if len(rows) == 1 else None
+
     async def set_status(
         self,
         task: Task,
