@@ -402,7 +402,7 @@ async def test_an_agent_message_never_moves_another_targets_task_on_any_path(
         )
     chat = AgentChat(queue)
 
-    for text in (
+    for message in (
         f"[Done] #{felt.id[:8]} finished",
         f"[task {felt.id[:8]}] [Error] failed",
         f"[Done] #{lab2.id[:8]}",
@@ -410,7 +410,7 @@ async def test_an_agent_message_never_moves_another_targets_task_on_any_path(
         "[Responding to: Rotate the lab2 backups]",
         "[Done] all good",  # no link at all: lab2's task in progress is not homelab's
     ):
-        assert await chat.says(text) is None, text
+        assert await chat.says(message) is None, message
     assert await chat.says("[Done] replied", reply_to=50) is None
 
     assert (await queue.get(felt.id)).task.status is TaskStatus.ACKNOWLEDGED
