@@ -719,7 +719,10 @@ class QueueService:
                 if replied is not None:
                     return replied
         for tag in parsed.task_tags[:_MAX_TAG_LOOKUPS]:
-            tagged = await tx.task_of_target(target, tag)
+            try:
+                tagged = await tx.task_of_target(target, tag)
+            except InvalidInput:  # a short id several of the target's tasks share
+                continue
             if tagged is not None:
                 return tagged
         open_tasks = await tx.open_tasks(target)
@@ -791,15 +794,17 @@ class QueueService:
             await self.signal.wait(generation, remaining)
 
     async def agent_task(self, target: str, task_id: str) -> Task:
-        """A task of ``target``; another target's task is as good as unknown to its agent.
+        """A task of ``target``; another target's task is as good as unknown to its agent (a
+        short id is looked up among the target's own tasks only).
 
         Raises:
             TaskNotFound: no such task for this target.
+            InvalidInput: a short id matches several of the target's tasks.
         """
         async with self._store.write() as tx:
             await tx.touch_presence(target, at=self._clock())
-            task = await tx.get_task(task_id)
-        if task.target != target:
+            task = await tx.task_of_target(target, task_id)
+        if task is None:
             raise TaskNotFound(task_id)
         return task
 

@@ -427,14 +427,11 @@ async def test_an_agent_message_never_moves_another_targets_task_on_any_path(
     assert (await queue.get(own.id)).task.status is TaskStatus.IN_PROGRESS
 
 
-async def test_a_tag_shared_with_another_targets_task_still_finds_the_own_task(
-    store: Store,
-) -> None:
+async def insert_twins(store: Store, queue: QueueService, ids: dict[str, str]) -> None:
+    """One pending task per target, with the ids given (sharing their first 8 characters)."""
     from nexus_bridge.db.store import NewTask
     from nexus_bridge.domain import content_hash
 
-    queue = three_targets(store)
-    ids = {"homelab": "0badc0de-0000-4000-8000-000000000001", "lab2": "0badc0de-ffff-4000-8000-0"}
     async with store.write() as tx:
         for target, task_id in ids.items():
             await tx.insert_task(
@@ -447,9 +444,32 @@ async def test_a_tag_shared_with_another_targets_task_still_finds_the_own_task(
                     urgent=False,
                 )
             )
+
+
+async def test_a_tag_shared_with_another_targets_task_still_finds_the_own_task(
+    store: Store,
+) -> None:
+    queue = three_targets(store)
+    ids = {"homelab": "0badc0de-0000-4000-8000-000000000001", "lab2": "0badc0de-ffff-4000-8000-0"}
+    await insert_twins(store, queue, ids)
     assert await AgentChat(queue).says("[Received] #0badc0de") == ids["homelab"]
     assert (await queue.get(ids["homelab"])).task.status is TaskStatus.ACKNOWLEDGED
     assert (await queue.get(ids["lab2"])).task.status is TaskStatus.PENDING
+
+
+async def test_an_api_agent_finds_its_task_by_a_short_id_another_target_shares(
+    store: Store,
+) -> None:
+    queue = three_targets(store)
+    ids = {"felt": "0badc0de-0000-4000-8000-000000000001", "homelab": "0badc0de-ffff-4000-8000-0"}
+    await insert_twins(store, queue, ids)
+    started = await queue.agent_report("felt", "0badc0de", status=TaskStatus.ACKNOWLEDGED)
+    assert started.id == ids["felt"]
+    for other in (ids["homelab"], "0badc0de-ffff"):  # by full id or a longer prefix
+        with pytest.raises(TaskNotFound):
+            await queue.agent_report("felt", other, text="mine now")
+    assert (await queue.get(ids["homelab"])).task.status is TaskStatus.PENDING
+    assert (await queue.get(ids["homelab"], recent=50)).recent_updates == []
 
 
 async def test_an_agent_message_is_parsed_while_the_database_stays_writable(

@@ -217,7 +217,11 @@ class StoreTransaction:
 
     async def task_of_target(self, target: str, task_id: str) -> Task | None:
         """``target``'s task with this id, or its only task whose id starts with it (8+
-        characters); None when there is none, or several. Other targets' tasks are not seen."""
+        characters); None if there is none. Other targets' tasks are not seen at all.
+
+        Raises:
+            InvalidInput: a short id matches several of the target's tasks.
+        """
         of_target = messages.c.target == target
         row = (
             await self._conn.execute(select(messages).where(messages.c.id == task_id, of_target))
@@ -231,7 +235,9 @@ class StoreTransaction:
                 select(messages).where(messages.c.id.like(f"{task_id}%"), of_target).limit(2)
             )
         ).all()
-        return _task(rows[0]) if len(rows) == 1 else None
+        if len(rows) > 1:
+            raise InvalidInput(f"the short id {task_id!r} matches several tasks; use the full id")
+        return _task(rows[0]) if rows else None
 
     async def set_status(
         self,
