@@ -423,21 +423,23 @@ class BridgeOAuthProvider:
     async def exchange_authorization_code(
         self, client: OAuthClientInformationFull, authorization_code: AuthorizationCode
     ) -> OAuthToken:
+        refused = self.policy.refuse_resource(authorization_code.resource)
+        if refused is not None:  # a code parked before resources were checked
+            raise TokenError(error="invalid_target", error_description=refused)
         hashed = token_hash(authorization_code.code)
+        # The SDK's errors are frozen dataclasses, which cannot pass through the transaction's
+        # context manager (it sets their __traceback__): decide inside, raise once committed.
         async with self._store.write() as tx:
             row = await tx.oauth_code(hashed)
-            if row is None or not await tx.oauth_use_code(hashed, at=self._now()):
-                raise TokenError(error="invalid_grant", error_description="code already used")
-            refused = self.policy.refuse_resource(row.resource)
-            if refused is not None:  # a code parked before resources were checked
-                raise TokenError(error="invalid_target", error_description=refused)
-            return await self._issue(
-                tx,
-                client_id=row.client_id,
-                family_id=row.family_id,
-                scopes=authorization_code.scopes,
-                resource=authorization_code.resource,
-            )
+            if row is not None and await tx.oauth_use_code(hashed, at=self._now()):
+                return await self._issue(
+                    tx,
+                    client_id=row.client_id,
+                    family_id=row.family_id,
+                    scopes=authorization_code.scopes,
+                    resource=authorization_code.resource,
+                )
+        raise TokenError(error="invalid_grant", error_description="code already used")
 
     async def load_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: str
@@ -467,23 +469,23 @@ class BridgeOAuthProvider:
     async def exchange_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: RefreshToken, scopes: list[str]
     ) -> OAuthToken:
+        refused = self.policy.refuse_resource(refresh_token.resource)
+        if refused is not None:  # issued for another server before resources were checked
+            raise TokenError(error="invalid_target", error_description=refused)
         hashed = token_hash(refresh_token.token)
-        async with self._store.write() as tx:
+        async with self._store.write() as tx:  # raise only once committed: see above
             row = await tx.oauth_token(hashed)
-            if row is None or not await tx.oauth_use_token(hashed, at=self._now()):
-                if row is not None:
-                    await tx.oauth_revoke_family(row.family_id, at=self._now())
-                raise TokenError(error="invalid_grant", error_description="refresh token reused")
-            refused = self.policy.refuse_resource(row.resource)
-            if refused is not None:  # issued for another server before resources were checked
-                raise TokenError(error="invalid_target", error_description=refused)
-            return await self._issue(
-                tx,
-                client_id=row.client_id,
-                family_id=row.family_id,
-                scopes=scopes,
-                resource=refresh_token.resource,
-            )
+            if row is not None and await tx.oauth_use_token(hashed, at=self._now()):
+                return await self._issue(
+                    tx,
+                    client_id=row.client_id,
+                    family_id=row.family_id,
+                    scopes=scopes,
+                    resource=refresh_token.resource,
+                )
+            if row is not None:  # used twice at once: the family is compromised
+                await tx.oauth_revoke_family(row.family_id, at=self._now())
+        raise TokenError(error="invalid_grant", error_description="refresh token reused")
 
     async def _issue(
         self,
