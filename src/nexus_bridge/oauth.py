@@ -56,6 +56,7 @@ MAX_CLIENT_NAME_CHARS: Final = 200
 MAX_REGISTRATION_FIELD_CHARS: Final = 4096  # any other registration field, as JSON
 MAX_REGISTRATION_LIST_ITEMS: Final = 10  # redirect_uris, contacts, grant_types, ...
 MAX_STATE_CHARS: Final = 1024
+MAX_SCOPE_CHARS: Final = 1024  # the requested scopes (each one registered, but repeatable)
 S256_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
 MAX_PENDING_REQUESTS_PER_CLIENT: Final = 10  # older consent requests of the client are dropped
 UNUSED_CLIENT_SECONDS: Final = 3600  # a client with no token this long after registering goes
@@ -186,6 +187,11 @@ def authorization_refused(
         return AuthorizeError(
             error="invalid_request",
             error_description=f"state is longer than {MAX_STATE_CHARS} characters",
+        )
+    if params.scopes is not None and len(" ".join(params.scopes)) > MAX_SCOPE_CHARS:
+        return AuthorizeError(
+            error="invalid_request",
+            error_description=f"scope is longer than {MAX_SCOPE_CHARS} characters",
         )
     if not S256_CHALLENGE.fullmatch(params.code_challenge):
         return AuthorizeError(

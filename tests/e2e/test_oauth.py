@@ -619,6 +619,7 @@ async def test_a_multi_megabyte_body_is_refused_before_it_is_read(
     ("param", "value", "named"),
     [
         ("state", "s" * 1025, "state is longer than 1024 characters"),
+        ("scope", " ".join(["tasks"] * 200), "scope is longer than 1024 characters"),
         ("code_challenge", "c" * 44, "code_challenge must be 43 characters"),
         ("code_challenge", "c" * 42 + "!", "code_challenge must be 43 characters"),
         ("code_challenge", "c" * 20_000, "code_challenge must be 43 characters"),
@@ -628,7 +629,10 @@ async def test_an_oversized_authorization_parameter_is_refused_naming_it(
     make_settings: Callable[..., Settings], param: str, value: str, named: str
 ) -> None:
     async with oauth_bridge(make_settings) as b:
-        client = await register(b)
+        registered = await b.http.post(
+            b.base + "/register", json={**REGISTRATION, "scope": "tasks"}
+        )
+        client = registered.json()
         query = {
             "response_type": "code",
             "client_id": client["client_id"],
