@@ -264,7 +264,7 @@ class BridgeOAuthProvider:
                 at=now,
             )
         logger.info(
-            "oauth: registered client %s (%s)", client_info.client_id, client_info.client_name
+            "oauth: registered client %s (%r)", client_info.client_id, client_info.client_name
         )
 
     # --- authorization -------------------------------------------------------------------------
