@@ -651,21 +651,48 @@ async def test_an_oversized_authorization_parameter_is_refused_naming_it(
         assert await table_counts(b, "oauth_requests") == {"oauth_requests": 0}
 
 
+async def stored_bytes(b: Bridge) -> int:
+    engine = create_engine(b.settings.database_url)
+    async with engine.connect() as conn:
+        clients = (await conn.execute(text("SELECT sum(length(info)) FROM oauth_clients"))).scalar()
+        params = (
+            await conn.execute(text("SELECT sum(length(params)) FROM oauth_requests"))
+        ).scalar()
+    await engine.dispose()
+    return int(clients or 0) + int(params or 0)
+
+
 async def test_hostile_registrations_and_authorizations_leave_the_tables_bounded(
     make_settings: Callable[..., Settings],
 ) -> None:
     async with oauth_bridge(make_settings, oauth_max_unused_clients=4) as b:
         owner_client, _tokens = await signed_in(b)  # the owner's connector: never pruned
-        clients = [await register(b) for _ in range(4)]
-        refused = await b.http.post(b.base + "/register", json=REGISTRATION)
-        assert refused.status_code == 429
-        assert refused.json()["error"] == "temporarily_unavailable"
-        assert "waiting for their first token" in refused.json()["error_description"]
+        # As large as a registration may be, and then some, sent again and again.
+        biggest = {**REGISTRATION, "client_name": "n" * 200, "software_id": "s" * 4000}
+        biggest["contacts"] = ["c" * 1000] * 3
+        clients = [(await b.http.post(b.base + "/register", json=biggest)).json() for _ in range(4)]
+        for _ in range(10):
+            refused = await b.http.post(b.base + "/register", json=biggest)
+            assert refused.status_code == 429
+            assert refused.json()["error"] == "temporarily_unavailable"
+            assert "waiting for their first token" in refused.json()["error_description"]
+            huge = {**biggest, "software_id": "s" * 3_000_000}
+            assert (await b.http.post(b.base + "/register", json=huge)).status_code == 413
         for client in clients:
             for _ in range(15):  # each client keeps only its newest 10 consent requests
-                await start_authorization(b, client["client_id"], pkce()[1])
+                query = {
+                    "response_type": "code",
+                    "client_id": client["client_id"],
+                    "redirect_uri": CALLBACK,
+                    "code_challenge": pkce()[1],
+                    "state": "s" * 1024,
+                    "resource": b.public_url,
+                }
+                response = await b.http.post(b.base + "/authorize", data=query)
+                assert "/consent?request=" in response.headers["location"]
         counts = await table_counts(b, "oauth_clients", "oauth_requests")
         assert counts == {"oauth_clients": 5, "oauth_requests": 40}
+        assert await stored_bytes(b) < 5 * 16_384 + 40 * 4096
 
         # An hour on, the clients that never got a token are abandoned: the next registration
         # forgets them (their requests expired too), and the owner's client stays.
