@@ -329,7 +329,9 @@ class HostGuard:
 
 def token_resource_guard(inner: ASGIApp, policy: OAuthPolicy) -> ASGIApp:
     """POST /token: a ``resource`` that is another server's is ``invalid_target`` (RFC 8707).
-    The SDK's handler does not hand it to the provider, so it is checked here."""
+    The SDK's handler does not hand it to the provider, so it is checked here. (Only in a
+    urlencoded form, as RFC 6749 sends it; whatever is sent, the token is issued for the resource
+    the code or refresh token carries, which the provider checks too.)"""
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
