@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import uvicorn
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -33,6 +33,7 @@ from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
 from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import ConfigError, DatabaseNotReady
+from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 from nexus_bridge.queue import QueueService
@@ -69,6 +70,12 @@ class Bridge(Runtime):
         self._background.append(
             asyncio.create_task(
                 self.queue.watch_for_changes(self.settings.change_poll_seconds), name="watch"
+            )
+        )
+        self._background.append(
+            asyncio.create_task(
+                self.queue.expire_claims_every(self.settings.change_poll_seconds),
+                name="expire-claims",
             )
         )
         if self.transport is not None:
@@ -222,9 +229,19 @@ def agent_route(bridge: Bridge, settings: Settings) -> Route:
         r.endpoint for r in agent_app.routes if isinstance(r, Route) and r.path == AGENT_MCP_PATH
     ]
     guarded = AuthenticationMiddleware(
-        AuthContextMiddleware(endpoint), backend=BearerAuthBackend(bridge.agent_verifier)
+        AuthContextMiddleware(mcp_endpoint(endpoint)),
+        backend=BearerAuthBackend(bridge.agent_verifier),
     )
     return Route(AGENT_MCP_PATH, endpoint=guarded)
+
+
+def mcp_endpoint(endpoint: Any) -> Any:
+    """The SDK's MCP endpoint behind :class:`McpEndpoint` (POST only, disconnects watched),
+    placed inside the SDK's token check so a request without a token still gets its 401."""
+    if isinstance(endpoint, RequireAuthMiddleware):
+        endpoint.app = McpEndpoint(endpoint.app)
+        return endpoint
+    return McpEndpoint(endpoint)
 
 
 def webhook_route(transport: TelegramTransport) -> Route:
@@ -314,6 +331,12 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         transport_security=transport_security(settings),
         host=settings.host,
     )
+    app.router.routes[:] = [
+        Route(config.MCP_PATH, endpoint=mcp_endpoint(r.endpoint))
+        if isinstance(r, Route) and r.path == config.MCP_PATH
+        else r
+        for r in app.router.routes
+    ]
     app.router.routes.extend(
         [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
     )
