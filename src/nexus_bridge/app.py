@@ -32,7 +32,7 @@ from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
 from nexus_bridge.domain import TransportReport
-from nexus_bridge.errors import ConfigError, DatabaseNotReady
+from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
 from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
@@ -257,7 +257,11 @@ def webhook_route(transport: TelegramTransport) -> Route:
             payload = await request.json()
         except ValueError:
             return JSONResponse({"error": "invalid JSON"}, status_code=400)
-        if not await transport.accept_webhook(payload):
+        try:
+            accepted = await transport.accept_webhook(payload)
+        except InvalidInput as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if not accepted:
             # Not journaled: a non-2xx answer makes Telegram deliver it again.
             return JSONResponse({"error": "try again"}, status_code=503)
         return JSONResponse({"ok": True})

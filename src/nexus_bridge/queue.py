@@ -555,6 +555,7 @@ class QueueService:
             await self.signal.wait(generation, remaining, stop)
 
         if _is_set(stop):
+            logger.info("pull_updates for %s: the client went away; nothing marked read", identity)
             return UpdatePage(updates=[], next_cursor=str(floor), has_more=bool(rows))
         more = len(rows) > limit
         rows = rows[:limit]
@@ -850,6 +851,7 @@ class QueueService:
         while True:
             generation = self.signal.generation()
             if _is_set(stop):
+                logger.info("next_task for %s: the client went away; nothing claimed", target)
                 return None
             task = await self.claim_next(target)
             remaining = deadline - loop.time()
