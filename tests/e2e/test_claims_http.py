@@ -23,31 +23,41 @@ from tests.e2e.test_agent_api import FELT_TOKEN, agent_client, two_targets
 from tests.e2e.test_http import call
 
 
+# The SDK serves each protocol era on its own path: a handshake-era request runs its tool in a
+# task of the session manager, a 2026-07-28 one in the request's own task. Both must notice.
+LEGACY, MODERN = "2025-06-18", "2026-07-28"
+
+
 async def raw_tool_call(
-    server: BridgeServer, path: str, tool: str, arguments: dict[str, Any], token: str | None
+    server: BridgeServer,
+    path: str,
+    tool: str,
+    arguments: dict[str, Any],
+    token: str | None,
+    version: str = LEGACY,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A tools/call POST over a plain socket, left waiting for its answer."""
     port = server.bound_port
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        }
-    ).encode()
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
     head = [
         f"POST {path} HTTP/1.1",
         f"Host: 127.0.0.1:{port}",
         "Content-Type: application/json",
         "Accept: application/json, text/event-stream",
-        "MCP-Protocol-Version: 2025-06-18",
-        f"Content-Length: {len(body)}",
+        f"MCP-Protocol-Version: {version}",
     ]
+    if version == MODERN:
+        params["_meta"] = {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        head += ["Mcp-Method: tools/call", f"Mcp-Name: {tool}"]
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+    head.append(f"Content-Length: {len(body.encode())}")
     if token:
         head.append(f"Authorization: Bearer {token}")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    writer.write(("\r\n".join(head) + "\r\n\r\n" + body).encode())
     await writer.drain()
     return reader, writer
 
@@ -56,14 +66,18 @@ def logged(caplog: pytest.LogCaptureFixture, text: str) -> Callable[[], bool]:
     return lambda: any(text in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.parametrize("version", [LEGACY, MODERN])
 async def test_a_next_task_whose_client_disconnected_claims_nothing(
-    make_settings: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    version: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="nexus_bridge")
     settings = make_settings(config_file=two_targets(tmp_path))
     async with running_server(settings) as (url, server), mcp_client(url) as client:
         _, writer = await raw_tool_call(
-            server, "/agent/mcp", "next_task", {"wait_seconds": 30}, FELT_TOKEN
+            server, "/agent/mcp", "next_task", {"wait_seconds": 30}, FELT_TOKEN, version
         )
         # The handler has made its first attempt (it touches the agent's presence) and waits.
         await wait_for(lambda: _seen(server, "nexus:felt"), what="the waiting next_task to start")
@@ -87,14 +101,17 @@ async def _seen(server: BridgeServer, target: str) -> bool:
     return target in await server.bridge.queue.presence()
 
 
+@pytest.mark.parametrize("version", [LEGACY, MODERN])
 async def test_a_pull_whose_client_disconnected_marks_nothing_read(
-    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture, version: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="nexus_bridge")
     async with running_server(make_settings()) as (url, server), mcp_client(url) as client:
         await call(client, "send_message", {"message": "before"})
         assert len((await call(client, "pull_updates", {}))["updates"]) == 1  # all read
-        _, writer = await raw_tool_call(server, "/mcp", "pull_updates", {"wait_seconds": 30}, None)
+        _, writer = await raw_tool_call(
+            server, "/mcp", "pull_updates", {"wait_seconds": 30}, None, version
+        )
         await wait_for(logged(caplog, "waiting up to"), what="the pull to wait")
         writer.close()
         await writer.wait_closed()
