@@ -22,7 +22,6 @@ from tests.conftest import mcp_client, running_server, wait_for
 from tests.e2e.test_agent_api import FELT_TOKEN, agent_client, two_targets
 from tests.e2e.test_http import call
 
-
 # The SDK serves each protocol era on its own path: a handshake-era request runs its tool in a
 # task of the session manager, a 2026-07-28 one in the request's own task. Both must notice.
 LEGACY, MODERN = "2025-06-18", "2026-07-28"
