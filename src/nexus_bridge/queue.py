@@ -387,10 +387,12 @@ class QueueService:
         reason: str | None,
         *,
         by_bridge: bool = False,
-        claim_until: datetime | None = None,
+        lease_seconds: float | None = None,
     ) -> Task:
+        """Move ``task`` and record it; ``lease_seconds``: the move is a claim with that lease."""
         check_transition(task.status, new_status, by_bridge=by_bridge)
         now = self._clock()
+        claim_until = now + timedelta(seconds=lease_seconds) if lease_seconds is not None else None
         stamps: dict[str, datetime] = {}
         column = _STAMPS.get(new_status)
         if column is not None and getattr(task, column) is None:
@@ -829,7 +831,7 @@ class QueueService:
                     task,
                     TaskStatus.ACKNOWLEDGED,
                     "claimed by the agent",
-                    claim_until=now + timedelta(seconds=self._claim_seconds),
+                    lease_seconds=self._claim_seconds,
                 )
         if claimed is not None or expired:
             self.signal.notify()

@@ -151,8 +151,9 @@ async def test_a_claim_never_started_is_back_in_the_queue_within_the_lease_and_o
                 return task["status"] == "pending"
 
             await wait_for(back_in_queue, what="the lapsed claim to return to the queue")
-            # Within the lease plus one poll (and the time one get_message takes, at most).
-            assert time.monotonic() - claimed_at < lease + poll + 0.5
+            # Within the lease plus one poll (plus slack for a loaded machine: a get_message round
+            # trip and the sweep's own write).
+            assert time.monotonic() - claimed_at < lease + poll + 1.0
             task = await call(client, "get_message", {"id": idle["id"]})
             assert task["claim_expires_at"] is None
             assert task["updates"][-1]["content"] == (
