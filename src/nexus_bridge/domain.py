@@ -112,6 +112,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+MAX_INSTANT_CHARS: Final = 64
+MAX_ID_CHARS: Final = 36  # a task id is a UUID
+MAX_SHOWN_CHARS: Final = 40
+
+
 def parse_instant(text: str, *, field: str) -> datetime:
     """Parse an ISO-8601 time; no offset means UTC.
 
@@ -135,11 +140,6 @@ def parse_instant(text: str, *, field: str) -> datetime:
         ) from None
     except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
         raise InvalidInput(f"{field} is out of range: {shown(text)} is not a time in UTC") from None
-
-
-MAX_INSTANT_CHARS: Final = 64
-MAX_ID_CHARS: Final = 36  # a task id is a UUID
-MAX_SHOWN_CHARS: Final = 40
 
 
 def shown(value: object) -> str:
