@@ -13,7 +13,15 @@ from nexus_bridge import __version__, config
 from nexus_bridge.auth import agent_target
 from nexus_bridge.domain import TaskStatus
 from nexus_bridge.errors import NexusBridgeError
-from nexus_bridge.mcp_tools import BridgeMCPServer, tool_errors
+from nexus_bridge.mcp_http import client_gone
+from nexus_bridge.mcp_tools import (
+    BridgeMCPServer,
+    CursorArg,
+    TaskIdArg,
+    text_schema,
+    tool_errors,
+    wait_seconds_arg,
+)
 from nexus_bridge.queue import QueueService
 from nexus_bridge.views import TaskOut, UpdateOut
 
@@ -21,7 +29,8 @@ AGENT_MCP_PATH: Final = "/agent/mcp"
 AGENT_INSTRUCTIONS: Final = (
     "You are the agent: take your next task with next_task, say you started with start_task, "
     "report progress with post_update, ask the client with ask_question (then poll "
-    "get_replies), and finish with complete_task or fail_task."
+    "get_replies), and finish with complete_task or fail_task. A claim is a lease: start the "
+    "task (or call heartbeat on it) before its claim_expires_at, or it goes back to the queue."
 )
 
 
@@ -30,7 +39,12 @@ class NotAnAgent(NexusBridgeError):
 
 
 class NextTask(BaseModel):
-    task: TaskOut | None = Field(description="The task you now own, or null: nothing to do.")
+    task: TaskOut | None = Field(
+        description=(
+            "The task you now own, or null: nothing to do. Its claim_expires_at is when the "
+            "claim lapses unless you start it or call heartbeat on it first."
+        )
+    )
 
 
 class Replies(BaseModel):
@@ -58,7 +72,8 @@ def create_agent_server(
         token_verifier=token_verifier,
         auth=auth,
     )
-    task_id = Annotated[str, Field(description="The task's id (or its first 8+ characters).")]
+
+    limit = queue.max_message_chars
     writes = ToolAnnotations(readOnlyHint=False, openWorldHint=False)
 
     @server.tool(annotations=writes)
@@ -66,35 +81,46 @@ def create_agent_server(
     async def next_task(
         wait_seconds: Annotated[
             float,
-            Field(
-                description=(
-                    "If nothing is pending, wait up to this long for a task (capped at "
-                    f"{queue.max_wait_seconds:g} s)."
-                ),
-                json_schema_extra={"minimum": 0},
+            wait_seconds_arg(
+                "If nothing is pending, wait up to this long for a task (capped at "
+                f"{queue.max_wait_seconds:g} s)."
             ),
         ] = 0,
     ) -> NextTask:
         """Claim the oldest pending task of your target; it becomes acknowledged and yours.
 
-        Two agents asking at once never get the same task.
+        Two agents asking at once never get the same task. The claim is a lease that ends at
+        the task's claim_expires_at: start_task, or any other call on the task (heartbeat,
+        post_update, ask_question), renews it; a task not started before it lapses goes back to
+        the queue for the next next_task.
         """
-        if wait_seconds < 0:
-            raise NexusBridgeError("wait_seconds must be 0 or more")
-        task = await queue.wait_for_task(_target(), wait_seconds)
+        task = await queue.wait_for_task(_target(), wait_seconds, stop=client_gone())
         return NextTask(task=TaskOut.of(task) if task else None)
 
     @server.tool(annotations=writes)
     @tool_errors
-    async def start_task(id: task_id) -> TaskOut:
+    async def start_task(id: TaskIdArg) -> TaskOut:
         """Say you are working on the task (in_progress)."""
         return TaskOut.of(await queue.agent_report(_target(), id, status=TaskStatus.IN_PROGRESS))
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=True))
+    @tool_errors
+    async def heartbeat(id: TaskIdArg) -> TaskOut:
+        """Say you still hold the task: renews the lease of its claim (claim_expires_at)
+        without changing anything else. Every other call on the task renews it too."""
+        return TaskOut.of(await queue.agent_task(_target(), id))
 
     @server.tool(annotations=writes)
     @tool_errors
     async def post_update(
-        id: task_id,
-        text: Annotated[str, Field(description="What you did or found, for the client to read.")],
+        id: TaskIdArg,
+        text: Annotated[
+            str,
+            Field(
+                description="What you did or found, for the client to read.",
+                json_schema_extra=text_schema(limit),
+            ),
+        ],
     ) -> TaskOut:
         """Report progress on the task; the client sees it in pull_updates."""
         return TaskOut.of(await queue.agent_report(_target(), id, text=text))
@@ -102,8 +128,11 @@ def create_agent_server(
     @server.tool(annotations=writes)
     @tool_errors
     async def ask_question(
-        id: task_id,
-        text: Annotated[str, Field(description="The question for the client.")],
+        id: TaskIdArg,
+        text: Annotated[
+            str,
+            Field(description="The question for the client.", json_schema_extra=text_schema(limit)),
+        ],
     ) -> TaskOut:
         """Ask the client; the task waits in input_required until it answers (get_replies)."""
         return TaskOut.of(
@@ -115,10 +144,8 @@ def create_agent_server(
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
     @tool_errors
     async def get_replies(
-        id: task_id,
-        cursor: Annotated[
-            str | None, Field(description="A next_cursor from an earlier call.")
-        ] = None,
+        id: TaskIdArg,
+        cursor: CursorArg = None,
     ) -> Replies:
         """The client's answers to your questions on this task."""
         page = await queue.replies(_target(), id, cursor)
@@ -129,24 +156,43 @@ def create_agent_server(
     @server.tool(annotations=writes)
     @tool_errors
     async def complete_task(
-        id: task_id,
-        summary: Annotated[str | None, Field(description="What was done, in a few lines.")] = None,
+        id: TaskIdArg,
+        summary: Annotated[
+            str | None,
+            Field(
+                description="What was done, in a few lines.",
+                json_schema_extra=text_schema(limit),
+            ),
+        ] = None,
     ) -> TaskOut:
         """Finish the task (complete)."""
         return TaskOut.of(
-            await queue.agent_report(_target(), id, text=summary, status=TaskStatus.COMPLETE)
+            await queue.agent_report(
+                _target(), id, text=summary, status=TaskStatus.COMPLETE, field="summary"
+            )
         )
 
     @server.tool(annotations=writes)
     @tool_errors
     async def fail_task(
-        id: task_id,
-        error: Annotated[str, Field(description="Why the task failed or cannot be done.")],
+        id: TaskIdArg,
+        error: Annotated[
+            str,
+            Field(
+                description="Why the task failed or cannot be done.",
+                json_schema_extra=text_schema(limit),
+            ),
+        ],
     ) -> TaskOut:
         """End the task in error, saying why."""
         return TaskOut.of(
             await queue.agent_report(
-                _target(), id, text=error, status=TaskStatus.ERROR, reason=error.strip()[:200]
+                _target(),
+                id,
+                text=error,
+                status=TaskStatus.ERROR,
+                reason=error.strip()[:200],
+                field="error",
             )
         )
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import uvicorn
 from mcp.server.auth.handlers.metadata import MetadataHandler
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.routes import build_metadata, cors_middleware
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.mcpserver import MCPServer
@@ -36,7 +36,8 @@ from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
 from nexus_bridge.domain import TransportReport
-from nexus_bridge.errors import ConfigError, DatabaseNotReady
+from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
+from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.oauth import CONSENT_PATH, BridgeOAuthProvider, OAuthPolicy, RegistrationsFull
 from nexus_bridge.queue import QueueService
@@ -77,6 +78,12 @@ class Bridge(Runtime):
         self._background.append(
             asyncio.create_task(
                 self.queue.watch_for_changes(self.settings.change_poll_seconds), name="watch"
+            )
+        )
+        self._background.append(
+            asyncio.create_task(
+                self.queue.expire_claims_every(self.settings.change_poll_seconds),
+                name="expire-claims",
             )
         )
         if self.transport is not None:
@@ -231,9 +238,19 @@ def agent_route(bridge: Bridge, settings: Settings) -> Route:
         r.endpoint for r in agent_app.routes if isinstance(r, Route) and r.path == AGENT_MCP_PATH
     ]
     guarded = AuthenticationMiddleware(
-        AuthContextMiddleware(endpoint), backend=BearerAuthBackend(bridge.agent_verifier)
+        AuthContextMiddleware(mcp_endpoint(endpoint)),
+        backend=BearerAuthBackend(bridge.agent_verifier),
     )
     return Route(AGENT_MCP_PATH, endpoint=guarded)
+
+
+def mcp_endpoint(endpoint: Any) -> Any:
+    """The SDK's MCP endpoint behind :class:`McpEndpoint` (POST only, disconnects watched),
+    placed inside the SDK's token check so a request without a token still gets its 401."""
+    if isinstance(endpoint, RequireAuthMiddleware):
+        endpoint.app = McpEndpoint(endpoint.app)
+        return endpoint
+    return McpEndpoint(endpoint)
 
 
 def webhook_route(transport: TelegramTransport) -> Route:
@@ -249,7 +266,11 @@ def webhook_route(transport: TelegramTransport) -> Route:
             payload = await request.json()
         except ValueError:
             return JSONResponse({"error": "invalid JSON"}, status_code=400)
-        if not await transport.accept_webhook(payload):
+        try:
+            accepted = await transport.accept_webhook(payload)
+        except InvalidInput as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if not accepted:
             # Not journaled: a non-2xx answer makes Telegram deliver it again.
             return JSONResponse({"error": "try again"}, status_code=503)
         return JSONResponse({"ok": True})
@@ -452,6 +473,12 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         transport_security=transport_security(settings),
         host=settings.host,
     )
+    app.router.routes[:] = [
+        Route(config.MCP_PATH, endpoint=mcp_endpoint(r.endpoint))
+        if isinstance(r, Route) and r.path == config.MCP_PATH
+        else r
+        for r in app.router.routes
+    ]
     app.router.routes.extend(
         [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
     )

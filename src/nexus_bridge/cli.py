@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
@@ -319,6 +320,7 @@ same tools over MCP at {bridge_url}/agent/mcp with that token as a bearer token.
 |---|---|---|
 | take the next task (waits up to 55 s) | `nexus-bridge agent next --wait 55` | `next_task` |
 | say you started | `nexus-bridge agent start ID` | `start_task` |
+| keep the claim while you prepare | `nexus-bridge agent heartbeat ID` | `heartbeat` |
 | report progress | `nexus-bridge agent update ID "text"` | `post_update` |
 | ask the client, then wait | `nexus-bridge agent ask ID "question"` | `ask_question` |
 | read the answers | `nexus-bridge agent replies ID` | `get_replies` |
@@ -326,6 +328,8 @@ same tools over MCP at {bridge_url}/agent/mcp with that token as a bearer token.
 | give up, saying why | `nexus-bridge agent fail ID "why"` | `fail_task` |
 
 - Work on one task at a time; take the next one only when the current one is done or failed.
+- A claim is a lease: `start` the task (or `heartbeat` it) before its claim expires (`next`
+  prints when), or it goes back to the queue for someone else.
 - Report progress at each meaningful step: the client reads it in claude.ai as it happens.
 - A task marked URGENT comes first; halt what you are doing and take it.
 - After `ask`, poll `replies` until an answer arrives, then continue with `update`."""
@@ -457,6 +461,7 @@ AGENT_ACTIONS: Final = {
     # action: (tool, positional argument names)
     "next": ("next_task", ()),
     "start": ("start_task", ("id",)),
+    "heartbeat": ("heartbeat", ("id",)),
     "update": ("post_update", ("id", "text")),
     "ask": ("ask_question", ("id", "text")),
     "replies": ("get_replies", ("id",)),
@@ -491,7 +496,15 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
         _print_json(result)
     elif args.agent_action == "next":
         task = result.get("task")
-        print(f"task {task['id']}\n{task['content']}" if task else "no task")
+        if task is None:
+            print("no task")
+        else:
+            print(f"task {task['id']}\n{task['content']}")
+            print(
+                f"claimed until {task.get('claim_expires_at')}: start it (or heartbeat it) "
+                "before then, or it goes back to the queue",
+                file=sys.stderr,
+            )
     else:
         for reply in result.get("replies", []):
             print(reply["content"])
@@ -545,6 +558,39 @@ def _messages(exc: BaseException) -> list[str]:
     return found
 
 
+def _seconds(value: str) -> float:
+    """A finite number of seconds, 0 or more (argparse type): NaN or inf would wait forever."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number 0 or more, got {value!r}")
+    return seconds
+
+
+def _port(value: str) -> int:
+    """A TCP port, 0-65535 (argparse type)."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
+    return port
+
+
+def _positive_int(value: str) -> int:
+    """A whole number, 1 or more (argparse type); the service checks the upper bound."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexus-bridge",
@@ -558,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve MCP over Streamable HTTP (or --stdio)")
     serve.add_argument("--stdio", action="store_true", help="speak MCP over stdin/stdout")
     serve.add_argument("--host", help="override NEXUS_BRIDGE_HOST")
-    serve.add_argument("--port", type=int, help="override NEXUS_BRIDGE_PORT (0: any free port)")
+    serve.add_argument("--port", type=_port, help="override NEXUS_BRIDGE_PORT (0: any free port)")
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database migrations")
@@ -584,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     upd.add_argument("--since", help="ISO-8601 time instead of the last-run cursor")
     upd.add_argument("--cursor", help="a seq to continue after")
     upd.add_argument("--message-id", help="only this task's updates")
-    upd.add_argument("--limit", type=int, default=config.DEFAULT_PULL_LIMIT)
+    upd.add_argument("--limit", type=_positive_int, default=config.DEFAULT_PULL_LIMIT)
     upd.set_defaults(func=cmd_updates)
 
     show = sub.add_parser("show", parents=[common], help="one task and its recent updates")
@@ -614,8 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent_sub = agent.add_subparsers(dest="agent_action", required=True, metavar="ACTION")
     nxt = agent_sub.add_parser("next", parents=[common], help="claim the next task")
-    nxt.add_argument("--wait", type=float, default=0, help="wait up to this many seconds")
-    for action, helptext in (("start", "say you started"), ("replies", "the client's answers")):
+    nxt.add_argument(
+        "--wait", type=_seconds, default=0, help="wait up to this many seconds (capped)"
+    )
+    for action, helptext in (
+        ("start", "say you started"),
+        ("heartbeat", "keep the claim on a task (renew its lease)"),
+        ("replies", "the client's answers"),
+    ):
         one = agent_sub.add_parser(action, parents=[common], help=helptext)
         one.add_argument("id")
         if action == "replies":
@@ -646,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", parents=[common], help="tasks, newest first")
     lst.add_argument("--status")
     lst.add_argument("--target")
-    lst.add_argument("--limit", type=int, default=config.DEFAULT_LIST_LIMIT)
+    lst.add_argument("--limit", type=_positive_int, default=config.DEFAULT_LIST_LIMIT)
     lst.add_argument("--before")
     lst.set_defaults(func=cmd_list)
     return parser

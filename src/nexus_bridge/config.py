@@ -31,6 +31,9 @@ MAX_PULL_LIMIT: Final = 1_000
 DEFAULT_LIST_LIMIT: Final = 20
 MAX_LIST_LIMIT: Final = 200
 RECENT_UPDATES_IN_GET: Final = 20
+DEFAULT_AGENT_CLAIM_SECONDS: Final = 120.0
+MAX_TARGET_CHARS: Final = 100  # a target name, as targets.py allows it
+MAX_REASON_CHARS: Final = 1_000  # cancel_message(reason=...)
 MCP_PATH: Final = "/mcp"
 DEFAULT_TELEGRAM_BASE_URL: Final = "https://api.telegram.org/bot"
 CREDENTIAL_KEYS: Final = {
@@ -70,6 +73,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        allow_inf_nan=False,  # NaN or inf in a number of seconds would mean waiting forever
     )
 
     database_url: str = Field(default_factory=default_database_url)
@@ -91,6 +95,7 @@ class Settings(BaseSettings):
     agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     agent_token_file: Path = Field(default_factory=lambda: default_data_dir() / "agent-token")
     stall_seconds: float = Field(default=1800.0, gt=0)
+    agent_claim_seconds: float = Field(default=DEFAULT_AGENT_CLAIM_SECONDS, gt=0)
     bridge_url: str = Field(
         default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
         validation_alias=AliasChoices(f"{ENV_PREFIX}URL"),

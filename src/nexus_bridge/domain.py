@@ -60,13 +60,25 @@ TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
     TaskStatus.CANCELLED: frozenset(),
 }
 
+# The one move backwards, made only by the bridge, never on anyone's request: a claim over the
+# direct agent API is a lease, and a task claimed (acknowledged) but never started whose lease ran
+# out goes back to pending, to be handed out again. A task in_progress is never re-run (its work
+# may have had side effects): it stays put, and shows as stalled.
+BRIDGE_TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
+    TaskStatus.ACKNOWLEDGED: frozenset({TaskStatus.PENDING}),
+}
+CLAIM_EXPIRED_REASON: Final = "claim expired; back in the queue"
 
-def can_transition(current: TaskStatus, new: TaskStatus) -> bool:
-    """Whether the transition table allows ``current`` → ``new``."""
+
+def can_transition(current: TaskStatus, new: TaskStatus, *, by_bridge: bool = False) -> bool:
+    """Whether the transition table allows ``current`` → ``new`` (``by_bridge``: also the moves
+    only the bridge itself makes, :data:`BRIDGE_TRANSITIONS`)."""
+    if by_bridge and new in BRIDGE_TRANSITIONS.get(current, frozenset()):
+        return True
     return new in TRANSITIONS[current]
 
 
-def check_transition(current: TaskStatus, new: TaskStatus) -> None:
+def check_transition(current: TaskStatus, new: TaskStatus, *, by_bridge: bool = False) -> None:
     """Raise unless ``current`` → ``new`` is legal.
 
     Raises:
@@ -77,7 +89,7 @@ def check_transition(current: TaskStatus, new: TaskStatus) -> None:
         raise TaskAlreadyEnded(
             f"the task already ended as {current.value}; it cannot become {new.value}"
         )
-    if not can_transition(current, new):
+    if not can_transition(current, new, by_bridge=by_bridge):
         allowed = ", ".join(sorted(s.value for s in TRANSITIONS[current]))
         raise IllegalTransition(
             f"a task cannot go from {current.value} to {new.value}; from {current.value} it may "
@@ -100,24 +112,71 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+MAX_INSTANT_CHARS: Final = 64
+MAX_ID_CHARS: Final = 36  # a task id is a UUID
+MAX_SHOWN_CHARS: Final = 40
+
+
 def parse_instant(text: str, *, field: str) -> datetime:
     """Parse an ISO-8601 time; no offset means UTC.
 
     Raises:
-        InvalidInput: the text is not an ISO-8601 time.
+        InvalidInput: the text is not an ISO-8601 time, or not one a UTC time can hold.
     """
+    example = "2026-03-30T01:00:00Z"
+    if len(text) > MAX_INSTANT_CHARS:
+        raise InvalidInput(
+            f"{field} must be an ISO-8601 time such as {example}, not {len(text)} characters"
+        )
     candidate = text.strip()
     if candidate.endswith(("Z", "z")):
         candidate = candidate[:-1] + "+00:00"
     try:
         value = datetime.fromisoformat(candidate)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except ValueError:
         raise InvalidInput(
-            f"{field} must be an ISO-8601 time such as 2026-03-30T01:00:00Z, got {text!r}"
+            f"{field} must be an ISO-8601 time such as {example}, got {shown(text)}"
         ) from None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise InvalidInput(f"{field} is out of range: {shown(text)} is not a time in UTC") from None
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut short: how an error message quotes what it was given."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1] + "…"
+
+
+def check_storable(text: str, field: str) -> str:
+    """``text`` if every database can store it: no NUL character, no lone surrogate.
+
+    Raises:
+        InvalidInput: naming ``field``.
+    """
+    if "\x00" in text:
+        raise InvalidInput(f"{field} contains a NUL character (\\u0000); remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"{field} is not valid Unicode (it contains a lone surrogate); send plain text"
+        ) from None
+    return text
+
+
+def check_task_id(value: str, field: str) -> str:
+    """A task id as given (full, or its first 8+ characters), of a sane length.
+
+    Raises:
+        InvalidInput: empty, or longer than a task id.
+    """
+    if not value or len(value) > MAX_ID_CHARS:
+        raise InvalidInput(
+            f"{field} must be a task id ({MAX_ID_CHARS} characters) or its first 8 or more, "
+            f"got {len(value)} characters"
+        )
+    return value
 
 
 def first_line(text: str, max_chars: int = 120) -> str:
@@ -144,6 +203,8 @@ class Task:
     ended_at: datetime | None
     status_reason: str | None
     urgent: bool = False
+    # While acknowledged through an agent-API claim: when the claim lapses (BRIDGE_TRANSITIONS).
+    claim_expires_at: datetime | None = None
 
 
 class OutboxKind(enum.StrEnum):

@@ -5,6 +5,7 @@ the same JSON as text. Domain errors become tool errors (``isError``) with a one
 """
 
 import functools
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,13 +16,14 @@ from mcp.server.auth.provider import OAuthAuthorizationServerProvider, TokenVeri
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from mcp_types import CallToolResult, Icon, InputRequiredResult, ToolAnnotations
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from nexus_bridge import __version__, config
 from nexus_bridge.db.types import format_timestamp
-from nexus_bridge.domain import TaskStatus, TransportReport
+from nexus_bridge.domain import MAX_ID_CHARS, MAX_INSTANT_CHARS, TaskStatus, TransportReport
 from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.mcp_http import client_gone
 from nexus_bridge.queue import DeliveryInfo, QueueService, TargetSummary
 from nexus_bridge.views import StatusName, TaskOut, UpdateOut
 
@@ -195,6 +197,42 @@ def _limit_schema(low: int, high: int) -> dict[str, Any]:
     return {"minimum": low, "maximum": high}
 
 
+def _digits_as_text(value: object) -> object:
+    """A cursor or an id typed as digits may arrive as a JSON number (the Inspector sends one)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+MAX_CURSOR_CHARS: Final = 18
+# Bounds advertised in the schema; the service enforces each one with a one-line error.
+TaskIdArg = Annotated[
+    str,
+    BeforeValidator(_digits_as_text),
+    Field(
+        description="The task's id (or its first 8+ characters).",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_ID_CHARS},
+    ),
+]
+CursorArg = Annotated[
+    str | None,
+    BeforeValidator(_digits_as_text),
+    Field(
+        description="A next_cursor from an earlier call; continue after it.",
+        json_schema_extra={"maxLength": MAX_CURSOR_CHARS},
+    ),
+]
+
+
+def wait_seconds_arg(description: str) -> Any:
+    """``wait_seconds``: finite and not negative (NaN or inf would wait forever)."""
+    return Field(description=description, allow_inf_nan=False, json_schema_extra={"minimum": 0})
+
+
+def text_schema(max_chars: int) -> dict[str, Any]:
+    return {"maxLength": max_chars}
+
+
 def register_tools(
     server: MCPServer[Any],
     queue: QueueService,
@@ -215,11 +253,16 @@ def register_tools(
                 description=(
                     "The task for the agent, in plain words, complete enough to act on without "
                     f"further context. At most {queue.max_message_chars} characters."
-                )
+                ),
+                json_schema_extra=text_schema(queue.max_message_chars),
             ),
         ],
         target: Annotated[
-            str, Field(description=f"Which agent receives it. Known: {', '.join(targets)}.")
+            str,
+            Field(
+                description=f"Which agent receives it. Known: {', '.join(targets)}.",
+                json_schema_extra=text_schema(config.MAX_TARGET_CHARS),
+            ),
         ] = config.DEFAULT_TARGET,
         urgent: Annotated[
             bool,
@@ -245,18 +288,29 @@ def register_tools(
             reason=None if result.queued else "duplicate",
         )
 
-    @server.tool(annotations=read_only)
+    # Not read-only: without since or cursor it moves this client's remembered position.
+    @server.tool(
+        annotations=ToolAnnotations(
+            readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False
+        )
+    )
     @tool_errors
     async def pull_updates(
         since: Annotated[
             str | None,
-            Field(description="ISO-8601 time; only updates after it. No offset means UTC."),
+            Field(
+                description="ISO-8601 time; only updates after it. No offset means UTC.",
+                json_schema_extra=text_schema(MAX_INSTANT_CHARS),
+            ),
         ] = None,
-        cursor: Annotated[
-            str | None, Field(description="A next_cursor from an earlier call; continue after it.")
-        ] = None,
+        cursor: CursorArg = None,
         message_id: Annotated[
-            str | None, Field(description="Only this task's updates (from its start by default).")
+            str | None,
+            BeforeValidator(_digits_as_text),
+            Field(
+                description="Only this task's updates (from its start by default).",
+                json_schema_extra={"maxLength": MAX_ID_CHARS},
+            ),
         ] = None,
         limit: Annotated[
             int,
@@ -267,12 +321,9 @@ def register_tools(
         ] = config.DEFAULT_PULL_LIMIT,
         wait_seconds: Annotated[
             float,
-            Field(
-                description=(
-                    "If nothing is new, wait up to this long for the first update (capped at "
-                    f"{queue.max_wait_seconds:g} s). 0 returns at once."
-                ),
-                json_schema_extra={"minimum": 0},
+            wait_seconds_arg(
+                "If nothing is new, wait up to this long for the first update (capped at "
+                f"{queue.max_wait_seconds:g} s). 0 returns at once."
             ),
         ] = 0,
     ) -> PullResult:
@@ -289,6 +340,7 @@ def register_tools(
             message_id=message_id,
             limit=limit,
             wait_seconds=wait_seconds,
+            stop=client_gone(),
         )
         return PullResult(
             updates=[UpdateOut.of(u) for u in page.updates],
@@ -300,7 +352,11 @@ def register_tools(
     @tool_errors
     async def queue_status(
         target: Annotated[
-            str | None, Field(description="Only this target's queue; all targets if omitted.")
+            str | None,
+            Field(
+                description="Only this target's queue; all targets if omitted.",
+                json_schema_extra=text_schema(config.MAX_TARGET_CHARS),
+            ),
         ] = None,
     ) -> QueueStatusResult:
         """See the queue at a glance: tasks per status, total updates, the current task, and
@@ -332,8 +388,14 @@ def register_tools(
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=False))
     @tool_errors
     async def reply_to_task(
-        id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
-        text: Annotated[str, Field(description="Your answer to the agent's question.")],
+        id: TaskIdArg,
+        text: Annotated[
+            str,
+            Field(
+                description="Your answer to the agent's question.",
+                json_schema_extra=text_schema(queue.max_message_chars),
+            ),
+        ],
     ) -> TaskOut:
         """Answer the agent's question on a task in status input_required.
 
@@ -344,9 +406,7 @@ def register_tools(
 
     @server.tool(annotations=read_only)
     @tool_errors
-    async def get_message(
-        id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
-    ) -> MessageDetail:
+    async def get_message(id: TaskIdArg) -> MessageDetail:
         """Look up one task: its text, status, timestamps, how it was delivered to the agent,
         and its most recent updates."""
         detail = await queue.get(id)
@@ -363,7 +423,13 @@ def register_tools(
         status: Annotated[
             StatusName | None, Field(description="Only tasks in this status.")
         ] = None,
-        target: Annotated[str | None, Field(description="Only this target's tasks.")] = None,
+        target: Annotated[
+            str | None,
+            Field(
+                description="Only this target's tasks.",
+                json_schema_extra=text_schema(config.MAX_TARGET_CHARS),
+            ),
+        ] = None,
         limit: Annotated[
             int,
             Field(
@@ -372,7 +438,12 @@ def register_tools(
             ),
         ] = config.DEFAULT_LIST_LIMIT,
         before: Annotated[
-            str | None, Field(description="A next_before from the previous page.")
+            str | None,
+            BeforeValidator(_digits_as_text),
+            Field(
+                description="A next_before from the previous page.",
+                json_schema_extra={"maxLength": MAX_ID_CHARS},
+            ),
         ] = None,
     ) -> MessageList:
         """List tasks, newest first, a page at a time."""
@@ -386,9 +457,13 @@ def register_tools(
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True))
     @tool_errors
     async def cancel_message(
-        id: Annotated[str, Field(description="The task's id (or its first 8+ characters).")],
+        id: TaskIdArg,
         reason: Annotated[
-            str | None, Field(description="Why, in a few words; recorded in its history.")
+            str | None,
+            Field(
+                description="Why, in a few words; recorded in its history.",
+                json_schema_extra=text_schema(config.MAX_REASON_CHARS),
+            ),
         ] = None,
     ) -> TaskOut:
         """Cancel a task that has not ended yet. Fails if it already completed, failed or was
@@ -405,7 +480,30 @@ def _one_line(tool: str, error: ValidationError) -> str:
 
 
 class BridgeMCPServer(MCPServer[Any]):
-    """MCPServer whose argument-validation errors are one line a model can act on."""
+    """MCPServer whose argument-validation errors are one line a model can act on, and whose
+    tool descriptions are the docstrings without their source indentation."""
+
+    def add_tool(
+        self,
+        fn: Callable[..., Any],
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: ToolAnnotations | None = None,
+        icons: list[Icon] | None = None,
+        meta: dict[str, Any] | None = None,
+        structured_output: bool | None = None,
+    ) -> None:
+        super().add_tool(
+            fn,
+            name=name,
+            title=title,
+            description=description or inspect.cleandoc(fn.__doc__ or ""),
+            annotations=annotations,
+            icons=icons,
+            meta=meta,
+            structured_output=structured_output,
+        )
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Final
 from nexus_bridge import config
 from nexus_bridge.db.store import NewTask, Store, StoreTransaction
 from nexus_bridge.domain import (
+    CLAIM_EXPIRED_REASON,
     EnqueueResult,
     InboundMessage,
     Lease,
@@ -30,11 +33,14 @@ from nexus_bridge.domain import (
     Update,
     UpdateKind,
     can_transition,
+    check_storable,
+    check_task_id,
     check_transition,
     content_hash,
     first_line,
     normalize_content,
     parse_instant,
+    shown,
     utc_now,
 )
 from nexus_bridge.errors import DuplicateTask, IllegalTransition, InvalidInput, TaskNotFound
@@ -87,16 +93,22 @@ class UpdateSignal:
         return self._closed
 
     @staticmethod
-    async def wait(generation: asyncio.Event, seconds: float) -> bool:
-        """Wait until ``generation`` fires or ``seconds`` pass; True if it fired."""
+    async def wait(
+        generation: asyncio.Event, seconds: float, stop: asyncio.Event | None = None
+    ) -> bool:
+        """Wait until ``generation`` fires, ``stop`` is set or ``seconds`` pass; True if
+        ``generation`` fired."""
         if seconds <= 0:
             return generation.is_set()
+        waiters = [asyncio.ensure_future(generation.wait())]
+        if stop is not None:
+            waiters.append(asyncio.ensure_future(stop.wait()))
         try:
-            async with asyncio.timeout(seconds):
-                await generation.wait()
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return generation.is_set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +186,7 @@ class QueueService:
         clock: Callable[[], datetime] = utc_now,
         signal: UpdateSignal | None = None,
         stall_seconds: float = 1800.0,
+        claim_seconds: float = config.DEFAULT_AGENT_CLAIM_SECONDS,
     ) -> None:
         self._store = store
         self._policies = {
@@ -182,6 +195,7 @@ class QueueService:
         }
         self._targets = tuple(self._policies)
         self._stall_seconds = stall_seconds
+        self._claim_seconds = claim_seconds
         self._max_message_chars = max_message_chars
         self._max_wait_seconds = max_wait_seconds
         self._clock = clock
@@ -211,7 +225,15 @@ class QueueService:
     def max_wait_seconds(self) -> float:
         return self._max_wait_seconds
 
+    @property
+    def claim_seconds(self) -> float:
+        return self._claim_seconds
+
     def _check_target(self, target: str) -> str:
+        if len(target) > config.MAX_TARGET_CHARS:
+            raise InvalidInput(
+                f"target must be at most {config.MAX_TARGET_CHARS} characters, got {len(target)}"
+            )
         if target not in self._targets:
             known = ", ".join(self._targets)
             raise InvalidInput(f"unknown target {target!r}; known targets: {known}")
@@ -270,7 +292,7 @@ class QueueService:
         raise DuplicateTask("the same task keeps being queued and ended concurrently; try again")
 
     def _check_text(self, text: str, field: str) -> str:
-        content = normalize_content(text)
+        content = normalize_content(check_storable(text, field))
         if not content:
             raise InvalidInput(f"{field} is empty; send the text")
         if len(content) > self._max_message_chars:
@@ -288,6 +310,7 @@ class QueueService:
             InvalidInput: empty or over-long text.
             IllegalTransition: the task is not waiting for an answer.
         """
+        check_task_id(task_id, "id")
         content = self._check_text(text, "text")
         async with self._store.write() as tx:
             task = await tx.get_task(task_id)
@@ -326,7 +349,8 @@ class QueueService:
             TaskNotFound: no task has that id.
             IllegalTransition: the transition table forbids it (TaskAlreadyEnded if it ended).
         """
-        reason = reason.strip() if reason and reason.strip() else None
+        check_task_id(task_id, "id")
+        reason = _check_reason(reason)
         async with self._store.write() as tx:
             task = await tx.get_task(task_id)
             moved = await self._apply(tx, task, new_status, reason)
@@ -340,7 +364,8 @@ class QueueService:
             TaskNotFound: no task has that id.
             TaskAlreadyEnded: it already ended.
         """
-        reason = reason.strip() if reason and reason.strip() else None
+        check_task_id(task_id, "id")
+        reason = _check_reason(reason)
         async with self._store.write() as tx:
             task = await tx.get_task(task_id)
             cancelled = await self._apply(tx, task, TaskStatus.CANCELLED, reason)
@@ -357,15 +382,26 @@ class QueueService:
         return cancelled
 
     async def _apply(
-        self, tx: StoreTransaction, task: Task, new_status: TaskStatus, reason: str | None
+        self,
+        tx: StoreTransaction,
+        task: Task,
+        new_status: TaskStatus,
+        reason: str | None,
+        *,
+        by_bridge: bool = False,
+        lease_seconds: float | None = None,
     ) -> Task:
-        check_transition(task.status, new_status)
+        """Move ``task`` and record it; ``lease_seconds``: the move is a claim with that lease."""
+        check_transition(task.status, new_status, by_bridge=by_bridge)
         now = self._clock()
+        claim_until = now + timedelta(seconds=lease_seconds) if lease_seconds is not None else None
         stamps: dict[str, datetime] = {}
         column = _STAMPS.get(new_status)
         if column is not None and getattr(task, column) is None:
             stamps[column] = now
-        if not await tx.set_status(task, new_status, at=now, reason=reason, stamps=stamps):
+        if not await tx.set_status(
+            task, new_status, at=now, reason=reason, stamps=stamps, claim_expires_at=claim_until
+        ):
             # Inside a write transaction the row cannot change under us; this is a safety net.
             raise IllegalTransition(f"task {task.id} changed concurrently; try again")
         await tx.insert_update(
@@ -402,6 +438,7 @@ class QueueService:
         Raises:
             TaskNotFound: no task has that id.
         """
+        check_task_id(task_id, "id")
         async with self._store.read() as tx:
             task = await tx.get_task(task_id)
             latest = await tx.list_updates(message_id=task.id, limit=recent, newest_first=True)
@@ -437,6 +474,8 @@ class QueueService:
         if target is not None:
             self._check_target(target)
         _check_range("limit", limit, 1, config.MAX_LIST_LIMIT)
+        if before is not None:
+            check_task_id(before, "before")
         async with self._store.read() as tx:
             anchor = await tx.get_task(before) if before else None
             tasks = await tx.list_tasks(
@@ -472,12 +511,15 @@ class QueueService:
         message_id: str | None = None,
         limit: int = config.DEFAULT_PULL_LIMIT,
         wait_seconds: float = 0,
+        stop: asyncio.Event | None = None,
     ) -> UpdatePage:
         """Updates after a cursor, after a time, or since ``identity``'s previous pull.
 
         With neither ``since`` nor ``cursor`` (and no ``message_id``), the pull continues from the
         durable cursor of ``identity`` and advances it. With ``message_id`` alone it returns that
-        task's updates from the beginning. ``wait_seconds`` (capped) waits for the first update.
+        task's updates from the beginning. ``wait_seconds`` (capped) waits for the first update;
+        once ``stop`` is set (the caller went away) the wait ends and the durable cursor stays put,
+        so nothing is marked read that nobody received.
 
         Raises:
             InvalidInput: both since and cursor, a malformed since or cursor, a bad limit or wait.
@@ -486,11 +528,11 @@ class QueueService:
         if since is not None and cursor is not None:
             raise InvalidInput("pass either since or cursor, not both")
         _check_range("limit", limit, 1, config.MAX_PULL_LIMIT)
-        if wait_seconds < 0:
-            raise InvalidInput("wait_seconds must be 0 or more")
-        wait = min(float(wait_seconds), self._max_wait_seconds)
+        wait = self._check_wait(wait_seconds)
         since_at = parse_instant(since, field="since") if since is not None else None
         after = _parse_cursor(cursor) if cursor is not None else None
+        if message_id is not None:
+            check_task_id(message_id, "message_id")
         durable = since is None and cursor is None and message_id is None
 
         async with self._store.read() as tx:
@@ -511,11 +553,14 @@ class QueueService:
                 )
                 floor = after if after is not None else await tx.last_seq()
             remaining = deadline - loop.time()
-            if rows or remaining <= 0 or self.signal.closed:
+            if rows or remaining <= 0 or self.signal.closed or _is_set(stop):
                 break
             logger.debug("pull for %s waiting up to %.1f s for an update", identity, remaining)
-            await self.signal.wait(generation, remaining)
+            await self.signal.wait(generation, remaining, stop)
 
+        if _is_set(stop):
+            logger.info("pull_updates for %s: the client went away; nothing marked read", identity)
+            return UpdatePage(updates=[], next_cursor=str(floor), has_more=bool(rows))
         more = len(rows) > limit
         rows = rows[:limit]
         position = rows[-1].seq if rows else floor
@@ -523,6 +568,14 @@ class QueueService:
             async with self._store.write() as tx:
                 await tx.advance_cursor(identity, position, at=self._clock())
         return UpdatePage(updates=rows, next_cursor=str(position), has_more=more)
+
+    def _check_wait(self, wait_seconds: float) -> float:
+        """``wait_seconds`` capped at MAX_WAIT_SECONDS; NaN, infinities and negatives refused."""
+        if not math.isfinite(wait_seconds) or wait_seconds < 0:
+            raise InvalidInput(
+                f"wait_seconds must be 0 or more (a finite number of seconds), got {wait_seconds}"
+            )
+        return min(float(wait_seconds), self._max_wait_seconds)
 
     # --- delivery (the outbox) --------------------------------------------------------------
 
@@ -766,46 +819,115 @@ class QueueService:
     async def claim_next(self, target: str) -> Task | None:
         """Hand the oldest pending task of ``target`` to its agent (-> acknowledged), atomically:
         two agents claiming at once never get the same task. None when there is nothing to do
-        (or, one at a time, while another task is with the agent)."""
+        (or, one at a time, while another task is with the agent).
+
+        The claim is a lease of ``claim_seconds``: the task's ``claim_expires_at``. Claims of this
+        target that lapsed are returned to the queue first, so they can be handed out again.
+        """
         policy = self.policy(target)
         if policy.uses_outbox:
             raise InvalidInput(f"target {target!r} takes its tasks over Telegram, not next_task")
         async with self._store.write() as tx:
-            await tx.touch_presence(target, at=self._clock())
+            now = self._clock()
+            await tx.touch_presence(target, at=now)
+            expired = await self._expire_claims(tx, now, target)
             if policy.one_at_a_time and await tx.count_handed_over(target, excluding=None) > 0:
-                return None
-            task = await tx.oldest_pending(target)
-            if task is None:
-                return None
-            claimed = await self._apply(tx, task, TaskStatus.ACKNOWLEDGED, "claimed by the agent")
-        self.signal.notify()
+                task = None
+            else:
+                task = await tx.oldest_pending(target)
+            claimed = None
+            if task is not None:
+                claimed = await self._apply(
+                    tx,
+                    task,
+                    TaskStatus.ACKNOWLEDGED,
+                    "claimed by the agent",
+                    lease_seconds=self._claim_seconds,
+                )
+        if claimed is not None or expired:
+            self.signal.notify()
         return claimed
 
-    async def wait_for_task(self, target: str, wait_seconds: float) -> Task | None:
-        """claim_next, waiting up to ``wait_seconds`` (capped) for a task to arrive."""
+    async def wait_for_task(
+        self, target: str, wait_seconds: float, *, stop: asyncio.Event | None = None
+    ) -> Task | None:
+        """claim_next, waiting up to ``wait_seconds`` (capped) for a task to arrive.
+
+        Once ``stop`` is set (the caller went away) it returns None without claiming anything.
+
+        Raises:
+            InvalidInput: a negative or non-finite wait.
+        """
+        wait = self._check_wait(wait_seconds)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(max(wait_seconds, 0.0), self._max_wait_seconds)
+        deadline = loop.time() + wait
         while True:
             generation = self.signal.generation()
+            if _is_set(stop):
+                logger.info("next_task for %s: the client went away; nothing claimed", target)
+                return None
             task = await self.claim_next(target)
             remaining = deadline - loop.time()
             if task is not None or remaining <= 0 or self.signal.closed:
                 return task
-            await self.signal.wait(generation, remaining)
+            await self.signal.wait(generation, remaining, stop)
 
-    async def agent_task(self, target: str, task_id: str) -> Task:
-        """A task of ``target``; another target's task is as good as unknown to its agent (a
-        short id is looked up among the target's own tasks only).
+    async def _expire_claims(
+        self, tx: StoreTransaction, now: datetime, target: str | None = None
+    ) -> list[Task]:
+        """Put every lapsed claim back in the queue (the one move backwards, by the bridge)."""
+        returned = []
+        for task in await tx.expired_claims(now, target=target):
+            returned.append(
+                await self._apply(
+                    tx, task, TaskStatus.PENDING, CLAIM_EXPIRED_REASON, by_bridge=True
+                )
+            )
+            logger.info("the claim on task %s expired; it is back in the queue", task.id)
+        return returned
+
+    async def expire_claims(self) -> list[Task]:
+        """Return every claimed, never-started task whose lease ran out to ``pending``."""
+        now = self._clock()
+        # A read first: this runs every poll, and almost always finds nothing to do.
+        async with self._store.read() as tx:
+            if not await tx.expired_claims(now):
+                return []
+        async with self._store.write() as tx:
+            returned = await self._expire_claims(tx, now)
+        if returned:
+            self.signal.notify()
+        return returned
+
+    async def expire_claims_every(self, interval: float) -> None:
+        """Run :meth:`expire_claims` every ``interval`` seconds, until cancelled."""
+        while True:
+            try:
+                await self.expire_claims()
+            except Exception:
+                logger.exception("could not return expired claims to the queue")
+            await asyncio.sleep(interval)
+
+    async def agent_task(self, target: str, task_id: str, *, field: str = "id") -> Task:
+        """A task of ``target``, for its agent: any call on it renews the lease of its claim.
+
+        Another target's task is as good as unknown to its agent.
 
         Raises:
             TaskNotFound: no such task for this target.
-            InvalidInput: a short id matches several of the target's tasks.
+            InvalidInput: a malformed id, or a short id that matches several of the target's
+                tasks (a short id is looked up among the target's own tasks only).
         """
+        check_task_id(task_id, field)
         async with self._store.write() as tx:
-            await tx.touch_presence(target, at=self._clock())
+            now = self._clock()
+            await tx.touch_presence(target, at=now)
             task = await tx.task_of_target(target, task_id)
-        if task is None:
-            raise TaskNotFound(task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            if task.claim_expires_at is not None:
+                await tx.renew_claim(task.id, until=now + timedelta(seconds=self._claim_seconds))
+                task = await tx.get_task(task.id)
         return task
 
     async def agent_report(
@@ -816,18 +938,25 @@ class QueueService:
         text: str | None = None,
         status: TaskStatus | None = None,
         reason: str | None = None,
+        field: str = "text",
     ) -> Task:
         """The agent's own report on its task: text (an ``agent`` update) and/or a status.
 
         Raises:
             TaskNotFound: not a task of this target.
-            InvalidInput: empty text.
-            IllegalTransition: the transition table forbids the status.
+            InvalidInput: empty text (``field`` names it).
+            IllegalTransition: the transition table forbids the status, or the task is pending
+                (not claimed, or its claim expired and it went back to the queue).
         """
+        content = self._check_text(text, field) if text is not None else None
         task = await self.agent_task(target, task_id)
-        content = self._check_text(text, "text") if text is not None else None
         async with self._store.write() as tx:
             task = await tx.get_task(task.id)
+            if task.status is TaskStatus.PENDING and not self.policy(target).uses_outbox:
+                raise IllegalTransition(
+                    f"task {task.id} is pending: it is not yours (never claimed, or its claim "
+                    "expired and it went back to the queue); take tasks with next_task"
+                )
             if status is not None:
                 check_transition(task.status, status)
             if content is not None:
@@ -841,8 +970,8 @@ class QueueService:
 
     async def replies(self, target: str, task_id: str, cursor: str | None) -> UpdatePage:
         """The client's answers to this task's questions, after ``cursor``."""
-        task = await self.agent_task(target, task_id)
         after = _parse_cursor(cursor) if cursor is not None else 0
+        task = await self.agent_task(target, task_id)
         async with self._store.read() as tx:
             rows = await tx.list_updates(
                 after_seq=after, message_id=task.id, limit=config.MAX_PULL_LIMIT
@@ -943,13 +1072,34 @@ def _parse_status(value: str) -> TaskStatus:
         return TaskStatus(value.strip().lower())
     except ValueError:
         known = ", ".join(s.value for s in TaskStatus)
-        raise InvalidInput(f"unknown status {value!r}; use one of: {known}") from None
+        raise InvalidInput(f"unknown status {shown(value)}; use one of: {known}") from None
+
+
+_CURSOR: Final = re.compile(r"[0-9]{1,18}")  # a seq; below 2**63, what every database holds
 
 
 def _parse_cursor(value: str) -> int:
     text = value.strip()
-    if not text.isdigit():
+    if not _CURSOR.fullmatch(text):
         raise InvalidInput(
-            f"cursor must be a next_cursor value from an earlier pull_updates, got {value!r}"
+            "cursor must be a next_cursor value from an earlier call (up to 18 digits), got "
+            f"{shown(value)}"
         )
     return int(text)
+
+
+def _check_reason(reason: str | None) -> str | None:
+    """A reason as stored: trimmed, at most MAX_REASON_CHARS, None when blank."""
+    if reason is None or not reason.strip():
+        return None
+    text = check_storable(reason, "reason").strip()
+    if len(text) > config.MAX_REASON_CHARS:
+        raise InvalidInput(
+            f"reason is {len(text)} characters, over the limit of {config.MAX_REASON_CHARS}; "
+            "say it in a few words"
+        )
+    return text
+
+
+def _is_set(event: asyncio.Event | None) -> bool:
+    return event is not None and event.is_set()

@@ -72,6 +72,7 @@ def open_runtime(settings: Settings) -> Runtime:
         max_message_chars=settings.max_message_chars,
         max_wait_seconds=settings.max_wait_seconds,
         stall_seconds=settings.stall_seconds,
+        claim_seconds=settings.agent_claim_seconds,
     )
     return Runtime(
         settings=settings, store=store, queue=queue, heads=head_revisions(), targets=targets

@@ -63,6 +63,14 @@ class TaskOut(BaseModel):
     acknowledged_at: str | None
     started_at: str | None
     ended_at: str | None
+    claim_expires_at: str | None = Field(
+        default=None,
+        description=(
+            "While acknowledged through next_task: when the claim lapses and the task goes back "
+            "to the queue, unless the agent calls again on it (start_task, post_update, "
+            "ask_question, heartbeat, ...) first."
+        ),
+    )
 
     @classmethod
     def of(cls, task: Task, idle_seconds: float | None = None) -> Self:
@@ -80,4 +88,5 @@ class TaskOut(BaseModel):
             acknowledged_at=_iso(task.acknowledged_at),
             started_at=_iso(task.started_at),
             ended_at=_iso(task.ended_at),
+            claim_expires_at=_iso(task.claim_expires_at),
         )

@@ -32,6 +32,7 @@ EXE = str(Path(sys.executable).with_name("nexus-bridge"))
 AGENT_TOOLS = {
     "next_task",
     "start_task",
+    "heartbeat",
     "post_update",
     "ask_question",
     "get_replies",

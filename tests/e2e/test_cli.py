@@ -72,6 +72,14 @@ def test_a_task_sent_from_the_shell_can_be_followed_and_cancelled(
         (("show", "nope"), "no task with id 'nope'"),
         (("updates", "--since", "soon"), "since must be an ISO-8601 time"),
         (("list", "--status", "finished"), "unknown status 'finished'"),
+        (("agent", "next", "--wait", "nan"), "argument --wait: must be a finite number"),
+        (("agent", "next", "--wait", "inf"), "argument --wait: must be a finite number"),
+        (("serve", "--port", "99999"), "argument --port: must be 0-65535"),
+        (("updates", "--limit", "0"), "argument --limit: must be 1 or more"),
+        (("updates", "--cursor", "²"), "cursor must be a next_cursor value"),
+        (("updates", "--since", "0001-01-01T00:00:00+14:00"), "since is out of range"),
+        (("show", "a" * 5_000), "id must be a task id"),
+        (("cancel", "3f2a9c1e", "--reason", "r" * 2_000), "reason is 2000 characters"),
     ],
 )
 def test_errors_go_to_stderr_with_a_nonzero_exit(

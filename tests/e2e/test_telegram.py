@@ -400,6 +400,11 @@ async def test_webhook_mode_registers_and_accepts_only_the_secret(
                     assert refused.status_code == 401
                 assert await task_status(client, task_id) == "pending"
                 good = {"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
+                # JSON that is not an Update is the sender's mistake (400), not ours (500).
+                for body in ([update], "update", 42, None, {}, {"update_id": 1, "message": 1}):
+                    malformed = await http.post(hook, json=body, headers=good)
+                    assert malformed.status_code == 400, (body, malformed.text)
+                    assert "\n" not in malformed.json()["error"]
                 for _ in range(2):  # Telegram may deliver the same update twice
                     accepted = await http.post(hook, json=update, headers=good)
                     assert accepted.status_code == 200

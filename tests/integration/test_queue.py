@@ -463,7 +463,10 @@ async def test_an_api_agent_finds_its_task_by_a_short_id_another_target_shares(
     queue = three_targets(store)
     ids = {"felt": "0badc0de-0000-4000-8000-000000000001", "homelab": "0badc0de-ffff-4000-8000-0"}
     await insert_twins(store, queue, ids)
-    started = await queue.agent_report("felt", "0badc0de", status=TaskStatus.ACKNOWLEDGED)
+    claimed = await queue.claim_next("felt")
+    assert claimed is not None
+    assert claimed.id == ids["felt"]
+    started = await queue.agent_report("felt", "0badc0de", status=TaskStatus.IN_PROGRESS)
     assert started.id == ids["felt"]
     for other in (ids["homelab"], "0badc0de-ffff"):  # by full id or a longer prefix
         with pytest.raises(TaskNotFound):

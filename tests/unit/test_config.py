@@ -53,6 +53,32 @@ def test_a_bad_value_is_a_config_error_naming_the_variable(
         load_settings(_env_file=None)
 
 
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "MAX_WAIT_SECONDS",
+        "CHANGE_POLL_SECONDS",
+        "STALL_SECONDS",
+        "AGENT_CLAIM_SECONDS",
+        "SHUTDOWN_GRACE_SECONDS",
+        "TELEGRAM_LEASE_SECONDS",
+        "OAUTH_FAILURE_DELAY_SECONDS",
+    ],
+)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "Infinity"])
+def test_a_number_that_is_not_finite_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """NaN slips past every bound (nan > 0 is false, so is nan < 0), and inf waits forever."""
+    monkeypatch.setenv(f"NEXUS_BRIDGE_{variable}", value)
+    with pytest.raises(ConfigError, match=f"NEXUS_BRIDGE_{variable}: Input should be a finite"):
+        load_settings(_env_file=None)
+
+
+def test_the_claim_lease_defaults_to_two_minutes() -> None:
+    assert settings().agent_claim_seconds == 120
+
+
 def test_short_tokens_are_refused() -> None:
     with pytest.raises(ConfigError, match="at least 16 characters"):
         load_settings(_env_file=None, auth_tokens=["short"])

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from nexus_bridge.domain import (
+    BRIDGE_TRANSITIONS,
     TERMINAL_STATUSES,
     TRANSITIONS,
     TaskStatus,
@@ -55,6 +56,23 @@ def test_transition_table_allows_exactly_forward_moves_and_cancel(
         assert current.value in str(info.value)
         assert new.value in str(info.value)
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"), list(itertools.product(list(TaskStatus), list(TaskStatus)))
+)
+def test_the_one_move_backwards_is_a_lapsed_claim_and_only_the_bridge_makes_it(
+    current: TaskStatus, new: TaskStatus
+) -> None:
+    """acknowledged -> pending, by the bridge alone; a task in progress is never sent back."""
+    backwards = (current, new) == (TaskStatus.ACKNOWLEDGED, TaskStatus.PENDING)
+    assert can_transition(current, new, by_bridge=True) is (
+        backwards or expected_legal(current.value, new.value)
+    )
+    if backwards:
+        assert not can_transition(current, new)  # never on an agent's or a client's request
+        check_transition(current, new, by_bridge=True)
+    assert {TaskStatus.ACKNOWLEDGED: frozenset({TaskStatus.PENDING})} == BRIDGE_TRANSITIONS
 
 
 def test_statuses_are_stored_as_lowercase_words() -> None:
@@ -107,6 +125,12 @@ def test_parse_instant_reads_iso_8601_and_assumes_utc_without_offset(
 @pytest.mark.parametrize("text", ["yesterday", "", "2026-13-01T00:00:00Z", "12:00"])
 def test_parse_instant_rejects_what_is_not_a_time_with_a_hint(text: str) -> None:
     with pytest.raises(InvalidInput, match=r"since must be an ISO-8601 time"):
+        parse_instant(text, field="since")
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999999-14:00"])
+def test_parse_instant_refuses_a_time_utc_cannot_hold(text: str) -> None:
+    with pytest.raises(InvalidInput, match="since is out of range"):
         parse_instant(text, field="since")
 
 

@@ -67,6 +67,8 @@ class MessageRow(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The lease of a claim over the direct agent API: set while acknowledged by next_task.
+    claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         CheckConstraint(KNOWN_STATUS_SQL, name="status_known"),
@@ -81,6 +83,7 @@ class MessageRow(Base):
         ),
         Index("ix_messages_target_status", "target", "status"),
         Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_claim_expires_at", "claim_expires_at"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from nexus_bridge.db.models import (
 from nexus_bridge.db.types import UTCDateTime
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
+    MAX_ID_CHARS,
     OPEN_STATUSES,
     InboundMessage,
     Lease,
@@ -64,6 +66,8 @@ from nexus_bridge.errors import DuplicateTask, InvalidInput, TaskNotFound
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
 _PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
 SHORT_ID_MIN_CHARS: Final = 8
+# What a task id (a UUID) or its prefix can be made of; anything else matches no task.
+_ID_CHARS: Final = re.compile(rf"[0-9A-Za-z-]{{1,{MAX_ID_CHARS}}}")
 
 
 def _task(row: Row[Any]) -> Task:
@@ -79,6 +83,7 @@ def _task(row: Row[Any]) -> Task:
         ended_at=row.ended_at,
         status_reason=row.status_reason,
         urgent=bool(row.urgent),
+        claim_expires_at=row.claim_expires_at,
     )
 
 
@@ -199,6 +204,9 @@ class StoreTransaction:
             TaskNotFound: no task matches.
             InvalidInput: a short id matches several tasks.
         """
+        if not _ID_CHARS.fullmatch(task_id):
+            # Never sent to the database: no giant LIKE pattern, no NUL that PostgreSQL refuses.
+            raise TaskNotFound(task_id)
         row = (await self._conn.execute(select(messages).where(messages.c.id == task_id))).first()
         if row is not None:
             return _task(row)
@@ -223,6 +231,8 @@ class StoreTransaction:
         Raises:
             InvalidInput: a short id matches several of the target's tasks.
         """
+        if not _ID_CHARS.fullmatch(task_id):
+            return None  # never sent to the database, as in get_task
         of_target = messages.c.target == target
         row = (
             await self._conn.execute(select(messages).where(messages.c.id == task_id, of_target))
@@ -248,14 +258,49 @@ class StoreTransaction:
         at: datetime,
         reason: str | None,
         stamps: Mapping[str, datetime],
+        claim_expires_at: datetime | None = None,
     ) -> bool:
-        """Move ``task`` to ``new_status`` if it is still in ``task.status`` (compare-and-set)."""
+        """Move ``task`` to ``new_status`` if it is still in ``task.status`` (compare-and-set).
+
+        The claim's lease is set to ``claim_expires_at`` (cleared by every other move).
+        """
         result = await self._conn.execute(
             update(messages)
             .where(messages.c.id == task.id, messages.c.status == task.status.value)
-            .values(status=new_status.value, status_reason=reason, updated_at=at, **stamps)
+            .values(
+                status=new_status.value,
+                status_reason=reason,
+                updated_at=at,
+                claim_expires_at=claim_expires_at,
+                **stamps,
+            )
         )
         return bool(result.rowcount == 1)
+
+    async def renew_claim(self, task_id: str, *, until: datetime) -> bool:
+        """Extend the lease of a claimed (acknowledged) task; False if it holds no lease."""
+        result = await self._conn.execute(
+            update(messages)
+            .where(
+                messages.c.id == task_id,
+                messages.c.status == TaskStatus.ACKNOWLEDGED.value,
+                messages.c.claim_expires_at.is_not(None),
+            )
+            .values(claim_expires_at=until)
+        )
+        return bool(result.rowcount == 1)
+
+    async def expired_claims(self, now: datetime, *, target: str | None = None) -> list[Task]:
+        """Claimed (acknowledged) tasks whose lease ran out before ``now``, oldest first."""
+        query = select(messages).where(
+            messages.c.status == TaskStatus.ACKNOWLEDGED.value,
+            messages.c.claim_expires_at.is_not(None),
+            messages.c.claim_expires_at <= now,
+        )
+        if target is not None:
+            query = query.where(messages.c.target == target)
+        rows = await self._conn.execute(query.order_by(messages.c.created_at, messages.c.id))
+        return [_task(row) for row in rows.all()]
 
     async def list_tasks(
         self,

@@ -38,6 +38,7 @@ from telegram.request import HTTPXRequest
 
 from nexus_bridge.config import DEFAULT_TARGET, TelegramSettings
 from nexus_bridge.domain import OutboxKind
+from nexus_bridge.errors import InvalidInput
 from nexus_bridge.logs import quiet_noisy_loggers
 from nexus_bridge.protocol import render_cancel, render_reply, render_task
 from nexus_bridge.queue import Delivery, QueueService
@@ -340,8 +341,17 @@ class TelegramTransport:
             self._inbound_failed = True
 
     async def accept_webhook(self, payload: object) -> bool:
-        """An update Telegram posted to the webhook; False if it could not be journaled."""
-        update = Update.de_json(payload, self._application.bot)  # type: ignore[arg-type]
+        """An update Telegram posted to the webhook; False if it could not be journaled.
+
+        Raises:
+            InvalidInput: the payload is not a Telegram Update.
+        """
+        if not isinstance(payload, dict):
+            raise InvalidInput("the body must be a JSON object: a Telegram Update")
+        try:
+            update = Update.de_json(payload, self._application.bot)
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise InvalidInput(f"the body is not a Telegram Update ({exc})") from None
         if self._unprocessed:
             self._unprocessed = False
             await self._recover_inbound()
