@@ -33,6 +33,12 @@ MAX_LIST_LIMIT: Final = 200
 RECENT_UPDATES_IN_GET: Final = 20
 MCP_PATH: Final = "/mcp"
 DEFAULT_TELEGRAM_BASE_URL: Final = "https://api.telegram.org/bot"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The async driver each supported database needs; the engine is async only.
+ASYNC_DRIVERS: Final = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+DATABASE_URL_EXAMPLES: Final = (
+    "sqlite+aiosqlite:////path/to/bridge.db or postgresql+asyncpg://user:pass@host:5432/db"
+)
 CREDENTIAL_KEYS: Final = {
     "token": "bot_token",
     "bot_token": "bot_token",
@@ -53,6 +59,32 @@ def default_data_dir() -> Path:
 def default_database_url() -> str:
     """The embedded SQLite file under the XDG data directory (``~/.local/share/nexus-bridge``)."""
     return f"sqlite+aiosqlite:///{default_data_dir() / 'bridge.db'}"
+
+
+def check_database_url(value: str) -> None:
+    """Raises ValueError, saying what to write instead, unless ``value`` names a supported
+    database with its async driver. The message never repeats a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value.strip())
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL; write {DATABASE_URL_EXAMPLES}") from None
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    wanted = ASYNC_DRIVERS.get(backend)
+    if wanted is None:
+        raise ValueError(
+            f"unsupported database {backend!r}; nexus-bridge works with {DATABASE_URL_EXAMPLES}"
+        )
+    if driver != wanted:
+        fixed = url.set(drivername=f"{backend}+{wanted}").render_as_string(hide_password=True)
+        raise ValueError(
+            f"{url.drivername!r} is not an async driver; nexus-bridge needs {backend}+{wanted}: "
+            f"{fixed}"
+        )
+    if backend == "sqlite" and not url.database:
+        raise ValueError(f"names no database file; write {DATABASE_URL_EXAMPLES}")
 
 
 def _split_csv(value: object) -> object:
@@ -152,8 +184,17 @@ class Settings(BaseSettings):
 
     @field_validator("log_level")
     @classmethod
-    def _upper(cls, value: str) -> str:
-        return value.upper()
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        check_database_url(value)
+        return value
 
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:
@@ -341,6 +382,11 @@ def read_credentials_file(path: Path) -> tuple[dict[str, str], list[str]]:
     return found, warnings
 
 
+def _message(pydantic_message: str) -> str:
+    """A validator's own words, without the prefix pydantic puts before them."""
+    return pydantic_message.removeprefix("Value error, ")
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings once, at start-up.
 
@@ -353,9 +399,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {_message(err['msg'])}"
             if err["loc"]
-            else err["msg"]
+            else _message(err["msg"])
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
