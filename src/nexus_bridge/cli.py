@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
@@ -76,7 +77,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     settings.check_serve_security()
     asyncio.run(_with_queue(settings, _noop))  # refuse to start on an unmigrated database
-    server = make_server(settings, on_listening=lambda url: _print_banner(settings, url))
+    # The generated agent token is shown once, on the start that creates it; after that the
+    # banner (which ends up in journald) names only its file.
+    new_token = not settings.agent_token_file.exists()
+    server = make_server(
+        settings, on_listening=lambda url: _print_banner(settings, url, show_token=new_token)
+    )
     if not settings.auth_tokens and settings.public_url is None:
         logger.warning(
             "no %sAUTH_TOKENS set: /mcp accepts any client that can reach %s",
@@ -91,7 +97,7 @@ async def _noop(_queue: QueueService) -> None:
     return None
 
 
-def _print_banner(settings: Settings, url: str) -> None:
+def _print_banner(settings: Settings, url: str, *, show_token: bool) -> None:
     header = ' --header "Authorization: Bearer $TOKEN"' if settings.auth_tokens else ""
     lines = [
         f"nexus-bridge {__version__}",
@@ -102,12 +108,14 @@ def _print_banner(settings: Settings, url: str) -> None:
         f"    Inspector     npx @modelcontextprotocol/inspector  (Streamable HTTP, {url})",
         "    health        curl -s " + url.removesuffix(config.MCP_PATH) + "/readyz",
     ]
-    lines += _agent_banner(settings, url.removesuffix(config.MCP_PATH))
+    lines += _agent_banner(settings, url.removesuffix(config.MCP_PATH), show_token=show_token)
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _agent_banner(settings: Settings, base_url: str) -> list[str]:
+def _agent_banner(settings: Settings, base_url: str, *, show_token: bool) -> list[str]:
     """How the default agent takes its tasks, when it uses the direct agent API."""
+    import shlex
+
     from nexus_bridge.runtime import read_or_create_token
 
     if settings.config_file is not None or settings.telegram() is not None:
@@ -117,10 +125,12 @@ def _agent_banner(settings: Settings, base_url: str) -> list[str]:
     token = read_or_create_token(settings.agent_token_file, create=False)
     if not token:
         return []
+    path = settings.agent_token_file
+    value = f"{token}   # shown this once" if show_token else f'"$(cat {shlex.quote(str(path))})"'
     return [
         f"  agent    : {config.DEFAULT_TARGET} takes its tasks over the direct agent API "
-        f"(token kept in {settings.agent_token_file})",
-        f"    export NEXUS_BRIDGE_URL={base_url} NEXUS_BRIDGE_AGENT_TOKEN={token}",
+        f"(token kept in {path})",
+        f"    export NEXUS_BRIDGE_URL={base_url} NEXUS_BRIDGE_AGENT_TOKEN={value}",
         "    nexus-bridge agent next --wait 55      # then: agent start|update|done ID ...",
         f"    nexus-bridge agent-prompt --target {config.DEFAULT_TARGET}   # for its CLAUDE.md",
     ]
@@ -150,12 +160,24 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from nexus_bridge.db.engine import ensure_sqlite_directory
 
     ensure_sqlite_directory(settings.database_url)
+    asyncio.run(_check_connection(settings.database_url))  # one line, not alembic's traceback
     if args.db_command == "upgrade":
         migrate.upgrade(settings.database_url, args.revision)
         print(f"database at {args.revision}: {_safe_url(settings.database_url)}", file=sys.stderr)
     elif args.db_command == "downgrade":
         migrate.downgrade(settings.database_url, args.revision)
     return 0
+
+
+async def _check_connection(database_url: str) -> None:
+    from nexus_bridge.db.engine import create_engine
+    from nexus_bridge.db.store import Store
+
+    store = Store(create_engine(database_url))
+    try:
+        await store.check_connection()
+    finally:
+        await store.dispose()
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
@@ -376,11 +398,26 @@ def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _has_terminal() -> bool:
+    """Whether getpass can ask without echoing: it reads the controlling terminal, not stdin."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def _read_new_passphrase(from_stdin: bool) -> str:
     import getpass
 
     if from_stdin:
         passphrase = sys.stdin.readline().rstrip("\n")
+    elif not _has_terminal():
+        raise ConfigError(
+            "auth set-passphrase asks for the passphrase on a terminal and there is none; "
+            "pipe it in instead: nexus-bridge auth set-passphrase --stdin < FILE"
+        )
     else:
         passphrase = getpass.getpass("New owner passphrase: ")
         if getpass.getpass("Again: ") != passphrase:
