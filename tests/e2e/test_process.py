@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import sqlite3
+import stat
 import sys
 import time
 import uuid
@@ -306,3 +307,80 @@ async def test_tools_call_without_session_or_initialize_succeeds(
         status = await call(http, url, 2, "queue_status", {})
         assert status["pending"] == 1
         assert status["total_updates"] == 1
+
+
+# --- secrets at rest and in logs -------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_the_database_its_wal_and_its_directory_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "new" / "nexus-bridge"
+    path = data / "bridge.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade = await asyncio.create_subprocess_exec(
+        NEXUS_BRIDGE, "db", "upgrade", env=subprocess_env(url), stderr=asyncio.subprocess.PIPE
+    )
+    _out, err = await asyncio.wait_for(upgrade.communicate(), timeout=DEADLINE_SECONDS)
+    assert upgrade.returncode == 0, err.decode()
+    async with serve_process(url) as server:
+        assert server.url is not None
+        async with Client(server.url) as client:
+            sent = await client.call_tool("send_message", {"message": "kept private"})
+            assert not sent.is_error, sent
+        # The server holds its connection open: the WAL and shared-memory files exist now.
+        files = [path, path.with_name("bridge.db-wal"), path.with_name("bridge.db-shm")]
+        assert all(f.exists() for f in files), list(data.iterdir())
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        assert _mode(data) == 0o700
+
+
+async def test_the_access_log_never_records_a_query_string(migrated_sqlite_url: str) -> None:
+    secret = f"query-secret-{uuid.uuid4().hex}"
+    async with serve_process(migrated_sqlite_url) as server:
+        assert server.url is not None
+        base = server.url.removesuffix("/mcp")
+        async with httpx2.AsyncClient() as http:
+            response = await http.get(f"{base}/healthz", params={"access_token": secret})
+            assert response.status_code == 200
+        await wait_for(
+            lambda: server.count('"GET /healthz HTTP/1.1" 200'),
+            what="the access log line of the request",
+        )
+    assert secret not in server.log
+    assert "access_token" not in server.log
+
+
+async def test_debug_logging_shows_no_task_text_or_sql_parameters(
+    migrated_sqlite_url: str,
+) -> None:
+    text = f"private task text {uuid.uuid4().hex}"
+    async with serve_process(migrated_sqlite_url, NEXUS_BRIDGE_LOG_LEVEL="DEBUG") as server:
+        assert server.url is not None
+        async with Client(server.url) as client:
+            sent = await client.call_tool("send_message", {"message": text})
+            assert not sent.is_error, sent
+            listed = await client.call_tool("list_messages", {})
+            assert text in str(listed.structured_content)
+        await wait_for(
+            lambda: server.count('"POST /mcp HTTP/1.1" 200') >= 2,
+            what="the access log lines of the calls",
+        )
+    assert text not in server.log
+    assert " aiosqlite: " not in server.log
+    assert "DEBUG" in server.log  # the bridge's own debug lines are still there
+
+
+async def test_the_generated_agent_token_is_printed_once_then_only_its_file(
+    migrated_sqlite_url: str,
+) -> None:
+    token_file = sqlite_path(migrated_sqlite_url).parent / "agent-token"
+    async with serve_process(migrated_sqlite_url) as first:
+        token = token_file.read_text().strip()
+        assert first.count(token) == 1  # shown to the operator on the start that made it
+    async with serve_process(migrated_sqlite_url) as second:
+        assert token_file.read_text().strip() == token
+        assert second.count(f'NEXUS_BRIDGE_AGENT_TOKEN="$(cat {token_file})"') == 1
+    assert token not in second.log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -881,4 +882,7 @@ class Store:
 def _reason(exc: BaseException) -> str:
     """The driver's own words, on one line (SQLAlchemy appends a multi-line background note)."""
     inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(inner, OSError) and inner.errno and inner.errno > 0 and inner.strerror:
+        # asyncpg's "[Errno 111] Connect call failed (...)" never says "refused" in words.
+        return f"{os.strerror(inner.errno)}: {inner.strerror}"
     return " ".join(str(inner).split()) or type(inner).__name__
