@@ -76,6 +76,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(_serve_stdio(settings))
 
     settings.check_serve_security()
+    _check_listen_address(settings.host, settings.port)
     asyncio.run(_with_queue(settings, _noop))  # refuse to start on an unmigrated database
     # The generated agent token is shown once, on the start that creates it; after that the
     # banner (which ends up in journald) names only its file.
@@ -91,6 +92,39 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     server.run()
     return 0 if server.started else 1
+
+
+def _check_listen_address(host: str, port: int) -> None:
+    """Bind once and let go, so a busy port or a foreign address is one line, not uvicorn's
+    log lines and exit status 3 (a race with another process only brings those back).
+
+    Raises:
+        ConfigError: naming HOST or PORT and what to do.
+    """
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(
+                f"{config.ENV_PREFIX}HOST: cannot resolve {host!r} ({exc}); use an address of "
+                "this machine, e.g. 127.0.0.1"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{config.ENV_PREFIX}PORT: {host}:{port} is already in use (another "
+                    "nexus-bridge?); stop it, or choose another port with --port or "
+                    f"{config.ENV_PREFIX}PORT"
+                ) from None
+            raise ConfigError(
+                f"{config.ENV_PREFIX}HOST: cannot listen on {host}:{port}: {exc.strerror}; use "
+                "an address of this machine, e.g. 127.0.0.1"
+            ) from None
 
 
 async def _noop(_queue: QueueService) -> None:

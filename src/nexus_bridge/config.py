@@ -207,6 +207,12 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def listen_origin(self) -> str:
+        """``http://HOST:PORT`` as configured, with an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
     def binds_loopback(self) -> bool:
         if self.host == "localhost":
             return True

@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import sqlite3
 import stat
 import sys
@@ -28,7 +29,7 @@ from nexus_bridge.config import Settings
 from tests.conftest import DEADLINE_SECONDS, running_server, subprocess_env, wait_for
 
 NEXUS_BRIDGE = str(Path(sys.executable).with_name("nexus-bridge"))
-LISTENING = re.compile(r"nexus-bridge listening on (http://127\.0\.0\.1:\d+/mcp)")
+LISTENING = re.compile(r"nexus-bridge listening on (http://(?:127\.0\.0\.1|\[::1\]):\d+/mcp)")
 # Logged at DEBUG by the queue service when a pull starts waiting: the pull is in flight.
 PULL_WAITING = "waiting up to"
 EXIT_DEADLINE_SECONDS = 15.0
@@ -72,13 +73,15 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def serve_process(database_url: str, **env: str) -> AsyncIterator[ServerProcess]:
+async def serve_process(
+    database_url: str, host: str = "127.0.0.1", **env: str
+) -> AsyncIterator[ServerProcess]:
     """``nexus-bridge serve --port 0`` on loopback, up and listening; killed on the way out."""
     proc = await asyncio.create_subprocess_exec(
         NEXUS_BRIDGE,
         "serve",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         "0",
         env=subprocess_env(database_url, **{"NEXUS_BRIDGE_LOG_LEVEL": "INFO", **env}),
@@ -384,3 +387,44 @@ async def test_the_generated_agent_token_is_printed_once_then_only_its_file(
         assert token_file.read_text().strip() == token
         assert second.count(f'NEXUS_BRIDGE_AGENT_TOKEN="$(cat {token_file})"') == 1
     assert token not in second.log
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_serve_on_the_ipv6_loopback_starts_and_answers(migrated_sqlite_url: str) -> None:
+    async with serve_process(migrated_sqlite_url, host="::1") as server:
+        assert server.url is not None
+        assert server.url.startswith("http://[::1]:")
+        async with httpx2.AsyncClient() as http:
+            response = await http.get(server.url.removesuffix("/mcp") + "/healthz")
+        assert response.status_code == 200
+
+
+async def test_serve_on_a_busy_port_is_one_line_naming_the_port(migrated_sqlite_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            NEXUS_BRIDGE,
+            "serve",
+            "--port",
+            str(port),
+            env=subprocess_env(migrated_sqlite_url),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _out, err = await asyncio.wait_for(proc.communicate(), timeout=DEADLINE_SECONDS)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2, lines
+    assert lines == [
+        f"nexus-bridge: error: NEXUS_BRIDGE_PORT: 127.0.0.1:{port} is already in use (another "
+        "nexus-bridge?); stop it, or choose another port with --port or NEXUS_BRIDGE_PORT"
+    ]
