@@ -70,6 +70,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.host:
         settings = settings.model_copy(update={"host": args.host})
     if args.port is not None:
+        if not 0 <= args.port <= config.MAX_PORT:
+            raise ConfigError(f"--port must be between 0 and {config.MAX_PORT}, got {args.port}")
         settings = settings.model_copy(update={"port": args.port})
 
     if args.stdio:

@@ -23,6 +23,11 @@ ENV_PREFIX: Final = "NEXUS_BRIDGE_"
 DEFAULT_TARGET: Final = "homelab"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
+MAX_PORT: Final = 65_535
+# A duration setting past ten years is a typo, and one near the end of time overflows the
+# datetime arithmetic it feeds (a token's expiry, a lease) into an internal error.
+MAX_DURATION_SECONDS: Final = 10 * 365 * 24 * 3600
+MAX_BUSY_TIMEOUT_MS: Final = 2**31 - 1  # SQLite keeps it in a C int
 DEFAULT_MAX_MESSAGE_CHARS: Final = 32_000
 DEFAULT_MAX_WAIT_SECONDS: Final = 55.0
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5_000
@@ -102,19 +107,23 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # "inf" would make a wait, a lease or a grace period endless (and int(inf) raises).
+        allow_inf_nan=False,
     )
 
     database_url: str = Field(default_factory=default_database_url)
     host: str = DEFAULT_HOST
-    port: int = Field(default=DEFAULT_PORT, ge=0, le=65_535)
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=MAX_PORT)
     auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_unauthenticated: bool = False
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_message_chars: int = Field(default=DEFAULT_MAX_MESSAGE_CHARS, ge=1)
-    max_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT_SECONDS, ge=0)
-    sqlite_busy_timeout_ms: int = Field(default=DEFAULT_BUSY_TIMEOUT_MS, ge=0)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    change_poll_seconds: float = Field(default=1.0, gt=0)
+    max_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT_SECONDS, ge=0, le=MAX_DURATION_SECONDS)
+    sqlite_busy_timeout_ms: int = Field(
+        default=DEFAULT_BUSY_TIMEOUT_MS, ge=0, le=MAX_BUSY_TIMEOUT_MS
+    )
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=MAX_DURATION_SECONDS)
+    change_poll_seconds: float = Field(default=1.0, gt=0, le=MAX_DURATION_SECONDS)
     log_level: str = "INFO"
 
     config_file: Path | None = Field(
@@ -122,7 +131,7 @@ class Settings(BaseSettings):
     )
     agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     agent_token_file: Path = Field(default_factory=lambda: default_data_dir() / "agent-token")
-    stall_seconds: float = Field(default=1800.0, gt=0)
+    stall_seconds: float = Field(default=1800.0, gt=0, le=MAX_DURATION_SECONDS)
     bridge_url: str = Field(
         default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
         validation_alias=AliasChoices(f"{ENV_PREFIX}URL"),
@@ -130,11 +139,13 @@ class Settings(BaseSettings):
     agent_token: SecretStr | None = None
 
     public_url: str | None = None
-    oauth_access_token_seconds: int = Field(default=3600, ge=60)
-    oauth_refresh_token_seconds: int = Field(default=30 * 24 * 3600, ge=3600)
+    oauth_access_token_seconds: int = Field(default=3600, ge=60, le=MAX_DURATION_SECONDS)
+    oauth_refresh_token_seconds: int = Field(
+        default=30 * 24 * 3600, ge=3600, le=MAX_DURATION_SECONDS
+    )
     oauth_max_failed_attempts: int = Field(default=5, ge=1)
-    oauth_lockout_seconds: int = Field(default=900, ge=1)
-    oauth_failure_delay_seconds: float = Field(default=1.0, ge=0)
+    oauth_lockout_seconds: int = Field(default=900, ge=1, le=MAX_DURATION_SECONDS)
+    oauth_failure_delay_seconds: float = Field(default=1.0, ge=0, le=MAX_DURATION_SECONDS)
     oauth_redirect_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     telegram_bot_token: SecretStr | None = None
@@ -144,11 +155,11 @@ class Settings(BaseSettings):
     telegram_base_url: str = DEFAULT_TELEGRAM_BASE_URL
     telegram_credentials_file: Path | None = None
     telegram_poll_timeout: int = Field(default=25, ge=0, le=50)
-    telegram_lease_seconds: float = Field(default=15.0, gt=0)
-    telegram_min_send_interval: float = Field(default=1.0, ge=0)
-    telegram_request_timeout: float = Field(default=20.0, gt=0)
-    telegram_retry_base_seconds: float = Field(default=1.0, gt=0)
-    telegram_retry_max_seconds: float = Field(default=300.0, gt=0)
+    telegram_lease_seconds: float = Field(default=15.0, gt=0, le=MAX_DURATION_SECONDS)
+    telegram_min_send_interval: float = Field(default=1.0, ge=0, le=MAX_DURATION_SECONDS)
+    telegram_request_timeout: float = Field(default=20.0, gt=0, le=MAX_DURATION_SECONDS)
+    telegram_retry_base_seconds: float = Field(default=1.0, gt=0, le=MAX_DURATION_SECONDS)
+    telegram_retry_max_seconds: float = Field(default=300.0, gt=0, le=MAX_DURATION_SECONDS)
     telegram_webhook_url: str | None = None
     telegram_webhook_secret: SecretStr | None = None
 

@@ -215,6 +215,12 @@ def test_an_unknown_postgresql_database_is_one_line_naming_the_variable(
     )
 
 
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_serve_on_a_port_out_of_range_is_one_line(migrated_sqlite_url: str, port: str) -> None:
+    result = run(migrated_sqlite_url, "serve", "--port", port, ok=False)
+    assert_one_line_error(result, "--port must be between 0 and 65535")
+
+
 def test_set_passphrase_without_a_terminal_says_to_use_stdin(migrated_sqlite_url: str) -> None:
     result = run_env(
         "auth",

@@ -222,3 +222,23 @@ def test_a_database_url_nexus_bridge_cannot_use_is_refused_saying_what_to_write(
 )
 def test_supported_database_urls_are_accepted(url: str) -> None:
     assert load_settings(_env_file=None, database_url=url).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("STALL_SECONDS", "inf", "finite number"),
+        ("SHUTDOWN_GRACE_SECONDS", "Infinity", "finite number"),
+        ("MAX_WAIT_SECONDS", "1e400", "finite number"),
+        ("CHANGE_POLL_SECONDS", "nan", "finite number"),
+        ("OAUTH_LOCKOUT_SECONDS", "1" + "0" * 20, "less than or equal to"),
+        ("TELEGRAM_LEASE_SECONDS", "1e300", "less than or equal to"),
+        ("SQLITE_BUSY_TIMEOUT_MS", "1" + "0" * 20, "less than or equal to"),
+    ],
+)
+def test_an_endless_or_absurd_duration_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(f"NEXUS_BRIDGE_{variable}", value)
+    with pytest.raises(ConfigError, match=f"NEXUS_BRIDGE_{variable}: .*{says}"):
+        load_settings(_env_file=None)
