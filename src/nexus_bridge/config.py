@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from nexus_bridge.errors import ConfigError
 
 ENV_PREFIX: Final = "NEXUS_BRIDGE_"
+ENV_FILE: Final = ".env"
 DEFAULT_TARGET: Final = "homelab"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
@@ -104,7 +105,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         populate_by_name=True,
-        env_file=".env",
+        env_file=ENV_FILE,
         env_file_encoding="utf-8",
         extra="ignore",
         # "inf" would make a wait, a lease or a grace period endless (and int(inf) raises).
@@ -414,6 +415,11 @@ def load_settings(**overrides: object) -> Settings:
 
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except (UnicodeDecodeError, OSError) as exc:  # reading the .env file
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise ConfigError(
+            f"cannot read {Path.cwd() / ENV_FILE}: {reason}; fix it or remove it"
+        ) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {_message(err['msg'])}"

@@ -215,6 +215,16 @@ def test_an_unknown_postgresql_database_is_one_line_naming_the_variable(
     )
 
 
+def test_a_dot_env_that_is_not_text_is_one_line_naming_it(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / ".env").write_bytes(b"\xff\xfe NEXUS_BRIDGE_PORT=1\n")
+    result = run_env("status", env=subprocess_env(migrated_sqlite_url), cwd=workdir)
+    assert_one_line_error(result, str(workdir / ".env"), "not UTF-8 text")
+
+
 @pytest.mark.parametrize("port", ["99999", "-1"])
 def test_serve_on_a_port_out_of_range_is_one_line(migrated_sqlite_url: str, port: str) -> None:
     result = run(migrated_sqlite_url, "serve", "--port", port, ok=False)
