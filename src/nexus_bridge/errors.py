@@ -44,6 +44,10 @@ class DatabaseNotReady(NexusBridgeError):
     """The database is not migrated to the current schema; run: nexus-bridge db upgrade"""
 
 
+class MigrationError(NexusBridgeError):
+    """The migration cannot run."""
+
+
 class DatabaseUnreachable(DatabaseNotReady):
     """Cannot connect to the database."""
 

@@ -225,6 +225,18 @@ def test_a_dot_env_that_is_not_text_is_one_line_naming_it(
     assert_one_line_error(result, str(workdir / ".env"), "not UTF-8 text")
 
 
+@pytest.mark.parametrize("action", ["upgrade", "downgrade"])
+def test_db_with_an_unknown_revision_names_the_known_ones(
+    migrated_sqlite_url: str, action: str
+) -> None:
+    result = run(migrated_sqlite_url, "db", action, "nonsense", ok=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("nexus-bridge: error: Can't locate revision identified by 'nonsense'")
+    assert "knows revisions 0001, " in last
+
+
 @pytest.mark.parametrize("port", ["99999", "-1"])
 def test_serve_on_a_port_out_of_range_is_one_line(migrated_sqlite_url: str, port: str) -> None:
     result = run(migrated_sqlite_url, "serve", "--port", port, ok=False)
