@@ -193,9 +193,9 @@ async def _serve_stdio(settings: Settings) -> int:
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from nexus_bridge.db import migrate
-    from nexus_bridge.db.engine import ensure_sqlite_directory
+    from nexus_bridge.db.engine import prepare_sqlite_file
 
-    ensure_sqlite_directory(settings.database_url)
+    prepare_sqlite_file(settings.database_url)
     asyncio.run(_check_connection(settings.database_url))  # one line, not alembic's traceback
     if args.db_command == "upgrade":
         migrate.upgrade(settings.database_url, args.revision)

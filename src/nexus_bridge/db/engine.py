@@ -33,7 +33,7 @@ def sqlite_file(database_url: str) -> Path | None:
     return None
 
 
-def ensure_sqlite_directory(database_url: str) -> None:
+def prepare_sqlite_file(database_url: str) -> None:
     """Create a SQLite database's directory (0700) and empty file (0600) before SQLite opens it,
     so a fresh machine just works and nobody else can read the queue; warn about a database
     file others can read.
@@ -92,7 +92,7 @@ def create_engine(
     if url.get_backend_name() != "sqlite":
         return create_async_engine(url, pool_pre_ping=True)
 
-    ensure_sqlite_directory(database_url)
+    prepare_sqlite_file(database_url)
     engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
 
     @event.listens_for(engine.sync_engine, "connect")
