@@ -202,6 +202,6 @@ def create_agent_server(
 def agent_auth_settings(settings: config.Settings) -> AuthSettings:
     """Bearer-token auth for /agent/mcp (agent tokens only; no OAuth there)."""
     return AuthSettings(
-        issuer_url=AnyHttpUrl(f"http://{settings.host}:{settings.port}"),
+        issuer_url=AnyHttpUrl(settings.listen_origin),
         resource_server_url=None,
     )

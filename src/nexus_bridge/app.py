@@ -155,7 +155,7 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
     elif http and static is not None:
         verifier = static
         auth = AuthSettings(
-            issuer_url=AnyHttpUrl(f"http://{settings.host}:{settings.port}"),
+            issuer_url=AnyHttpUrl(settings.listen_origin),
             resource_server_url=None,
         )
     server = create_mcp_server(

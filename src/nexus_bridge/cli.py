@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
@@ -70,14 +71,22 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.host:
         settings = settings.model_copy(update={"host": args.host})
     if args.port is not None:
+        if not 0 <= args.port <= config.MAX_PORT:
+            raise ConfigError(f"--port must be between 0 and {config.MAX_PORT}, got {args.port}")
         settings = settings.model_copy(update={"port": args.port})
 
     if args.stdio:
         return asyncio.run(_serve_stdio(settings))
 
     settings.check_serve_security()
+    _check_listen_address(settings.host, settings.port)
     asyncio.run(_with_queue(settings, _noop))  # refuse to start on an unmigrated database
-    server = make_server(settings, on_listening=lambda url: _print_banner(settings, url))
+    # The generated agent token is shown once, on the start that creates it; after that the
+    # banner (which ends up in journald) names only its file.
+    new_token = not settings.agent_token_file.exists()
+    server = make_server(
+        settings, on_listening=lambda url: _print_banner(settings, url, show_token=new_token)
+    )
     if not settings.auth_tokens and settings.public_url is None:
         logger.warning(
             "no %sAUTH_TOKENS set: /mcp accepts any client that can reach %s",
@@ -88,11 +97,44 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def _check_listen_address(host: str, port: int) -> None:
+    """Bind once and let go, so a busy port or a foreign address is one line, not uvicorn's
+    log lines and exit status 3 (a race with another process only brings those back).
+
+    Raises:
+        ConfigError: naming HOST or PORT and what to do.
+    """
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(
+                f"{config.ENV_PREFIX}HOST: cannot resolve {host!r} ({exc}); use an address of "
+                "this machine, e.g. 127.0.0.1"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{config.ENV_PREFIX}PORT: {host}:{port} is already in use (another "
+                    "nexus-bridge?); stop it, or choose another port with --port or "
+                    f"{config.ENV_PREFIX}PORT"
+                ) from None
+            raise ConfigError(
+                f"{config.ENV_PREFIX}HOST: cannot listen on {host}:{port}: {exc.strerror}; use "
+                "an address of this machine, e.g. 127.0.0.1"
+            ) from None
+
+
 async def _noop(_queue: QueueService) -> None:
     return None
 
 
-def _print_banner(settings: Settings, url: str) -> None:
+def _print_banner(settings: Settings, url: str, *, show_token: bool) -> None:
     header = ' --header "Authorization: Bearer $TOKEN"' if settings.auth_tokens else ""
     lines = [
         f"nexus-bridge {__version__}",
@@ -103,12 +145,14 @@ def _print_banner(settings: Settings, url: str) -> None:
         f"    Inspector     npx @modelcontextprotocol/inspector  (Streamable HTTP, {url})",
         "    health        curl -s " + url.removesuffix(config.MCP_PATH) + "/readyz",
     ]
-    lines += _agent_banner(settings, url.removesuffix(config.MCP_PATH))
+    lines += _agent_banner(settings, url.removesuffix(config.MCP_PATH), show_token=show_token)
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _agent_banner(settings: Settings, base_url: str) -> list[str]:
+def _agent_banner(settings: Settings, base_url: str, *, show_token: bool) -> list[str]:
     """How the default agent takes its tasks, when it uses the direct agent API."""
+    import shlex
+
     from nexus_bridge.runtime import read_or_create_token
 
     if settings.config_file is not None or settings.telegram() is not None:
@@ -118,10 +162,12 @@ def _agent_banner(settings: Settings, base_url: str) -> list[str]:
     token = read_or_create_token(settings.agent_token_file, create=False)
     if not token:
         return []
+    path = settings.agent_token_file
+    value = f"{token}   # shown this once" if show_token else f'"$(cat {shlex.quote(str(path))})"'
     return [
         f"  agent    : {config.DEFAULT_TARGET} takes its tasks over the direct agent API "
-        f"(token kept in {settings.agent_token_file})",
-        f"    export NEXUS_BRIDGE_URL={base_url} NEXUS_BRIDGE_AGENT_TOKEN={token}",
+        f"(token kept in {path})",
+        f"    export NEXUS_BRIDGE_URL={base_url} NEXUS_BRIDGE_AGENT_TOKEN={value}",
         "    nexus-bridge agent next --wait 55      # then: agent start|update|done ID ...",
         f"    nexus-bridge agent-prompt --target {config.DEFAULT_TARGET}   # for its CLAUDE.md",
     ]
@@ -148,15 +194,27 @@ async def _serve_stdio(settings: Settings) -> int:
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from nexus_bridge.db import migrate
-    from nexus_bridge.db.engine import ensure_sqlite_directory
+    from nexus_bridge.db.engine import prepare_sqlite_file
 
-    ensure_sqlite_directory(settings.database_url)
+    prepare_sqlite_file(settings.database_url)
+    asyncio.run(_check_connection(settings.database_url))  # one line, not alembic's traceback
     if args.db_command == "upgrade":
         migrate.upgrade(settings.database_url, args.revision)
         print(f"database at {args.revision}: {_safe_url(settings.database_url)}", file=sys.stderr)
     elif args.db_command == "downgrade":
         migrate.downgrade(settings.database_url, args.revision)
     return 0
+
+
+async def _check_connection(database_url: str) -> None:
+    from nexus_bridge.db.engine import create_engine
+    from nexus_bridge.db.store import Store
+
+    store = Store(create_engine(database_url))
+    try:
+        await store.check_connection()
+    finally:
+        await store.dispose()
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
@@ -380,11 +438,26 @@ def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _has_terminal() -> bool:
+    """Whether getpass can ask without echoing: it reads the controlling terminal, not stdin."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def _read_new_passphrase(from_stdin: bool) -> str:
     import getpass
 
     if from_stdin:
         passphrase = sys.stdin.readline().rstrip("\n")
+    elif not _has_terminal():
+        raise ConfigError(
+            "auth set-passphrase asks for the passphrase on a terminal and there is none; "
+            "pipe it in instead: nexus-bridge auth set-passphrase --stdin < FILE"
+        )
     else:
         passphrase = getpass.getpass("New owner passphrase: ")
         if getpass.getpass("Again: ") != passphrase:
@@ -569,17 +642,6 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _port(value: str) -> int:
-    """A TCP port, 0-65535 (argparse type)."""
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 <= port <= 65_535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
-    return port
-
-
 def _positive_int(value: str) -> int:
     """A whole number, 1 or more (argparse type); the service checks the upper bound."""
     try:
@@ -604,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve MCP over Streamable HTTP (or --stdio)")
     serve.add_argument("--stdio", action="store_true", help="speak MCP over stdin/stdout")
     serve.add_argument("--host", help="override NEXUS_BRIDGE_HOST")
-    serve.add_argument("--port", type=_port, help="override NEXUS_BRIDGE_PORT (0: any free port)")
+    serve.add_argument("--port", type=int, help="override NEXUS_BRIDGE_PORT (0: any free port)")
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database migrations")

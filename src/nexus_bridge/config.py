@@ -20,9 +20,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from nexus_bridge.errors import ConfigError
 
 ENV_PREFIX: Final = "NEXUS_BRIDGE_"
+ENV_FILE: Final = ".env"
 DEFAULT_TARGET: Final = "homelab"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
+MAX_PORT: Final = 65_535
+# A duration setting past ten years is a typo, and one near the end of time overflows the
+# datetime arithmetic it feeds (a token's expiry, a lease) into an internal error.
+MAX_DURATION_SECONDS: Final = 10 * 365 * 24 * 3600
+MAX_BUSY_TIMEOUT_MS: Final = 2**31 - 1  # SQLite keeps it in a C int
 DEFAULT_MAX_MESSAGE_CHARS: Final = 32_000
 DEFAULT_MAX_WAIT_SECONDS: Final = 55.0
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5_000
@@ -36,6 +42,12 @@ MAX_TARGET_CHARS: Final = 100  # a target name, as targets.py allows it
 MAX_REASON_CHARS: Final = 1_000  # cancel_message(reason=...)
 MCP_PATH: Final = "/mcp"
 DEFAULT_TELEGRAM_BASE_URL: Final = "https://api.telegram.org/bot"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The async driver each supported database needs; the engine is async only.
+ASYNC_DRIVERS: Final = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+DATABASE_URL_EXAMPLES: Final = (
+    "sqlite+aiosqlite:////path/to/bridge.db or postgresql+asyncpg://user:pass@host:5432/db"
+)
 CREDENTIAL_KEYS: Final = {
     "token": "bot_token",
     "bot_token": "bot_token",
@@ -58,6 +70,32 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{default_data_dir() / 'bridge.db'}"
 
 
+def check_database_url(value: str) -> None:
+    """Raises ValueError, saying what to write instead, unless ``value`` names a supported
+    database with its async driver. The message never repeats a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value.strip())
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL; write {DATABASE_URL_EXAMPLES}") from None
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    wanted = ASYNC_DRIVERS.get(backend)
+    if wanted is None:
+        raise ValueError(
+            f"unsupported database {backend!r}; nexus-bridge works with {DATABASE_URL_EXAMPLES}"
+        )
+    if driver != wanted:
+        fixed = url.set(drivername=f"{backend}+{wanted}").render_as_string(hide_password=True)
+        raise ValueError(
+            f"{url.drivername!r} is not an async driver; nexus-bridge needs {backend}+{wanted}: "
+            f"{fixed}"
+        )
+    if backend == "sqlite" and not url.database:
+        raise ValueError(f"names no database file; write {DATABASE_URL_EXAMPLES}")
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -70,23 +108,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         populate_by_name=True,
-        env_file=".env",
+        env_file=ENV_FILE,
         env_file_encoding="utf-8",
         extra="ignore",
-        allow_inf_nan=False,  # NaN or inf in a number of seconds would mean waiting forever
+        # "inf" would make a wait, a lease or a grace period endless (and int(inf) raises).
+        allow_inf_nan=False,
     )
 
     database_url: str = Field(default_factory=default_database_url)
     host: str = DEFAULT_HOST
-    port: int = Field(default=DEFAULT_PORT, ge=0, le=65_535)
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=MAX_PORT)
     auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_unauthenticated: bool = False
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_message_chars: int = Field(default=DEFAULT_MAX_MESSAGE_CHARS, ge=1)
-    max_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT_SECONDS, ge=0)
-    sqlite_busy_timeout_ms: int = Field(default=DEFAULT_BUSY_TIMEOUT_MS, ge=0)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    change_poll_seconds: float = Field(default=1.0, gt=0)
+    max_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT_SECONDS, ge=0, le=MAX_DURATION_SECONDS)
+    sqlite_busy_timeout_ms: int = Field(
+        default=DEFAULT_BUSY_TIMEOUT_MS, ge=0, le=MAX_BUSY_TIMEOUT_MS
+    )
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=MAX_DURATION_SECONDS)
+    change_poll_seconds: float = Field(default=1.0, gt=0, le=MAX_DURATION_SECONDS)
     log_level: str = "INFO"
 
     config_file: Path | None = Field(
@@ -94,8 +135,10 @@ class Settings(BaseSettings):
     )
     agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     agent_token_file: Path = Field(default_factory=lambda: default_data_dir() / "agent-token")
-    stall_seconds: float = Field(default=1800.0, gt=0)
-    agent_claim_seconds: float = Field(default=DEFAULT_AGENT_CLAIM_SECONDS, gt=0)
+    stall_seconds: float = Field(default=1800.0, gt=0, le=MAX_DURATION_SECONDS)
+    agent_claim_seconds: float = Field(
+        default=DEFAULT_AGENT_CLAIM_SECONDS, gt=0, le=MAX_DURATION_SECONDS
+    )
     bridge_url: str = Field(
         default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
         validation_alias=AliasChoices(f"{ENV_PREFIX}URL"),
@@ -103,11 +146,13 @@ class Settings(BaseSettings):
     agent_token: SecretStr | None = None
 
     public_url: str | None = None
-    oauth_access_token_seconds: int = Field(default=3600, ge=60)
-    oauth_refresh_token_seconds: int = Field(default=30 * 24 * 3600, ge=3600)
+    oauth_access_token_seconds: int = Field(default=3600, ge=60, le=MAX_DURATION_SECONDS)
+    oauth_refresh_token_seconds: int = Field(
+        default=30 * 24 * 3600, ge=3600, le=MAX_DURATION_SECONDS
+    )
     oauth_max_failed_attempts: int = Field(default=5, ge=1)
-    oauth_lockout_seconds: int = Field(default=900, ge=1)
-    oauth_failure_delay_seconds: float = Field(default=1.0, ge=0)
+    oauth_lockout_seconds: int = Field(default=900, ge=1, le=MAX_DURATION_SECONDS)
+    oauth_failure_delay_seconds: float = Field(default=1.0, ge=0, le=MAX_DURATION_SECONDS)
     oauth_redirect_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
     oauth_max_unused_clients: int = Field(default=100, ge=1)
 
@@ -118,11 +163,11 @@ class Settings(BaseSettings):
     telegram_base_url: str = DEFAULT_TELEGRAM_BASE_URL
     telegram_credentials_file: Path | None = None
     telegram_poll_timeout: int = Field(default=25, ge=0, le=50)
-    telegram_lease_seconds: float = Field(default=15.0, gt=0)
-    telegram_min_send_interval: float = Field(default=1.0, ge=0)
-    telegram_request_timeout: float = Field(default=20.0, gt=0)
-    telegram_retry_base_seconds: float = Field(default=1.0, gt=0)
-    telegram_retry_max_seconds: float = Field(default=300.0, gt=0)
+    telegram_lease_seconds: float = Field(default=15.0, gt=0, le=MAX_DURATION_SECONDS)
+    telegram_min_send_interval: float = Field(default=1.0, ge=0, le=MAX_DURATION_SECONDS)
+    telegram_request_timeout: float = Field(default=20.0, gt=0, le=MAX_DURATION_SECONDS)
+    telegram_retry_base_seconds: float = Field(default=1.0, gt=0, le=MAX_DURATION_SECONDS)
+    telegram_retry_max_seconds: float = Field(default=300.0, gt=0, le=MAX_DURATION_SECONDS)
     telegram_webhook_url: str | None = None
     telegram_webhook_secret: SecretStr | None = None
 
@@ -158,8 +203,17 @@ class Settings(BaseSettings):
 
     @field_validator("log_level")
     @classmethod
-    def _upper(cls, value: str) -> str:
-        return value.upper()
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        check_database_url(value)
+        return value
 
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:
@@ -170,6 +224,12 @@ class Settings(BaseSettings):
                     "one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
                 )
         return self
+
+    @property
+    def listen_origin(self) -> str:
+        """``http://HOST:PORT`` as configured, with an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def binds_loopback(self) -> bool:
@@ -347,6 +407,11 @@ def read_credentials_file(path: Path) -> tuple[dict[str, str], list[str]]:
     return found, warnings
 
 
+def _message(pydantic_message: str) -> str:
+    """A validator's own words, without the prefix pydantic puts before them."""
+    return pydantic_message.removeprefix("Value error, ")
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings once, at start-up.
 
@@ -357,11 +422,16 @@ def load_settings(**overrides: object) -> Settings:
 
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except (UnicodeDecodeError, OSError) as exc:  # reading the .env file
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise ConfigError(
+            f"cannot read {Path.cwd() / ENV_FILE}: {reason}; fix it or remove it"
+        ) from None
     except ValidationError as exc:
         problems = "; ".join(
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {_message(err['msg'])}"
             if err["loc"]
-            else err["msg"]
+            else _message(err["msg"])
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc

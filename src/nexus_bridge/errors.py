@@ -42,3 +42,17 @@ class TaskAlreadyEnded(IllegalTransition):
 
 class DatabaseNotReady(NexusBridgeError):
     """The database is not migrated to the current schema; run: nexus-bridge db upgrade"""
+
+
+class MigrationError(NexusBridgeError):
+    """The migration cannot run."""
+
+
+class DatabaseUnreachable(DatabaseNotReady):
+    """Cannot connect to the database."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"cannot connect to the database: {reason}; check NEXUS_BRIDGE_DATABASE_URL (host, "
+            "port, database name, credentials) and that the database server is running"
+        )

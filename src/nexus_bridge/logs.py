@@ -9,7 +9,11 @@ from typing import Final
 
 REDACTED: Final = "[redacted]"
 # httpx logs every request URL at INFO, and python-telegram-bot logs its Bot API URL at DEBUG:
-# both carry the bot token. The handler filter below is the second line of defence.
+# both carry the bot token. At DEBUG, aiosqlite logs every statement with its parameters (client
+# secrets, token and passphrase hashes, task text), SQLAlchemy and asyncpg can do the same, and
+# the MCP SDK logs every message it sends or receives (tool arguments: task text, replies). So
+# DEBUG means nexus-bridge's own debug lines, never theirs. The handler filter below is the
+# second line of defence.
 QUIET_LOGGERS: Final = {
     "httpx": logging.WARNING,
     "httpcore": logging.WARNING,
@@ -17,7 +21,14 @@ QUIET_LOGGERS: Final = {
     "httpcore2": logging.WARNING,
     "telegram": logging.INFO,
     "alembic.runtime.plugins": logging.WARNING,
+    "aiosqlite": logging.INFO,
+    "sqlalchemy": logging.WARNING,
+    "asyncpg": logging.INFO,
+    "mcp": logging.INFO,
 }
+# uvicorn's access log line: (client, method, path with query string, HTTP version, status).
+ACCESS_LOGGER: Final = "uvicorn.access"
+ACCESS_PATH_ARG: Final = 2
 
 
 class RedactSecrets(logging.Filter):
@@ -44,6 +55,21 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class StripQueryStrings(logging.Filter):
+    """Drops the query string from uvicorn's access log lines: a client may put a token there
+    (``?access_token=…``, ``?code=…``), and the path alone says which endpoint was hit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > ACCESS_PATH_ARG:
+            path = args[ACCESS_PATH_ARG]
+            if isinstance(path, str) and "?" in path:
+                stripped = list(args)
+                stripped[ACCESS_PATH_ARG] = path.partition("?")[0]
+                record.args = tuple(stripped)
+        return True
+
+
 def quiet_noisy_loggers() -> None:
     for name, level in QUIET_LOGGERS.items():
         logger = logging.getLogger(name)
@@ -61,4 +87,7 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     redact = RedactSecrets(secrets)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)
+    access = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, StripQueryStrings) for f in access.filters):
+        access.addFilter(StripQueryStrings())
     quiet_noisy_loggers()

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-from nexus_bridge.config import DEFAULT_TARGET, Settings
-from nexus_bridge.db.engine import create_engine
+from nexus_bridge.config import DEFAULT_TARGET, ENV_PREFIX, Settings
+from nexus_bridge.db.engine import DATA_DIRECTORY_MODE, create_engine
 from nexus_bridge.db.migrate import head_revisions
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import TargetPolicy
 from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.queue import QueueService
-from nexus_bridge.targets import Dispatch, Target, Transport, load_targets
+from nexus_bridge.targets import MIN_TOKEN_CHARS, Dispatch, Target, Transport, load_targets
+
+TOKEN_FILE_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKEN_FILE"
+TOKEN_FILE_MODE: Final = 0o600
 
 
 @dataclass
@@ -32,10 +37,7 @@ class Runtime:
 
     async def check_schema(self) -> None:
         """Raises DatabaseNotReady unless the database is reachable and migrated to head."""
-        try:
-            current = tuple(sorted(await self.queue.schema_revisions()))
-        except OSError as exc:
-            raise DatabaseNotReady(f"the database is unreachable: {exc}") from exc
+        current = tuple(sorted(await self.queue.schema_revisions()))
         if current != tuple(sorted(self.heads)):
             at = ", ".join(current) or "no schema"
             raise DatabaseNotReady(
@@ -105,16 +107,47 @@ def agent_tokens(runtime: Runtime, *, create_default: bool) -> dict[str, str]:
 
 
 def read_or_create_token(path: Path, *, create: bool) -> str | None:
-    """The token stored in ``path``, created (random, mode 0600) if missing and allowed."""
+    """The token stored in ``path``, created (random, mode 0600) if missing and allowed.
+
+    Raises:
+        ConfigError: the file is unreadable, empty, too short, or readable by other users.
+    """
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        return _read_token_file(path)
     except FileNotFoundError:
-        token = ""
-    if token or not create:
-        return token or None
-    path.parent.mkdir(parents=True, exist_ok=True)
+        if not create:
+            return None
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(mode=DATA_DIRECTORY_MODE, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, TOKEN_FILE_MODE)
+    except OSError as exc:
+        raise ConfigError(
+            f"{TOKEN_FILE_VARIABLE}: cannot create {path}: {exc.strerror}; choose a path you "
+            "can write"
+        ) from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(token + "\n")
+    return token
+
+
+def _read_token_file(path: Path) -> str:
+    """Raises FileNotFoundError when there is no file, ConfigError when it cannot be used."""
+    remedy = f"delete it and `nexus-bridge serve` makes a new one, or set {TOKEN_FILE_VARIABLE}"
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read the agent token file {path}: {reason}; {remedy}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"the agent token file {path} is readable by other users (mode {mode:o}): "
+            f"run chmod 600 {path}, or {remedy}"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        what = "empty" if not token else f"shorter than {MIN_TOKEN_CHARS} characters"
+        raise ConfigError(f"the agent token file {path} is {what}: {remedy}")
     return token

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from typing import Any, Final, TypeAlias, TypeVar
 
 from nexus_bridge.config import DEFAULT_TARGET, ENV_PREFIX, Settings, TelegramSettings
 from nexus_bridge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 TARGET_NAME: Final = re.compile(r"[a-z0-9][a-z0-9:_.-]{0,99}")
 DEFAULT_DESCRIPTION: Final = "the agent"
@@ -97,24 +101,33 @@ def load_targets(settings: Settings) -> list[Target]:
         )
     source = _Source.read(Path(config_file))
     targets, owners = _parse_file(source, settings)
+    if owners and source.mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning(
+            "%s holds agent tokens and is readable by other users (mode %o): chmod 600 %s",
+            source.path,
+            source.mode,
+            source.path,
+        )
     return _add_env_tokens(settings, targets, owners, f"{source.path} declares")
 
 
 class _Source:
     """The text of the config file, so errors can point at a line."""
 
-    def __init__(self, path: Path, text: str) -> None:
+    def __init__(self, path: Path, text: str, mode: int = 0o600) -> None:
         self.path = path
         self.text = text
+        self.mode = mode
 
     @classmethod
     def read(cls, path: Path) -> _Source:
         try:
             data = path.expanduser().read_bytes()
+            mode = stat.S_IMODE(path.expanduser().stat().st_mode)
         except OSError as exc:
             raise ConfigError(f"cannot read {CONFIG_VARIABLE} {path}: {exc.strerror}") from exc
         try:
-            return cls(path, data.decode("utf-8"))
+            return cls(path, data.decode("utf-8"), mode)
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from exc

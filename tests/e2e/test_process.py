@@ -8,7 +8,9 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import sqlite3
+import stat
 import sys
 import time
 import uuid
@@ -27,7 +29,7 @@ from nexus_bridge.config import Settings
 from tests.conftest import DEADLINE_SECONDS, running_server, subprocess_env, wait_for
 
 NEXUS_BRIDGE = str(Path(sys.executable).with_name("nexus-bridge"))
-LISTENING = re.compile(r"nexus-bridge listening on (http://127\.0\.0\.1:\d+/mcp)")
+LISTENING = re.compile(r"nexus-bridge listening on (http://(?:127\.0\.0\.1|\[::1\]):\d+/mcp)")
 # Logged at DEBUG by the queue service when a pull starts waiting: the pull is in flight.
 PULL_WAITING = "waiting up to"
 EXIT_DEADLINE_SECONDS = 15.0
@@ -71,13 +73,15 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def serve_process(database_url: str, **env: str) -> AsyncIterator[ServerProcess]:
+async def serve_process(
+    database_url: str, host: str = "127.0.0.1", **env: str
+) -> AsyncIterator[ServerProcess]:
     """``nexus-bridge serve --port 0`` on loopback, up and listening; killed on the way out."""
     proc = await asyncio.create_subprocess_exec(
         NEXUS_BRIDGE,
         "serve",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         "0",
         env=subprocess_env(database_url, **{"NEXUS_BRIDGE_LOG_LEVEL": "INFO", **env}),
@@ -306,3 +310,121 @@ async def test_tools_call_without_session_or_initialize_succeeds(
         status = await call(http, url, 2, "queue_status", {})
         assert status["pending"] == 1
         assert status["total_updates"] == 1
+
+
+# --- secrets at rest and in logs -------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_the_database_its_wal_and_its_directory_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "new" / "nexus-bridge"
+    path = data / "bridge.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade = await asyncio.create_subprocess_exec(
+        NEXUS_BRIDGE, "db", "upgrade", env=subprocess_env(url), stderr=asyncio.subprocess.PIPE
+    )
+    _out, err = await asyncio.wait_for(upgrade.communicate(), timeout=DEADLINE_SECONDS)
+    assert upgrade.returncode == 0, err.decode()
+    async with serve_process(url) as server:
+        assert server.url is not None
+        async with Client(server.url) as client:
+            sent = await client.call_tool("send_message", {"message": "kept private"})
+            assert not sent.is_error, sent
+        # The server holds its connection open: the WAL and shared-memory files exist now.
+        files = [path, path.with_name("bridge.db-wal"), path.with_name("bridge.db-shm")]
+        assert all(f.exists() for f in files), list(data.iterdir())
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        assert _mode(data) == 0o700
+
+
+async def test_the_access_log_never_records_a_query_string(migrated_sqlite_url: str) -> None:
+    secret = f"query-secret-{uuid.uuid4().hex}"
+    async with serve_process(migrated_sqlite_url) as server:
+        assert server.url is not None
+        base = server.url.removesuffix("/mcp")
+        async with httpx2.AsyncClient() as http:
+            response = await http.get(f"{base}/healthz", params={"access_token": secret})
+            assert response.status_code == 200
+        await wait_for(
+            lambda: server.count('"GET /healthz HTTP/1.1" 200'),
+            what="the access log line of the request",
+        )
+    assert secret not in server.log
+    assert "access_token" not in server.log
+
+
+async def test_debug_logging_shows_no_task_text_or_sql_parameters(
+    migrated_sqlite_url: str,
+) -> None:
+    text = f"private task text {uuid.uuid4().hex}"
+    async with serve_process(migrated_sqlite_url, NEXUS_BRIDGE_LOG_LEVEL="DEBUG") as server:
+        assert server.url is not None
+        async with Client(server.url) as client:
+            sent = await client.call_tool("send_message", {"message": text})
+            assert not sent.is_error, sent
+            listed = await client.call_tool("list_messages", {})
+            assert text in str(listed.structured_content)
+        await wait_for(
+            lambda: server.count('"POST /mcp HTTP/1.1" 200') >= 2,
+            what="the access log lines of the calls",
+        )
+    assert text not in server.log
+    assert " aiosqlite: " not in server.log
+    assert "DEBUG" in server.log  # the bridge's own debug lines are still there
+
+
+async def test_the_generated_agent_token_is_printed_once_then_only_its_file(
+    migrated_sqlite_url: str,
+) -> None:
+    token_file = sqlite_path(migrated_sqlite_url).parent / "agent-token"
+    async with serve_process(migrated_sqlite_url) as first:
+        token = token_file.read_text().strip()
+        assert first.count(token) == 1  # shown to the operator on the start that made it
+    async with serve_process(migrated_sqlite_url) as second:
+        assert token_file.read_text().strip() == token
+        assert second.count(f'NEXUS_BRIDGE_AGENT_TOKEN="$(cat {token_file})"') == 1
+    assert token not in second.log
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_serve_on_the_ipv6_loopback_starts_and_answers(migrated_sqlite_url: str) -> None:
+    async with serve_process(migrated_sqlite_url, host="::1") as server:
+        assert server.url is not None
+        assert server.url.startswith("http://[::1]:")
+        async with httpx2.AsyncClient() as http:
+            response = await http.get(server.url.removesuffix("/mcp") + "/healthz")
+        assert response.status_code == 200
+
+
+async def test_serve_on_a_busy_port_is_one_line_naming_the_port(migrated_sqlite_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            NEXUS_BRIDGE,
+            "serve",
+            "--port",
+            str(port),
+            env=subprocess_env(migrated_sqlite_url),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _out, err = await asyncio.wait_for(proc.communicate(), timeout=DEADLINE_SECONDS)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2, lines
+    assert lines == [
+        f"nexus-bridge: error: NEXUS_BRIDGE_PORT: 127.0.0.1:{port} is already in use (another "
+        "nexus-bridge?); stop it, or choose another port with --port or NEXUS_BRIDGE_PORT"
+    ]

@@ -210,3 +210,61 @@ def test_public_url_must_be_the_mcp_endpoint(url: str) -> None:
 
 def test_public_url_counts_as_authentication_for_a_public_bind() -> None:
     settings(host="0.0.0.0", public_url="https://mcp.example.net/mcp").check_serve_security()
+
+
+def test_an_unknown_log_level_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"NEXUS_BRIDGE_LOG_LEVEL: must be one of DEBUG, INFO"):
+        load_settings(_env_file=None, log_level="LOUD")
+    assert load_settings(_env_file=None, log_level=" debug ").log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("", "not a database URL"),
+        ("bridge.db", "not a database URL"),
+        ("sqlite:///x.db", "needs sqlite+aiosqlite: sqlite+aiosqlite:///x.db"),
+        ("postgresql://u:pw-secret@db/q", "postgresql+asyncpg://u:***@db/q"),
+        ("postgresql+psycopg://u@db/q", "needs postgresql+asyncpg"),
+        ("mysql+aiomysql://u@db/q", "unsupported database 'mysql'"),
+        ("sqlite+aiosqlite://", "names no database file"),
+    ],
+)
+def test_a_database_url_nexus_bridge_cannot_use_is_refused_saying_what_to_write(
+    url: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None, database_url=url)
+    message = str(refused.value)
+    assert message.startswith("invalid configuration: NEXUS_BRIDGE_DATABASE_URL: ")
+    assert says in message
+    assert "Value error" not in message
+    assert "pw-secret" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite+aiosqlite:////var/lib/nexus/bridge.db", "postgresql+asyncpg://u:p@db:5432/q"]
+)
+def test_supported_database_urls_are_accepted(url: str) -> None:
+    assert load_settings(_env_file=None, database_url=url).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("STALL_SECONDS", "inf", "finite number"),
+        ("SHUTDOWN_GRACE_SECONDS", "Infinity", "finite number"),
+        ("MAX_WAIT_SECONDS", "1e400", "finite number"),
+        ("CHANGE_POLL_SECONDS", "nan", "finite number"),
+        ("OAUTH_LOCKOUT_SECONDS", "1" + "0" * 20, "less than or equal to"),
+        ("TELEGRAM_LEASE_SECONDS", "1e300", "less than or equal to"),
+        ("SQLITE_BUSY_TIMEOUT_MS", "1" + "0" * 20, "less than or equal to"),
+    ],
+)
+def test_an_endless_or_absurd_duration_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(f"NEXUS_BRIDGE_{variable}", value)
+    with pytest.raises(ConfigError, match=f"NEXUS_BRIDGE_{variable}: .*{says}"):
+        load_settings(_env_file=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from nexus_bridge.logs import REDACTED, RedactSecrets
+from nexus_bridge.logs import REDACTED, RedactSecrets, StripQueryStrings, quiet_noisy_loggers
 
 
 def test_secrets_are_redacted_in_messages_arguments_and_tracebacks() -> None:
@@ -28,3 +28,33 @@ def test_secrets_are_redacted_in_messages_arguments_and_tracebacks() -> None:
     assert "SECRET-TOKEN" not in output
     assert "bearer-secret" not in output
     assert output.count(REDACTED) == 4
+
+
+def test_the_access_log_keeps_the_path_and_drops_the_query_string() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger("test.access")
+    log.setLevel(logging.INFO)
+    log.addFilter(StripQueryStrings())
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        # uvicorn's own format and arguments
+        log.info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/mcp?access_token=abc", "1.1", 200
+        )
+        log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/healthz", "1.1", 200)
+        log.info("no arguments? fine")
+    finally:
+        log.removeHandler(handler)
+    assert stream.getvalue().splitlines() == [
+        '127.0.0.1:5 - "GET /mcp HTTP/1.1" 200',
+        '127.0.0.1:5 - "GET /healthz HTTP/1.1" 200',
+        "no arguments? fine",
+    ]
+
+
+def test_libraries_that_log_sql_parameters_or_messages_stay_quiet_at_debug() -> None:
+    quiet_noisy_loggers()
+    for name in ("aiosqlite", "sqlalchemy.engine.Engine", "asyncpg", "mcp.server.lowlevel"):
+        assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name

@@ -383,3 +383,16 @@ def test_target_names_like_these_are_accepted(name: str) -> None:
 @pytest.mark.parametrize("name", ["", "Homelab", ":felt", "-x", "a b", "a/b", "9" * 101])
 def test_target_names_like_these_are_refused(name: str) -> None:
     assert not TARGET_NAME.fullmatch(name)
+
+
+def test_a_file_holding_agent_tokens_that_others_can_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, TWO_TARGETS)
+    path.chmod(0o644)
+    load_targets(settings(path, **TELEGRAM))
+    assert f"chmod 600 {path}" in caplog.text
+    caplog.clear()
+    path.chmod(0o600)
+    load_targets(settings(path, **TELEGRAM))
+    assert "chmod" not in caplog.text

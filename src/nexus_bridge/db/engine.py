@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any, Final
 
@@ -10,14 +13,70 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only as await_
 
+from nexus_bridge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
 WRITE_OPTION: Final = "nexus_bridge_write"
+DATABASE_VARIABLE: Final = "NEXUS_BRIDGE_DATABASE_URL"
+# The database holds client secrets, token hashes, the passphrase hash and every task: only its
+# owner may read it. SQLite gives the -wal and -shm files the database file's mode.
+DATA_DIRECTORY_MODE: Final = 0o700
+DATABASE_FILE_MODE: Final = 0o600
 
 
-def ensure_sqlite_directory(database_url: str) -> None:
-    """Create the directory of a SQLite file database, so a fresh machine just works."""
+def sqlite_file(database_url: str) -> Path | None:
+    """The file of a SQLite database URL, or None (PostgreSQL, or in memory)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return Path(url.database).expanduser()
+    return None
+
+
+def prepare_sqlite_file(database_url: str) -> None:
+    """Create a SQLite database's directory (0700) and empty file (0600) before SQLite opens it,
+    so a fresh machine just works and nobody else can read the queue; warn about a database
+    file others can read.
+
+    Raises:
+        ConfigError: the directory or the file cannot be created; the message names the path.
+    """
+    path = sqlite_file(database_url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(mode=DATA_DIRECTORY_MODE, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, DATABASE_FILE_MODE)
+    except FileExistsError:
+        if path.is_dir():
+            raise ConfigError(
+                f"{DATABASE_VARIABLE}: {path} is a directory; name a file in it, "
+                f"e.g. {path / 'bridge.db'}"
+            ) from None
+        if not path.parent.is_dir():
+            raise ConfigError(
+                f"{DATABASE_VARIABLE}: {path.parent} is not a directory; choose another path"
+            ) from None
+        _warn_if_readable_by_others(path)
+        return
+    except OSError as exc:
+        raise ConfigError(
+            f"{DATABASE_VARIABLE}: cannot create the database {path}: {exc.strerror} "
+            f"({exc.filename}); choose a directory you can write"
+        ) from None
+    os.close(fd)
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning(
+            "%s is readable by other users (mode %o); it holds secrets and every task: "
+            "chmod 600 %s*",
+            path,
+            mode,
+            path,
+        )
 
 
 def create_engine(
@@ -33,7 +92,7 @@ def create_engine(
     if url.get_backend_name() != "sqlite":
         return create_async_engine(url, pool_pre_ping=True)
 
-    ensure_sqlite_directory(database_url)
+    prepare_sqlite_file(database_url)
     engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
 
     @event.listens_for(engine.sync_engine, "connect")

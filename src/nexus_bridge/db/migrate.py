@@ -7,8 +7,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 import nexus_bridge
+from nexus_bridge.errors import MigrationError
 
 
 def migrations_path() -> Path:
@@ -32,11 +34,28 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+    """Raises MigrationError for a revision, given or found in the database, that is unknown."""
+    try:
+        command.upgrade(alembic_config(database_url), revision)
+    except CommandError as exc:
+        raise _explained(exc) from exc
 
 
 def downgrade(database_url: str, revision: str) -> None:
-    command.downgrade(alembic_config(database_url), revision)
+    """Raises MigrationError for a revision, given or found in the database, that is unknown."""
+    try:
+        command.downgrade(alembic_config(database_url), revision)
+    except CommandError as exc:
+        raise _explained(exc) from exc
+
+
+def _explained(exc: CommandError) -> MigrationError:
+    script = ScriptDirectory(str(migrations_path()))
+    known = [r.revision for r in reversed(list(script.walk_revisions()))]
+    return MigrationError(
+        f"{exc}; this nexus-bridge knows revisions {', '.join(known)} (a database at another "
+        "one was migrated by a newer nexus-bridge: upgrade nexus-bridge)"
+    )
 
 
 def head_revisions() -> tuple[str, ...]:

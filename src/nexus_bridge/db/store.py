@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nexus_bridge.db.engine import WRITE_OPTION
@@ -60,7 +61,7 @@ from nexus_bridge.domain import (
     Update,
     UpdateKind,
 )
-from nexus_bridge.errors import DuplicateTask, InvalidInput, TaskNotFound
+from nexus_bridge.errors import DatabaseUnreachable, DuplicateTask, InvalidInput, TaskNotFound
 
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
@@ -955,14 +956,32 @@ class Store:
         self._is_postgres = engine.dialect.name == "postgresql"
 
     @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection; failing to open one is DatabaseUnreachable, with the driver's reason."""
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except (OSError, DBAPIError) as exc:
+            raise DatabaseUnreachable(_reason(exc)) from exc
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def check_connection(self) -> None:
+        """Raises DatabaseUnreachable unless a connection to the database opens."""
+        async with self._connect():
+            pass
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[StoreTransaction]:
-        async with self.engine.connect() as conn, conn.begin():
+        async with self._connect() as conn, conn.begin():
             yield StoreTransaction(conn)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[StoreTransaction]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             conn = await conn.execution_options(**{WRITE_OPTION: True})
             async with conn.begin():
                 if self._is_postgres:
@@ -971,3 +990,12 @@ class Store:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words, on one line (SQLAlchemy appends a multi-line background note)."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(inner, OSError) and inner.errno and inner.errno > 0 and inner.strerror:
+        # asyncpg's "[Errno 111] Connect call failed (...)" never says "refused" in words.
+        return f"{os.strerror(inner.errno)}: {inner.strerror}"
+    return " ".join(str(inner).split()) or type(inner).__name__
