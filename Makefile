@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-# uv installs the dependencies. A pinned uv is bootstrapped from PyPI, with pip, into its own small
-# virtualenv the first time; `make UV=uv …` uses one already on the machine instead.
+# uv installs the dependencies. It is bootstrapped from PyPI the first time, with pip, into .tools/:
+# the release and hashes in uv-requirements.txt (`make lock` writes it for UV_VERSION). `make UV=uv …`
+# uses a uv already on the machine instead.
 UV_VERSION := 0.13.9
 TOOLS      := .tools
-UV_STAMP   := $(TOOLS)/.uv-$(UV_VERSION)
+UV_STAMP   := $(TOOLS)/.installed
 UV         ?= $(TOOLS)/bin/uv
+PIP_QUIET  := --quiet --disable-pip-version-check --root-user-action=ignore
 
 # uv manages $(VENV) with $(PYTHON), never with a Python it would download. --locked: uv.lock is
 # installed as it is, and a uv.lock that no longer matches pyproject.toml is an error, not updated.
@@ -22,11 +24,14 @@ SYNC := $(UV) sync --quiet --locked --python $(PYTHON)
 
 .PHONY: uv install install-runtime lock dist node-deps run migrate lint format test bench clean
 
-$(UV_STAMP):
+# pip --target needs no virtualenv (seconds faster); a Python whose pip refuses that, or that has
+# no pip outside a virtualenv, gets one.
+$(UV_STAMP): uv-requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nexus-bridge needs Python >= 3.11; set PYTHON=python3.11")'
 	rm -rf $(TOOLS)
-	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+	$(PYTHON) -m pip install $(PIP_QUIET) --require-hashes --target $(TOOLS) -r uv-requirements.txt \
+	|| { rm -rf $(TOOLS) && $(PYTHON) -m venv $(TOOLS) \
+	     && $(TOOLS)/bin/python -m pip install $(PIP_QUIET) --require-hashes -r uv-requirements.txt; }
 	@touch $(UV_STAMP)
 
 uv: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(UV_STAMP))
@@ -41,10 +46,12 @@ install: uv
 install-runtime: uv
 	$(SYNC) --inexact
 
-# Re-resolve after a change to pyproject.toml, keeping every other pin; `$(UV) lock --upgrade`
-# moves everything to the newest allowed release.
+# Re-resolve after a change to pyproject.toml, keeping every other pin (`$(UV) lock --upgrade`
+# moves everything to the newest allowed release), and pin uv itself to UV_VERSION, with hashes.
 lock: uv
 	$(UV) lock --python $(PYTHON)
+	echo 'uv==$(UV_VERSION)' | $(UV) pip compile --quiet --universal --generate-hashes \
+	  --python-version 3.11 --custom-compile-command 'make lock' --output-file uv-requirements.txt -
 
 # A wheel and an sdist in dist/ (the wheel carries the migrations).
 dist: uv
