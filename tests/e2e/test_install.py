@@ -1,6 +1,7 @@
-"""The distribution: ``uv build`` makes a wheel and an sdist, and the wheel, installed with the
-locked runtime dependencies into a fresh virtualenv outside the repository, is a working
-``nexus-bridge`` (``db upgrade``, ``serve``, ``agent …``) that carries its own migrations."""
+"""Installing: uv.lock agrees with pyproject.toml and pins every dependency, with hashes, from
+PyPI; ``uv build`` makes a wheel and an sdist, and the wheel, installed with the locked runtime
+dependencies into a fresh virtualenv outside the repository, is a working ``nexus-bridge``
+(``db upgrade``, ``serve``, ``agent …``) that carries its own migrations."""
 
 from __future__ import annotations
 
@@ -14,15 +15,18 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tomllib
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from tests.conftest import DEADLINE_SECONDS, REPO_ROOT, wait_for
 from tests.e2e.test_process import ServerProcess
 
+PYPI: Final = "https://pypi.org/simple"
 # The test tools of the `dev` extra: none of them belongs in a runtime install.
 TEST_TOOLS = {"pytest", "pytest-asyncio", "mypy", "ruff", "playwright", "hypothesis"}
 INSTALL_TIMEOUT_SECONDS = 300
@@ -74,6 +78,21 @@ def pins(requirements: str) -> set[tuple[str, str]]:
 def http_status(url: str) -> int:
     with urllib.request.urlopen(url, timeout=DEADLINE_SECONDS) as response:
         return int(response.status)
+
+
+def test_the_lock_agrees_with_pyproject_and_pins_every_package_from_pypi_with_hashes() -> None:
+    run(uv(), "lock", "--check", cwd=REPO_ROOT)
+    lock = tomllib.loads((REPO_ROOT / "uv.lock").read_text())
+    packages = {package["name"]: package for package in lock["package"]}
+    assert packages.pop("nexus-bridge")["source"] == {"editable": "."}
+    assert packages.keys() >= TEST_TOOLS
+    for name, package in packages.items():
+        assert package["source"] == {"registry": PYPI}, name
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        assert files, name
+        for file in files:
+            assert file["url"].startswith("https://files.pythonhosted.org/"), (name, file)
+            assert file["hash"].startswith("sha256:"), (name, file)
 
 
 @pytest.fixture(scope="module")
