@@ -53,9 +53,13 @@ lock: uv
 	echo 'uv==$(UV_VERSION)' | $(UV) pip compile --quiet --universal --generate-hashes \
 	  --python-version 3.11 --custom-compile-command 'make lock' --output-file uv-requirements.txt -
 
-# A wheel and an sdist in dist/ (the wheel carries the migrations).
+# A wheel and an sdist in dist/ (the wheel carries the migrations), and constraints.txt: the
+# locked runtime versions, for installing the wheel with exactly those (README: Installing).
 dist: uv
+	rm -rf dist
 	$(UV) build --python $(PYTHON) --out-dir dist
+	$(UV) export --quiet --locked --no-dev --no-emit-project --no-hashes --format requirements-txt \
+	  --output-file dist/constraints.txt
 
 NODE_STAMP := tests/ts/node_modules/.installed
 

@@ -96,6 +96,36 @@ def test_the_lock_agrees_with_pyproject_and_pins_every_package_from_pypi_with_ha
 
 
 @pytest.fixture(scope="module")
+def locked_runtime(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[tuple[str, str]]]:
+    """The runtime dependencies as uv.lock pins them: a requirements file (with hashes) and the
+    (name, version) pairs in it, for every platform."""
+    locked = tmp_path_factory.mktemp("lock") / "runtime.txt"
+    run(
+        uv(), "export", "--locked", "--no-dev", "--no-emit-project", "--format",
+        "requirements-txt", "--output-file", str(locked), cwd=REPO_ROOT,
+    )  # fmt: skip
+    runtime = pins(locked.read_text())
+    assert runtime, "the export named no requirement"
+    assert not {name for name, _ in runtime} & TEST_TOOLS
+    return locked, runtime
+
+
+def test_make_run_installs_the_locked_runtime_and_no_test_tool(
+    locked_runtime: tuple[Path, set[tuple[str, str]]], tmp_path: Path
+) -> None:
+    make = shutil.which("make")
+    assert make, "make is not on PATH"
+    venv = tmp_path / "venv"
+    run(make, f"UV={uv()}", f"VENV={venv}", "install-runtime", cwd=REPO_ROOT)
+    frozen = run(uv(), "pip", "freeze", "--python", str(venv / "bin" / "python"), cwd=tmp_path)
+    installed = pins(frozen.stdout)
+    _, runtime = locked_runtime
+    assert installed <= runtime, installed - runtime
+    assert {"sqlalchemy", "alembic", "mcp", "uvicorn"} <= {name for name, _ in installed}
+    assert f"-e file://{REPO_ROOT}" in frozen.stdout
+
+
+@pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``uv build``'s output: the sdist, and the wheel built from that sdist."""
     out = tmp_path_factory.mktemp("dist")
@@ -123,17 +153,10 @@ def test_the_build_makes_a_wheel_and_an_sdist_that_both_carry_the_migrations(dis
 
 
 async def test_the_wheel_installed_outside_the_repository_migrates_serves_and_takes_agent_commands(
-    wheel: Path, tmp_path: Path
+    wheel: Path, locked_runtime: tuple[Path, set[tuple[str, str]]], tmp_path: Path
 ) -> None:
     assert not tmp_path.is_relative_to(REPO_ROOT)
-    locked = tmp_path / "runtime.txt"
-    run(
-        uv(), "export", "--locked", "--no-dev", "--no-emit-project", "--format",
-        "requirements-txt", "--output-file", str(locked), cwd=REPO_ROOT,
-    )  # fmt: skip
-    runtime = pins(await asyncio.to_thread(locked.read_text))
-    assert runtime, "the export named no requirement"
-    assert not {name for name, _ in runtime} & TEST_TOOLS
+    locked, runtime = locked_runtime
 
     venv = tmp_path / "venv"
     python = venv / "bin" / "python"
