@@ -48,10 +48,13 @@ install-runtime: uv
 
 # Re-resolve after a change to pyproject.toml, keeping every other pin (`$(UV) lock --upgrade`
 # moves everything to the newest allowed release), and pin uv itself to UV_VERSION, with hashes.
+# (uv-requirements.txt is replaced only when it changes, so that uv is not bootstrapped again.)
 lock: uv
 	$(UV) lock --python $(PYTHON)
+	@mkdir -p $(TOOLS)
 	echo 'uv==$(UV_VERSION)' | $(UV) pip compile --quiet --universal --generate-hashes \
-	  --python-version 3.11 --custom-compile-command 'make lock' --output-file uv-requirements.txt -
+	  --python-version 3.11 --custom-compile-command 'make lock' --output-file $(TOOLS)/uv-requirements.txt -
+	cmp -s $(TOOLS)/uv-requirements.txt uv-requirements.txt || cp $(TOOLS)/uv-requirements.txt uv-requirements.txt
 
 # A wheel and an sdist in dist/ (the wheel carries the migrations), and constraints.txt: the
 # locked runtime versions, for installing the wheel with exactly those (README: Installing).
