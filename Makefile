@@ -37,7 +37,7 @@ $(UV_STAMP): uv-requirements.txt
 uv: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(UV_STAMP))
 
 # Everything: the runtime dependencies and the `dev` extra (pytest, mypy, ruff, playwright, …),
-# exactly as locked; anything else in $(VENV) is removed.
+# exactly as locked; any other package in $(VENV) is removed.
 install: uv
 	$(SYNC) --extra dev
 
