@@ -1,7 +1,8 @@
 """Installing: uv.lock agrees with pyproject.toml and pins every dependency, with hashes, from
-PyPI; ``uv build`` makes a wheel and an sdist, and the wheel, installed with the locked runtime
-dependencies into a fresh virtualenv outside the repository, is a working ``nexus-bridge``
-(``db upgrade``, ``serve``, ``agent …``) that carries its own migrations."""
+PyPI; ``make run`` installs the locked runtime set and no test tool; ``uv build`` makes a wheel
+and an sdist, and the wheel, installed with the locked runtime dependencies into a fresh
+virtualenv outside the repository, is a working ``nexus-bridge`` (``db upgrade``, ``serve``,
+``agent …``) that carries its own migrations."""
 
 from __future__ import annotations
 
