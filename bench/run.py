@@ -7,6 +7,11 @@ Every figure is compared with a baseline measured in the same run, on the same m
 3. ``pull_updates`` latency with 1M vs 1k update rows (target <= 1.5x: flat).
 4. An agent's Telegram reply reaching a client waiting in ``pull_updates(wait_seconds=…)`` vs the
    same wait woken by a service-layer insert (target: p99 < 100 ms on loopback).
+5. The agent grammar on 10,000-character inputs, ordinary and adversarial (worst one reported)
+   vs ``str.splitlines()`` on the same input (target: median < 10 ms).
+
+``--only N`` (repeatable) runs only the numbered benchmarks. The exit status is 1 when a target
+is missed.
 
 Progress goes to stderr, the table to stdout. Temporary databases live in one temporary
 directory that is removed at the end, whatever happens.
@@ -29,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_enqueue
+import bench_grammar
 import bench_pull
 import bench_roundtrip
 import bench_telegram
@@ -47,6 +53,8 @@ class Sizes:
     pull_warmup: int
     telegram_replies: int
     telegram_warmup: int
+    grammar_iterations: int
+    grammar_warmup: int
 
 
 FULL = Sizes(
@@ -60,6 +68,8 @@ FULL = Sizes(
     pull_warmup=20,
     telegram_replies=200,
     telegram_warmup=10,
+    grammar_iterations=200,
+    grammar_warmup=10,
 )
 QUICK = Sizes(
     roundtrip_iterations=60,
@@ -72,7 +82,12 @@ QUICK = Sizes(
     pull_warmup=3,
     telegram_replies=20,
     telegram_warmup=3,
+    grammar_iterations=20,
+    grammar_warmup=2,
 )
+
+
+SECTIONS = ("1", "2", "3", "4", "5")
 
 
 def _label(rows: int) -> str:
@@ -83,72 +98,90 @@ def _label(rows: int) -> str:
     return str(rows)
 
 
+def _pull(report: Report, template: Path, scratch: Path, sizes: Sizes) -> None:
+    datasets = []
+    for rows in (sizes.small_rows, sizes.big_rows):
+        label = _label(rows)
+        path = copy_database(template, scratch / f"pull-{label}.db")
+        start = time.perf_counter()
+        fill_updates(path, rows)
+        size_mb = path.stat().st_size / 1e6
+        progress(
+            f"filled {label} update rows in {time.perf_counter() - start:.1f}s ({size_mb:.0f} MB)"
+        )
+        datasets.append(bench_pull.Dataset(label=label, path=path, rows=rows))
+    asyncio.run(
+        bench_pull.run(
+            report,
+            datasets[0],
+            datasets[1],
+            iterations=sizes.pull_iterations,
+            warmup=sizes.pull_warmup,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="N",
+        help="run only benchmark N (1-5); repeat for several",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    chosen = set(args.only or SECTIONS)
     began = time.perf_counter()
     report = Report()
 
     with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
-        progress("migrating a template database (alembic upgrade head)")
-        template = migrated_template(scratch)
-
-        roundtrip_db = copy_database(template, scratch / "roundtrip.db")
-        asyncio.run(
-            bench_roundtrip.run(
-                report,
-                roundtrip_db,
-                iterations=sizes.roundtrip_iterations,
-                warmup=sizes.roundtrip_warmup,
+        if chosen & {"1", "2", "3", "4"}:
+            progress("migrating a template database (alembic upgrade head)")
+            template = migrated_template(scratch)
+        if "1" in chosen:
+            roundtrip_db = copy_database(template, scratch / "roundtrip.db")
+            asyncio.run(
+                bench_roundtrip.run(
+                    report,
+                    roundtrip_db,
+                    iterations=sizes.roundtrip_iterations,
+                    warmup=sizes.roundtrip_warmup,
+                )
             )
-        )
-
-        enqueue_db = copy_database(template, scratch / "enqueue.db")
-        asyncio.run(
-            bench_enqueue.run(
-                report,
-                enqueue_db,
-                scratch,
-                operations=sizes.enqueue_operations,
-                warmup=sizes.enqueue_warmup,
+        if "2" in chosen:
+            enqueue_db = copy_database(template, scratch / "enqueue.db")
+            asyncio.run(
+                bench_enqueue.run(
+                    report,
+                    enqueue_db,
+                    scratch,
+                    operations=sizes.enqueue_operations,
+                    warmup=sizes.enqueue_warmup,
+                )
             )
-        )
-
-        datasets = []
-        for rows in (sizes.small_rows, sizes.big_rows):
-            label = _label(rows)
-            path = copy_database(template, scratch / f"pull-{label}.db")
-            start = time.perf_counter()
-            fill_updates(path, rows)
-            size_mb = path.stat().st_size / 1e6
-            progress(
-                f"filled {label} update rows in {time.perf_counter() - start:.1f}s "
-                f"({size_mb:.0f} MB)"
+        if "3" in chosen:
+            _pull(report, template, scratch, sizes)
+        if "4" in chosen:
+            telegram_db = copy_database(template, scratch / "telegram.db")
+            asyncio.run(
+                bench_telegram.run(
+                    report,
+                    telegram_db,
+                    replies=sizes.telegram_replies,
+                    warmup=sizes.telegram_warmup,
+                )
             )
-            datasets.append(bench_pull.Dataset(label=label, path=path, rows=rows))
-        asyncio.run(
-            bench_pull.run(
-                report,
-                datasets[0],
-                datasets[1],
-                iterations=sizes.pull_iterations,
-                warmup=sizes.pull_warmup,
+        if "5" in chosen:
+            asyncio.run(
+                bench_grammar.run(
+                    report, iterations=sizes.grammar_iterations, warmup=sizes.grammar_warmup
+                )
             )
-        )
-
-        telegram_db = copy_database(template, scratch / "telegram.db")
-        asyncio.run(
-            bench_telegram.run(
-                report,
-                telegram_db,
-                replies=sizes.telegram_replies,
-                warmup=sizes.telegram_warmup,
-            )
-        )
 
     elapsed = time.perf_counter() - began
     progress(f"done in {elapsed:.0f}s; scratch directory removed")
@@ -162,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render())
     failed = [row.name for row in report.rows if row.result == "FAIL"]
     print(f"\n{len(failed)} of {sum(row.judged for row in report.rows)} targets missed.")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

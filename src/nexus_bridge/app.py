@@ -10,21 +10,25 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, Final
+from urllib.parse import parse_qs, urlparse
 
 import uvicorn
+from mcp.server.auth.handlers.metadata import MetadataHandler
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+from mcp.server.auth.routes import build_metadata, cors_middleware
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus_bridge import config
 from nexus_bridge.agent_tools import AGENT_MCP_PATH, agent_auth_settings, create_agent_server
@@ -34,7 +38,7 @@ from nexus_bridge.consent import consent_routes
 from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.mcp_tools import create_mcp_server
-from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
+from nexus_bridge.oauth import CONSENT_PATH, BridgeOAuthProvider, OAuthPolicy, RegistrationsFull
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
 from nexus_bridge.targets import Transport
@@ -49,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 WEBHOOK_PATH = "/telegram/webhook"
+# The OAuth endpoints and the consent form take small forms and JSON documents only.
+OAUTH_BODY_PATHS: Final = frozenset({"/register", "/authorize", "/token", "/revoke", CONSENT_PATH})
+MAX_OAUTH_BODY_BYTES: Final = 64 * 1024
+AUTH_SERVER_METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
 
 
 @dataclass
@@ -205,6 +213,7 @@ def oauth_provider(
         lockout_seconds=settings.oauth_lockout_seconds,
         failure_delay_seconds=settings.oauth_failure_delay_seconds,
         extra_redirect_uris=tuple(settings.oauth_redirect_uris),
+        max_unused_clients=settings.oauth_max_unused_clients,
     )
     return BridgeOAuthProvider(runtime.store, policy, static_tokens=static)
 
@@ -248,19 +257,26 @@ def webhook_route(transport: TelegramTransport) -> Route:
     return Route(WEBHOOK_PATH, webhook, methods=["POST"])
 
 
-def transport_security(settings: Settings) -> TransportSecuritySettings:
-    """DNS-rebinding protection: loopback names, the bind address, and ALLOWED_HOSTS."""
+def allowed_host_names(settings: Settings) -> list[str]:
+    """The Host names the bridge answers to: loopback names, the bind address, ``PUBLIC_URL``'s
+    and ``TELEGRAM_WEBHOOK_URL``'s hosts, and ``ALLOWED_HOSTS``."""
     hosts = list(LOOPBACK_HOSTS)
     if settings.host not in ("0.0.0.0", "::", "") and settings.host not in hosts:  # noqa: S104
         hosts.append(f"[{settings.host}]" if ":" in settings.host else settings.host)
     hosts.extend(settings.allowed_hosts)
-    if settings.public_url:
-        public = urlparse(settings.public_url).netloc
-        if public not in hosts:
-            hosts.append(public)
+    for url in (settings.public_url, settings.telegram_webhook_url):
+        if url:
+            public = urlparse(url).netloc
+            if public and public not in hosts:
+                hosts.append(public)
+    return hosts
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection: the allowed host names, with any port unless one is given."""
     allowed_hosts: list[str] = []
     allowed_origins: list[str] = []
-    for host in hosts:
+    for host in allowed_host_names(settings):
         has_port = host.rsplit("]", 1)[-1].count(":") == 1
         allowed_hosts.append(host)
         if not has_port:
@@ -274,6 +290,128 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
         allowed_hosts=allowed_hosts,
         allowed_origins=allowed_origins,
     )
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
+    """The rule /mcp's transport security applies: an exact match, or ``name:*`` and a port."""
+    if not host:
+        return False
+    host = host.lower()
+    name, _, port = host.rpartition(":")
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if host == pattern or (pattern.endswith(":*") and name == pattern[:-2] and port.isdigit()):
+            return True
+    return False
+
+
+class HostGuard:
+    """Around the whole app, so no route can forget it: a ``Host`` the bridge does not answer to
+    gets 421 (DNS rebinding), and the OAuth endpoints' bodies are capped."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self._allowed = tuple(allowed_hosts)
+        self._limited = RequestBodyLimitMiddleware(app, MAX_OAUTH_BODY_BYTES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host")
+        if not host_allowed(host, self._allowed):
+            logger.warning("refused a request for Host %.100r: not an allowed host name", host)
+            await PlainTextResponse("Invalid Host header", status_code=421)(scope, receive, send)
+            return
+        inner = self._limited if scope["path"] in OAUTH_BODY_PATHS else self.app
+        await inner(scope, receive, send)
+
+
+def token_resource_guard(inner: ASGIApp, policy: OAuthPolicy) -> ASGIApp:
+    """POST /token: a ``resource`` that is another server's is ``invalid_target`` (RFC 8707).
+    The SDK's handler does not hand it to the provider, so it is checked here. (Only in a
+    urlencoded form, as RFC 6749 sends it; whatever is sent, the token is issued for the resource
+    the code or refresh token carries, which the provider checks too.)"""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await inner(scope, receive, send)
+            return
+        body = bytearray()  # bounded by HostGuard's body limit
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        for resource in parse_qs(body.decode("utf-8", "replace")).get("resource", []):
+            refused = policy.refuse_resource(resource)
+            if refused is not None:
+                response = JSONResponse(
+                    {"error": "invalid_target", "error_description": refused},
+                    status_code=400,
+                    headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+                )
+                await response(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await inner(scope, replay, send)
+
+    return guarded
+
+
+def registrations_full_guard(inner: ASGIApp) -> ASGIApp:
+    """POST /register: 429 while too many registered clients wait for their first token."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await inner(scope, receive, send)
+        except RegistrationsFull as exc:
+            response = JSONResponse(
+                {"error": "temporarily_unavailable", "error_description": str(exc)},
+                status_code=429,
+                headers={"Retry-After": "600", "Cache-Control": "no-store"},
+            )
+            await response(scope, receive, send)
+
+    return guarded
+
+
+def _wrap_route(app: Starlette, path: str, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.path == path:
+            route.app = wrap(route.app)
+
+
+def adapt_oauth_routes(
+    app: Starlette, server: MCPServer[Any], provider: BridgeOAuthProvider
+) -> None:
+    """The SDK's OAuth routes, with this bridge's policy where the SDK has no hook for it."""
+    _wrap_route(app, "/token", lambda inner: token_resource_guard(inner, provider.policy))
+    _wrap_route(app, "/register", registrations_full_guard)
+    auth = server.settings.auth
+    if auth is None:
+        return
+    metadata = build_metadata(
+        auth.issuer_url,
+        auth.service_documentation_url,
+        auth.client_registration_options or ClientRegistrationOptions(),
+        auth.revocation_options or RevocationOptions(),
+    )
+    # Public clients (token_endpoint_auth_method "none") are accepted: say so.
+    methods = [*(metadata.token_endpoint_auth_methods_supported or []), "none"]
+    metadata = metadata.model_copy(update={"token_endpoint_auth_methods_supported": methods})
+    handler = cors_middleware(MetadataHandler(metadata).handle, ["GET", "OPTIONS"])
+    _wrap_route(app, AUTH_SERVER_METADATA_PATH, lambda _sdk: handler)
 
 
 def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
@@ -318,6 +456,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
     )
     if bridge.oauth is not None:
+        adapt_oauth_routes(app, bridge.mcp, bridge.oauth)
         app.router.routes.extend(consent_routes(bridge.oauth))
     app.router.routes.append(agent_route(bridge, settings))
     if bridge.transport is not None and bridge.transport.webhook_secret is not None:
@@ -334,6 +473,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
             await bridge.close()
 
     app.router.lifespan_context = lifespan
+    app.add_middleware(HostGuard, allowed_hosts=transport_security(settings).allowed_hosts)
     app.state.bridge = bridge
     return app
 

@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     oauth_lockout_seconds: int = Field(default=900, ge=1)
     oauth_failure_delay_seconds: float = Field(default=1.0, ge=0)
     oauth_redirect_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    oauth_max_unused_clients: int = Field(default=100, ge=1)
 
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: int | None = None

@@ -30,7 +30,9 @@ _CSP_ORIGIN: Final = re.compile(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]-]+")
 SECURITY_HEADERS: Final = {
     "Content-Security-Policy": _CSP.format(form_action="'self'"),
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it browsers send the form with ``Origin: null``, which says nothing
+    # about which site sent it. same-origin still sends no Referer to the client's site.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
@@ -140,8 +142,10 @@ def consent_routes(provider: BridgeOAuthProvider) -> list[Route]:
         return await show(request)
 
     async def consent_post(request: Request) -> Response:
+        # A browser always sends Origin with a form; "null" (a sandboxed frame, a data: page)
+        # is not the bridge's page. Without Origin, it is not a browser: no CSRF to fear.
         origin = request.headers.get("origin")
-        if origin and origin not in (provider.policy.issuer, "null"):
+        if origin is not None and origin != provider.policy.issuer:
             return _message("This form must be sent from the bridge's own page.", 403)
         form = await request.form()
         request_id = str(form.get("request", ""))

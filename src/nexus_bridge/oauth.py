@@ -12,7 +12,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -24,11 +26,13 @@ from mcp.server.auth.provider import (
     AccessToken,
     AuthorizationCode,
     AuthorizationParams,
+    AuthorizeError,
     RefreshToken,
     RegistrationError,
     TokenError,
 )
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from mcp.shared.auth_utils import check_resource_allowed
 from pydantic import AnyUrl
 
 from nexus_bridge.auth import StaticTokenVerifier
@@ -46,6 +50,16 @@ CLAUDE_CALLBACKS: Final = (
 LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 REQUEST_SECONDS: Final = 600
 PRUNE_AFTER_DAYS: Final = 7  # expired codes and tokens are kept this long, then forgotten
+# Anyone can register and start an authorization: every stored field is capped.
+MAX_REGISTRATION_CHARS: Final = 16_384  # the whole registration, as stored
+MAX_CLIENT_NAME_CHARS: Final = 200
+MAX_REGISTRATION_FIELD_CHARS: Final = 4096  # any other registration field, as JSON
+MAX_REGISTRATION_LIST_ITEMS: Final = 10  # redirect_uris, contacts, grant_types, ...
+MAX_STATE_CHARS: Final = 1024
+MAX_SCOPE_CHARS: Final = 1024  # the requested scopes (each one registered, but repeatable)
+S256_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
+MAX_PENDING_REQUESTS_PER_CLIENT: Final = 10  # older consent requests of the client are dropped
+UNUSED_CLIENT_SECONDS: Final = 3600  # then a client that got no code or token is forgotten
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
@@ -61,6 +75,10 @@ class OwnerLockedOut(NexusBridgeError):
 
 class ConsentExpired(NexusBridgeError):
     """This authorization request has expired or was already used; start again from your client."""
+
+
+class RegistrationsFull(NexusBridgeError):
+    """Too many registered clients are still waiting for their first token; try again later."""
 
 
 class NoPassphrase(NexusBridgeError):
@@ -79,11 +97,24 @@ class OAuthPolicy:
     lockout_seconds: int = 900
     failure_delay_seconds: float = 1.0
     extra_redirect_uris: tuple[str, ...] = ()
+    max_unused_clients: int = 100
 
     @property
     def issuer(self) -> str:
         parsed = urlparse(self.public_url)
         return f"{parsed.scheme}://{parsed.netloc}"
+
+    def resource_allowed(self, resource: str | None) -> bool:
+        """RFC 8707: a token may only be for this server, ``PUBLIC_URL`` (or a parent of it on
+        the same origin). None: the client named no resource, so this one."""
+        return resource is None or check_resource_allowed(resource, self.public_url)
+
+    def refuse_resource(self, resource: str | None) -> str | None:
+        """The ``invalid_target`` description for a resource that is another server's."""
+        if self.resource_allowed(resource):
+            return None
+        shown = resource if resource is not None and len(resource) <= 200 else "(too long)"
+        return f"resource must be this server, {self.public_url}; refused: {shown}"
 
 
 def token_hash(token: str) -> str:
@@ -133,6 +164,46 @@ def redirect_uri_allowed(uri: str, extra: tuple[str, ...] = ()) -> bool:
     return parsed.scheme in ("http", "https") and (parsed.hostname or "") in LOOPBACK_NAMES
 
 
+def registration_too_large(client_info: OAuthClientInformationFull) -> str | None:
+    """Why a registration is too large to store, naming the field; None if it fits."""
+    fields = client_info.model_dump(mode="json", exclude_none=True)
+    for name, value in fields.items():
+        if isinstance(value, list) and len(value) > MAX_REGISTRATION_LIST_ITEMS:
+            return f"{name} has more than {MAX_REGISTRATION_LIST_ITEMS} entries"
+        limit = MAX_CLIENT_NAME_CHARS if name == "client_name" else MAX_REGISTRATION_FIELD_CHARS
+        size = len(value) if isinstance(value, str) else len(json.dumps(value))
+        if size > limit:
+            return f"{name} is longer than {limit} characters"
+    if len(client_info.model_dump_json()) > MAX_REGISTRATION_CHARS:
+        return f"the registration is longer than {MAX_REGISTRATION_CHARS} characters"
+    return None
+
+
+def authorization_refused(
+    params: AuthorizationParams, policy: OAuthPolicy
+) -> AuthorizeError | None:
+    """Why an authorization request cannot be parked, naming the parameter; None if it can."""
+    if params.state is not None and len(params.state) > MAX_STATE_CHARS:
+        return AuthorizeError(
+            error="invalid_request",
+            error_description=f"state is longer than {MAX_STATE_CHARS} characters",
+        )
+    if params.scopes is not None and len(" ".join(params.scopes)) > MAX_SCOPE_CHARS:
+        return AuthorizeError(
+            error="invalid_request",
+            error_description=f"scope is longer than {MAX_SCOPE_CHARS} characters",
+        )
+    if not S256_CHALLENGE.fullmatch(params.code_challenge):
+        return AuthorizeError(
+            error="invalid_request",
+            error_description="code_challenge must be 43 characters of base64url (S256)",
+        )
+    refused = policy.refuse_resource(params.resource)
+    if refused is not None:
+        return AuthorizeError(error="invalid_target", error_description=refused)
+    return None
+
+
 def _epoch(value: datetime) -> int:
     return int(value.timestamp())
 
@@ -174,15 +245,26 @@ class BridgeOAuthProvider:
             )
         if client_info.client_id is None:
             raise RegistrationError(error="invalid_client_metadata", error_description="no id")
+        too_large = registration_too_large(client_info)
+        if too_large is not None:
+            raise RegistrationError(error="invalid_client_metadata", error_description=too_large)
+        now = self._now()
         async with self._store.write() as tx:
+            # Registering is open: forget clients that never got a token, and cap how many wait.
+            await tx.oauth_prune_unused_clients(
+                registered_before=now - timedelta(seconds=UNUSED_CLIENT_SECONDS), now=now
+            )
+            if await tx.oauth_count_unused_clients() >= self.policy.max_unused_clients:
+                logger.warning("oauth: refused a registration: too many clients without a token")
+                raise RegistrationsFull()
             await tx.oauth_insert_client(
                 client_id=client_info.client_id,
                 client_name=client_info.client_name,
                 info=client_info.model_dump_json(),
-                at=self._now(),
+                at=now,
             )
         logger.info(
-            "oauth: registered client %s (%s)", client_info.client_id, client_info.client_name
+            "oauth: registered client %s (%r)", client_info.client_id, client_info.client_name
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -193,11 +275,17 @@ class BridgeOAuthProvider:
         """Park the request and send the owner to the consent page."""
         if client.client_id is None:
             raise RegistrationError(error="invalid_client_metadata", error_description="no id")
+        refused = authorization_refused(params, self.policy)
+        if refused is not None:
+            raise refused
         request_id = secrets.token_urlsafe(32)
         now = self._now()
         async with self._store.write() as tx:
             # Anyone can start an authorization: keep the tables from growing without bound.
             await tx.oauth_prune(now=now, keep_after=now - timedelta(days=PRUNE_AFTER_DAYS))
+            await tx.oauth_keep_newest_requests(
+                client.client_id, keep=MAX_PENDING_REQUESTS_PER_CLIENT - 1
+            )
             await tx.oauth_insert_request(
                 id_hash=token_hash(request_id),
                 client_id=client.client_id,
@@ -253,8 +341,12 @@ class BridgeOAuthProvider:
                 raise NoPassphrase()
             if owner.locked_until is not None and owner.locked_until > now:
                 raise OwnerLockedOut()
-            attempts = owner.failed_attempts + 1
-            values: dict[str, object] = {"failed_attempts": attempts, "updated_at": now}
+            attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
+            values: dict[str, object] = {
+                "failed_attempts": attempts,
+                "locked_until": None,
+                "updated_at": now,
+            }
             if attempts >= self.policy.max_failed_attempts:
                 values["locked_until"] = now + timedelta(seconds=self.policy.lockout_seconds)
             await tx.save_owner(**values)
@@ -262,7 +354,7 @@ class BridgeOAuthProvider:
         ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
         if not ok:
             await asyncio.sleep(self.policy.failure_delay_seconds)  # throttle guessing
-            if "locked_until" in values:
+            if values["locked_until"] is not None:
                 logger.warning(
                     "oauth: consent locked for %s s after wrong passphrases",
                     self.policy.lockout_seconds,
@@ -291,6 +383,16 @@ class BridgeOAuthProvider:
         if params.state is not None:
             query["state"] = params.state
         return _with_query(str(params.redirect_uri), query)
+
+    def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
+        """Wrong passphrases still counted: failures decay. They count only within a window of
+        ``lockout_seconds`` from the last one, and a lockout that has run out ends for good (a
+        single wrong guess after it does not lock again; it takes the full count anew)."""
+        if failures >= self.policy.max_failed_attempts:
+            return 0  # the lockout these earned is over (approve() checked locked_until)
+        if now - last_change >= timedelta(seconds=self.policy.lockout_seconds):
+            return 0
+        return failures
 
     async def set_passphrase(self, passphrase: str) -> None:
         hashed = await asyncio.to_thread(hash_passphrase, passphrase)
@@ -327,18 +429,23 @@ class BridgeOAuthProvider:
     async def exchange_authorization_code(
         self, client: OAuthClientInformationFull, authorization_code: AuthorizationCode
     ) -> OAuthToken:
+        refused = self.policy.refuse_resource(authorization_code.resource)
+        if refused is not None:  # a code parked before resources were checked
+            raise TokenError(error="invalid_target", error_description=refused)
         hashed = token_hash(authorization_code.code)
+        # The SDK's errors are frozen dataclasses, which cannot pass through the transaction's
+        # context manager (it sets their __traceback__): decide inside, raise once committed.
         async with self._store.write() as tx:
             row = await tx.oauth_code(hashed)
-            if row is None or not await tx.oauth_use_code(hashed, at=self._now()):
-                raise TokenError(error="invalid_grant", error_description="code already used")
-            return await self._issue(
-                tx,
-                client_id=row.client_id,
-                family_id=row.family_id,
-                scopes=authorization_code.scopes,
-                resource=authorization_code.resource,
-            )
+            if row is not None and await tx.oauth_use_code(hashed, at=self._now()):
+                return await self._issue(
+                    tx,
+                    client_id=row.client_id,
+                    family_id=row.family_id,
+                    scopes=authorization_code.scopes,
+                    resource=authorization_code.resource,
+                )
+        raise TokenError(error="invalid_grant", error_description="code already used")
 
     async def load_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: str
@@ -368,20 +475,23 @@ class BridgeOAuthProvider:
     async def exchange_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: RefreshToken, scopes: list[str]
     ) -> OAuthToken:
+        refused = self.policy.refuse_resource(refresh_token.resource)
+        if refused is not None:  # issued for another server before resources were checked
+            raise TokenError(error="invalid_target", error_description=refused)
         hashed = token_hash(refresh_token.token)
-        async with self._store.write() as tx:
+        async with self._store.write() as tx:  # raise only once committed: see above
             row = await tx.oauth_token(hashed)
-            if row is None or not await tx.oauth_use_token(hashed, at=self._now()):
-                if row is not None:
-                    await tx.oauth_revoke_family(row.family_id, at=self._now())
-                raise TokenError(error="invalid_grant", error_description="refresh token reused")
-            return await self._issue(
-                tx,
-                client_id=row.client_id,
-                family_id=row.family_id,
-                scopes=scopes,
-                resource=refresh_token.resource,
-            )
+            if row is not None and await tx.oauth_use_token(hashed, at=self._now()):
+                return await self._issue(
+                    tx,
+                    client_id=row.client_id,
+                    family_id=row.family_id,
+                    scopes=scopes,
+                    resource=refresh_token.resource,
+                )
+            if row is not None:  # used twice at once: the family is compromised
+                await tx.oauth_revoke_family(row.family_id, at=self._now())
+        raise TokenError(error="invalid_grant", error_description="refresh token reused")
 
     async def _issue(
         self,
@@ -430,6 +540,8 @@ class BridgeOAuthProvider:
             return None
         if row.expires_at <= self._now():
             return None
+        if not self.policy.resource_allowed(row.resource):
+            return None  # its audience is another server (RFC 8707)
         return AccessToken(
             token=token,
             client_id=row.client_id,

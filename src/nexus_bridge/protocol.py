@@ -5,6 +5,11 @@ regexes and the agent's prompt are both built from it, so they cannot drift apar
 
 Messages are plain text (no ``parse_mode``), so task content goes out verbatim and needs no
 escaping.
+
+The agent's text is untrusted (an LLM may echo anything), so every pattern here runs in linear
+time: no two quantifiers can match the same characters, and every repetition is possessive
+(``*+``, ``++``), so the regex engine never backtracks into it. Only the first non-blank line,
+capped at ``MAX_OPENING_CHARS``, is ever scanned for a marker.
 """
 
 from __future__ import annotations
@@ -37,9 +42,14 @@ def task_tag(task_id: str) -> str:
 # Placeholders a marker literal may contain: ``N`` stands for a step number (``2`` or ``2/5``),
 # and a ``<...>`` phrase for free text, which the parser captures (``AgentMessage.responding_to``).
 _NUMBER_PLACEHOLDER: Final = "N"
-_NUMBER_PATTERN: Final = r"\d+(?:\s*(?:/|of)\s*\d+)?"
+# Each token's pattern takes the whitespace after it, so no two quantifiers compete for the same
+# characters; possessive repetition (Python 3.11) then makes backtracking impossible, not just
+# pointless.
+_SPACE: Final = r"\s*+"
+_NUMBER_PATTERN: Final = rf"\d++{_SPACE}(?:(?:/|of){_SPACE}\d++{_SPACE})?+"
 # Free text inside a marker may itself hold one level of brackets: "[Responding to: Fix [x]]".
-_TEXT_PATTERN: Final = r"(?P<text>(?:[^\[\]\n]|\[[^\[\]\n]*\])*)"
+# It runs to the closing bracket, trailing whitespace included (the parser strips it).
+_TEXT_PATTERN: Final = r"(?P<text>(?:[^\[\]\n]|\[[^\[\]\n]*+\])*+)"
 _TOKEN: Final = re.compile(r"<[^>]*>|\S+")
 _EMOJI_VARIATION: Final = "\ufe0f"
 
@@ -57,15 +67,18 @@ class Marker:
         """The regex source that recognises this marker at the start of a line."""
         if not self.literal.startswith("["):  # an emoji, maybe followed by the emoji selector
             return re.escape(self.literal) + f"{_EMOJI_VARIATION}?"
+        tokens = _TOKEN.findall(self.literal[1:-1])
         parts: list[str] = []
-        for token in _TOKEN.findall(self.literal[1:-1]):
+        for index, token in enumerate(tokens):
             if token == _NUMBER_PLACEHOLDER:
                 parts.append(_NUMBER_PATTERN)
             elif token.startswith("<"):
+                if index != len(tokens) - 1:  # possessive free text would swallow what follows
+                    raise ValueError(f"free text must end the marker: {self.literal!r}")
                 parts.append(_TEXT_PATTERN)
             else:
-                parts.append(re.escape(token))
-        return r"\[\s*" + r"\s*".join(parts) + r"\s*\]"
+                parts.append(re.escape(token) + _SPACE)
+        return r"\[" + _SPACE + "".join(parts) + r"\]"
 
 
 MARKERS: Final[tuple[Marker, ...]] = (
@@ -96,14 +109,18 @@ _MARKER_REGEXES: Final = tuple(
 # longer word) or the header form "[task 3f2a9c1e]".
 _TAG: Final = re.compile(
     rf"(?<![\w#])#(?P<hash>[0-9a-f]{{{SHORT_ID_CHARS}}})(?!\w)"
-    rf"|\[\s*task\s+(?P<header>[0-9a-f]{{{SHORT_ID_CHARS}}})\s*\]",
+    rf"|\[\s*+task\s++(?P<header>[0-9a-f]{{{SHORT_ID_CHARS}}})\s*+\]",
     re.IGNORECASE,
 )
 # What may precede the marker on the first line: tags and @mentions, with light punctuation.
-_LEADING_NOISE: Final = re.compile(
-    rf"(?:(?:{_TAG.pattern}|@\w+)[\s:,.\-–—]*)*",
+# One item per match, in a loop (not a repeated group), so each character is read once.
+_LEADING_ITEM: Final = re.compile(
+    rf"(?:{_TAG.pattern}|@\w++)[\s:,.\-–—]*+",
     re.IGNORECASE,
 )
+# How much of the first line is scanned for a marker. Telegram delivers at most this many
+# characters, so no real message is cut; longer input is read only this far.
+MAX_OPENING_CHARS: Final = TELEGRAM_MAX_CHARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,15 +137,18 @@ def parse_agent_message(text: str) -> AgentMessage:
     """Read a message from the agent: the marker that opens it, and the tasks it names.
 
     Only the first non-blank line can carry a marker, at its start (after any leading task tags
-    or @mentions), so a ✅ inside a later step report does not end the task.
+    or @mentions), so a ✅ inside a later step report does not end the task. Linear in the
+    length of ``text``; the marker is looked for in the first ``MAX_OPENING_CHARS`` characters
+    of that line only.
     """
     tags = tuple(
         dict.fromkeys((m.group("hash") or m.group("header")).lower() for m in _TAG.finditer(text))
     )
-    opening = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    noise = _LEADING_NOISE.match(opening)  # always matches, perhaps the empty string
-    if noise is not None:
-        opening = opening[noise.end() :]
+    opening = _opening_line(text)
+    start = 0
+    while (item := _LEADING_ITEM.match(opening, start)) is not None and item.end() > start:
+        start = item.end()
+    opening = opening[start:]
     for marker, regex in _MARKER_REGEXES:
         match = regex.match(opening)
         if match is not None:
@@ -140,6 +160,14 @@ def parse_agent_message(text: str) -> AgentMessage:
                 responding_to=quoted.strip() if quoted is not None else None,
             )
     return AgentMessage(status=None, marker=None, task_tags=tags, responding_to=None)
+
+
+def _opening_line(text: str) -> str:
+    """The first non-blank line, stripped, read no further than ``MAX_OPENING_CHARS``."""
+    # Every line break str.splitlines knows is whitespace, so after lstrip the first line is
+    # the first non-blank one.
+    head = text.lstrip()[:MAX_OPENING_CHARS]
+    return head.splitlines()[0].strip() if head else ""
 
 
 # --- rendering ---------------------------------------------------------------------------------

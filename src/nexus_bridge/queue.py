@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 _ENQUEUE_ATTEMPTS: Final = 5
 _MIN_QUOTE_CHARS: Final = 12  # a shorter quoted first line must match exactly
+# Tags looked up per agent message: a message stuffed with tags costs a bounded number of queries.
+_MAX_TAG_LOOKUPS: Final = 16
 
 # Which timestamp column a status change stamps (the first time it is reached).
 _STAMPS: Final = {
@@ -662,12 +664,17 @@ class QueueService:
 
         The task is found by, first match wins: a reply to one of the task's messages; a task
         tag; a ``[Responding to: <first line>]`` announcement; the target's task in progress.
-        A status change the transition table forbids is recorded as text only.
+        Only ``target``'s tasks are ever found: another target's task is as good as unknown to
+        this agent, on every path. A status change the transition table forbids is recorded as
+        text only.
         """
-        async with self._store.write() as tx:
+        # The text is parsed outside the write transaction: however long parsing takes, it
+        # never holds the database's write lock.
+        async with self._store.read() as tx:
             inbound = await tx.inbound_message(journal_id)
-            text = inbound.text or ""
-            parsed = parse_agent_message(text)
+        text = inbound.text or ""
+        parsed = parse_agent_message(text)
+        async with self._store.write() as tx:
             task = await self._correlate(tx, inbound, parsed, target)
             now = self._clock()
             await tx.insert_update(
@@ -708,12 +715,16 @@ class QueueService:
                 inbound.chat_id, inbound.reply_to_telegram_id
             )
             if task_id is not None:
-                return await tx.get_task(task_id)
-        for tag in parsed.task_tags:
+                replied = await tx.task_of_target(target, task_id)
+                if replied is not None:
+                    return replied
+        for tag in parsed.task_tags[:_MAX_TAG_LOOKUPS]:
             try:
-                return await tx.get_task(tag)
-            except (TaskNotFound, InvalidInput):
+                tagged = await tx.task_of_target(target, tag)
+            except InvalidInput:  # a short id several of the target's tasks share
                 continue
+            if tagged is not None:
+                return tagged
         open_tasks = await tx.open_tasks(target)
         if parsed.responding_to:
             wanted = parsed.responding_to.casefold().rstrip(".…")
@@ -783,15 +794,17 @@ class QueueService:
             await self.signal.wait(generation, remaining)
 
     async def agent_task(self, target: str, task_id: str) -> Task:
-        """A task of ``target``; another target's task is as good as unknown to its agent.
+        """A task of ``target``; another target's task is as good as unknown to its agent (a
+        short id is looked up among the target's own tasks only).
 
         Raises:
             TaskNotFound: no such task for this target.
+            InvalidInput: a short id matches several of the target's tasks.
         """
         async with self._store.write() as tx:
             await tx.touch_presence(target, at=self._clock())
-            task = await tx.get_task(task_id)
-        if task.target != target:
+            task = await tx.task_of_target(target, task_id)
+        if task is None:
             raise TaskNotFound(task_id)
         return task
 

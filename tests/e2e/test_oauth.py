@@ -545,3 +545,398 @@ async def test_expired_consents_codes_and_tokens_are_forgotten(
             }
         await engine.dispose()
         assert counts == {"oauth_requests": 1, "oauth_codes": 0, "oauth_tokens": 0}
+
+
+# --- hostile input: unauthenticated growth (issue 8, finding 3) --------------------------------
+
+
+async def table_counts(b: Bridge, *tables: str) -> dict[str, int]:
+    engine = create_engine(b.settings.database_url)
+    async with engine.connect() as conn:
+        counts = {
+            t: (await conn.execute(text(f"SELECT count(*) FROM {t}"))).scalar() for t in tables
+        }
+    await engine.dispose()
+    return {t: int(c or 0) for t, c in counts.items()}
+
+
+async def execute(b: Bridge, sql: str) -> None:
+    engine = create_engine(b.settings.database_url)
+    async with engine.begin() as conn:
+        await conn.execute(text(sql))
+    await engine.dispose()
+
+
+REGISTRATION = {
+    "redirect_uris": [CALLBACK],
+    "client_name": "Claude",
+    "token_endpoint_auth_method": "none",
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("client_name", "n" * 201, "client_name is longer than 200 characters"),
+        ("redirect_uris", [CALLBACK] * 11, "redirect_uris has more than 10 entries"),
+        ("client_uri", "https://example.net/" + "p" * 5000, "client_uri is longer than 4096"),
+        ("jwks", {"keys": ["k" * 5000]}, "jwks is longer than 4096 characters"),
+        ("contacts", ["c" * 500] * 8, "the registration is longer than 16384 characters"),
+    ],
+)
+async def test_an_oversized_registration_is_refused_naming_the_field(
+    make_settings: Callable[..., Settings], field: str, value: Any, named: str
+) -> None:
+    long_uri = "https://example.net/" + "p" * 4000  # each field fits; all of them do not
+    many = {key: long_uri for key in ("client_uri", "logo_uri", "tos_uri", "policy_uri")}
+    body = {**REGISTRATION, field: value}
+    if named.startswith("the registration"):
+        body.update(many)
+    async with oauth_bridge(make_settings) as b:
+        response = await b.http.post(b.base + "/register", json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_client_metadata"
+        assert named in response.json()["error_description"]
+        assert await table_counts(b, "oauth_clients") == {"oauth_clients": 0}
+
+
+async def test_a_multi_megabyte_body_is_refused_before_it_is_read(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        huge = {**REGISTRATION, "software_id": "x" * 3_000_000}
+        assert (await b.http.post(b.base + "/register", json=huge)).status_code == 413
+        for path in ("/token", "/revoke", "/authorize", "/consent"):
+            response = await b.http.post(b.base + path, data={"state": "s" * 100_000})
+            assert response.status_code == 413, path
+        assert await table_counts(b, "oauth_clients", "oauth_requests") == {
+            "oauth_clients": 0,
+            "oauth_requests": 0,
+        }
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "named"),
+    [
+        ("state", "s" * 1025, "state is longer than 1024 characters"),
+        ("scope", " ".join(["tasks"] * 200), "scope is longer than 1024 characters"),
+        ("code_challenge", "c" * 44, "code_challenge must be 43 characters"),
+        ("code_challenge", "c" * 42 + "!", "code_challenge must be 43 characters"),
+        ("code_challenge", "c" * 20_000, "code_challenge must be 43 characters"),
+    ],
+)
+async def test_an_oversized_authorization_parameter_is_refused_naming_it(
+    make_settings: Callable[..., Settings], param: str, value: str, named: str
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        registered = await b.http.post(
+            b.base + "/register", json={**REGISTRATION, "scope": "tasks"}
+        )
+        client = registered.json()
+        query = {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": CALLBACK,
+            "code_challenge": pkce()[1],
+            "code_challenge_method": "S256",
+            "state": "s",
+            "resource": b.public_url,
+            param: value,
+        }
+        response = await b.http.post(b.base + "/authorize", data=query)
+        assert response.status_code == 302, response.text
+        error = parse_qs(urlparse(response.headers["location"]).query)
+        assert error["error"] == ["invalid_request"]
+        assert named in error["error_description"][0]
+        assert await table_counts(b, "oauth_requests") == {"oauth_requests": 0}
+
+
+async def stored_bytes(b: Bridge) -> int:
+    engine = create_engine(b.settings.database_url)
+    async with engine.connect() as conn:
+        clients = (await conn.execute(text("SELECT sum(length(info)) FROM oauth_clients"))).scalar()
+        params = (
+            await conn.execute(text("SELECT sum(length(params)) FROM oauth_requests"))
+        ).scalar()
+    await engine.dispose()
+    return int(clients or 0) + int(params or 0)
+
+
+async def test_hostile_registrations_and_authorizations_leave_the_tables_bounded(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings, oauth_max_unused_clients=4) as b:
+        owner_client, _tokens = await signed_in(b)  # the owner's connector: never pruned
+        # As large as a registration may be, and then some, sent again and again.
+        biggest = {**REGISTRATION, "client_name": "n" * 200, "software_id": "s" * 4000}
+        biggest["contacts"] = ["c" * 1000] * 3
+        clients = [(await b.http.post(b.base + "/register", json=biggest)).json() for _ in range(4)]
+        for _ in range(10):
+            refused = await b.http.post(b.base + "/register", json=biggest)
+            assert refused.status_code == 429
+            assert refused.json()["error"] == "temporarily_unavailable"
+            assert "waiting for their first token" in refused.json()["error_description"]
+            huge = {**biggest, "software_id": "s" * 3_000_000}
+            assert (await b.http.post(b.base + "/register", json=huge)).status_code == 413
+        for client in clients:
+            for _ in range(15):  # each client keeps only its newest 10 consent requests
+                query = {
+                    "response_type": "code",
+                    "client_id": client["client_id"],
+                    "redirect_uri": CALLBACK,
+                    "code_challenge": pkce()[1],
+                    "state": "s" * 1024,
+                    "resource": b.public_url,
+                }
+                response = await b.http.post(b.base + "/authorize", data=query)
+                assert "/consent?request=" in response.headers["location"]
+        counts = await table_counts(b, "oauth_clients", "oauth_requests")
+        assert counts == {"oauth_clients": 5, "oauth_requests": 40}
+        assert await stored_bytes(b) < 5 * 16_384 + 40 * 4096
+
+        # An hour on, the clients that never got a token are abandoned: the next registration
+        # forgets them (their requests expired too), and the owner's client stays.
+        await execute(b, "UPDATE oauth_clients SET created_at = '2000-01-01T00:00:00.000000+00:00'")
+        await execute(
+            b, "UPDATE oauth_requests SET expires_at = '2000-01-01T00:00:00.000000+00:00'"
+        )
+        fresh = await register(b)
+        engine = create_engine(b.settings.database_url)
+        async with engine.connect() as conn:
+            ids = {r[0] for r in await conn.execute(text("SELECT client_id FROM oauth_clients"))}
+        await engine.dispose()
+        assert ids == {owner_client, fresh["client_id"]}
+        assert await table_counts(b, "oauth_requests") == {"oauth_requests": 0}
+
+
+async def test_a_client_with_a_consent_open_is_not_pruned(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        verifier, challenge = pkce()
+        consent_url = await start_authorization(b, client["client_id"], challenge)
+        await execute(b, "UPDATE oauth_clients SET created_at = '2000-01-01T00:00:00.000000+00:00'")
+        await register(b)  # prunes abandoned clients: this one is not abandoned
+        response = await submit_consent(b, consent_url, PASSPHRASE)
+        assert response.status_code == 303
+        code = parse_qs(urlparse(response.headers["location"]).query)["code"][0]
+        assert (await exchange(b, client["client_id"], code, verifier))["access_token"]
+
+
+# --- token audience, RFC 8707 (finding 4) ------------------------------------------------------
+
+OTHER_RESOURCE = "https://other.example/mcp"
+
+
+async def test_authorize_refuses_a_resource_that_is_another_server(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        query = {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": CALLBACK,
+            "code_challenge": pkce()[1],
+            "code_challenge_method": "S256",
+            "state": "s",
+            "resource": OTHER_RESOURCE,
+        }
+        response = await b.http.get(b.base + "/authorize?" + urlencode(query))
+        assert response.status_code == 302
+        error = parse_qs(urlparse(response.headers["location"]).query)
+        assert error["error"] == ["invalid_target"]
+        assert b.public_url in error["error_description"][0]
+        assert await table_counts(b, "oauth_requests") == {"oauth_requests": 0}
+
+
+async def test_token_refuses_a_resource_that_is_another_server(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        verifier, challenge = pkce()
+        code = await authorize(b, client["client_id"], challenge)
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": CALLBACK,
+            "code_verifier": verifier,
+            "client_id": client["client_id"],
+        }
+        refused = await token_request(b, **form, resource=OTHER_RESOURCE)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "invalid_target"
+        accepted = await token_request(b, **form, resource=b.public_url)
+        assert accepted.status_code == 200, accepted.text
+        tokens = accepted.json()
+        again = await token_request(
+            b,
+            grant_type="refresh_token",
+            refresh_token=tokens["refresh_token"],
+            client_id=client["client_id"],
+            resource=OTHER_RESOURCE,
+        )
+        assert again.status_code == 400
+        assert again.json()["error"] == "invalid_target"
+        assert (await refresh(b, client["client_id"], tokens["refresh_token"])).status_code == 200
+
+
+async def test_a_token_whose_audience_is_another_server_is_refused_on_mcp(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client_id, tokens = await signed_in(b)
+        assert await mcp_status(b, tokens["access_token"]) == 200
+        await execute(b, f"UPDATE oauth_tokens SET resource = '{OTHER_RESOURCE}'")
+        assert await mcp_status(b, tokens["access_token"]) == 401
+        rotated = await refresh(b, client_id, tokens["refresh_token"])
+        assert rotated.status_code == 400
+        assert rotated.json()["error"] == "invalid_target"
+
+
+# --- the consent lockout ends (finding 7) ------------------------------------------------------
+
+
+async def test_a_lockout_ends_for_good_when_it_expires(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings, oauth_max_failed_attempts=3) as b:
+        client = await register(b)
+        consent_url = await start_authorization(b, client["client_id"], pkce()[1])
+        for attempt in ("one", "two", "three"):
+            refused = await submit_consent(b, consent_url, attempt)
+        assert refused.status_code == 429
+        # The lockout runs out; one wrong guess afterwards must not lock the owner out again.
+        long_ago = "'2000-01-01T00:00:00.000000+00:00'"
+        await execute(b, f"UPDATE owner SET locked_until = {long_ago}, updated_at = {long_ago}")
+        wrong = await submit_consent(b, consent_url, "one more")
+        assert wrong.status_code == 401
+        assert "That did not work" in wrong.text
+        verifier, challenge = pkce()
+        code = await authorize(b, client["client_id"], challenge)
+        assert (await exchange(b, client["client_id"], code, verifier))["access_token"]
+
+
+async def test_wrong_passphrases_older_than_the_window_are_not_counted(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings, oauth_max_failed_attempts=3) as b:
+        client = await register(b)
+        consent_url = await start_authorization(b, client["client_id"], pkce()[1])
+        for attempt in ("one", "two"):
+            assert (await submit_consent(b, consent_url, attempt)).status_code == 401
+        await execute(b, "UPDATE owner SET updated_at = '2000-01-01T00:00:00.000000+00:00'")
+        assert (await submit_consent(b, consent_url, "three")).status_code == 401
+        assert (await submit_consent(b, consent_url, "four")).status_code == 401
+        assert (await submit_consent(b, consent_url, "five")).status_code == 429
+
+
+# --- Host on every route, Origin on the consent form (finding 8) -------------------------------
+
+WEBHOOK_SECRET = "webhook-secret-" + "w" * 20
+ROUTES = [
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("POST", "/mcp"),
+    ("POST", "/agent/mcp"),
+    ("GET", "/.well-known/oauth-authorization-server"),
+    ("GET", "/.well-known/oauth-protected-resource/mcp"),
+    ("POST", "/register"),
+    ("GET", "/authorize"),
+    ("GET", "/consent"),
+    ("POST", "/consent"),
+    ("POST", "/token"),
+    ("POST", "/revoke"),
+    ("POST", "/telegram/webhook"),
+]
+
+
+@asynccontextmanager
+async def every_route(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Bridge, Any]]:
+    """OAuth, the agent API and the Telegram webhook all on: every route the bridge has."""
+    from tests.e2e.test_telegram import telegram_settings
+    from tests.fake_telegram import running_fake_telegram
+
+    port = free_port()
+    async with running_fake_telegram() as fake:
+        settings = telegram_settings(
+            make_settings,
+            fake,
+            public_url=f"http://127.0.0.1:{port}/mcp",
+            telegram_webhook_url="https://hook.example.net/telegram/webhook",
+            telegram_webhook_secret=WEBHOOK_SECRET,
+        )
+        async with (
+            running_server(settings, port=port) as (_url, server),
+            httpx2.AsyncClient(follow_redirects=False, timeout=20) as http,
+        ):
+            yield (
+                Bridge(f"http://127.0.0.1:{port}", settings.public_url or "", http, settings),
+                server,
+            )
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_every_route_refuses_a_host_that_is_not_allowed(
+    make_settings: Callable[..., Settings], method: str, path: str
+) -> None:
+    async with every_route(make_settings) as (b, _server):
+        refused = await b.http.request(method, b.base + path, headers={"Host": "evil.example"})
+        assert refused.status_code == 421
+        allowed = await b.http.request(method, b.base + path)
+        assert allowed.status_code != 421
+        hook_host = {"Host": "hook.example.net"}  # TELEGRAM_WEBHOOK_URL's host is allowed
+        assert (await b.http.request(method, b.base + path, headers=hook_host)).status_code != 421
+
+
+async def test_the_host_check_list_names_every_route(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with every_route(make_settings) as (_b, server):
+        paths = {route.path for route in server.config.app.router.routes}
+    assert paths <= {path for _method, path in ROUTES}
+
+
+@pytest.mark.parametrize("origin", ["null", "https://evil.example"])
+async def test_the_consent_form_refuses_a_foreign_or_null_origin(
+    make_settings: Callable[..., Settings], origin: str
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        client = await register(b)
+        consent_url = await start_authorization(b, client["client_id"], pkce()[1])
+        request_id = parse_qs(urlparse(consent_url).query)["request"][0]
+        form = {"request": request_id, "passphrase": PASSPHRASE, "action": "approve"}
+        refused = await b.http.post(b.base + "/consent", data=form, headers={"Origin": origin})
+        assert refused.status_code == 403
+        assert "location" not in refused.headers
+        own = await b.http.post(b.base + "/consent", data=form, headers={"Origin": b.base})
+        assert own.status_code == 303
+
+
+async def test_the_metadata_advertises_public_clients(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with oauth_bridge(make_settings) as b:
+        meta = (await b.http.get(b.base + "/.well-known/oauth-authorization-server")).json()
+        assert "none" in meta["token_endpoint_auth_methods_supported"]
+        assert "client_secret_post" in meta["token_endpoint_auth_methods_supported"]
+        client = await register(b)
+        assert client["token_endpoint_auth_method"] == "none"
+        assert "client_secret" not in client
+
+
+async def test_parallel_refreshes_with_one_token_give_one_rotation_and_no_server_error(
+    make_settings: Callable[..., Settings],
+) -> None:
+    import asyncio
+
+    async with oauth_bridge(make_settings) as b:
+        client_id, tokens = await signed_in(b)
+        results = await asyncio.gather(
+            *(refresh(b, client_id, tokens["refresh_token"]) for _ in range(6))
+        )
+        statuses = sorted(r.status_code for r in results)
+        assert statuses.count(200) == 1, statuses
+        assert set(statuses) == {200, 400}, statuses

@@ -265,3 +265,60 @@ def test_two_telegram_targets_on_one_chat_are_refused(
     )
     with pytest.raises(ConfigError, match="use the same Telegram chat -1001"):
         build_bridge(settings, default_identity="test", http=True)
+
+
+async def test_an_agent_in_one_chat_cannot_move_another_targets_task_by_any_link(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # homelab's agent names, in homelab's chat, a task of the direct-agent target felt and a
+    # task of the Telegram target elsewhere, by every form of tag, by quoting its first line
+    # and by replying to a message linked to it. None of it reaches those tasks.
+    config = write_config(
+        tmp_path,
+        HOMELAB
+        + f'\n[targets.elsewhere]\ntransport = "telegram"\nchat_id = {OTHER_CHAT}\n\n'
+        + FELT,
+    )
+    async with bridge(make_settings, config) as (fake, client, base):
+        felt = await send(client, "Re-index the felt catalogue", "nexus:felt")
+        async with agent_client(base, FELT_TOKEN) as agent:
+            assert (await claim(agent))["id"] == felt
+        elsewhere = await send(client, "Rotate the elsewhere backups", "elsewhere")
+        await wait_for(lambda: _is_delivered(client, elsewhere), what="the elsewhere task")
+        (elsewhere_message,) = [m for m in fake.sent if m.chat_id == OTHER_CHAT]
+        fake.inject_message(
+            OTHER_CHAT, AGENT, "[Working] on it", reply_to_message_id=elsewhere_message.message_id
+        )
+        await wait_status(client, elsewhere, "in_progress")
+
+        named = []
+        for other in (felt, elsewhere):
+            tag = short_id(other)
+            named.append(fake.inject_message(CHAT, AGENT, f"[Working] #{tag}"))
+            fake.inject_message(CHAT, AGENT, f"[Done] #{tag} finished")
+            fake.inject_message(CHAT, AGENT, f"[task {tag}] [Error] failed")
+            fake.inject_message(CHAT, AGENT, f"[Question] #{tag.upper()} which one?")
+        fake.inject_message(CHAT, AGENT, "[Responding to: Rotate the elsewhere backups]")
+        fake.inject_message(CHAT, AGENT, "[Done] all finished")  # elsewhere's is in progress
+        for message in named:  # replies to the messages that named the other targets' tasks
+            fake.inject_message(
+                CHAT, AGENT, "[Done] replied", reply_to_message_id=message["message"]["message_id"]
+            )
+
+        # Messages are handled in order: once homelab's own task moves, all of the above were.
+        homelab, _ = await send_and_deliver(client, fake, "Rotate the homelab backups")
+        fake.inject_message(CHAT, AGENT, f"[Received] #{short_id(homelab)}")
+        await wait_status(client, homelab, "acknowledged")
+
+        assert (await call(client, "get_message", {"id": felt}))["status"] == "acknowledged"
+        assert (await call(client, "get_message", {"id": elsewhere}))["status"] == "in_progress"
+        assert await agent_updates(client, felt) == []
+        assert await agent_updates(client, elsewhere) == ["[Working] on it"]
+        loose = await call(client, "pull_updates", {"cursor": "0", "limit": 100})
+        unlinked = [
+            u["content"]
+            for u in loose["updates"]
+            if u["kind"] == "agent" and u["message_id"] is None
+        ]
+        assert len(unlinked) == 12  # every message above, kept, and linked to no task
+        assert f"[Done] #{short_id(felt)} finished" in unlinked

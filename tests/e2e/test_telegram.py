@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -427,3 +428,19 @@ async def test_cancelling_a_delivered_task_tells_the_agent_to_stop(
         await fake.wait_for_sent(3)
         assert fake.sent[2].text.startswith(f"[task {short_id(third)}]")
         assert not any(short_id(quiet) in m.text for m in fake.sent)
+
+
+async def test_a_hostile_agent_message_does_not_stall_the_bridge(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # '[Responding to:' and 4,000 spaces used to take about 30 s to parse, inside a write
+    # transaction: the bridge answered nobody meanwhile. Now it is read in well under a second.
+    async with bridge_with_telegram(make_settings) as (fake, client, _):
+        task_id, _ = await send_and_deliver(client, fake, "check the UPS")
+        start = time.monotonic()
+        fake.inject_message(CHAT, AGENT, "[Responding to: " + " " * 4000 + "x")
+        fake.inject_message(CHAT, AGENT, f"[Received] #{short_id(task_id)}")
+        await wait_status(client, task_id, "acknowledged")
+        queued = await call(client, "send_message", {"message": "and the generator"})
+        assert queued["queued"] is True
+        assert time.monotonic() - start < 10.0

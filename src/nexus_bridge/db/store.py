@@ -15,6 +15,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -214,6 +215,30 @@ class StoreTransaction:
                     f"the short id {task_id!r} matches several tasks; use the full id"
                 )
         raise TaskNotFound(task_id)
+
+    async def task_of_target(self, target: str, task_id: str) -> Task | None:
+        """``target``'s task with this id, or its only task whose id starts with it (8+
+        characters); None if there is none. Other targets' tasks are not seen at all.
+
+        Raises:
+            InvalidInput: a short id matches several of the target's tasks.
+        """
+        of_target = messages.c.target == target
+        row = (
+            await self._conn.execute(select(messages).where(messages.c.id == task_id, of_target))
+        ).first()
+        if row is not None:
+            return _task(row)
+        if len(task_id) < SHORT_ID_MIN_CHARS or "%" in task_id or "_" in task_id:
+            return None
+        rows = (
+            await self._conn.execute(
+                select(messages).where(messages.c.id.like(f"{task_id}%"), of_target).limit(2)
+            )
+        ).all()
+        if len(rows) > 1:
+            raise InvalidInput(f"the short id {task_id!r} matches several tasks; use the full id")
+        return _task(rows[0]) if rows else None
 
     async def set_status(
         self,
@@ -745,6 +770,49 @@ class StoreTransaction:
         await self._conn.execute(delete(oauth_requests).where(oauth_requests.c.expires_at < now))
         await self._conn.execute(delete(oauth_codes).where(oauth_codes.c.expires_at < keep_after))
         await self._conn.execute(delete(oauth_tokens).where(oauth_tokens.c.expires_at < keep_after))
+
+    async def oauth_prune_unused_clients(
+        self, *, registered_before: datetime, now: datetime
+    ) -> int:
+        """Forget clients registered before then that never got a code or token and have no
+        consent request open (their rows cascade)."""
+        no_token = ~exists().where(oauth_tokens.c.client_id == oauth_clients.c.client_id)
+        no_code = ~exists().where(oauth_codes.c.client_id == oauth_clients.c.client_id)
+        no_request = ~exists().where(
+            oauth_requests.c.client_id == oauth_clients.c.client_id,
+            oauth_requests.c.expires_at >= now,
+        )
+        result = await self._conn.execute(
+            delete(oauth_clients).where(
+                oauth_clients.c.created_at < registered_before,
+                oauth_clients.c.revoked_at.is_(None),
+                no_token,
+                no_code,
+                no_request,
+            )
+        )
+        return int(result.rowcount)
+
+    async def oauth_count_unused_clients(self) -> int:
+        """Clients (not revoked) that have never been issued a token."""
+        no_token = ~exists().where(oauth_tokens.c.client_id == oauth_clients.c.client_id)
+        query = select(func.count()).where(oauth_clients.c.revoked_at.is_(None), no_token)
+        return int((await self._conn.execute(query.select_from(oauth_clients))).scalar_one())
+
+    async def oauth_keep_newest_requests(self, client_id: str, *, keep: int) -> None:
+        """Drop all but the client's newest ``keep`` consent requests."""
+        newest = (
+            select(oauth_requests.c.id_hash)
+            .where(oauth_requests.c.client_id == client_id)
+            .order_by(oauth_requests.c.created_at.desc())
+            .limit(keep)
+        )
+        await self._conn.execute(
+            delete(oauth_requests).where(
+                oauth_requests.c.client_id == client_id,
+                oauth_requests.c.id_hash.not_in(newest.scalar_subquery()),
+            )
+        )
 
     async def oauth_request(self, id_hash: str) -> Row[Any] | None:
         return (
