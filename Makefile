@@ -1,21 +1,70 @@
-# nexus-bridge: `make run` to serve, `make test` to check everything. Both install what they need.
+# nexus-bridge: `make run` to serve, `make test` to check everything. Both install what they need:
+# exactly the versions in uv.lock (`make lock` updates it after a change to pyproject.toml).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
-.PHONY: install node-deps run migrate lint format test bench clean
+# uv installs the dependencies. It is bootstrapped from PyPI the first time, with pip, into .tools/:
+# the release and hashes in uv-requirements.txt (`make lock` writes it for UV_VERSION). `make UV=uv …`
+# uses a uv already on the machine instead.
+UV_VERSION := 0.13.9
+TOOLS      := .tools
+UV_STAMP   := $(TOOLS)/.installed
+UV         ?= $(TOOLS)/bin/uv
+PIP_QUIET  := --quiet --disable-pip-version-check --root-user-action=ignore
 
-$(STAMP): pyproject.toml
+# uv manages $(VENV) with $(PYTHON), never with a Python it would download. --locked: uv.lock is
+# installed as it is, and a uv.lock that no longer matches pyproject.toml is an error, not updated.
+# Bytecode is compiled at install time, as pip does (uv does not by default): without it, and with
+# PYTHONDONTWRITEBYTECODE set, every start of nexus-bridge would compile its imports anew.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+export UV_COMPILE_BYTECODE := 1
+SYNC := $(UV) sync --quiet --locked --python $(PYTHON)
+
+.PHONY: uv install install-runtime lock dist node-deps run migrate lint format test bench clean
+
+# pip --target needs no virtualenv (seconds faster); a Python whose pip refuses that, or that has
+# no pip outside a virtualenv, gets one.
+$(UV_STAMP): uv-requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nexus-bridge needs Python >= 3.11; set PYTHON=python3.11")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	rm -rf $(TOOLS)
+	$(PYTHON) -m pip install $(PIP_QUIET) --require-hashes --target $(TOOLS) -r uv-requirements.txt \
+	|| { rm -rf $(TOOLS) && $(PYTHON) -m venv $(TOOLS) \
+	     && $(TOOLS)/bin/python -m pip install $(PIP_QUIET) --require-hashes -r uv-requirements.txt; }
+	@touch $(UV_STAMP)
+
+uv: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(UV_STAMP))
+
+# Everything: the runtime dependencies and the `dev` extra (pytest, mypy, ruff, playwright, …),
+# exactly as locked; any other package in $(VENV) is removed.
+install: uv
+	$(SYNC) --extra dev
+
+# The runtime dependencies only, as locked. --inexact: what `make install` added stays, so a
+# developer's `make run` keeps the test tools; a fresh clone's `make run` never installs them.
+install-runtime: uv
+	$(SYNC) --inexact
+
+# Re-resolve after a change to pyproject.toml, keeping every other pin (`$(UV) lock --upgrade`
+# moves everything to the newest allowed release), and pin uv itself to UV_VERSION, with hashes.
+# (uv-requirements.txt is replaced only when it changes, so that uv is not bootstrapped again.)
+lock: uv
+	$(UV) lock --python $(PYTHON)
+	@mkdir -p $(TOOLS)
+	echo 'uv==$(UV_VERSION)' | $(UV) pip compile --quiet --universal --generate-hashes \
+	  --python-version 3.11 --custom-compile-command 'make lock' --output-file $(TOOLS)/uv-requirements.txt -
+	cmp -s $(TOOLS)/uv-requirements.txt uv-requirements.txt || cp $(TOOLS)/uv-requirements.txt uv-requirements.txt
+
+# A wheel and an sdist in dist/ (the wheel carries the migrations), and constraints.txt: the
+# locked runtime versions, for installing the wheel with exactly those (README: Installing).
+dist: uv
+	rm -rf dist
+	$(UV) build --python $(PYTHON) --out-dir dist
+	$(UV) export --quiet --locked --no-dev --no-emit-project --no-hashes --format requirements-txt \
+	  --output-file dist/constraints.txt
 
 NODE_STAMP := tests/ts/node_modules/.installed
-
-install: $(STAMP)
 
 # The official TypeScript SDK client, used by one end-to-end test (skipped only where npm is absent).
 $(NODE_STAMP): tests/ts/package.json tests/ts/package-lock.json
@@ -24,7 +73,7 @@ $(NODE_STAMP): tests/ts/package.json tests/ts/package-lock.json
 
 node-deps: $(if $(wildcard tests/ts/package.json),$(NODE_STAMP))
 
-migrate: install
+migrate: install-runtime
 	$(BIN)/nexus-bridge db upgrade
 
 run: migrate
@@ -39,11 +88,12 @@ lint: install
 	$(BIN)/ruff format --check src tests migrations $(wildcard bench)
 	$(BIN)/mypy
 
+# UV: the wheel test builds and installs the package with this same uv.
 test: lint node-deps
-	$(BIN)/pytest -q
+	UV='$(if $(findstring /,$(UV)),$(abspath $(UV)),$(UV))' $(BIN)/pytest -q
 
 bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) dist .mypy_cache .ruff_cache .pytest_cache

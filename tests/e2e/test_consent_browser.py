@@ -47,7 +47,7 @@ def chromium_or_skip() -> str:
     if not CHROMIUM.is_file():
         problem = f"{CHROMIUM} is missing; install Debian's package: apt-get install chromium"
     elif importlib.util.find_spec("playwright") is None:
-        problem = "the playwright module is missing; install the dev extra: pip install -e '.[dev]'"
+        problem = "the playwright module is missing; install the dev extra: make install"
     else:
         return str(CHROMIUM)
     message = f"the browser consent test cannot run: {problem}"

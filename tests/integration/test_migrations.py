@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,25 +74,6 @@ def test_serve_refuses_an_unmigrated_database_and_names_the_command(sqlite_url: 
     assert result.returncode != 0
     assert "run: nexus-bridge db upgrade" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    import zipfile
-
-    (wheel,) = tmp_path.glob("nexus_bridge-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    assert "nexus_bridge/migrations/env.py" in names
-    assert "nexus_bridge/migrations/versions/0001_initial_schema.py" in names
 
 
 async def test_upgrading_from_0001_keeps_tasks_and_their_history(database_url: str) -> None:
