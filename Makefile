@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install node-deps run migrate lint format test bench clean
+.PHONY: install node-deps run migrate lint format test fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nexus-bridge needs Python >= 3.11; set PYTHON=python3.11")'
@@ -41,6 +41,10 @@ lint: install
 
 test: lint node-deps
 	$(BIN)/pytest -q
+
+# The property-based tests (tests/fuzz) at length: random, thousands of examples per tool.
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz
 
 bench: install
 	$(BIN)/python bench/run.py
