@@ -230,5 +230,27 @@ def agent_texts(
         max_size=6,
     ).map(lambda parts: "".join(piece * times for piece, times in parts)[:max_chars])
     return st.one_of(
-        built, st.text(max_size=300), st.lists(pick(pieces, fallback="x"), max_size=60).map("".join)
+        built,
+        adversarial(max_chars),
+        st.text(max_size=300),
+        st.lists(pick(pieces, fallback="x"), max_size=60).map("".join),
+    )
+
+
+# The shape that makes a backtracking regex slow: an opening, one filler many times, an ending
+# that does not match ("[Responding to: " + 4000 spaces + "x" took 30 s before issue 8).
+_OPENINGS = ["[Responding to: ", "[Responding to:", "[Step ", "[task ", "[", "#", "@a ", "✅", ""]
+_FILLERS = [" ", "\t", "[x]", "[", "]", "@a ", "#abcd1234 ", "[task abcd1234] ", "1 ", "/ ", "x"]
+_ENDINGS = ["x", "", "]", "\n", "[", "]]", " of", "@"]
+
+
+def adversarial(max_chars: int) -> st.SearchStrategy[str]:
+    return st.builds(
+        lambda opening, filler, times, ending: (opening + filler * times + ending)[:max_chars],
+        st.sampled_from(_OPENINGS),
+        st.sampled_from(_FILLERS),
+        st.one_of(
+            st.sampled_from([1_000, 4_096, 10_000]), st.integers(min_value=0, max_value=max_chars)
+        ),
+        st.sampled_from(_ENDINGS),
     )

@@ -59,6 +59,12 @@ def test_any_agent_message_parses_in_bounded_time(text: str) -> None:
     timed_parse(text)
 
 
+@given(text=fz.adversarial(max_chars=20_000))
+def test_adversarial_agent_messages_parse_in_bounded_time(text: str) -> None:
+    """Generated, not hand-picked: the shapes that make a backtracking regex slow."""
+    timed_parse(text)
+
+
 @given(text=fz.agent_texts(max_chars=4_096))
 def test_what_the_grammar_reads_is_in_the_text(text: str) -> None:
     _, message = timed_parse(text)
