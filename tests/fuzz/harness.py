@@ -1,4 +1,4 @@
-"""The fuzz harness: hypothesis profiles, and a real bridge that hypothesis examples call into.
+"""The fuzz harness: a real bridge that hypothesis examples call into, and what they check.
 
 The bridge (uvicorn on an ephemeral loopback port, the fake Telegram Bot API, the SDK's own MCP
 clients) runs in an event loop on its own thread, started once per test module; each example
@@ -185,6 +185,9 @@ class LiveBridge:
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         self._ensure_running()
+        return self._rows(sql, *params)
+
+    def _rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with connect_read_only(self.database) as db:
             return list(db.execute(sql, params))
 
@@ -195,12 +198,9 @@ class LiveBridge:
     def inject(self, text: str, *, sender: int, reply_to: int | None) -> tuple[int, int]:
         """An inbound Telegram message in the homelab chat; returns (chat, message id)."""
 
-        def put() -> int:
+        async def inject() -> int:  # in the bridge's loop: the fake wakes its long polls
             update = self.fake.inject_message(CHAT, sender, text, reply_to_message_id=reply_to)
             return int(update["message"]["message_id"])
-
-        async def inject() -> int:
-            return put()
 
         return CHAT, self.run(inject, within=HEALTH_SECONDS, what="the fake Telegram")
 
@@ -208,7 +208,7 @@ class LiveBridge:
         """Wait until the bridge journaled and acted on an inbound message."""
 
         async def seen() -> bool:
-            rows = self.query(
+            rows = self._rows(
                 "SELECT processed_at, accepted FROM telegram_messages"
                 " WHERE chat_id = ? AND telegram_message_id = ? AND direction = 'in'",
                 chat,
