@@ -22,7 +22,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 SYNC := $(UV) sync --quiet --locked --python $(PYTHON)
 
-.PHONY: uv install install-runtime lock dist node-deps run migrate lint format test bench clean
+.PHONY: uv install install-runtime lock dist node-deps run migrate lint format test fuzz bench clean
 
 # pip --target needs no virtualenv (seconds faster); a Python whose pip refuses that, or that has
 # no pip outside a virtualenv, gets one.
@@ -91,6 +91,10 @@ lint: install
 # UV: the wheel test builds and installs the package with this same uv.
 test: lint node-deps
 	UV='$(if $(findstring /,$(UV)),$(abspath $(UV)),$(UV))' $(BIN)/pytest -q
+
+# The property-based tests (tests/fuzz) at length: random, thousands of examples per tool.
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -165,6 +165,20 @@ class MessageList(BaseModel):
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# A tool error names the field and what to do; an echoed argument (a 100,000-character id, say)
+# is cut in the middle so the message stays one short line and keeps its advice at the end.
+MAX_ERROR_CHARS: Final = 500
+_ERROR_TAIL_CHARS: Final = 160
+
+
+def bounded(message: str) -> str:
+    """``message`` as one line of at most ``MAX_ERROR_CHARS`` characters."""
+    line = " ".join(message.splitlines())
+    if len(line) <= MAX_ERROR_CHARS:
+        return line
+    head = MAX_ERROR_CHARS - _ERROR_TAIL_CHARS - 3
+    return f"{line[:head]} … {line[-_ERROR_TAIL_CHARS:]}"
+
 
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn domain errors into one-line tool errors; hide anything unexpected behind a reference."""
@@ -174,7 +188,7 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except NexusBridgeError as exc:
-            raise ToolError(str(exc)) from exc
+            raise ToolError(bounded(str(exc))) from exc
         except Exception as exc:
             reference = uuid.uuid4().hex[:8]
             logger.exception("tool %s failed unexpectedly (ref %s)", fn.__name__, reference)
@@ -512,7 +526,7 @@ class BridgeMCPServer(MCPServer[Any]):
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
-                raise ToolError(_one_line(name, exc.__cause__)) from exc.__cause__
+                raise ToolError(bounded(_one_line(name, exc.__cause__))) from exc.__cause__
             raise
 
 
