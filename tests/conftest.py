@@ -179,5 +179,7 @@ def subprocess_env(database_url: str, **extra: str) -> dict[str, str]:
     if make_url(database_url).get_backend_name() == "sqlite" and database:
         # Keep the default agent token beside the test's database, not in the real home.
         env["NEXUS_BRIDGE_AGENT_TOKEN_FILE"] = str(Path(database).parent / "agent-token")
+        # ... and the standard configuration file too (none there unless a test writes one).
+        env["XDG_CONFIG_HOME"] = str(Path(database).parent / "config")
     env.update(extra)
     return env

@@ -530,6 +530,31 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
     return 0
 
 
+# --- config: the effective configuration ---------------------------------------------------
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Every setting as this command sees it, secrets masked, and where its value came from."""
+    values = config.effective_configuration(settings)
+    if args.json:
+        _print_json(
+            {
+                "files": [str(p.absolute()) for p in config.env_files()],
+                "settings": [
+                    {"variable": v.variable, "value": v.value, "source": v.source} for v in values
+                ],
+            }
+        )
+        return 0
+    read = [str(p.absolute()) for p in config.env_files() if p.is_file()]
+    print("files read (later ones override): " + (", ".join(read) or "none"))
+    print(f"standard file: {config.standard_env_file()} (set {config.ENV_FILE_VARIABLE} to move)")
+    width = max(len(v.variable) for v in values)
+    for v in values:
+        print(f"{v.variable:<{width}}  {v.value}  ({v.source})")
+    return 0
+
+
 AGENT_ACTIONS: Final = {
     # action: (tool, positional argument names)
     "next": ("next_task", ()),
@@ -757,6 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     auth.set_defaults(func=cmd_auth, json=False)
 
+    conf = sub.add_parser(
+        "config", parents=[common], help="the effective configuration and where each value is from"
+    )
+    conf.set_defaults(func=cmd_config)
+
     lst = sub.add_parser("list", parents=[common], help="tasks, newest first")
     lst.add_argument("--status")
     lst.add_argument("--target")
@@ -770,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        configure_logging(settings.log_level, settings.secrets())
+        configure_logging(settings.log_level, settings.secrets(), settings.log_format)
         result: int = args.func(settings, args)
     except NexusBridgeError as exc:
         print(f"nexus-bridge: error: {exc}", file=sys.stderr)
