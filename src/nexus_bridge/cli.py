@@ -530,6 +530,31 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
     return 0
 
 
+# --- doctor: check the whole set-up ------------------------------------------------------------
+
+
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    """Every check, one line each with what to do; exit 1 if any failed."""
+    from nexus_bridge.doctor import Status, diagnose
+
+    report = asyncio.run(diagnose(settings))
+    if args.json:
+        _print_json({"ok": not report.failed, "checks": [f.as_json() for f in report.findings]})
+    else:
+        for finding in report.findings:
+            label = (
+                finding.status.value.upper()
+                if finding.status is Status.FAIL
+                else finding.status.value
+            )
+            print(f"{label:<5} {finding.check}: {finding.detail}")
+            if finding.fix and finding.status in (Status.FAIL, Status.WARN):
+                print(f"      -> {finding.fix}")
+        failed = sum(f.status is Status.FAIL for f in report.findings)
+        print(f"{failed} problem(s) found" if failed else "everything checked is fine")
+    return 1 if report.failed else 0
+
+
 # --- config: the effective configuration ---------------------------------------------------
 
 
@@ -781,6 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = auth_sub.add_parser("revoke", help="revoke a client or a token family")
     revoke.add_argument("id")
     auth.set_defaults(func=cmd_auth, json=False)
+
+    doctor = sub.add_parser(
+        "doctor", parents=[common], help="check the whole set-up and say what to fix"
+    )
+    doctor.set_defaults(func=cmd_doctor)
 
     conf = sub.add_parser(
         "config", parents=[common], help="the effective configuration and where each value is from"
