@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ from typing import Any, Final, TypeVar
 from nexus_bridge import __version__, config
 from nexus_bridge.config import Settings, load_settings
 from nexus_bridge.domain import HANDED_OVER_STATUSES, Task, TaskStatus, Update, first_line
-from nexus_bridge.errors import ConfigError, NexusBridgeError
+from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, TaskNotFound
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import open_runtime
@@ -196,6 +197,8 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from nexus_bridge.db import migrate
     from nexus_bridge.db.engine import prepare_sqlite_file
 
+    if args.db_command == "history":
+        return _db_history(settings)
     prepare_sqlite_file(settings.database_url)
     asyncio.run(_check_connection(settings.database_url))  # one line, not alembic's traceback
     if args.db_command == "upgrade":
@@ -203,6 +206,36 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         print(f"database at {args.revision}: {_safe_url(settings.database_url)}", file=sys.stderr)
     elif args.db_command == "downgrade":
         migrate.downgrade(settings.database_url, args.revision)
+    return 0
+
+
+def _db_history(settings: Settings) -> int:
+    """The revisions ``db upgrade``/``db downgrade`` accept, marking the head and the database's."""
+    from nexus_bridge.db import migrate
+    from nexus_bridge.db.engine import sqlite_file
+
+    path = sqlite_file(settings.database_url)
+    current: tuple[str, ...] = ()
+    if path is None or path.exists():  # never create a database just to list revisions
+        runtime = open_runtime(settings)
+
+        async def read() -> tuple[str, ...]:
+            try:
+                return tuple(await runtime.queue.schema_revisions())
+            except NexusBridgeError:
+                return ()
+            finally:
+                await runtime.close()
+
+        current = asyncio.run(read())
+    heads = set(migrate.head_revisions())
+    for revision, doc in migrate.revisions():
+        marks = [
+            m for m, on in (("head", revision in heads), ("current", revision in current)) if on
+        ]
+        print(f"{revision}  {doc}" + (f"  ({', '.join(marks)})" if marks else ""))
+    if not current:
+        print("the database is at no revision yet: nexus-bridge db upgrade")
     return 0
 
 
@@ -272,39 +305,70 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_updates(settings: Settings, args: argparse.Namespace) -> int:
-    async def run(queue: QueueService) -> None:
-        cursor = args.cursor
-        since = args.since
-        first = True
+    if args.message_id is not None:
+        _check_cli_id(args.message_id)
+    # Without --since, --cursor or --message-id every pull continues from (and moves) this
+    # command's durable cursor, page by page, so stopping a follower at any moment loses nothing
+    # and repeats nothing.
+    durable = args.since is None and args.cursor is None and args.message_id is None
+
+    async def run(queue: QueueService) -> int:
+        stop = _stop_on_sigterm()
+        cursor, since, shown = args.cursor, args.since, 0
         while True:
             page = await queue.pull(
                 CLI_IDENTITY,
-                since=since if first else None,
-                cursor=cursor if (cursor is not None or not first) else None,
+                since=since,
+                cursor=None if durable else cursor,
                 message_id=args.message_id,
                 limit=args.limit,
             )
             for update in page.updates:
                 print(json.dumps(_update_json(update)) if args.json else _format_update(update))
+            shown += len(page.updates)
             sys.stdout.flush()
-            first = False
-            cursor = page.next_cursor
-            since = None
+            cursor, since = page.next_cursor, None
             if page.has_more:
                 continue
             if not args.follow:
-                return
+                if not shown and not args.json:
+                    print("no new updates")
+                return 0
             # Another process (the server) writes the updates, so a follower re-reads.
-            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FOLLOW_POLL_SECONDS)
+            if stop.is_set():
+                return 0
 
     try:
-        asyncio.run(_with_queue(settings, run))
+        return asyncio.run(_with_queue(settings, run))
     except KeyboardInterrupt:
         return 130
-    return 0
+
+
+def _stop_on_sigterm() -> asyncio.Event:
+    """An event set by SIGTERM (how a service manager stops a follower): it ends cleanly."""
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    return stop
+
+
+def _check_cli_id(task_id: str) -> None:
+    """Raises InvalidInput for an id too short to name one task (a short id needs 8+)."""
+    from nexus_bridge.db.store import SHORT_ID_MIN_CHARS
+
+    if len(task_id) < SHORT_ID_MIN_CHARS:
+        raise InvalidInput(
+            f"id {task_id!r} is too short: give at least {SHORT_ID_MIN_CHARS} characters of the "
+            "task id (nexus-bridge list shows them)"
+        )
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    _check_cli_id(args.id)
+
     async def work(queue: QueueService) -> tuple[Any, dict[str, float]]:
         detail = await queue.get(args.id)
         return detail, await queue.stalls([detail.task])
@@ -326,6 +390,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    _check_cli_id(args.id)
     task = asyncio.run(_with_queue(settings, lambda q: q.cancel(args.id, args.reason)))
     if args.json:
         _print_json(_task_json(task))
@@ -352,12 +417,16 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     for task in page.tasks:
         print(_format_task(task))
+    if not page.tasks:
+        filters = [f"{k} {v}" for k, v in (("status", args.status), ("target", args.target)) if v]
+        print("no tasks" + (f" with {' and '.join(filters)}" if filters else ""))
     if page.next_before:
         print(f"(more: --before {page.next_before})")
     return 0
 
 
 def cmd_reply(settings: Settings, args: argparse.Namespace) -> int:
+    _check_cli_id(args.id)
     task = asyncio.run(_with_queue(settings, lambda q: q.reply(args.id, args.text)))
     if args.json:
         _print_json(_task_json(task))
@@ -490,6 +559,8 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
         ]
         if args.json:
             _print_json(rows)
+        elif not rows:
+            print("no clients registered")
         for row in [] if args.json else rows:
             state = f"revoked {row['revoked']}" if row["revoked"] else "active"
             print(f"{row['client_id']}  {row['name'] or '-':<24} {row['registered']}  {state}")
@@ -508,6 +579,8 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
         rows = list(families.values())
         if args.json:
             _print_json(rows)
+        elif not rows:
+            print("no tokens issued")
         for row in [] if args.json else rows:
             print(
                 f"{row['family_id']}  client {row['client_id']}  {row['live']} live of "
@@ -631,6 +704,8 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
     else:
         for reply in result.get("replies", []):
             print(reply["content"])
+        if not result.get("replies"):
+            print("no replies yet")
     return 0
 
 
@@ -724,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="migrate to the latest schema (alembic upgrade)")
     up.add_argument("revision", nargs="?", default="head")
     down = db_sub.add_parser("downgrade", help="migrate back (alembic downgrade)")
-    down.add_argument("revision")
+    down.add_argument("revision", help="a revision from: nexus-bridge db history")
+    db_sub.add_parser("history", help="the revisions known, the head and the database's")
     db.set_defaults(func=cmd_db)
 
     send = sub.add_parser("send", parents=[common], help="queue a task")
@@ -832,6 +908,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         configure_logging(settings.log_level, settings.secrets(), settings.log_format)
         result: int = args.func(settings, args)
+    except TaskNotFound as exc:  # its message names the MCP tool; a shell user needs the command
+        print(
+            f"nexus-bridge: error: no task with id {exc.task_id!r}; nexus-bridge list shows the "
+            "ids of existing tasks",
+            file=sys.stderr,
+        )
+        return 2
     except NexusBridgeError as exc:
         print(f"nexus-bridge: error: {exc}", file=sys.stderr)
         return 2
