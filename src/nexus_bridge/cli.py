@@ -251,6 +251,7 @@ async def _check_connection(database_url: str) -> None:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    _check_server_agrees(settings, args.target)
     result = asyncio.run(
         _with_queue(settings, lambda q: q.enqueue(args.text, args.target, urgent=args.urgent))
     )
@@ -261,6 +262,66 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"duplicate of open task {result.task.id} ({result.task.status.value}); not queued")
     return 0
+
+
+# --- the running server's view of the targets ----------------------------------------------
+
+
+SERVER_CHECK_TIMEOUT_SECONDS: Final = 3.0
+
+
+def _check_server_agrees(settings: Settings, target: str) -> None:
+    """Refuse to queue for ``target`` when the bridge running at ``URL`` delivers it differently
+    from how this command's configuration says (a CLI run with another configuration would
+    queue a task the server never delivers). Nothing running, or nothing to compare: go ahead.
+
+    Raises:
+        ConfigError: the server has no such target, or another transport for it.
+    """
+    import httpx
+
+    from nexus_bridge.app import TARGETS_PATH
+    from nexus_bridge.targets import load_targets
+
+    mine = {t.name: t.transport.value for t in load_targets(settings)}
+    url = settings.bridge_url.rstrip("/")
+    headers = (
+        {"Authorization": f"Bearer {settings.auth_tokens[0].get_secret_value()}"}
+        if settings.auth_tokens
+        else {}
+    )
+    try:
+        response = httpx.get(
+            url + TARGETS_PATH, headers=headers, timeout=SERVER_CHECK_TIMEOUT_SECONDS
+        )
+    except httpx.HTTPError:
+        return  # no bridge there: the task waits in the database for one
+    if response.status_code in (401, 403):
+        print(
+            f"nexus-bridge: warning: the bridge at {url} wants a token to compare targets "
+            f"({config.ENV_PREFIX}AUTH_TOKENS); queueing without checking",
+            file=sys.stderr,
+        )
+        return
+    try:
+        theirs = {t["name"]: t["transport"] for t in response.json()["targets"]}
+    except (ValueError, KeyError, TypeError):
+        return  # not a bridge of this version: nothing to compare
+    fix = (
+        "this command reads another configuration than the server: compare `nexus-bridge "
+        "config` with the server's (its environment file), or set "
+        f"{config.ENV_PREFIX}ENV_FILE to it; not queued"
+    )
+    if target in mine and target not in theirs:
+        raise ConfigError(
+            f"the bridge running at {url} has no target {target!r} (it has "
+            f"{', '.join(sorted(theirs)) or 'none'}); {fix}"
+        )
+    if target in mine and theirs[target] != mine[target]:
+        raise ConfigError(
+            f"the bridge running at {url} delivers {target!r} over {theirs[target]}, but this "
+            f"command's configuration puts it on {mine[target]}; {fix}"
+        )
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:

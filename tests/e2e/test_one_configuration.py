@@ -3,15 +3,18 @@ both, ``nexus-bridge config`` saying which is which, and JSON logs; real process
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from tests.conftest import subprocess_env
+from nexus_bridge.config import Settings
+from tests.conftest import running_server, subprocess_env
 
 EXE = str(Path(sys.executable).with_name("nexus-bridge"))
 SECRET = "s3cret-bearer-token-0123456789"
@@ -140,3 +143,73 @@ def test_an_unknown_log_format_is_one_line_naming_the_variable(
     result = run(["status"], env, tmp_path)
     assert result.returncode == 2
     assert "NEXUS_BRIDGE_LOG_FORMAT: must be one of text, json, not 'xml'" in result.stderr
+
+
+async def test_send_refuses_when_the_running_server_delivers_the_target_differently(
+    make_settings: Callable[..., Settings], migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    from tests.fake_telegram import running_fake_telegram
+
+    async with running_fake_telegram() as fake:
+        telegram = {
+            "NEXUS_BRIDGE_TELEGRAM_BOT_TOKEN": fake.token,
+            "NEXUS_BRIDGE_TELEGRAM_CHAT_ID": "-100123",
+            "NEXUS_BRIDGE_TELEGRAM_AGENT_IDS": "4242",
+            "NEXUS_BRIDGE_TELEGRAM_BASE_URL": fake.base_url,
+        }
+        settings = make_settings(
+            telegram_bot_token=fake.token,
+            telegram_chat_id=-100123,
+            telegram_agent_ids=[4242],
+            telegram_base_url=fake.base_url,
+        )
+        async with running_server(settings) as (url, _server):
+            base = url.removesuffix("/mcp")
+            # Run from a directory without the server's .env: homelab falls back to the agent API.
+            elsewhere = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_URL=base)
+            refused = await asyncio.to_thread(run, ["send", "reboot the NAS"], elsewhere, tmp_path)
+            assert refused.returncode == 2
+            assert refused.stderr.startswith(
+                f"nexus-bridge: error: the bridge running at {base} delivers 'homelab' over "
+                "telegram, but this command's configuration puts it on agent; "
+            )
+            assert "nexus-bridge config" in refused.stderr
+            assert refused.stderr.rstrip().endswith("not queued")
+            assert len(refused.stderr.splitlines()) == 1
+
+            same = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_URL=base, **telegram)
+            sent = await asyncio.to_thread(
+                run, ["send", "reboot the NAS", "--json"], same, tmp_path
+            )
+            assert sent.returncode == 0, sent.stderr
+            listed = await asyncio.to_thread(run, ["list", "--json"], same, tmp_path)
+        [task] = json.loads(listed.stdout)["messages"]
+        assert task["id"] == json.loads(sent.stdout)["id"]  # the refused one was never queued
+
+
+async def test_the_targets_route_asks_for_the_same_token_as_mcp(
+    make_settings: Callable[..., Settings], migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    settings = make_settings(auth_tokens=[SECRET])
+    async with running_server(settings) as (url, _server):
+        base = url.removesuffix("/mcp")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(base + "/targets")).status_code == 401
+            wrong_host = await http.get(base + "/targets", headers={"Host": "evil.example"})
+            assert wrong_host.status_code in (403, 421)
+            answer = await http.get(
+                base + "/targets", headers={"Authorization": f"Bearer {SECRET}"}
+            )
+        assert answer.json() == {"targets": [{"name": "homelab", "transport": "agent"}]}
+
+        # A CLI without the token cannot compare: it says so and queues.
+        env = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_URL=base)
+        sent = await asyncio.to_thread(run, ["send", "a task"], env, tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        assert "wants a token to compare targets" in sent.stderr
+        env["NEXUS_BRIDGE_AUTH_TOKENS"] = SECRET
+        sent = await asyncio.to_thread(run, ["send", "another task"], env, tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        assert "wants a token" not in sent.stderr
