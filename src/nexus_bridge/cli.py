@@ -689,6 +689,16 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _doctor_configuration_failed(args: argparse.Namespace, exc: ConfigError) -> int:
+    fix = "fix the variable it names (nexus-bridge config shows where each value comes from)"
+    if args.json:
+        check = {"check": "configuration", "status": "fail", "detail": str(exc), "fix": fix}
+        _print_json({"ok": False, "checks": [check]})
+    else:
+        print(f"FAIL  configuration: {exc}\n      -> {fix}\n1 problem(s) found")
+    return 1
+
+
 # --- config: the effective configuration ---------------------------------------------------
 
 
@@ -966,7 +976,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            if args.func is cmd_doctor:  # the doctor reports it as its first failed check
+                return _doctor_configuration_failed(args, exc)
+            raise
         configure_logging(settings.log_level, settings.secrets(), settings.log_format)
         result: int = args.func(settings, args)
     except TaskNotFound as exc:  # its message names the MCP tool; a shell user needs the command

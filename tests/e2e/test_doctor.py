@@ -294,3 +294,34 @@ async def test_the_command_prints_a_line_per_check_and_exits_1_on_a_failure(
     assert any(line.startswith("      -> start it (nexus-bridge serve") for line in lines)
     assert "ok    database.schema: at the current schema" in "\n".join(lines)
     assert lines[-1].endswith("problem(s) found")
+
+
+async def test_a_configuration_that_does_not_load_is_the_first_failed_check(
+    migrated_sqlite_url: str,
+) -> None:
+    env = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_STALL_SECONDS="soon")
+    process = await asyncio.create_subprocess_exec(
+        EXE,
+        "doctor",
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 1, err
+    [check] = json.loads(out)["checks"]
+    assert check["check"] == "configuration"
+    assert check["status"] == "fail"
+    assert "NEXUS_BRIDGE_STALL_SECONDS" in check["detail"]
+
+
+async def test_a_database_server_that_refuses_connections_is_a_failure(
+    make_settings: Callable[..., Settings],
+) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    found = await checks(make_settings(database_url=url))
+    assert found["database"].status is Status.FAIL
+    assert found["database"].detail.startswith("cannot connect to the database: ")
+    assert found["database"].fix == "check NEXUS_BRIDGE_DATABASE_URL"
+    assert found[f"{TARGET}.agent"].status is Status.SKIP
