@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from nexus_bridge import __version__, config
@@ -855,6 +856,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="A durable task queue and MCP server between claude.ai and your agent.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        help=f"read this configuration file, not the standard one ({config.ENV_FILE_VARIABLE})",
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -975,6 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.env_file is not None:
+        config.use_env_file(args.env_file)
     try:
         try:
             settings = load_settings()

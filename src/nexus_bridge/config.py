@@ -82,6 +82,11 @@ def standard_env_file() -> Path:
     return Path(config_home) / CONFIG_DIR_NAME / STANDARD_ENV_FILE_NAME
 
 
+def use_env_file(path: Path) -> None:
+    """Make ``path`` the standard configuration file for this process (``--env-file``)."""
+    os.environ[ENV_FILE_VARIABLE] = str(path)
+
+
 def env_files() -> tuple[Path, ...]:
     """The files settings are read from, weakest first: the standard file, then ``./.env``.
 
@@ -91,8 +96,8 @@ def env_files() -> tuple[Path, ...]:
     standard = standard_env_file()
     if os.environ.get(ENV_FILE_VARIABLE) and not standard.is_file():
         raise ConfigError(
-            f"{ENV_FILE_VARIABLE}: {standard} does not exist; create it (KEY=value lines) or "
-            "unset the variable to use the standard location"
+            f"{ENV_FILE_VARIABLE} (or --env-file): {standard} does not exist; create it "
+            "(KEY=value lines) or leave it unset to use the standard location"
         )
     return (standard, Path(ENV_FILE))
 

@@ -110,9 +110,14 @@ def test_the_standard_file_can_be_moved_and_a_missing_one_is_one_line(
     missing = run(["status"], env, tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
-        f"nexus-bridge: error: NEXUS_BRIDGE_ENV_FILE: {tmp_path / 'absent.env'} does not "
-        "exist; create it (KEY=value lines) or unset the variable to use the standard location"
+        f"nexus-bridge: error: NEXUS_BRIDGE_ENV_FILE (or --env-file): {tmp_path / 'absent.env'} "
+        "does not exist; create it (KEY=value lines) or leave it unset to use the standard "
+        "location"
     ]
+
+    del env["NEXUS_BRIDGE_ENV_FILE"]
+    flagged = run(["--env-file", str(moved), "config", "--json"], env, tmp_path)
+    assert config_rows(flagged)["NEXUS_BRIDGE_STALL_SECONDS"]["source"] == str(moved)
 
 
 def test_json_logs_are_one_object_per_line_with_the_task_and_target_as_fields(
