@@ -81,6 +81,7 @@ async def diagnose(settings: Settings) -> Report:
         "loaded from "
         + (", ".join(files) + " and the environment" if files else "the environment"),
     )
+    _check_configuration_files(report, files)
     path = sqlite_file(settings.database_url)
     missing = path is not None and not path.exists()
     try:
@@ -115,6 +116,18 @@ async def diagnose(settings: Settings) -> Report:
         if missing and path is not None and path.exists() and path.stat().st_size == 0:
             path.unlink()  # opening the store made it; a check leaves nothing behind
     return report
+
+
+def _check_configuration_files(report: Report, files: list[str]) -> None:
+    for name in files:
+        mode = stat.S_IMODE(Path(name).stat().st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            report.add(
+                "configuration.permissions",
+                Status.WARN,
+                f"{name} is readable by other users (mode {mode:o}); it may hold tokens",
+                f"chmod 600 {name}",
+            )
 
 
 # --- the database ------------------------------------------------------------------------------

@@ -325,3 +325,25 @@ async def test_a_database_server_that_refuses_connections_is_a_failure(
     assert found["database"].detail.startswith("cannot connect to the database: ")
     assert found["database"].fix == "check NEXUS_BRIDGE_DATABASE_URL"
     assert found[f"{TARGET}.agent"].status is Status.SKIP
+
+
+async def test_a_configuration_file_others_can_read_is_a_warning(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text(f"NEXUS_BRIDGE_DATABASE_URL={migrated_sqlite_url}\n")
+    env_file.chmod(0o644)
+    env = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_ENV_FILE=str(env_file))
+    process = await asyncio.create_subprocess_exec(
+        EXE,
+        "doctor",
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _err = await asyncio.wait_for(process.communicate(), timeout=60)
+    by_check = {c["check"]: c for c in json.loads(out)["checks"]}
+    assert by_check["configuration"]["detail"] == f"loaded from {env_file} and the environment"
+    assert by_check["configuration.permissions"]["status"] == "warn"
+    assert by_check["configuration.permissions"]["fix"] == f"chmod 600 {env_file}"
