@@ -220,6 +220,8 @@ async def _check_bridge(report: Report, settings: Settings) -> None:
             if response.headers.get("content-type", "").startswith("application/json")
             else {}
         )
+        if not isinstance(body, dict):
+            body = {}
     except (httpx.HTTPError, ValueError) as exc:
         report.add(
             "bridge",
@@ -509,6 +511,8 @@ async def _check_public_url(
         async with httpx.AsyncClient(timeout=DOCTOR_HTTP_TIMEOUT_SECONDS) as http:
             resource = (await http.get(resource_url)).json()
             server = (await http.get(origin + AUTH_SERVER_METADATA_PATH)).json()
+        if not isinstance(resource, dict) or not isinstance(server, dict):
+            raise ValueError("not a JSON object")
     except (httpx.HTTPError, ValueError) as exc:
         report.add(
             "public-url.metadata",
