@@ -509,10 +509,8 @@ async def _check_public_url(
     resource_url = origin + PROTECTED_RESOURCE_PATH + parts.path
     try:
         async with httpx.AsyncClient(timeout=DOCTOR_HTTP_TIMEOUT_SECONDS) as http:
-            resource = (await http.get(resource_url)).json()
-            server = (await http.get(origin + AUTH_SERVER_METADATA_PATH)).json()
-        if not isinstance(resource, dict) or not isinstance(server, dict):
-            raise ValueError("not a JSON object")
+            resource = _object((await http.get(resource_url)).json())
+            server = _object((await http.get(origin + AUTH_SERVER_METADATA_PATH)).json())
     except (httpx.HTTPError, ValueError) as exc:
         report.add(
             "public-url.metadata",
@@ -533,6 +531,13 @@ async def _check_public_url(
         else:
             report.add("public-url.metadata", Status.OK, f"OAuth metadata served for {public_url}")
     await _check_passphrase(report, runtime, database_ok)
+
+
+def _object(value: object) -> dict[str, Any]:
+    """A JSON answer that must be an object; ValueError (as for bad JSON) otherwise."""
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")  # noqa: TRY004 - the same failure as bad JSON
+    return value
 
 
 async def _check_passphrase(report: Report, runtime: Runtime, database_ok: bool) -> None:
