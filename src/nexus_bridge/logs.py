@@ -33,7 +33,7 @@ ACCESS_LOGGER: Final = "uvicorn.access"
 ACCESS_PATH_ARG: Final = 2
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Fields a log call may attach with ``extra=``; the JSON format gives each its own key.
-LOG_FIELDS: Final = ("task_id", "target", "update_seq", "tool")
+LOG_FIELDS: Final = ("task_id", "target")
 
 
 class RedactSecrets(logging.Filter):
