@@ -175,9 +175,13 @@ def subprocess_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment for a ``nexus-bridge`` subprocess: only our variables, no stray .env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_BRIDGE_")}
     env["NEXUS_BRIDGE_DATABASE_URL"] = database_url
+    # Not whatever may listen on the default port of this machine: a port nothing answers on.
+    env["NEXUS_BRIDGE_URL"] = "http://127.0.0.1:9"
     database = make_url(database_url).database
     if make_url(database_url).get_backend_name() == "sqlite" and database:
         # Keep the default agent token beside the test's database, not in the real home.
         env["NEXUS_BRIDGE_AGENT_TOKEN_FILE"] = str(Path(database).parent / "agent-token")
+        # ... and the standard configuration file too (none there unless a test writes one).
+        env["XDG_CONFIG_HOME"] = str(Path(database).parent / "config")
     env.update(extra)
     return env

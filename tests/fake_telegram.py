@@ -203,6 +203,9 @@ class FakeTelegram:
             "can_connect_to_business": False,
             "has_main_web_app": False,
         }
+        self.webhook_url = ""
+        # chat_id -> user id -> (chat member status, the user); see add_member
+        self.chats: dict[int, dict[int, tuple[str, JSONDict]]] = {}
         self.sent: list[SentMessage] = []
         self.calls: list[tuple[str, JSONDict]] = []
         self.conflicts = 0
@@ -221,7 +224,9 @@ class FakeTelegram:
             for name, handler in {
                 "getMe": self._get_me,
                 "deleteWebhook": self._delete_webhook,
-                "setWebhook": self._true,
+                "setWebhook": self._set_webhook,
+                "getChat": self._get_chat,
+                "getChatMember": self._get_chat_member,
                 "getWebhookInfo": self._get_webhook_info,
                 "close": self._true,
                 "logOut": self._true,
@@ -236,6 +241,24 @@ class FakeTelegram:
     def bot_from(self) -> JSONDict:
         """The bot as the ``from`` of its messages (a plain User, without the getMe extras)."""
         return {key: self.bot_user[key] for key in ("id", "is_bot", "first_name", "username")}
+
+    def add_member(
+        self,
+        chat_id: int,
+        user_id: int,
+        status: str = "member",
+        *,
+        is_bot: bool = False,
+        username: str | None = None,
+    ) -> None:
+        """Make ``chat_id`` exist for getChat and put a user in it with a chat member status
+        (``creator``, ``administrator``, ``member``, ``left`` or ``kicked``)."""
+        user: JSONDict = {"id": user_id, "is_bot": is_bot, "first_name": username or "User"}
+        if username is not None:
+            user["username"] = username
+        if user_id == self.bot_user["id"]:
+            user = dict(self.bot_from)
+        self.chats.setdefault(chat_id, {})[user_id] = (status, user)
 
     def fail_next(self, method: str, *faults: Fault) -> None:
         """Queue faults for ``method``; each later call of it consumes one, in order."""
@@ -447,13 +470,65 @@ class FakeTelegram:
         return dict(self.bot_user)
 
     def _delete_webhook(self, params: JSONDict, request: Request) -> bool:
+        self.webhook_url = ""
         if _bool_param(params, "drop_pending_updates"):
             self._pending.clear()
         return True
 
+    def _set_webhook(self, params: JSONDict, request: Request) -> bool:
+        self.webhook_url = str(params.get("url") or "")
+        return True
+
+    def _known_chat(self, params: JSONDict) -> int:
+        chat_id = _int_param(params, "chat_id")
+        if chat_id is None or chat_id not in self.chats:
+            raise ApiError(400, "Bad Request: chat not found")
+        return chat_id
+
+    def _get_chat(self, params: JSONDict, request: Request) -> JSONDict:
+        """A ChatFullInfo: the chat's id, type and title (and the colour PTB requires)."""
+        chat_id = self._known_chat(params)
+        return {**self._chat(chat_id, None), "accent_color_id": 0, "max_reaction_count": 11}
+
+    def _get_chat_member(self, params: JSONDict, request: Request) -> JSONDict:
+        """The member's status; a user the chat never had is ``left``, as Telegram answers."""
+        chat_id = self._known_chat(params)
+        user_id = _int_param(params, "user_id")
+        if user_id is None:
+            raise ApiError(400, "Bad Request: user_id is empty")
+        status, user = self.chats[chat_id].get(
+            user_id, ("left", {"id": user_id, "is_bot": False, "first_name": "User"})
+        )
+        member: JSONDict = {"status": status, "user": user}
+        if status == "kicked":
+            member["until_date"] = 0
+        if status == "administrator":
+            member.update(
+                {
+                    name: name in ("can_manage_chat", "can_delete_messages")
+                    for name in (
+                        "can_be_edited",
+                        "is_anonymous",
+                        "can_manage_chat",
+                        "can_delete_messages",
+                        "can_manage_video_chats",
+                        "can_restrict_members",
+                        "can_promote_members",
+                        "can_change_info",
+                        "can_invite_users",
+                        "can_post_stories",
+                        "can_edit_stories",
+                        "can_delete_stories",
+                    )
+                }
+            )
+        if status == "creator":
+            member["is_anonymous"] = False
+        return member
+
     def _get_webhook_info(self, params: JSONDict, request: Request) -> JSONDict:
         return {
-            "url": "",
+            "url": self.webhook_url,
             "has_custom_certificate": False,
             "pending_update_count": len(self._pending),
         }

@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus_bridge import config
@@ -58,6 +58,7 @@ WEBHOOK_PATH = "/telegram/webhook"
 OAUTH_BODY_PATHS: Final = frozenset({"/register", "/authorize", "/token", "/revoke", CONSENT_PATH})
 MAX_OAUTH_BODY_BYTES: Final = 64 * 1024
 AUTH_SERVER_METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
+TARGETS_PATH: Final = "/targets"
 
 
 @dataclass
@@ -251,6 +252,24 @@ def mcp_endpoint(endpoint: Any) -> Any:
         endpoint.app = McpEndpoint(endpoint.app)
         return endpoint
     return McpEndpoint(endpoint)
+
+
+def targets_route(bridge: Bridge, mcp_route: Any) -> Route:
+    """GET /targets: each target and the transport this server delivers it over, so a CLI with
+    another configuration can tell before queueing a task nothing would deliver. It asks for
+    the same credentials as ``/mcp`` (``mcp_route``'s token check, when there is one)."""
+
+    async def targets(_request: Request) -> Response:
+        return JSONResponse(
+            {"targets": [{"name": t.name, "transport": t.transport.value} for t in bridge.targets]}
+        )
+
+    endpoint: Any = targets
+    if isinstance(mcp_route, RequireAuthMiddleware):
+        endpoint = RequireAuthMiddleware(
+            request_response(targets), mcp_route.required_scopes, mcp_route.resource_metadata_url
+        )
+    return Route(TARGETS_PATH, endpoint, methods=["GET"])
 
 
 def webhook_route(transport: TelegramTransport) -> Route:
@@ -486,6 +505,10 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         adapt_oauth_routes(app, bridge.mcp, bridge.oauth)
         app.router.routes.extend(consent_routes(bridge.oauth))
     app.router.routes.append(agent_route(bridge, settings))
+    (mcp_route,) = [
+        r.endpoint for r in app.router.routes if isinstance(r, Route) and r.path == config.MCP_PATH
+    ]
+    app.router.routes.append(targets_route(bridge, mcp_route))
     if bridge.transport is not None and bridge.transport.webhook_secret is not None:
         app.router.routes.append(webhook_route(bridge.transport))
 

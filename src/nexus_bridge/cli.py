@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from nexus_bridge import __version__, config
 from nexus_bridge.config import Settings, load_settings
 from nexus_bridge.domain import HANDED_OVER_STATUSES, Task, TaskStatus, Update, first_line
-from nexus_bridge.errors import ConfigError, NexusBridgeError
+from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, TaskNotFound
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import open_runtime
@@ -196,6 +198,8 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from nexus_bridge.db import migrate
     from nexus_bridge.db.engine import prepare_sqlite_file
 
+    if args.db_command == "history":
+        return _db_history(settings)
     prepare_sqlite_file(settings.database_url)
     asyncio.run(_check_connection(settings.database_url))  # one line, not alembic's traceback
     if args.db_command == "upgrade":
@@ -203,6 +207,36 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         print(f"database at {args.revision}: {_safe_url(settings.database_url)}", file=sys.stderr)
     elif args.db_command == "downgrade":
         migrate.downgrade(settings.database_url, args.revision)
+    return 0
+
+
+def _db_history(settings: Settings) -> int:
+    """The revisions ``db upgrade``/``db downgrade`` accept, marking the head and the database's."""
+    from nexus_bridge.db import migrate
+    from nexus_bridge.db.engine import sqlite_file
+
+    path = sqlite_file(settings.database_url)
+    current: tuple[str, ...] = ()
+    if path is None or path.exists():  # never create a database just to list revisions
+        runtime = open_runtime(settings)
+
+        async def read() -> tuple[str, ...]:
+            try:
+                return tuple(await runtime.queue.schema_revisions())
+            except NexusBridgeError:
+                return ()
+            finally:
+                await runtime.close()
+
+        current = asyncio.run(read())
+    heads = set(migrate.head_revisions())
+    for revision, doc in migrate.revisions():
+        marks = [
+            m for m, on in (("head", revision in heads), ("current", revision in current)) if on
+        ]
+        print(f"{revision}  {doc}" + (f"  ({', '.join(marks)})" if marks else ""))
+    if not current:
+        print("the database is at no revision yet: nexus-bridge db upgrade")
     return 0
 
 
@@ -218,6 +252,7 @@ async def _check_connection(database_url: str) -> None:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    _check_server_agrees(settings, args.target)
     result = asyncio.run(
         _with_queue(settings, lambda q: q.enqueue(args.text, args.target, urgent=args.urgent))
     )
@@ -228,6 +263,66 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"duplicate of open task {result.task.id} ({result.task.status.value}); not queued")
     return 0
+
+
+# --- the running server's view of the targets ----------------------------------------------
+
+
+SERVER_CHECK_TIMEOUT_SECONDS: Final = 3.0
+
+
+def _check_server_agrees(settings: Settings, target: str) -> None:
+    """Refuse to queue for ``target`` when the bridge running at ``URL`` delivers it differently
+    from how this command's configuration says (a CLI run with another configuration would
+    queue a task the server never delivers). Nothing running, or nothing to compare: go ahead.
+
+    Raises:
+        ConfigError: the server has no such target, or another transport for it.
+    """
+    import httpx
+
+    from nexus_bridge.app import TARGETS_PATH
+    from nexus_bridge.targets import load_targets
+
+    mine = {t.name: t.transport.value for t in load_targets(settings)}
+    url = settings.bridge_url.rstrip("/")
+    headers = (
+        {"Authorization": f"Bearer {settings.auth_tokens[0].get_secret_value()}"}
+        if settings.auth_tokens
+        else {}
+    )
+    try:
+        response = httpx.get(
+            url + TARGETS_PATH, headers=headers, timeout=SERVER_CHECK_TIMEOUT_SECONDS
+        )
+    except httpx.HTTPError:
+        return  # no bridge there: the task waits in the database for one
+    if response.status_code in (401, 403):
+        print(
+            f"nexus-bridge: warning: the bridge at {url} wants a token to compare targets "
+            f"({config.ENV_PREFIX}AUTH_TOKENS); queueing without checking",
+            file=sys.stderr,
+        )
+        return
+    try:
+        theirs = {t["name"]: t["transport"] for t in response.json()["targets"]}
+    except (ValueError, KeyError, TypeError):
+        return  # not a bridge of this version: nothing to compare
+    fix = (
+        "this command reads another configuration than the server: compare `nexus-bridge "
+        "config` with the server's (its environment file), or set "
+        f"{config.ENV_PREFIX}ENV_FILE to it; not queued"
+    )
+    if target in mine and target not in theirs:
+        raise ConfigError(
+            f"the bridge running at {url} has no target {target!r} (it has "
+            f"{', '.join(sorted(theirs)) or 'none'}); {fix}"
+        )
+    if target in mine and theirs[target] != mine[target]:
+        raise ConfigError(
+            f"the bridge running at {url} delivers {target!r} over {theirs[target]}, but this "
+            f"command's configuration puts it on {mine[target]}; {fix}"
+        )
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -272,39 +367,70 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_updates(settings: Settings, args: argparse.Namespace) -> int:
-    async def run(queue: QueueService) -> None:
-        cursor = args.cursor
-        since = args.since
-        first = True
+    if args.message_id is not None:
+        _check_cli_id(args.message_id)
+    # Without --since, --cursor or --message-id every pull continues from (and moves) this
+    # command's durable cursor, page by page, so stopping a follower at any moment loses nothing
+    # and repeats nothing.
+    durable = args.since is None and args.cursor is None and args.message_id is None
+
+    async def run(queue: QueueService) -> int:
+        stop = _stop_on_sigterm()
+        cursor, since, shown = args.cursor, args.since, 0
         while True:
             page = await queue.pull(
                 CLI_IDENTITY,
-                since=since if first else None,
-                cursor=cursor if (cursor is not None or not first) else None,
+                since=since,
+                cursor=None if durable else cursor,
                 message_id=args.message_id,
                 limit=args.limit,
             )
             for update in page.updates:
                 print(json.dumps(_update_json(update)) if args.json else _format_update(update))
+            shown += len(page.updates)
             sys.stdout.flush()
-            first = False
-            cursor = page.next_cursor
-            since = None
+            cursor, since = page.next_cursor, None
             if page.has_more:
                 continue
             if not args.follow:
-                return
+                if not shown and not args.json:
+                    print("no new updates")
+                return 0
             # Another process (the server) writes the updates, so a follower re-reads.
-            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FOLLOW_POLL_SECONDS)
+            if stop.is_set():
+                return 0
 
     try:
-        asyncio.run(_with_queue(settings, run))
+        return asyncio.run(_with_queue(settings, run))
     except KeyboardInterrupt:
         return 130
-    return 0
+
+
+def _stop_on_sigterm() -> asyncio.Event:
+    """An event set by SIGTERM (how a service manager stops a follower): it ends cleanly."""
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    return stop
+
+
+def _check_cli_id(task_id: str) -> None:
+    """Raises InvalidInput for an id too short to name one task (a short id needs 8+)."""
+    from nexus_bridge.db.store import SHORT_ID_MIN_CHARS
+
+    if len(task_id) < SHORT_ID_MIN_CHARS:
+        raise InvalidInput(
+            f"id {task_id!r} is too short: give at least {SHORT_ID_MIN_CHARS} characters of the "
+            "task id (nexus-bridge list shows them)"
+        )
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    _check_cli_id(args.id)
+
     async def work(queue: QueueService) -> tuple[Any, dict[str, float]]:
         detail = await queue.get(args.id)
         return detail, await queue.stalls([detail.task])
@@ -326,6 +452,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    _check_cli_id(args.id)
     task = asyncio.run(_with_queue(settings, lambda q: q.cancel(args.id, args.reason)))
     if args.json:
         _print_json(_task_json(task))
@@ -352,12 +479,16 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     for task in page.tasks:
         print(_format_task(task))
+    if not page.tasks:
+        filters = [f"{k} {v}" for k, v in (("status", args.status), ("target", args.target)) if v]
+        print("no tasks" + (f" with {' and '.join(filters)}" if filters else ""))
     if page.next_before:
         print(f"(more: --before {page.next_before})")
     return 0
 
 
 def cmd_reply(settings: Settings, args: argparse.Namespace) -> int:
+    _check_cli_id(args.id)
     task = asyncio.run(_with_queue(settings, lambda q: q.reply(args.id, args.text)))
     if args.json:
         _print_json(_task_json(task))
@@ -490,6 +621,8 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
         ]
         if args.json:
             _print_json(rows)
+        elif not rows:
+            print("no clients registered")
         for row in [] if args.json else rows:
             state = f"revoked {row['revoked']}" if row["revoked"] else "active"
             print(f"{row['client_id']}  {row['name'] or '-':<24} {row['registered']}  {state}")
@@ -508,6 +641,8 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
         rows = list(families.values())
         if args.json:
             _print_json(rows)
+        elif not rows:
+            print("no tokens issued")
         for row in [] if args.json else rows:
             print(
                 f"{row['family_id']}  client {row['client_id']}  {row['live']} live of "
@@ -527,6 +662,66 @@ async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) ->
                 f"no client or token family {args.id!r}; see: nexus-bridge auth clients"
             )
     print(f"revoked {what}")
+    return 0
+
+
+# --- doctor: check the whole set-up ------------------------------------------------------------
+
+
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    """Every check, one line each with what to do; exit 1 if any failed."""
+    from nexus_bridge.doctor import Status, diagnose
+
+    report = asyncio.run(diagnose(settings))
+    if args.json:
+        _print_json({"ok": not report.failed, "checks": [f.as_json() for f in report.findings]})
+    else:
+        for finding in report.findings:
+            label = (
+                finding.status.value.upper()
+                if finding.status is Status.FAIL
+                else finding.status.value
+            )
+            print(f"{label:<5} {finding.check}: {finding.detail}")
+            if finding.fix and finding.status in (Status.FAIL, Status.WARN):
+                print(f"      -> {finding.fix}")
+        failed = sum(f.status is Status.FAIL for f in report.findings)
+        print(f"{failed} problem(s) found" if failed else "everything checked is fine")
+    return 1 if report.failed else 0
+
+
+def _doctor_configuration_failed(args: argparse.Namespace, exc: ConfigError) -> int:
+    fix = "fix the variable it names (nexus-bridge config shows where each value comes from)"
+    if args.json:
+        check = {"check": "configuration", "status": "fail", "detail": str(exc), "fix": fix}
+        _print_json({"ok": False, "checks": [check]})
+    else:
+        print(f"FAIL  configuration: {exc}\n      -> {fix}\n1 problem(s) found")
+    return 1
+
+
+# --- config: the effective configuration ---------------------------------------------------
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Every setting as this command sees it, secrets masked, and where its value came from."""
+    values = config.effective_configuration(settings)
+    if args.json:
+        _print_json(
+            {
+                "files": [str(p.absolute()) for p in config.env_files()],
+                "settings": [
+                    {"variable": v.variable, "value": v.value, "source": v.source} for v in values
+                ],
+            }
+        )
+        return 0
+    read = [str(p.absolute()) for p in config.env_files() if p.is_file()]
+    print("files read (later ones override): " + (", ".join(read) or "none"))
+    print(f"standard file: {config.standard_env_file()} (set {config.ENV_FILE_VARIABLE} to move)")
+    width = max(len(v.variable) for v in values)
+    for v in values:
+        print(f"{v.variable:<{width}}  {v.value}  ({v.source})")
     return 0
 
 
@@ -581,6 +776,8 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
     else:
         for reply in result.get("replies", []):
             print(reply["content"])
+        if not result.get("replies"):
+            print("no replies yet")
     return 0
 
 
@@ -659,6 +856,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="A durable task queue and MCP server between claude.ai and your agent.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        help=f"read this configuration file, not the standard one ({config.ENV_FILE_VARIABLE})",
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -674,7 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="migrate to the latest schema (alembic upgrade)")
     up.add_argument("revision", nargs="?", default="head")
     down = db_sub.add_parser("downgrade", help="migrate back (alembic downgrade)")
-    down.add_argument("revision")
+    down.add_argument("revision", help="a revision from: nexus-bridge db history")
+    db_sub.add_parser("history", help="the revisions known, the head and the database's")
     db.set_defaults(func=cmd_db)
 
     send = sub.add_parser("send", parents=[common], help="queue a task")
@@ -757,6 +960,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     auth.set_defaults(func=cmd_auth, json=False)
 
+    doctor = sub.add_parser(
+        "doctor", parents=[common], help="check the whole set-up and say what to fix"
+    )
+    doctor.set_defaults(func=cmd_doctor)
+
+    conf = sub.add_parser(
+        "config", parents=[common], help="the effective configuration and where each value is from"
+    )
+    conf.set_defaults(func=cmd_config)
+
     lst = sub.add_parser("list", parents=[common], help="tasks, newest first")
     lst.add_argument("--status")
     lst.add_argument("--target")
@@ -768,10 +981,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.env_file is not None:
+        config.use_env_file(args.env_file)
     try:
-        settings = load_settings()
-        configure_logging(settings.log_level, settings.secrets())
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            if args.func is cmd_doctor:  # the doctor reports it as its first failed check
+                return _doctor_configuration_failed(args, exc)
+            raise
+        configure_logging(settings.log_level, settings.secrets(), settings.log_format)
         result: int = args.func(settings, args)
+    except TaskNotFound as exc:  # its message names the MCP tool; a shell user needs the command
+        print(
+            f"nexus-bridge: error: no task with id {exc.task_id!r}; nexus-bridge list shows the "
+            "ids of existing tasks",
+            file=sys.stderr,
+        )
+        return 2
     except NexusBridgeError as exc:
         print(f"nexus-bridge: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,13 @@ from nexus_bridge.errors import ConfigError
 
 ENV_PREFIX: Final = "NEXUS_BRIDGE_"
 ENV_FILE: Final = ".env"
+# The standard configuration file every command reads, wherever it is run from: KEY=value lines
+# as in .env (which overrides it, as real environment variables override both).
+ENV_FILE_VARIABLE: Final = f"{ENV_PREFIX}ENV_FILE"
+CONFIG_DIR_NAME: Final = "nexus-bridge"
+STANDARD_ENV_FILE_NAME: Final = "env"
+LOG_FORMATS: Final = ("text", "json")
+SECRET_MASK: Final = "********"  # noqa: S105 - what a secret is shown as
 DEFAULT_TARGET: Final = "homelab"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
@@ -63,6 +70,36 @@ def default_data_dir() -> Path:
     """Where nexus-bridge keeps its files: ``$XDG_DATA_HOME/nexus-bridge`` (~/.local/share)."""
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "nexus-bridge"
+
+
+def standard_env_file() -> Path:
+    """The configuration file every command reads: ``$NEXUS_BRIDGE_ENV_FILE``, else
+    ``$XDG_CONFIG_HOME/nexus-bridge/env`` (``~/.config/nexus-bridge/env``)."""
+    named = os.environ.get(ENV_FILE_VARIABLE)
+    if named:
+        return Path(named).expanduser()
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / CONFIG_DIR_NAME / STANDARD_ENV_FILE_NAME
+
+
+def use_env_file(path: Path) -> None:
+    """Make ``path`` the standard configuration file for this process (``--env-file``)."""
+    os.environ[ENV_FILE_VARIABLE] = str(path)
+
+
+def env_files() -> tuple[Path, ...]:
+    """The files settings are read from, weakest first: the standard file, then ``./.env``.
+
+    Raises:
+        ConfigError: ``NEXUS_BRIDGE_ENV_FILE`` names a file that does not exist.
+    """
+    standard = standard_env_file()
+    if os.environ.get(ENV_FILE_VARIABLE) and not standard.is_file():
+        raise ConfigError(
+            f"{ENV_FILE_VARIABLE} (or --env-file): {standard} does not exist; create it "
+            "(KEY=value lines) or leave it unset to use the standard location"
+        )
+    return (standard, Path(ENV_FILE))
 
 
 def default_database_url() -> str:
@@ -129,6 +166,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=MAX_DURATION_SECONDS)
     change_poll_seconds: float = Field(default=1.0, gt=0, le=MAX_DURATION_SECONDS)
     log_level: str = "INFO"
+    log_format: str = "text"
 
     config_file: Path | None = Field(
         default=None, validation_alias=AliasChoices(f"{ENV_PREFIX}CONFIG")
@@ -208,6 +246,14 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
         return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        fmt = value.strip().lower()
+        if fmt not in LOG_FORMATS:
+            raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+        return fmt
 
     @field_validator("database_url")
     @classmethod
@@ -420,9 +466,12 @@ def load_settings(**overrides: object) -> Settings:
     """
     from pydantic import ValidationError
 
+    files: object = overrides.pop("_env_file") if "_env_file" in overrides else env_files()
+    for path in files if isinstance(files, tuple) else ():
+        _check_readable(path)
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except (UnicodeDecodeError, OSError) as exc:  # reading the .env file
+        return Settings(_env_file=files, **overrides)  # type: ignore[arg-type]
+    except (UnicodeDecodeError, OSError) as exc:  # reading an env file
         reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
         raise ConfigError(
             f"cannot read {Path.cwd() / ENV_FILE}: {reason}; fix it or remove it"
@@ -435,3 +484,80 @@ def load_settings(**overrides: object) -> Settings:
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def _check_readable(path: Path) -> None:
+    """Raises ConfigError naming ``path`` when it exists but is not UTF-8 text or unreadable."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read {path.absolute()}: it is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"cannot read {path.absolute()}: not UTF-8 text; fix it or remove it"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path.absolute()}: {exc.strerror}; fix it or remove it"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveValue:
+    """One setting as a command sees it, and where its value came from."""
+
+    variable: str
+    value: str
+    source: str  # "environment", the path of the file it came from, or "default"
+
+
+SECRET_FIELDS: Final = frozenset(
+    {"auth_tokens", "agent_tokens", "agent_token", "telegram_bot_token", "telegram_webhook_secret"}
+)
+
+
+def _variable(name: str, info: object) -> str:
+    alias = getattr(info, "validation_alias", None)
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def _shown(name: str, value: object, database: bool) -> str:
+    if value is None:
+        return "-"
+    if name in SECRET_FIELDS:
+        return SECRET_MASK if value else "-"
+    if database and isinstance(value, str):
+        from sqlalchemy.engine import make_url
+
+        return make_url(value).render_as_string(hide_password=True)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def effective_configuration(settings: Settings) -> list[EffectiveValue]:
+    """Every setting's value (secrets masked) and its source: the environment, ``./.env``, the
+    standard file, or the default; in that order of precedence, as ``load_settings`` reads."""
+    from dotenv import dotenv_values
+
+    files = [p for p in reversed(env_files()) if p.is_file()]  # strongest first
+    read = {p: {k.upper(): v for k, v in dotenv_values(p).items()} for p in files}
+    environment = {k.upper() for k in os.environ}
+    values = []
+    for name, info in Settings.model_fields.items():
+        variable = _variable(name, info)
+        if variable.upper() in environment:
+            source = "environment"
+        else:
+            source = next(
+                (str(p.absolute()) for p in files if variable.upper() in read[p]), "default"
+            )
+        shown = _shown(name, getattr(settings, name), database=name == "database_url")
+        values.append(EffectiveValue(variable, shown, source))
+    return values

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
 REDACTED: Final = "[redacted]"
 # httpx logs every request URL at INFO, and python-telegram-bot logs its Bot API URL at DEBUG:
@@ -29,6 +31,9 @@ QUIET_LOGGERS: Final = {
 # uvicorn's access log line: (client, method, path with query string, HTTP version, status).
 ACCESS_LOGGER: Final = "uvicorn.access"
 ACCESS_PATH_ARG: Final = 2
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Fields a log call may attach with ``extra=``; the JSON format gives each its own key.
+LOG_FIELDS: Final = ("task_id", "target")
 
 
 class RedactSecrets(logging.Filter):
@@ -38,15 +43,22 @@ class RedactSecrets(logging.Filter):
         super().__init__()
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True
         message = record.getMessage()
-        redacted = message
-        for secret in self._secrets:
-            redacted = redacted.replace(secret, REDACTED)
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        for name in LOG_FIELDS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, self.redact(value))
         if record.exc_info and record.exc_text is None and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
             for secret in self._secrets:
@@ -77,16 +89,37 @@ def quiet_noisy_loggers() -> None:
             logger.setLevel(level)
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """Log to stderr (stdout belongs to command output, and to MCP under --stdio)."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO-8601), level, logger, message, the fields in
+    LOG_FIELDS a call attached, and the traceback as ``exc_info`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in LOG_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info and record.exc_text is None:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc_info"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str, secrets: Iterable[str] = (), log_format: str = "text") -> None:
+    """Log to stderr (stdout belongs to command output, and to MCP under --stdio), as readable
+    lines or, with ``log_format="json"``, one JSON object per line."""
+    logging.basicConfig(level=level, stream=sys.stderr, format=TEXT_FORMAT)
     redact = RedactSecrets(secrets)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)
+        if log_format == "json":
+            handler.setFormatter(JsonFormatter())
     access = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(f, StripQueryStrings) for f in access.filters):
         access.addFilter(StripQueryStrings())

@@ -288,6 +288,12 @@ class QueueService:
                     return EnqueueResult(queued=False, task=existing)
                 continue  # the open duplicate ended in between: try again
             self.signal.notify()
+            logger.info(
+                "queued task %s for %s",
+                task.id,
+                target,
+                extra={"task_id": task.id, "target": target},
+            )
             return EnqueueResult(queued=True, task=task)
         raise DuplicateTask("the same task keeps being queued and ended concurrently; try again")
 
@@ -864,7 +870,11 @@ class QueueService:
         while True:
             generation = self.signal.generation()
             if _is_set(stop):
-                logger.info("next_task for %s: the client went away; nothing claimed", target)
+                logger.info(
+                    "next_task for %s: the client went away; nothing claimed",
+                    target,
+                    extra={"target": target},
+                )
                 return None
             task = await self.claim_next(target)
             remaining = deadline - loop.time()
@@ -883,7 +893,11 @@ class QueueService:
                     tx, task, TaskStatus.PENDING, CLAIM_EXPIRED_REASON, by_bridge=True
                 )
             )
-            logger.info("the claim on task %s expired; it is back in the queue", task.id)
+            logger.info(
+                "the claim on task %s expired; it is back in the queue",
+                task.id,
+                extra={"task_id": task.id, "target": task.target},
+            )
         return returned
 
     async def expire_claims(self) -> list[Task]:

@@ -57,7 +57,7 @@ def test_a_task_sent_from_the_shell_can_be_followed_and_cancelled(
 
     first = run(url, "updates", "--json").stdout.splitlines()
     assert [json.loads(line)["message_id"] for line in first] == [task_id]
-    assert run(url, "updates").stdout == ""  # the cli cursor moved on
+    assert run(url, "updates").stdout == "no new updates\n"  # the cli cursor moved on
 
     assert f"cancelled {task_id}" in run(url, "cancel", task_id, "--reason", "done by hand").stdout
     again = run(url, "cancel", task_id, ok=False)
@@ -73,7 +73,8 @@ def test_a_task_sent_from_the_shell_can_be_followed_and_cancelled(
     ("args", "message"),
     [
         (("send", "   "), "message is empty"),
-        (("show", "nope"), "no task with id 'nope'"),
+        (("show", "nope"), "id 'nope' is too short: give at least 8 characters"),
+        (("show", "12345678-nope"), "no task with id '12345678-nope'; nexus-bridge list shows"),
         (("updates", "--since", "soon"), "since must be an ISO-8601 time"),
         (("list", "--status", "finished"), "unknown status 'finished'"),
         (("agent", "next", "--wait", "nan"), "argument --wait: must be a finite number"),

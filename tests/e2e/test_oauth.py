@@ -850,6 +850,7 @@ ROUTES = [
     ("POST", "/token"),
     ("POST", "/revoke"),
     ("POST", "/telegram/webhook"),
+    ("GET", "/targets"),
 ]
 
 

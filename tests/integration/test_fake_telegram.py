@@ -308,3 +308,31 @@ async def test_shutdown_releases_held_requests() -> None:
     assert polled == ()
     assert isinstance(sent, NetworkError)
     assert fake.sent == []  # the held send was abandoned, not delivered
+
+
+async def test_chats_members_and_webhooks_through_ptb(fake: FakeTelegram, bot: Bot) -> None:
+    from telegram import ChatMemberAdministrator, ChatMemberLeft, ChatMemberMember
+
+    with pytest.raises(BadRequest, match=r"[Cc]hat not found"):
+        await bot.get_chat(CHAT)
+    fake.add_member(CHAT, 1000, "administrator")
+    fake.add_member(CHAT, AGENT, "member", is_bot=True, username="agent_bot")
+    chat = await bot.get_chat(CHAT)
+    assert (chat.id, chat.type, chat.title) == (CHAT, "supergroup", f"Chat {CHAT}")
+
+    me = await bot.get_chat_member(CHAT, 1000)
+    assert isinstance(me, ChatMemberAdministrator)
+    assert me.user.username == "bridge_bot"
+    agent = await bot.get_chat_member(CHAT, AGENT)
+    assert isinstance(agent, ChatMemberMember)
+    assert agent.user.is_bot
+    assert agent.user.username == "agent_bot"
+    stranger = await bot.get_chat_member(CHAT, 77)
+    assert isinstance(stranger, ChatMemberLeft)
+    with pytest.raises(BadRequest, match=r"[Cc]hat not found"):
+        await bot.get_chat_member(-5, AGENT)
+
+    assert await bot.set_webhook("https://elsewhere.example/hook")
+    assert (await bot.get_webhook_info()).url == "https://elsewhere.example/hook"
+    assert await bot.delete_webhook()
+    assert (await bot.get_webhook_info()).url == ""

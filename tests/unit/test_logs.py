@@ -58,3 +58,33 @@ def test_libraries_that_log_sql_parameters_or_messages_stay_quiet_at_debug() -> 
     quiet_noisy_loggers()
     for name in ("aiosqlite", "sqlalchemy.engine.Engine", "asyncpg", "mcp.server.lowlevel"):
         assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+
+
+def test_json_lines_redact_secrets_in_the_message_the_fields_and_the_traceback() -> None:
+    import json
+
+    from nexus_bridge.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactSecrets(["123:SECRET-TOKEN"]))
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("test.json")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("sent to %s", "bot123:SECRET-TOKEN", extra={"task_id": "t1", "target": "x"})
+        log.warning("plain", extra={"target": "123:SECRET-TOKEN"})
+        try:
+            raise RuntimeError("failed for 123:SECRET-TOKEN")
+        except RuntimeError:
+            log.exception("boom", extra={"task_id": "t2"})
+    finally:
+        log.removeHandler(handler)
+    assert "SECRET-TOKEN" not in stream.getvalue()
+    first, second, third = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == f"sent to bot{REDACTED}"
+    assert (first["task_id"], first["target"], first["level"]) == ("t1", "x", "WARNING")
+    assert second["target"] == REDACTED
+    assert third["task_id"] == "t2"
+    assert "RuntimeError: failed for " + REDACTED in third["exc_info"]

@@ -54,8 +54,18 @@ def _explained(exc: CommandError) -> MigrationError:
     known = [r.revision for r in reversed(list(script.walk_revisions()))]
     return MigrationError(
         f"{exc}; this nexus-bridge knows revisions {', '.join(known)} (a database at another "
-        "one was migrated by a newer nexus-bridge: upgrade nexus-bridge)"
+        "one was migrated by a newer nexus-bridge: upgrade nexus-bridge); see: "
+        "nexus-bridge db history"
     )
+
+
+def revisions() -> list[tuple[str, str]]:
+    """Every revision this nexus-bridge knows, oldest first, with the first line of its doc."""
+    script = ScriptDirectory(str(migrations_path()))
+    return [
+        (r.revision, (r.doc or "").strip().splitlines()[0] if r.doc else "")
+        for r in reversed(list(script.walk_revisions()))
+    ]
 
 
 def head_revisions() -> tuple[str, ...]:

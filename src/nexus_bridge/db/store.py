@@ -939,6 +939,14 @@ class StoreTransaction:
 
     # --- schema ----------------------------------------------------------------------------
 
+    async def sqlite_journal_mode(self) -> str | None:
+        """SQLite's journal mode as the file has it (``wal`` unless WAL could not be set on its
+        file system); None on PostgreSQL."""
+        if self._conn.dialect.name != "sqlite":
+            return None
+        row = (await self._conn.execute(text("PRAGMA journal_mode"))).first()
+        return str(row[0]).lower() if row else None
+
     async def schema_revisions(self) -> Sequence[str]:
         """The alembic revisions the database is at (empty before the first migration)."""
         try:

@@ -412,6 +412,7 @@ class TelegramTransport:
             "telegram transport: agent message -> task %s%s",
             result.task_id or "(none)",
             f", status {result.status.value}" if result.status and result.applied else "",
+            extra={"task_id": result.task_id, "target": target},
         )
 
     async def _recover_inbound(self) -> None:
@@ -488,7 +489,10 @@ class TelegramTransport:
                 return
             except (Forbidden, BadRequest, ChatMigrated) as exc:
                 logger.error(  # noqa: TRY400 - the refusal is the message; no traceback needed
-                    "telegram transport: task %s refused: %s", delivery.task.id, _describe(exc)
+                    "telegram transport: task %s refused: %s",
+                    delivery.task.id,
+                    _describe(exc),
+                    extra={"task_id": delivery.task.id, "target": delivery.task.target},
                 )
                 await self._queue.mark_failed(delivery, error=_describe(exc))
                 return
@@ -501,6 +505,7 @@ class TelegramTransport:
                     delivery.task.id,
                     _describe(exc),
                     delay,
+                    extra={"task_id": delivery.task.id, "target": delivery.task.target},
                 )
                 await self._queue.mark_retry(delivery, error=_describe(exc), delay_seconds=delay)
                 return
