@@ -35,6 +35,7 @@ from nexus_bridge.agent_tools import AGENT_MCP_PATH, agent_auth_settings, create
 from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
+from nexus_bridge.db.engine import ServerLock, sqlite_file
 from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
 from nexus_bridge.mcp_http import McpEndpoint
@@ -69,6 +70,7 @@ class Bridge(Runtime):
     agent_verifier: AgentTokenVerifier
     transport: TelegramTransport | None = None
     oauth: BridgeOAuthProvider | None = None
+    server_lock: ServerLock | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
@@ -104,6 +106,8 @@ class Bridge(Runtime):
     async def close(self) -> None:
         await self.stop_background()
         await super().close()
+        if self.server_lock is not None:
+            self.server_lock.release()
 
 
 async def report_transport(
@@ -170,6 +174,13 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
     agent_server = create_agent_server(
         runtime.queue, token_verifier=agent_verifier, auth=agent_auth_settings(settings)
     )
+    # Held while this process runs: `nexus-bridge restore` refuses while any server holds it.
+    lock = ServerLock.try_acquire(settings.database_url, exclusive=False)
+    if lock is None:
+        raise ConfigError(
+            f"a restore is replacing the database {sqlite_file(settings.database_url)}; "
+            "start the server once it has finished"
+        )
     return Bridge(
         **vars(runtime),
         mcp=server,
@@ -177,6 +188,7 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
         agent_verifier=agent_verifier,
         transport=transport,
         oauth=provider,
+        server_lock=lock,
     )
 
 

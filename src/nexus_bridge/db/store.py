@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -999,3 +1001,67 @@ def _reason(exc: BaseException) -> str:
         # asyncpg's "[Errno 111] Connect call failed (...)" never says "refused" in words.
         return f"{os.strerror(inner.errno)}: {inner.strerror}"
     return " ".join(str(inner).split()) or type(inner).__name__
+
+
+# --- SQLite files: backup and restore --------------------------------------------------------
+# Plain sqlite3 on the file, not the async engine: the online backup API is not in aiosqlite,
+# and these run from the CLI with no event loop.
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteFileCheck:
+    """What a check of a SQLite database file found."""
+
+    integrity: tuple[str, ...]
+    revisions: tuple[str, ...]
+    tasks: int
+
+    @property
+    def ok(self) -> bool:
+        return self.integrity == ("ok",)
+
+
+def sqlite_copy(source: Path, destination: Path, *, busy_timeout_ms: int) -> None:
+    """Copy the database ``source`` into the empty file ``destination`` with SQLite's online
+    backup, in one step: one consistent snapshot (a read transaction, which in WAL mode never
+    blocks the server's writers). The copy is left in rollback-journal mode, one self-contained
+    file (the server turns WAL back on when it opens it).
+
+    Raises:
+        sqlite3.Error: the source is not a SQLite database, or cannot be read.
+    """
+    with (
+        closing(sqlite3.connect(source, timeout=busy_timeout_ms / 1000)) as src,
+        closing(sqlite3.connect(destination)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+        dst.commit()
+
+
+def sqlite_check(path: Path) -> SqliteFileCheck:
+    """``PRAGMA integrity_check``, the alembic revision and the number of tasks of a file.
+
+    Raises:
+        sqlite3.Error: not a SQLite database.
+    """
+    with closing(sqlite3.connect(path)) as conn:
+        integrity = tuple(str(row[0]) for row in conn.execute("PRAGMA integrity_check"))
+        try:
+            revisions = tuple(
+                str(row[0]) for row in conn.execute("SELECT version_num FROM alembic_version")
+            )
+            tasks = int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table: not a nexus-bridge database
+            revisions, tasks = (), 0
+    return SqliteFileCheck(integrity=integrity, revisions=revisions, tasks=tasks)
+
+
+def sqlite_checkpoint(path: Path, *, busy_timeout_ms: int) -> None:
+    """Fold the write-ahead log into the database file, so the file alone holds everything.
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or checkpointed.
+    """
+    with closing(sqlite3.connect(path, timeout=busy_timeout_ms / 1000)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
