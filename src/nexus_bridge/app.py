@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
@@ -88,6 +89,16 @@ class Bridge(Runtime):
                 name="expire-claims",
             )
         )
+        if self.settings.retention_days is not None:
+            self._background.append(
+                asyncio.create_task(
+                    self.queue.prune_every(
+                        timedelta(days=self.settings.retention_days),
+                        config.RETENTION_INTERVAL_SECONDS,
+                    ),
+                    name="retention",
+                )
+            )
         if self.transport is not None:
             self._background.append(asyncio.create_task(self.transport.run(), name="transport"))
 

@@ -7,11 +7,15 @@ database file and the service, not on the queue.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import dataclasses
+import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -25,6 +29,7 @@ from nexus_bridge.db.engine import (
     sqlite_file,
 )
 from nexus_bridge.db.store import SqliteFileCheck, sqlite_check, sqlite_checkpoint, sqlite_copy
+from nexus_bridge.domain import PruneReport
 from nexus_bridge.errors import ConfigError
 
 POSTGRES_BACKUP_HINT: Final = (
@@ -217,6 +222,55 @@ def _move_aside(database: Path, settings: Settings) -> Path | None:
     return aside
 
 
+# --- prune -----------------------------------------------------------------------------------
+
+_DURATION: Final = re.compile(r"([1-9][0-9]{0,6})([dh])")
+_UNIT_HOURS: Final = {"d": 24, "h": 1}
+
+
+def older_than(value: str) -> timedelta:
+    """``90d`` or ``36h`` (argparse type): at least an hour, at most MAX_RETENTION_DAYS."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of days or hours, like 90d or 36h; got {value!r}"
+        )
+    hours = int(match.group(1)) * _UNIT_HOURS[match.group(2)]
+    if hours > config.MAX_RETENTION_DAYS * 24:
+        raise argparse.ArgumentTypeError(f"at most {config.MAX_RETENTION_DAYS}d; got {value!r}")
+    return timedelta(hours=hours)
+
+
+def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete ended tasks older than --older-than, with everything that belongs to them."""
+    from nexus_bridge.runtime import open_runtime
+
+    async def work() -> PruneReport:
+        runtime = open_runtime(settings)
+        try:
+            await runtime.check_schema()
+            return await runtime.queue.prune(args.older_than, dry_run=args.dry_run)
+        finally:
+            await runtime.close()
+
+    report = asyncio.run(work())
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **dataclasses.asdict(report)}))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {report.tasks} ended tasks older than {_days(args.older_than)}, "
+        f"{report.updates} updates, {report.deliveries} deliveries and {report.journal} "
+        "Telegram journal rows; open tasks are never removed"
+    )
+    return 0
+
+
+def _days(delta: timedelta) -> str:
+    hours = int(delta.total_seconds() // 3600)
+    return f"{hours // 24}d" if hours % 24 == 0 else f"{hours}h"
+
+
 # --- registration ----------------------------------------------------------------------------
 
 
@@ -234,3 +288,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     restore.add_argument("path", help="a file written by nexus-bridge backup")
     restore.set_defaults(func=cmd_restore)
+
+    prune = sub.add_parser(
+        "prune", help="delete ended tasks older than a given age, with their updates"
+    )
+    prune.add_argument(
+        "--older-than", type=older_than, required=True, metavar="AGE", help="e.g. 90d or 36h"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    prune.add_argument("--json", action="store_true", help="print JSON")
+    prune.set_defaults(func=cmd_prune)

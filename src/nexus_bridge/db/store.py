@@ -53,11 +53,13 @@ from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
     OPEN_STATUSES,
+    TERMINAL_STATUSES,
     InboundMessage,
     Lease,
     OutboxItem,
     OutboxKind,
     OutboxState,
+    PruneReport,
     Task,
     TaskStatus,
     Update,
@@ -938,6 +940,119 @@ class StoreTransaction:
         changed = await self._conn.execute(update(owner).where(owner.c.id == 1).values(**values))
         if changed.rowcount == 0:
             await self._conn.execute(insert(owner).values(id=1, **values))
+
+    # --- retention -------------------------------------------------------------------------
+
+    @staticmethod
+    def _ended_before(cutoff: datetime) -> Any:
+        """Ended tasks whose end (or, for rows from before ended_at, last change) is older."""
+        return and_(
+            messages.c.status.in_([s.value for s in TERMINAL_STATUSES]),
+            func.coalesce(messages.c.ended_at, messages.c.updated_at) < cutoff,
+        )
+
+    @staticmethod
+    def _old_unattached_journal(cutoff: datetime) -> Any:
+        """Journal rows of no task that are done with: ignored, or processed, and old."""
+        return and_(
+            telegram_messages.c.message_id.is_(None),
+            telegram_messages.c.created_at < cutoff,
+            or_(
+                telegram_messages.c.accepted.is_(False),
+                telegram_messages.c.processed_at.is_not(None),
+            ),
+        )
+
+    async def ended_task_ids(self, cutoff: datetime, *, limit: int) -> list[str]:
+        """Up to ``limit`` ids of tasks that ended before ``cutoff``, oldest first."""
+        rows = await self._conn.execute(
+            select(messages.c.id)
+            .where(self._ended_before(cutoff))
+            .order_by(messages.c.created_at, messages.c.id)
+            .limit(limit)
+        )
+        return [str(r[0]) for r in rows.all()]
+
+    async def delete_ended_tasks(self, task_ids: Sequence[str], cutoff: datetime) -> PruneReport:
+        """Delete these tasks (re-checked: still ended before ``cutoff``, so an open task is
+        never touched) with their updates, deliveries and journal rows."""
+        ids = select(messages.c.id).where(messages.c.id.in_(task_ids), self._ended_before(cutoff))
+        their_outbox = select(outbox.c.id).where(outbox.c.message_id.in_(ids))
+        journal = await self._conn.execute(
+            delete(telegram_messages).where(
+                or_(
+                    telegram_messages.c.message_id.in_(ids),
+                    telegram_messages.c.outbox_id.in_(their_outbox),
+                )
+            )
+        )
+        deliveries = await self._conn.execute(delete(outbox).where(outbox.c.message_id.in_(ids)))
+        removed_updates = await self._conn.execute(
+            delete(updates).where(updates.c.message_id.in_(ids))
+        )
+        tasks = await self._conn.execute(
+            delete(messages).where(messages.c.id.in_(task_ids), self._ended_before(cutoff))
+        )
+        return PruneReport(
+            tasks=int(tasks.rowcount),
+            updates=int(removed_updates.rowcount),
+            deliveries=int(deliveries.rowcount),
+            journal=int(journal.rowcount),
+        )
+
+    async def delete_unattached(self, cutoff: datetime, *, limit: int) -> PruneReport:
+        """Delete up to ``limit`` old updates and old, finished journal rows that belong to
+        no task (agent messages no task claimed, messages from strangers)."""
+        old_updates = (
+            select(updates.c.seq)
+            .where(updates.c.message_id.is_(None), updates.c.created_at < cutoff)
+            .order_by(updates.c.seq)
+            .limit(limit)
+        )
+        old_journal = (
+            select(telegram_messages.c.id)
+            .where(self._old_unattached_journal(cutoff))
+            .order_by(telegram_messages.c.id)
+            .limit(limit)
+        )
+        removed_updates = await self._conn.execute(
+            delete(updates).where(updates.c.seq.in_(old_updates.scalar_subquery()))
+        )
+        journal = await self._conn.execute(
+            delete(telegram_messages).where(
+                telegram_messages.c.id.in_(old_journal.scalar_subquery())
+            )
+        )
+        return PruneReport(updates=int(removed_updates.rowcount), journal=int(journal.rowcount))
+
+    async def count_prunable(self, cutoff: datetime) -> PruneReport:
+        """What a prune at ``cutoff`` would delete."""
+        ids = select(messages.c.id).where(self._ended_before(cutoff))
+        their_outbox = select(outbox.c.id).where(outbox.c.message_id.in_(ids))
+
+        async def count(table: Table, *where: Any) -> int:
+            query = select(func.count()).select_from(table).where(*where)
+            return int((await self._conn.execute(query)).scalar_one())
+
+        return PruneReport(
+            tasks=await count(messages, self._ended_before(cutoff)),
+            updates=await count(
+                updates,
+                or_(
+                    updates.c.message_id.in_(ids),
+                    and_(updates.c.message_id.is_(None), updates.c.created_at < cutoff),
+                ),
+            ),
+            deliveries=await count(outbox, outbox.c.message_id.in_(ids)),
+            journal=await count(
+                telegram_messages,
+                or_(
+                    telegram_messages.c.message_id.in_(ids),
+                    telegram_messages.c.outbox_id.in_(their_outbox),
+                    self._old_unattached_journal(cutoff),
+                ),
+            ),
+        )
 
     # --- schema ----------------------------------------------------------------------------
 
