@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from nexus_bridge.db.models import messages, outbox, telegram_messages, updates
+from nexus_bridge.db.models import messages, outbox, telegram_messages
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import OutboxKind, PruneReport, TaskStatus
 from nexus_bridge.queue import QueueService
