@@ -41,6 +41,7 @@ from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
 from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
+from nexus_bridge.metrics import METRICS_PATH, metrics_endpoint
 from nexus_bridge.oauth import CONSENT_PATH, BridgeOAuthProvider, OAuthPolicy, RegistrationsFull
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
@@ -502,8 +503,13 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         else r
         for r in app.router.routes
     ]
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.router.routes.extend(
-        [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+        [
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route(METRICS_PATH, metrics_endpoint(bridge.queue, metrics_token), methods=["GET"]),
+        ]
     )
     if bridge.oauth is not None:
         adapt_oauth_routes(app, bridge.mcp, bridge.oauth)

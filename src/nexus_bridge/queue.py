@@ -155,6 +155,16 @@ class TargetSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueMetrics:
+    """The figures ``/metrics`` reads from the database, per target."""
+
+    targets: list[TargetSummary]
+    oldest_pending_seconds: dict[str, float]
+    deliveries_due: dict[str, int]
+    deliveries_failed: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """An outbox entry that is due, with its task: what the delivery worker posts next."""
 
@@ -1092,6 +1102,24 @@ class QueueService:
                     older_than,
                 )
             await asyncio.sleep(interval)
+
+    async def metrics_snapshot(self) -> QueueMetrics:
+        """Every target's figures for a metrics scrape: a few grouped queries."""
+        summaries = await self.target_summaries()
+        now = self._clock()
+        async with self._store.read() as tx:
+            oldest = await tx.oldest_pending_by_target()
+            due = await tx.count_outbox_by_target(OutboxState.PENDING, due_at=now)
+            failed = await tx.count_outbox_by_target(OutboxState.FAILED)
+        return QueueMetrics(
+            targets=summaries,
+            oldest_pending_seconds={
+                target: max(0.0, (now - created).total_seconds())
+                for target, created in oldest.items()
+            },
+            deliveries_due=due,
+            deliveries_failed=failed,
+        )
 
     # --- other processes ----------------------------------------------------------------------
 

@@ -941,6 +941,31 @@ class StoreTransaction:
         if changed.rowcount == 0:
             await self._conn.execute(insert(owner).values(id=1, **values))
 
+    # --- metrics ---------------------------------------------------------------------------
+
+    async def oldest_pending_by_target(self) -> dict[str, datetime]:
+        """When each target's oldest pending task was queued."""
+        rows = await self._conn.execute(
+            select(messages.c.target, func.min(messages.c.created_at, type_=UTCDateTime()))
+            .where(messages.c.status == TaskStatus.PENDING.value)
+            .group_by(messages.c.target)
+        )
+        return {str(r[0]): r[1] for r in rows.all()}
+
+    async def count_outbox_by_target(
+        self, state: OutboxState, *, due_at: datetime | None = None
+    ) -> dict[str, int]:
+        """Deliveries in ``state`` per target (only those due by ``due_at``, if given)."""
+        query = (
+            select(messages.c.target, func.count())
+            .select_from(outbox.join(messages, messages.c.id == outbox.c.message_id))
+            .where(outbox.c.state == state.value)
+            .group_by(messages.c.target)
+        )
+        if due_at is not None:
+            query = query.where(outbox.c.next_attempt_at <= due_at)
+        return {str(r[0]): int(r[1]) for r in (await self._conn.execute(query)).all()}
+
     # --- retention -------------------------------------------------------------------------
 
     @staticmethod

@@ -40,6 +40,7 @@ from nexus_bridge.config import DEFAULT_TARGET, TelegramSettings
 from nexus_bridge.domain import OutboxKind
 from nexus_bridge.errors import InvalidInput
 from nexus_bridge.logs import quiet_noisy_loggers
+from nexus_bridge.metrics import METRICS
 from nexus_bridge.protocol import render_cancel, render_reply, render_task
 from nexus_bridge.queue import Delivery, QueueService
 
@@ -238,9 +239,11 @@ class TelegramTransport:
         """getMe: checks the token and reachability. InvalidToken propagates (it is final)."""
         try:
             await self._application.initialize()
-        except InvalidToken:
+        except InvalidToken as exc:
+            METRICS.telegram_error(exc)
             raise
         except TelegramError as exc:
+            METRICS.telegram_error(exc)
             self._set_state(TransportState.ERROR, f"cannot reach Telegram: {_describe(exc)}")
             return False
         return True
@@ -285,6 +288,7 @@ class TelegramTransport:
             except InvalidToken:
                 raise
             except TelegramError as exc:
+                METRICS.telegram_error(exc)
                 logger.warning("telegram transport: setWebhook failed: %s", _describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
@@ -308,9 +312,11 @@ class TelegramTransport:
                     allowed_updates=[Update.MESSAGE],
                 )
             except RetryAfter as exc:
+                METRICS.telegram_error(exc)
                 await asyncio.sleep(_seconds(exc.retry_after))
                 continue
-            except Conflict:
+            except Conflict as exc:
+                METRICS.telegram_error(exc)
                 logger.warning(
                     "telegram transport: another program is polling this bot token; the bridge "
                     "needs a bot of its own (see the README)"
@@ -321,6 +327,7 @@ class TelegramTransport:
             except InvalidToken:
                 raise
             except NetworkError as exc:
+                METRICS.telegram_error(exc)
                 logger.warning("telegram transport: getUpdates failed: %s", _describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
@@ -481,12 +488,14 @@ class TelegramTransport:
                     disable_web_page_preview=True,
                 )
             except RetryAfter as exc:
+                METRICS.telegram_error(exc)
                 wait = _seconds(exc.retry_after)
                 await self._queue.mark_retry(
                     delivery, error=f"Telegram asked to wait {wait:g} s", delay_seconds=wait
                 )
                 return
             except (Forbidden, BadRequest, ChatMigrated) as exc:
+                METRICS.telegram_error(exc)
                 logger.error(  # noqa: TRY400 - the refusal is the message; no traceback needed
                     "telegram transport: task %s refused: %s", delivery.task.id, _describe(exc)
                 )
@@ -495,6 +504,7 @@ class TelegramTransport:
             except InvalidToken:
                 raise
             except NetworkError as exc:  # also TimedOut and 5xx
+                METRICS.telegram_error(exc)
                 delay = self._backoff(delivery.item.attempts + 1)
                 logger.warning(
                     "telegram transport: posting task %s failed (%s); retry in %.1f s",
