@@ -12,8 +12,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import pwd
 import re
+import shutil
 import sqlite3
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,6 +274,149 @@ def _days(delta: timedelta) -> str:
     return f"{hours // 24}d" if hours % 24 == 0 else f"{hours}h"
 
 
+# --- systemd-unit ----------------------------------------------------------------------------
+
+SYSTEM_ENV_FILE: Final = "/etc/nexus-bridge/env"
+USER_ENV_FILE: Final = "%h/.config/nexus-bridge/env"
+# Lines that need mount namespaces: an LXC container without nesting fails them (226/NAMESPACE).
+NAMESPACE_NOTE: Final = (
+    "# The lines below need mount namespaces: in an LXC container without nesting the\n"
+    "# service fails with status=226/NAMESPACE. Enable nesting, or delete them."
+)
+
+
+def _executable() -> Path:
+    """The absolute path of this nexus-bridge command (the one beside this Python first)."""
+    beside = Path(sys.executable).with_name("nexus-bridge")
+    if beside.is_file():
+        return beside
+    found = shutil.which("nexus-bridge")
+    if found is None:
+        raise ConfigError("cannot find the nexus-bridge command on PATH; pass --exe")
+    return Path(found).resolve()
+
+
+def _writable_paths(settings: Settings) -> list[Path]:
+    """The directories the bridge writes: the database's and the agent token's."""
+    paths = [settings.agent_token_file.expanduser().parent]
+    database = sqlite_file(settings.database_url)
+    if database is not None:
+        paths.insert(0, database.parent)
+    return list(dict.fromkeys(p.resolve() for p in paths))
+
+
+def _under_home(path: Path) -> bool:
+    return path.is_relative_to("/home") or path.is_relative_to("/root")
+
+
+def _quoted(path: Path | str) -> str:
+    """A path as systemd reads it in ExecStart= (quoted if it has spaces, % doubled)."""
+    text = str(path).replace("%", "%%")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def bridge_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str) -> str:
+    """The unit that runs ``nexus-bridge serve``: migrated first, sandboxed, restarted."""
+    writable = _writable_paths(settings)
+    home = any(_under_home(p) for p in [*writable, exe])
+    lines = [
+        "# nexus-bridge: written by `nexus-bridge systemd-unit"
+        + (" --user" if user_mode else "")
+        + "`",
+        "[Unit]",
+        "Description=nexus-bridge MCP server and task queue",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+    ]
+    if not user_mode:
+        lines.append(f"User={_service_user()}")
+    lines += [
+        "# Settings (NEXUS_BRIDGE_...=value lines); the unit runs without the file too.",
+        f"EnvironmentFile=-{env_file}",
+        f"ExecStartPre={_quoted(exe)} db upgrade",
+        f"ExecStart={_quoted(exe)} serve",
+        "Restart=on-failure",
+        "RestartSec=5",
+        "# SIGTERM drains: waiting pulls answer, requests finish (SHUTDOWN_GRACE_SECONDS).",
+        f"TimeoutStopSec={int(settings.shutdown_grace_seconds) + 20}",
+        "UMask=0077",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "LockPersonality=yes",
+        "RestrictRealtime=yes",
+        "RestrictSUIDSGID=yes",
+        "SystemCallArchitectures=native",
+    ]
+    if not user_mode:
+        lines += [
+            "CapabilityBoundingSet=",
+            NAMESPACE_NOTE,
+            "# Everything read-only but the data directory (and the token file's).",
+            "ProtectSystem=strict",
+            *(f"ReadWritePaths=-{_quoted(p)}" for p in writable),
+            "ProtectHome=" + ("read-only" if home else "yes"),
+            "PrivateTmp=yes",
+            "PrivateDevices=yes",
+            "ProtectKernelTunables=yes",
+            "ProtectKernelModules=yes",
+            "ProtectControlGroups=yes",
+        ]
+    lines += ["", "[Install]", f"WantedBy={'default' if user_mode else 'multi-user'}.target", ""]
+    return "\n".join(lines)
+
+
+def runner_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str) -> str:
+    """The unit that runs the agent runner (``nexus-bridge agent run --claude``)."""
+    lines = [
+        "# nexus-bridge agent runner: written by `nexus-bridge systemd-unit --runner"
+        + (" --user" if user_mode else "")
+        + "`",
+        "# It takes tasks from the bridge at NEXUS_BRIDGE_URL with NEXUS_BRIDGE_AGENT_TOKEN (set",
+        "# both in the environment file) and hands each to Claude Code in WorkingDirectory.",
+        "# See `nexus-bridge agent run --help` for its options.",
+        "[Unit]",
+        "Description=nexus-bridge agent runner (Claude Code)",
+        "Wants=network-online.target",
+        "After=network-online.target" + ("" if user_mode else " nexus-bridge.service"),
+        "",
+        "[Service]",
+        "Type=simple",
+    ]
+    if not user_mode:
+        lines.append(f"User={_service_user()}")
+    lines += [
+        f"EnvironmentFile=-{env_file}",
+        "# The agent works here: its project, its CLAUDE.md.",
+        f"WorkingDirectory={'%h' if user_mode else _quoted(Path.home())}",
+        f"ExecStart={_quoted(exe)} agent run --claude",
+        "Restart=on-failure",
+        "RestartSec=10",
+        # The agent edits files and runs tools as its user: lighter sandboxing than the bridge.
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    ]
+    if not user_mode:
+        lines += [NAMESPACE_NOTE, "ProtectSystem=full", "PrivateTmp=yes"]
+    lines += ["", "[Install]", f"WantedBy={'default' if user_mode else 'multi-user'}.target", ""]
+    return "\n".join(lines)
+
+
+def _service_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def cmd_systemd_unit(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a unit file for the bridge (or, with --runner, for the agent runner)."""
+    exe = Path(args.exe).expanduser().resolve() if args.exe else _executable()
+    env_file = args.env_file or (USER_ENV_FILE if args.user else SYSTEM_ENV_FILE)
+    build = runner_unit if args.runner else bridge_unit
+    sys.stdout.write(build(settings, user_mode=args.user, exe=exe, env_file=env_file))
+    return 0
+
+
 # --- registration ----------------------------------------------------------------------------
 
 
@@ -298,3 +444,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     prune.add_argument("--json", action="store_true", help="print JSON")
     prune.set_defaults(func=cmd_prune)
+
+    unit = sub.add_parser(
+        "systemd-unit",
+        help="print a systemd unit for the bridge (or --runner: the agent runner)",
+    )
+    unit.add_argument("--runner", action="store_true", help="the unit for nexus-bridge agent run")
+    unit.add_argument(
+        "--user", action="store_true", help="a user unit (~/.config/systemd/user), no root needed"
+    )
+    unit.add_argument(
+        "--env-file",
+        help=f"the EnvironmentFile (default {SYSTEM_ENV_FILE}, with --user {USER_ENV_FILE})",
+    )
+    unit.add_argument("--exe", help="the nexus-bridge command to run (default: this one)")
+    unit.set_defaults(func=cmd_systemd_unit)
