@@ -411,6 +411,15 @@ def _service_user() -> str:
 def cmd_systemd_unit(settings: Settings, args: argparse.Namespace) -> int:
     """Print a unit file for the bridge (or, with --runner, for the agent runner)."""
     exe = Path(args.exe).expanduser().resolve() if args.exe else _executable()
+    if not args.user and not args.runner:
+        for directory in _writable_paths(settings):
+            if not directory.is_dir():
+                # ProtectSystem=strict keeps the service from creating it.
+                print(
+                    f"nexus-bridge: warning: {directory} does not exist yet; create it before "
+                    f"starting the unit (nexus-bridge db upgrade does, run as {_service_user()})",
+                    file=sys.stderr,
+                )
     env_file = args.env_file or (USER_ENV_FILE if args.user else SYSTEM_ENV_FILE)
     build = runner_unit if args.runner else bridge_unit
     sys.stdout.write(build(settings, user_mode=args.user, exe=exe, env_file=env_file))

@@ -10,6 +10,7 @@ import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_bridge.config import Settings
+from nexus_bridge.metrics import METRICS
 from tests.conftest import mcp_client, running_server, wait_for
 from tests.e2e.test_http import call, call_error
 from tests.e2e.test_oauth import (
@@ -180,3 +181,20 @@ async def test_metrics_count_oauth_logins_and_refusals(
     assert delta("nexus_bridge_oauth_logins_total") == 1
     assert delta("nexus_bridge_oauth_refusals_total", reason="wrong_passphrase") == 1
     assert delta("nexus_bridge_oauth_refusals_total", reason="declined") == 1
+
+
+async def test_a_rejected_bot_token_is_counted_once_as_invalid_token(
+    make_settings: Callable[..., Settings],
+) -> None:
+    name, labels = "nexus_bridge_telegram_api_errors_total", {"kind": "invalid_token"}
+    before = METRICS.registry.get_sample_value(name, labels) or 0.0  # this process's counter
+    async with running_fake_telegram() as fake:
+        settings = telegram_settings(make_settings, fake, telegram_bot_token="123:" + "w" * 35)
+        async with running_server(settings) as (url, server):
+
+            async def rejected() -> bool:
+                return (await server.bridge.transport_report()).state == "error"
+
+            await wait_for(rejected, what="the transport to give up on the token")
+            after = value(await scrape(url), name, **labels)
+    assert after - before == 1

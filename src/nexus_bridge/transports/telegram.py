@@ -155,6 +155,7 @@ class TelegramTransport:
             write_timeout=timeout,
             pool_timeout=timeout,
         )
+        self._requests = (request, polling)
         application = (
             ApplicationBuilder()
             .token(self._settings.token)
@@ -215,7 +216,8 @@ class TelegramTransport:
                             )
                     self._set_state(TransportState.ERROR, "restarting after an error")
                 await self._pause(renew_every)
-        except InvalidToken:
+        except InvalidToken as exc:
+            METRICS.telegram_error(exc)  # counted once, wherever it was raised: it is final
             self._set_state(TransportState.ERROR, "Telegram rejected the bot token")
             logger.error("telegram transport: the bot token was rejected; it stays off")  # noqa: TRY400
         finally:
@@ -224,6 +226,11 @@ class TelegramTransport:
                 await self._queue.release_lease(POLLER_LEASE, self.holder_id)
             with contextlib.suppress(Exception):
                 await self._application.shutdown()
+            # An application whose getMe failed (a rejected token) was never initialised, so its
+            # shutdown above does nothing: close the connections its bot opened all the same.
+            for request in self._requests:
+                with contextlib.suppress(Exception):
+                    await request.shutdown()
             if self._state != TransportState.ERROR:
                 self._set_state(TransportState.STOPPED)
 
@@ -239,8 +246,7 @@ class TelegramTransport:
         """getMe: checks the token and reachability. InvalidToken propagates (it is final)."""
         try:
             await self._application.initialize()
-        except InvalidToken as exc:
-            METRICS.telegram_error(exc)
+        except InvalidToken:
             raise
         except TelegramError as exc:
             METRICS.telegram_error(exc)
