@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from telegram.error import (
 from nexus_bridge import config
 from nexus_bridge.domain import TaskStatus
 from nexus_bridge.queue import QueueMetrics, QueueService
+
+logger = logging.getLogger(__name__)
 
 METRICS_PATH: Final = "/metrics"
 # What generate_latest writes: the classic text format every Prometheus reads.
@@ -231,7 +234,11 @@ def metrics_endpoint(
                     "METRICS_TOKEN to scrape them from elsewhere\n",
                     status_code=403,
                 )
-        snapshot = await queue.metrics_snapshot()
+        try:
+            snapshot = await queue.metrics_snapshot()
+        except Exception:
+            logger.exception("/metrics: could not read the queue from the database")
+            return PlainTextResponse("the database could not be read; see the log\n", 503)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Scrape(METRICS.registry, QueueCollector(snapshot)))
         return Response(generate_latest(registry), media_type=TEXT_FORMAT)

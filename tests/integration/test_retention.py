@@ -3,12 +3,16 @@ everything that belongs to them, never an open task, and cursors stay valid."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from nexus_bridge.db import migrate
 from nexus_bridge.db.models import messages, outbox, telegram_messages
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import OutboxKind, PruneReport, TaskStatus
@@ -147,3 +151,33 @@ async def test_pruning_the_newest_updates_never_reuses_their_seq(
     page = await aged_queue.pull("claude", cursor=held.next_cursor)
     assert [u.message_id for u in page.updates] == [fresh]
     assert page.updates[0].seq > last
+
+
+def test_migration_0009_keeps_every_update_and_never_reuses_a_seq(tmp_path: Path) -> None:
+    """0002 and 0005 rebuilt updates and outbox without AUTOINCREMENT; 0009 puts it back."""
+    path = tmp_path / "bridge.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    migrate.upgrade(url, "0006")
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(
+            "INSERT INTO messages (id, target, content, content_hash, status, urgent, "
+            "created_at, updated_at) VALUES ('t', 'homelab', 'x', 'h', 'complete', 0, "
+            "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')"
+        )
+        conn.executemany(
+            "INSERT INTO updates (message_id, kind, content, created_at) "
+            "VALUES ('t', 'status', ?, '2026-01-01 00:00:00.000000')",
+            [(f"u{i}",) for i in range(5)],
+        )
+        conn.commit()
+    migrate.upgrade(url)
+    with closing(sqlite3.connect(path)) as conn:
+        kept = [r[0] for r in conn.execute("SELECT content FROM updates ORDER BY seq")]
+        conn.execute("DELETE FROM updates WHERE seq >= 4")  # the newest go (a prune)
+        conn.execute(
+            "INSERT INTO updates (message_id, kind, content, created_at) "
+            "VALUES ('t', 'status', 'new', '2026-01-02 00:00:00.000000')"
+        )
+        (new_seq,) = conn.execute("SELECT seq FROM updates WHERE content = 'new'").fetchone()
+    assert kept == [f"u{i}" for i in range(5)]
+    assert new_seq == 6  # not 4: a cursor at 5 still sees it
