@@ -35,10 +35,13 @@ from nexus_bridge.db.store import SqliteFileCheck, sqlite_check, sqlite_checkpoi
 from nexus_bridge.domain import PruneReport
 from nexus_bridge.errors import ConfigError
 
-POSTGRES_BACKUP_HINT: Final = (
-    "the database is PostgreSQL: {action} it with {tool} (e.g. {example}); "
-    "nexus-bridge {action} works on SQLite files only"
-)
+POSTGRES_HINTS: Final = {
+    "backup": "the database is PostgreSQL: back it up with pg_dump (e.g. pg_dump -Fc -f "
+    "bridge.dump DBNAME); nexus-bridge backup works on SQLite files only",
+    "restore": "the database is PostgreSQL: restore it with pg_restore, with the server stopped "
+    "(e.g. pg_restore --clean -d DBNAME bridge.dump); nexus-bridge restore works on SQLite "
+    "files only",
+}
 # The companions SQLite keeps beside a database file; a restore moves them aside with it.
 SQLITE_COMPANIONS: Final = ("-wal", "-shm", "-journal")
 
@@ -47,7 +50,7 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def _sqlite_database(settings: Settings, action: str) -> Path:
+def _sqlite_database(settings: Settings, command: str) -> Path:
     """The SQLite file of the configured database.
 
     Raises:
@@ -57,13 +60,8 @@ def _sqlite_database(settings: Settings, action: str) -> Path:
     if path is not None:
         return path
     if settings.database_url.startswith("postgresql"):
-        tool, example = (
-            ("pg_dump", "pg_dump -Fc -f bridge.dump DBNAME")
-            if action == "back up"
-            else ("pg_restore", "pg_restore --clean -d DBNAME bridge.dump, with the server stopped")
-        )
-        raise ConfigError(POSTGRES_BACKUP_HINT.format(action=action, tool=tool, example=example))
-    raise ConfigError(f"{config.ENV_PREFIX}DATABASE_URL names no database file to {action}")
+        raise ConfigError(POSTGRES_HINTS[command])
+    raise ConfigError(f"{config.ENV_PREFIX}DATABASE_URL names no database file for {command}")
 
 
 def _new_private_file(path: Path) -> None:
@@ -145,7 +143,7 @@ def _schema_note(check: SqliteFileCheck) -> str:
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     """A consistent copy of the live database, checked, written atomically, mode 0600."""
-    source = _sqlite_database(settings, "back up")
+    source = _sqlite_database(settings, "backup")
     if not source.is_file():
         raise ConfigError(f"there is no database at {source} to back up")
     destination = Path(args.path).expanduser()
