@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
@@ -35,10 +36,12 @@ from nexus_bridge.agent_tools import AGENT_MCP_PATH, agent_auth_settings, create
 from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
+from nexus_bridge.db.engine import ServerLock, sqlite_file
 from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
 from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
+from nexus_bridge.metrics import METRICS_PATH, metrics_endpoint
 from nexus_bridge.oauth import CONSENT_PATH, BridgeOAuthProvider, OAuthPolicy, RegistrationsFull
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
@@ -70,6 +73,7 @@ class Bridge(Runtime):
     agent_verifier: AgentTokenVerifier
     transport: TelegramTransport | None = None
     oauth: BridgeOAuthProvider | None = None
+    server_lock: ServerLock | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
@@ -87,6 +91,16 @@ class Bridge(Runtime):
                 name="expire-claims",
             )
         )
+        if self.settings.retention_days is not None:
+            self._background.append(
+                asyncio.create_task(
+                    self.queue.prune_every(
+                        timedelta(days=self.settings.retention_days),
+                        config.RETENTION_INTERVAL_SECONDS,
+                    ),
+                    name="retention",
+                )
+            )
         if self.transport is not None:
             self._background.append(asyncio.create_task(self.transport.run(), name="transport"))
 
@@ -105,6 +119,8 @@ class Bridge(Runtime):
     async def close(self) -> None:
         await self.stop_background()
         await super().close()
+        if self.server_lock is not None:
+            self.server_lock.release()
 
 
 async def report_transport(
@@ -171,6 +187,13 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
     agent_server = create_agent_server(
         runtime.queue, token_verifier=agent_verifier, auth=agent_auth_settings(settings)
     )
+    # Held while this process runs: `nexus-bridge restore` refuses while any server holds it.
+    lock = ServerLock.try_acquire(settings.database_url, exclusive=False)
+    if lock is None:
+        raise ConfigError(
+            f"a restore is replacing the database {sqlite_file(settings.database_url)}; "
+            "start the server once it has finished"
+        )
     return Bridge(
         **vars(runtime),
         mcp=server,
@@ -178,6 +201,7 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
         agent_verifier=agent_verifier,
         transport=transport,
         oauth=provider,
+        server_lock=lock,
     )
 
 
@@ -498,8 +522,13 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         else r
         for r in app.router.routes
     ]
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.router.routes.extend(
-        [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+        [
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route(METRICS_PATH, metrics_endpoint(bridge.queue, metrics_token), methods=["GET"]),
+        ]
     )
     if bridge.oauth is not None:
         adapt_oauth_routes(app, bridge.mcp, bridge.oauth)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from nexus_bridge import __version__, config
+from nexus_bridge import __version__, config, ops
 from nexus_bridge.config import Settings, load_settings
 from nexus_bridge.domain import HANDED_OVER_STATUSES, Task, TaskStatus, Update, first_line
 from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, TaskNotFound
@@ -976,6 +976,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--limit", type=_positive_int, default=config.DEFAULT_LIST_LIMIT)
     lst.add_argument("--before")
     lst.set_defaults(func=cmd_list)
+
+    ops.add_commands(sub)
     return parser
 
 

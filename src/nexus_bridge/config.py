@@ -48,6 +48,8 @@ DEFAULT_AGENT_CLAIM_SECONDS: Final = 120.0
 MAX_TARGET_CHARS: Final = 100  # a target name, as targets.py allows it
 MAX_REASON_CHARS: Final = 1_000  # cancel_message(reason=...)
 MCP_PATH: Final = "/mcp"
+MAX_RETENTION_DAYS: Final = 3650
+RETENTION_INTERVAL_SECONDS: Final = 24 * 3600.0  # RETENTION_DAYS is applied this often
 DEFAULT_TELEGRAM_BASE_URL: Final = "https://api.telegram.org/bot"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The async driver each supported database needs; the engine is async only.
@@ -167,6 +169,8 @@ class Settings(BaseSettings):
     change_poll_seconds: float = Field(default=1.0, gt=0, le=MAX_DURATION_SECONDS)
     log_level: str = "INFO"
     log_format: str = "text"
+    retention_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
+    metrics_token: SecretStr | None = None
 
     config_file: Path | None = Field(
         default=None, validation_alias=AliasChoices(f"{ENV_PREFIX}CONFIG")
@@ -382,6 +386,8 @@ class Settings(BaseSettings):
             values.append(self.agent_token.get_secret_value())
         if self.telegram_bot_token is not None:
             values.append(self.telegram_bot_token.get_secret_value())
+        if self.metrics_token is not None:
+            values.append(self.metrics_token.get_secret_value())
         if self.telegram_webhook_secret is not None:
             values.append(self.telegram_webhook_secret.get_secret_value())
         try:

@@ -319,3 +319,21 @@ class EnqueueResult:
 
     queued: bool
     task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What a retention pass removed (or, on a dry run, would remove)."""
+
+    tasks: int = 0
+    updates: int = 0
+    deliveries: int = 0
+    journal: int = 0
+
+    def __add__(self, other: PruneReport) -> PruneReport:
+        return PruneReport(
+            tasks=self.tasks + other.tasks,
+            updates=self.updates + other.updates,
+            deliveries=self.deliveries + other.deliveries,
+            journal=self.journal + other.journal,
+        )

@@ -9,6 +9,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from typing import Annotated, Any, Final, Literal, ParamSpec, TypeVar
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -24,6 +25,7 @@ from nexus_bridge.db.types import format_timestamp
 from nexus_bridge.domain import MAX_ID_CHARS, MAX_INSTANT_CHARS, TaskStatus, TransportReport
 from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.mcp_http import client_gone
+from nexus_bridge.metrics import METRICS
 from nexus_bridge.queue import DeliveryInfo, QueueService, TargetSummary
 from nexus_bridge.views import StatusName, TaskOut, UpdateOut
 
@@ -347,15 +349,17 @@ def register_tools(
         and remembers where you stopped. Pass either since or cursor, not both. When has_more is
         true, call again with cursor=next_cursor.
         """
-        page = await queue.pull(
-            current_identity(default_identity),
-            since=since,
-            cursor=cursor,
-            message_id=message_id,
-            limit=limit,
-            wait_seconds=wait_seconds,
-            stop=client_gone(),
-        )
+        waiting = METRICS.waiting_pulls.track_inprogress() if wait_seconds else nullcontext()
+        with waiting:
+            page = await queue.pull(
+                current_identity(default_identity),
+                since=since,
+                cursor=cursor,
+                message_id=message_id,
+                limit=limit,
+                wait_seconds=wait_seconds,
+                stop=client_gone(),
+            )
         return PullResult(
             updates=[UpdateOut.of(u) for u in page.updates],
             next_cursor=page.next_cursor,
@@ -522,12 +526,18 @@ class BridgeMCPServer(MCPServer[Any]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
-        try:
-            return await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            if isinstance(exc.__cause__, ValidationError):
-                raise ToolError(bounded(_one_line(name, exc.__cause__))) from exc.__cause__
-            raise
+        # Only known tools get their own label: a client cannot grow the metrics with names.
+        label = name if self._tool_manager.get_tool(name) is not None else "unknown"
+        with METRICS.tool_call(label) as outcome:
+            try:
+                result = await super().call_tool(name, arguments, context)
+            except ToolError as exc:
+                if isinstance(exc.__cause__, ValidationError):
+                    raise ToolError(bounded(_one_line(name, exc.__cause__))) from exc.__cause__
+                raise
+            if getattr(result, "is_error", False):
+                outcome[0] = "error"
+            return result
 
 
 def create_mcp_server(

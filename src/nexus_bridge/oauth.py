@@ -39,6 +39,7 @@ from nexus_bridge.auth import StaticTokenVerifier
 from nexus_bridge.db.store import Store, StoreTransaction
 from nexus_bridge.domain import utc_now
 from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ class BridgeOAuthProvider:
         _client, params = await self.pending_request(request_id)
         async with self._store.write() as tx:
             await tx.oauth_delete_request(token_hash(request_id))
+        METRICS.oauth_refusals.labels("declined").inc()
         query = {"error": "access_denied", "error_description": "the owner declined"}
         if params.state is not None:
             query["state"] = params.state
@@ -340,6 +342,7 @@ class BridgeOAuthProvider:
             if owner is None or not owner.passphrase_hash:
                 raise NoPassphrase()
             if owner.locked_until is not None and owner.locked_until > now:
+                METRICS.oauth_refusals.labels("locked_out").inc()
                 raise OwnerLockedOut()
             attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
             values: dict[str, object] = {
@@ -353,6 +356,7 @@ class BridgeOAuthProvider:
             stored_hash = owner.passphrase_hash
         ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
         if not ok:
+            METRICS.oauth_refusals.labels("wrong_passphrase").inc()
             await asyncio.sleep(self.policy.failure_delay_seconds)  # throttle guessing
             if values["locked_until"] is not None:
                 logger.warning(
@@ -378,6 +382,7 @@ class BridgeOAuthProvider:
                 expires_at=now + timedelta(seconds=self.policy.code_seconds),
                 created_at=now,
             )
+        METRICS.oauth_logins.inc()
         logger.info("oauth: the owner approved client %s", client.client_id)
         query = {"code": code}
         if params.state is not None:

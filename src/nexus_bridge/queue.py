@@ -26,6 +26,7 @@ from nexus_bridge.domain import (
     OutboxItem,
     OutboxKind,
     OutboxState,
+    PruneReport,
     QueueCounts,
     TargetPolicy,
     Task,
@@ -49,6 +50,8 @@ from nexus_bridge.protocol import AgentMessage, parse_agent_message
 logger = logging.getLogger(__name__)
 
 _ENQUEUE_ATTEMPTS: Final = 5
+# Tasks deleted per write transaction by a prune: small enough that a writer waits little.
+PRUNE_BATCH: Final = 200
 _MIN_QUOTE_CHARS: Final = 12  # a shorter quoted first line must match exactly
 # Tags looked up per agent message: a message stuffed with tags costs a bounded number of queries.
 _MAX_TAG_LOOKUPS: Final = 16
@@ -149,6 +152,16 @@ class TargetSummary:
     last_seen_at: datetime | None
     reachable: bool
     stalled: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMetrics:
+    """The figures ``/metrics`` reads from the database, per target."""
+
+    targets: list[TargetSummary]
+    oldest_pending_seconds: dict[str, float]
+    deliveries_due: dict[str, int]
+    deliveries_failed: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1048,6 +1061,79 @@ class QueueService:
                 )
             )
         return summaries
+
+    # --- retention ----------------------------------------------------------------------------
+
+    async def prune(
+        self, older_than: timedelta, *, dry_run: bool = False, batch_size: int = PRUNE_BATCH
+    ) -> PruneReport:
+        """Delete tasks that ended more than ``older_than`` ago, with their updates, deliveries
+        and journal rows, and old updates and journal rows of no task; open tasks are never
+        touched. Each batch is its own short write transaction, so the server's writers wait
+        at most one batch. Cursors stay valid: ``seq`` is never reused, so a cursor into pruned
+        history continues at the next surviving update.
+        """
+        cutoff = self._clock() - older_than
+        if dry_run:
+            async with self._store.read() as tx:
+                return await tx.count_prunable(cutoff)
+        total = PruneReport()
+        while True:
+            async with self._store.read() as tx:
+                ids = await tx.ended_task_ids(cutoff, limit=batch_size)
+            if not ids:
+                break
+            async with self._store.write() as tx:
+                removed = await tx.delete_ended_tasks(ids, cutoff)
+            total += removed
+            if removed.tasks == 0:  # pragma: no cover - ended tasks never reopen
+                break
+            await asyncio.sleep(0)  # let writers waiting for the lock in between batches
+        while True:
+            async with self._store.write() as tx:
+                removed = await tx.delete_unattached(cutoff, limit=batch_size)
+            total += removed
+            if removed.updates < batch_size and removed.journal < batch_size:
+                break
+            await asyncio.sleep(0)
+        return total
+
+    async def prune_every(self, older_than: timedelta, interval: float) -> None:
+        """Run :meth:`prune` now and then every ``interval`` seconds, until cancelled."""
+        while True:
+            try:
+                report = await self.prune(older_than)
+            except Exception:
+                logger.exception("retention: could not prune old tasks")
+            else:
+                logger.info(
+                    "retention: removed %d tasks, %d updates, %d deliveries, %d journal rows "
+                    "older than %s",
+                    report.tasks,
+                    report.updates,
+                    report.deliveries,
+                    report.journal,
+                    older_than,
+                )
+            await asyncio.sleep(interval)
+
+    async def metrics_snapshot(self) -> QueueMetrics:
+        """Every target's figures for a metrics scrape: a few grouped queries."""
+        summaries = await self.target_summaries()
+        now = self._clock()
+        async with self._store.read() as tx:
+            oldest = await tx.oldest_pending_by_target()
+            due = await tx.count_outbox_by_target(OutboxState.PENDING, due_at=now)
+            failed = await tx.count_outbox_by_target(OutboxState.FAILED)
+        return QueueMetrics(
+            targets=summaries,
+            oldest_pending_seconds={
+                target: max(0.0, (now - created).total_seconds())
+                for target, created in oldest.items()
+            },
+            deliveries_due=due,
+            deliveries_failed=failed,
+        )
 
     # --- other processes ----------------------------------------------------------------------
 

@@ -839,6 +839,7 @@ WEBHOOK_SECRET = "webhook-secret-" + "w" * 20
 ROUTES = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("POST", "/mcp"),
     ("POST", "/agent/mcp"),
     ("GET", "/.well-known/oauth-authorization-server"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
@@ -77,6 +78,59 @@ def _warn_if_readable_by_others(path: Path) -> None:
             mode,
             path,
         )
+
+
+SERVER_LOCK_SUFFIX: Final = ".lock"
+
+
+def server_lock_path(database_url: str) -> Path | None:
+    """The lock file beside a SQLite database that every server holds while it runs."""
+    path = sqlite_file(database_url)
+    return None if path is None else path.with_name(path.name + SERVER_LOCK_SUFFIX)
+
+
+class ServerLock:
+    """An advisory lock (``flock``) on the file beside a SQLite database.
+
+    Every server holds it shared for as long as it runs (several servers may share a database);
+    ``restore`` takes it exclusively, so it refuses while any server runs and no server starts
+    while it swaps the files. The kernel drops the lock when its process dies, however it dies,
+    so there is never a stale lock to clean up.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    @classmethod
+    def try_acquire(cls, database_url: str, *, exclusive: bool) -> ServerLock | None:
+        """The lock, or None if it is held the other way (a server, or a restore, has it).
+        A PostgreSQL database has no lock file: the lock is a no-op there.
+
+        Raises:
+            ConfigError: the lock file cannot be created or opened.
+        """
+        path = server_lock_path(database_url)
+        if path is None:
+            return cls(-1, Path())
+        try:
+            path.parent.mkdir(mode=DATA_DIRECTORY_MODE, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATABASE_FILE_MODE)
+        except OSError as exc:
+            raise ConfigError(
+                f"{DATABASE_VARIABLE}: cannot open the server lock file {path}: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(fd, path)
+
+    def release(self) -> None:
+        if self._fd is not None and self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
 
 
 def create_engine(

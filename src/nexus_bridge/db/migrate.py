@@ -71,3 +71,9 @@ def revisions() -> list[tuple[str, str]]:
 def head_revisions() -> tuple[str, ...]:
     script = ScriptDirectory(str(migrations_path()))
     return tuple(script.get_heads())
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision this nexus-bridge's migrations know."""
+    script = ScriptDirectory(str(migrations_path()))
+    return frozenset(r.revision for r in script.walk_revisions())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -51,11 +53,13 @@ from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
     OPEN_STATUSES,
+    TERMINAL_STATUSES,
     InboundMessage,
     Lease,
     OutboxItem,
     OutboxKind,
     OutboxState,
+    PruneReport,
     Task,
     TaskStatus,
     Update,
@@ -937,6 +941,144 @@ class StoreTransaction:
         if changed.rowcount == 0:
             await self._conn.execute(insert(owner).values(id=1, **values))
 
+    # --- metrics ---------------------------------------------------------------------------
+
+    async def oldest_pending_by_target(self) -> dict[str, datetime]:
+        """When each target's oldest pending task was queued."""
+        rows = await self._conn.execute(
+            select(messages.c.target, func.min(messages.c.created_at, type_=UTCDateTime()))
+            .where(messages.c.status == TaskStatus.PENDING.value)
+            .group_by(messages.c.target)
+        )
+        return {str(r[0]): r[1] for r in rows.all()}
+
+    async def count_outbox_by_target(
+        self, state: OutboxState, *, due_at: datetime | None = None
+    ) -> dict[str, int]:
+        """Deliveries in ``state`` per target (only those due by ``due_at``, if given)."""
+        query = (
+            select(messages.c.target, func.count())
+            .select_from(outbox.join(messages, messages.c.id == outbox.c.message_id))
+            .where(outbox.c.state == state.value)
+            .group_by(messages.c.target)
+        )
+        if due_at is not None:
+            query = query.where(outbox.c.next_attempt_at <= due_at)
+        return {str(r[0]): int(r[1]) for r in (await self._conn.execute(query)).all()}
+
+    # --- retention -------------------------------------------------------------------------
+
+    @staticmethod
+    def _ended_before(cutoff: datetime) -> Any:
+        """Ended tasks whose end (or, for rows from before ended_at, last change) is older."""
+        return and_(
+            messages.c.status.in_([s.value for s in TERMINAL_STATUSES]),
+            func.coalesce(messages.c.ended_at, messages.c.updated_at) < cutoff,
+        )
+
+    @staticmethod
+    def _old_unattached_journal(cutoff: datetime) -> Any:
+        """Journal rows of no task that are done with: ignored, or processed, and old."""
+        return and_(
+            telegram_messages.c.message_id.is_(None),
+            telegram_messages.c.created_at < cutoff,
+            or_(
+                telegram_messages.c.accepted.is_(False),
+                telegram_messages.c.processed_at.is_not(None),
+            ),
+        )
+
+    async def ended_task_ids(self, cutoff: datetime, *, limit: int) -> list[str]:
+        """Up to ``limit`` ids of tasks that ended before ``cutoff``, oldest first."""
+        rows = await self._conn.execute(
+            select(messages.c.id)
+            .where(self._ended_before(cutoff))
+            .order_by(messages.c.created_at, messages.c.id)
+            .limit(limit)
+        )
+        return [str(r[0]) for r in rows.all()]
+
+    async def delete_ended_tasks(self, task_ids: Sequence[str], cutoff: datetime) -> PruneReport:
+        """Delete these tasks (re-checked: still ended before ``cutoff``, so an open task is
+        never touched) with their updates, deliveries and journal rows."""
+        ids = select(messages.c.id).where(messages.c.id.in_(task_ids), self._ended_before(cutoff))
+        their_outbox = select(outbox.c.id).where(outbox.c.message_id.in_(ids))
+        journal = await self._conn.execute(
+            delete(telegram_messages).where(
+                or_(
+                    telegram_messages.c.message_id.in_(ids),
+                    telegram_messages.c.outbox_id.in_(their_outbox),
+                )
+            )
+        )
+        deliveries = await self._conn.execute(delete(outbox).where(outbox.c.message_id.in_(ids)))
+        removed_updates = await self._conn.execute(
+            delete(updates).where(updates.c.message_id.in_(ids))
+        )
+        tasks = await self._conn.execute(
+            delete(messages).where(messages.c.id.in_(task_ids), self._ended_before(cutoff))
+        )
+        return PruneReport(
+            tasks=int(tasks.rowcount),
+            updates=int(removed_updates.rowcount),
+            deliveries=int(deliveries.rowcount),
+            journal=int(journal.rowcount),
+        )
+
+    async def delete_unattached(self, cutoff: datetime, *, limit: int) -> PruneReport:
+        """Delete up to ``limit`` old updates and old, finished journal rows that belong to
+        no task (agent messages no task claimed, messages from strangers)."""
+        old_updates = (
+            select(updates.c.seq)
+            .where(updates.c.message_id.is_(None), updates.c.created_at < cutoff)
+            .order_by(updates.c.seq)
+            .limit(limit)
+        )
+        old_journal = (
+            select(telegram_messages.c.id)
+            .where(self._old_unattached_journal(cutoff))
+            .order_by(telegram_messages.c.id)
+            .limit(limit)
+        )
+        removed_updates = await self._conn.execute(
+            delete(updates).where(updates.c.seq.in_(old_updates.scalar_subquery()))
+        )
+        journal = await self._conn.execute(
+            delete(telegram_messages).where(
+                telegram_messages.c.id.in_(old_journal.scalar_subquery())
+            )
+        )
+        return PruneReport(updates=int(removed_updates.rowcount), journal=int(journal.rowcount))
+
+    async def count_prunable(self, cutoff: datetime) -> PruneReport:
+        """What a prune at ``cutoff`` would delete."""
+        ids = select(messages.c.id).where(self._ended_before(cutoff))
+        their_outbox = select(outbox.c.id).where(outbox.c.message_id.in_(ids))
+
+        async def count(table: Table, *where: Any) -> int:
+            query = select(func.count()).select_from(table).where(*where)
+            return int((await self._conn.execute(query)).scalar_one())
+
+        return PruneReport(
+            tasks=await count(messages, self._ended_before(cutoff)),
+            updates=await count(
+                updates,
+                or_(
+                    updates.c.message_id.in_(ids),
+                    and_(updates.c.message_id.is_(None), updates.c.created_at < cutoff),
+                ),
+            ),
+            deliveries=await count(outbox, outbox.c.message_id.in_(ids)),
+            journal=await count(
+                telegram_messages,
+                or_(
+                    telegram_messages.c.message_id.in_(ids),
+                    telegram_messages.c.outbox_id.in_(their_outbox),
+                    self._old_unattached_journal(cutoff),
+                ),
+            ),
+        )
+
     # --- schema ----------------------------------------------------------------------------
 
     async def sqlite_journal_mode(self) -> str | None:
@@ -1007,3 +1149,67 @@ def _reason(exc: BaseException) -> str:
         # asyncpg's "[Errno 111] Connect call failed (...)" never says "refused" in words.
         return f"{os.strerror(inner.errno)}: {inner.strerror}"
     return " ".join(str(inner).split()) or type(inner).__name__
+
+
+# --- SQLite files: backup and restore --------------------------------------------------------
+# Plain sqlite3 on the file, not the async engine: the online backup API is not in aiosqlite,
+# and these run from the CLI with no event loop.
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteFileCheck:
+    """What a check of a SQLite database file found."""
+
+    integrity: tuple[str, ...]
+    revisions: tuple[str, ...]
+    tasks: int
+
+    @property
+    def ok(self) -> bool:
+        return self.integrity == ("ok",)
+
+
+def sqlite_copy(source: Path, destination: Path, *, busy_timeout_ms: int) -> None:
+    """Copy the database ``source`` into the empty file ``destination`` with SQLite's online
+    backup, in one step: one consistent snapshot (a read transaction, which in WAL mode never
+    blocks the server's writers). The copy is left in rollback-journal mode, one self-contained
+    file (the server turns WAL back on when it opens it).
+
+    Raises:
+        sqlite3.Error: the source is not a SQLite database, or cannot be read.
+    """
+    with (
+        closing(sqlite3.connect(source, timeout=busy_timeout_ms / 1000)) as src,
+        closing(sqlite3.connect(destination)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+        dst.commit()
+
+
+def sqlite_check(path: Path) -> SqliteFileCheck:
+    """``PRAGMA integrity_check``, the alembic revision and the number of tasks of a file.
+
+    Raises:
+        sqlite3.Error: not a SQLite database.
+    """
+    with closing(sqlite3.connect(path)) as conn:
+        integrity = tuple(str(row[0]) for row in conn.execute("PRAGMA integrity_check"))
+        try:
+            revisions = tuple(
+                str(row[0]) for row in conn.execute("SELECT version_num FROM alembic_version")
+            )
+            tasks = int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table: not a nexus-bridge database
+            revisions, tasks = (), 0
+    return SqliteFileCheck(integrity=integrity, revisions=revisions, tasks=tasks)
+
+
+def sqlite_checkpoint(path: Path, *, busy_timeout_ms: int) -> None:
+    """Fold the write-ahead log into the database file, so the file alone holds everything.
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or checkpointed.
+    """
+    with closing(sqlite3.connect(path, timeout=busy_timeout_ms / 1000)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

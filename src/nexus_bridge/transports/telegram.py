@@ -40,6 +40,7 @@ from nexus_bridge.config import DEFAULT_TARGET, TelegramSettings
 from nexus_bridge.domain import OutboxKind
 from nexus_bridge.errors import InvalidInput
 from nexus_bridge.logs import quiet_noisy_loggers
+from nexus_bridge.metrics import METRICS
 from nexus_bridge.protocol import render_cancel, render_reply, render_task
 from nexus_bridge.queue import Delivery, QueueService
 
@@ -154,6 +155,7 @@ class TelegramTransport:
             write_timeout=timeout,
             pool_timeout=timeout,
         )
+        self._requests = (request, polling)
         application = (
             ApplicationBuilder()
             .token(self._settings.token)
@@ -214,7 +216,8 @@ class TelegramTransport:
                             )
                     self._set_state(TransportState.ERROR, "restarting after an error")
                 await self._pause(renew_every)
-        except InvalidToken:
+        except InvalidToken as exc:
+            METRICS.telegram_error(exc)  # counted once, wherever it was raised: it is final
             self._set_state(TransportState.ERROR, "Telegram rejected the bot token")
             logger.error("telegram transport: the bot token was rejected; it stays off")  # noqa: TRY400
         finally:
@@ -223,6 +226,11 @@ class TelegramTransport:
                 await self._queue.release_lease(POLLER_LEASE, self.holder_id)
             with contextlib.suppress(Exception):
                 await self._application.shutdown()
+            # An application whose getMe failed (a rejected token) was never initialised, so its
+            # shutdown above does nothing: close the connections its bot opened all the same.
+            for request in self._requests:
+                with contextlib.suppress(Exception):
+                    await request.shutdown()
             if self._state != TransportState.ERROR:
                 self._set_state(TransportState.STOPPED)
 
@@ -241,6 +249,7 @@ class TelegramTransport:
         except InvalidToken:
             raise
         except TelegramError as exc:
+            METRICS.telegram_error(exc)
             self._set_state(TransportState.ERROR, f"cannot reach Telegram: {_describe(exc)}")
             return False
         return True
@@ -285,6 +294,7 @@ class TelegramTransport:
             except InvalidToken:
                 raise
             except TelegramError as exc:
+                METRICS.telegram_error(exc)
                 logger.warning("telegram transport: setWebhook failed: %s", _describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
@@ -308,9 +318,11 @@ class TelegramTransport:
                     allowed_updates=[Update.MESSAGE],
                 )
             except RetryAfter as exc:
+                METRICS.telegram_error(exc)
                 await asyncio.sleep(_seconds(exc.retry_after))
                 continue
-            except Conflict:
+            except Conflict as exc:
+                METRICS.telegram_error(exc)
                 logger.warning(
                     "telegram transport: another program is polling this bot token; the bridge "
                     "needs a bot of its own (see the README)"
@@ -321,6 +333,7 @@ class TelegramTransport:
             except InvalidToken:
                 raise
             except NetworkError as exc:
+                METRICS.telegram_error(exc)
                 logger.warning("telegram transport: getUpdates failed: %s", _describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
@@ -482,12 +495,14 @@ class TelegramTransport:
                     disable_web_page_preview=True,
                 )
             except RetryAfter as exc:
+                METRICS.telegram_error(exc)
                 wait = _seconds(exc.retry_after)
                 await self._queue.mark_retry(
                     delivery, error=f"Telegram asked to wait {wait:g} s", delay_seconds=wait
                 )
                 return
             except (Forbidden, BadRequest, ChatMigrated) as exc:
+                METRICS.telegram_error(exc)
                 logger.error(  # noqa: TRY400 - the refusal is the message; no traceback needed
                     "telegram transport: task %s refused: %s",
                     delivery.task.id,
@@ -499,6 +514,7 @@ class TelegramTransport:
             except InvalidToken:
                 raise
             except NetworkError as exc:  # also TimedOut and 5xx
+                METRICS.telegram_error(exc)
                 delay = self._backoff(delivery.item.attempts + 1)
                 logger.warning(
                     "telegram transport: posting task %s failed (%s); retry in %.1f s",

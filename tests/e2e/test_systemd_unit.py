@@ -1,0 +1,111 @@
+"""``nexus-bridge systemd-unit``: units ``systemd-analyze verify`` accepts, whose commands run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import EXE, run
+from tests.e2e.test_process import sqlite_path
+
+VARIANTS = [[], ["--user"], ["--runner"], ["--runner", "--user"]]
+
+
+def parse(unit: str) -> dict[str, dict[str, list[str]]]:
+    """Section -> key -> every value (systemd keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in unit.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        assert current is not None, line
+        key, sep, value = line.partition("=")
+        assert sep, f"not key=value: {line!r}"
+        assert "#" not in value, f"systemd has no inline comments: {line!r}"
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.mark.parametrize("flags", VARIANTS, ids=lambda f: " ".join(f) or "system")
+def test_the_printed_unit_passes_systemd_analyze_verify(
+    migrated_sqlite_url: str, tmp_path: Path, flags: list[str]
+) -> None:
+    unit = run(migrated_sqlite_url, "systemd-unit", *flags).stdout
+    parse(unit)  # well-formed everywhere, verified where systemd is installed
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    path = tmp_path / (
+        "nexus-bridge-agent.service" if "--runner" in flags else "nexus-bridge.service"
+    )
+    path.write_text(unit)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    scope = ["--user"] if "--user" in flags else []
+    verified = subprocess.run(
+        [analyze, *scope, "verify", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stderr == "", verified.stderr  # warnings too: a line systemd ignored
+
+
+def test_the_bridge_unit_migrates_first_sandboxes_and_its_commands_run(
+    migrated_sqlite_url: str,
+) -> None:
+    unit = parse(run(migrated_sqlite_url, "systemd-unit").stdout)
+    service, section = unit["Service"], unit["Unit"]
+    assert section["Wants"] == ["network-online.target"]
+    assert section["After"] == ["network-online.target"]
+    assert service["EnvironmentFile"] == ["-/etc/nexus-bridge/env"]  # may be absent
+    assert service["Restart"] == ["on-failure"]
+    assert service["NoNewPrivileges"] == ["yes"]
+    assert service["ProtectSystem"] == ["strict"]
+    assert service["PrivateTmp"] == ["yes"]
+    assert service["ProtectHome"] in (["yes"], ["read-only"])
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    data_dir = sqlite_path(migrated_sqlite_url).parent.resolve()
+    assert f"-{data_dir}" in service["ReadWritePaths"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+    (pre,) = service["ExecStartPre"]
+    (start,) = service["ExecStart"]
+    assert shlex.split(pre) == [EXE, "db", "upgrade"]
+    assert shlex.split(start) == [EXE, "serve"]
+    # The migration step works as printed (the server itself is covered by test_process).
+    from tests.conftest import subprocess_env
+
+    migrated = subprocess.run(
+        shlex.split(pre),
+        env=subprocess_env(migrated_sqlite_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+
+
+def test_the_user_unit_needs_no_root_and_the_runner_unit_runs_the_agent(
+    migrated_sqlite_url: str,
+) -> None:
+    user = parse(run(migrated_sqlite_url, "systemd-unit", "--user").stdout)
+    assert "User" not in user["Service"]
+    assert user["Service"]["EnvironmentFile"] == ["-%h/.config/nexus-bridge/env"]
+    assert user["Install"]["WantedBy"] == ["default.target"]
+    runner = parse(run(migrated_sqlite_url, "systemd-unit", "--runner").stdout)
+    assert shlex.split(runner["Service"]["ExecStart"][0]) == [EXE, "agent", "run", "--claude"]
+    assert runner["Unit"]["After"] == ["network-online.target nexus-bridge.service"]
