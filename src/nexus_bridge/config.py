@@ -33,6 +33,7 @@ MAX_LIST_LIMIT: Final = 200
 RECENT_UPDATES_IN_GET: Final = 20
 MCP_PATH: Final = "/mcp"
 DEFAULT_TELEGRAM_BASE_URL: Final = "https://api.telegram.org/bot"
+POLLER_LEASE: Final = "telegram-poller"  # the lease that elects the one Telegram poller
 CREDENTIAL_KEYS: Final = {
     "token": "bot_token",
     "bot_token": "bot_token",

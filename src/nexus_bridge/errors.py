@@ -42,3 +42,7 @@ class TaskAlreadyEnded(IllegalTransition):
 
 class DatabaseNotReady(NexusBridgeError):
     """The database is not migrated to the current schema; run: nexus-bridge db upgrade"""
+
+
+class DatabaseBusy(NexusBridgeError):
+    """the database is busy; try again"""

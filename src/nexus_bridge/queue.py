@@ -573,11 +573,22 @@ class QueueService:
             return await tx.earliest_pending_outbox()
 
     async def record_part_sent(
-        self, delivery: Delivery, *, part: int, chat_id: int, telegram_message_id: int
-    ) -> None:
-        """Journal one posted part; a restart resumes after it, so no part is posted twice."""
+        self,
+        delivery: Delivery,
+        *,
+        part: int,
+        chat_id: int,
+        telegram_message_id: int,
+        lease_epoch: int | None = None,
+    ) -> list[int | None]:
+        """Journal one posted part; a restart resumes after it, so no part is posted twice.
+
+        Returns the lease epochs under which the same part had already been journaled: empty,
+        unless two holders of the poller lease both posted it (then it is logged as doubled).
+        """
         now = self._clock()
         async with self._store.write() as tx:
+            earlier = await tx.epochs_of_part(delivery.item.id, part)
             await tx.journal_telegram_message(
                 chat_id=chat_id,
                 telegram_message_id=telegram_message_id,
@@ -588,8 +599,20 @@ class QueueService:
                 outbox_id=delivery.item.id,
                 part=part,
                 processed_at=now,
+                lease_epoch=lease_epoch,
             )
             await tx.update_outbox(delivery.item.id, parts_sent=part + 1)
+        if earlier:
+            logger.warning(
+                "task %s: part %d was posted twice (Telegram message %d under lease epoch %s; "
+                "already posted under epoch %s)",
+                delivery.task.id,
+                part,
+                telegram_message_id,
+                lease_epoch,
+                ", ".join(str(e) for e in earlier),
+            )
+        return earlier
 
     async def mark_delivered(self, delivery: Delivery) -> None:
         async with self._store.write() as tx:
@@ -610,6 +633,11 @@ class QueueService:
                 last_error=error,
                 next_attempt_at=self._clock() + timedelta(seconds=delay_seconds),
             )
+
+    async def postpone(self, delivery: Delivery, *, reason: str, until: datetime) -> None:
+        """Not tried now (Telegram asked the whole chat to wait): no attempt is counted."""
+        async with self._store.write() as tx:
+            await tx.update_outbox(delivery.item.id, last_error=reason, next_attempt_at=until)
 
     async def mark_failed(self, delivery: Delivery, *, error: str) -> None:
         """A permanent refusal: the delivery fails and the task ends in error, saying why."""
@@ -741,17 +769,48 @@ class QueueService:
 
     # --- leases -----------------------------------------------------------------------------
 
-    async def acquire_lease(self, name: str, holder: str, *, seconds: float) -> bool:
-        """Take or renew a lease; False while another live holder has it."""
+    async def acquire_lease(
+        self, name: str, holder: str, *, seconds: float, replacing: str | None = None
+    ) -> int | None:
+        """Take or renew a lease: its epoch, or None while another live holder has it.
+
+        ``replacing`` names a holder known to be dead, whose lease is taken before it expires.
+        """
         now = self._clock()
         async with self._store.write() as tx:
             return await tx.acquire_lease(
-                name, holder, now=now, until=now + timedelta(seconds=seconds)
+                name, holder, now=now, until=now + timedelta(seconds=seconds), replacing=replacing
             )
 
     async def release_lease(self, name: str, holder: str) -> None:
         async with self._store.write() as tx:
-            await tx.release_lease(name, holder)
+            await tx.release_lease(name, holder, now=self._clock())
+
+    async def record_lease_health(
+        self,
+        name: str,
+        holder: str,
+        *,
+        health: str,
+        last_ok_at: datetime | None,
+        last_error: str | None,
+        error_since: datetime | None,
+    ) -> None:
+        """What the lease's holder reports about the service it talks to (for other processes)."""
+        async with self._store.write() as tx:
+            await tx.record_lease_health(
+                name,
+                holder,
+                health=health,
+                last_ok_at=last_ok_at,
+                last_error=last_error,
+                error_since=error_since,
+            )
+
+    async def lease_row(self, name: str) -> Lease | None:
+        """The lease as recorded, expired or not (whose it was, its epoch, its holder's report)."""
+        async with self._store.read() as tx:
+            return await tx.get_lease(name)
 
     async def lease(self, name: str) -> Lease | None:
         """The lease if it is held and has not expired."""
