@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -972,9 +973,10 @@ class StoreTransaction:
         return tuple(str(r[0]) for r in rows)
 
 
-def _is_busy(exc: OperationalError) -> bool:
-    """SQLite's "database is locked": another connection held it past the busy timeout."""
-    message = str(exc.orig).lower()
+def _is_busy(exc: Exception) -> bool:
+    """SQLite's "database is locked": another connection held it past the busy timeout. (BEGIN
+    IMMEDIATE runs in the engine's begin hook, so its error arrives unwrapped by SQLAlchemy.)"""
+    message = str(getattr(exc, "orig", exc)).lower()
     return "database is locked" in message or "database is busy" in message
 
 
@@ -995,7 +997,7 @@ class Store:
         try:
             async with self.engine.connect() as conn, conn.begin():
                 yield StoreTransaction(conn)
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:
             if _is_busy(exc):
                 raise DatabaseBusy from exc
             raise
@@ -1017,7 +1019,7 @@ class Store:
                     if self._is_postgres:
                         await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})"))
                     yield StoreTransaction(conn)
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:
             if _is_busy(exc):
                 raise DatabaseBusy from exc
             raise
