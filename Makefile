@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install node-deps run migrate lint format test bench clean
+.PHONY: install node-deps run migrate lint format test bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nexus-bridge needs Python >= 3.11; set PYTHON=python3.11")'
@@ -44,6 +44,12 @@ test: lint node-deps
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# Minutes of Telegram faults against two real servers and the fake Bot API (not in `make test`);
+# prints lost / duplicated / stuck and fails on any lost or stuck task. SOAK_SECONDS=180 by default.
+SOAK_SECONDS ?= 180
+soak: install
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

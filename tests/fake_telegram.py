@@ -124,6 +124,7 @@ class SentMessage:
     reply_to_message_id: int | None
     parse_mode: str | None
     params: JSONDict = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic, compare=False)  # when it was accepted
 
 
 class ApiError(Exception):

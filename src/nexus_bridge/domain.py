@@ -189,6 +189,7 @@ class InboundMessage:
     from_id: int | None
     reply_to_telegram_id: int | None
     text: str | None
+    processed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -703,6 +703,9 @@ class QueueService:
         text = inbound.text or ""
         parsed = parse_agent_message(text)
         async with self._store.write() as tx:
+            if (await tx.inbound_message(journal_id)).processed_at is not None:
+                # Already acted on (by a recovery pass, or another process): once only.
+                return InboundResult(task_id=None, status=None, applied=False)
             task = await self._correlate(tx, inbound, parsed, target)
             now = self._clock()
             await tx.insert_update(

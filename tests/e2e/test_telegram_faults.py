@@ -16,9 +16,20 @@ from typing import Any
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from nexus_bridge.config import Settings
+from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.store import Store
+from nexus_bridge.queue import QueueService
 from tests.conftest import mcp_client, running_server, subprocess_env, wait_for
 from tests.e2e.test_http import call, call_error
-from tests.e2e.test_telegram import CHAT, _delivered, telegram_settings
+from tests.e2e.test_telegram import (
+    AGENT,
+    CHAT,
+    _delivered,
+    agent_updates,
+    send_and_deliver,
+    telegram_settings,
+    wait_status,
+)
 from tests.fake_telegram import Fault, running_fake_telegram
 
 NEXUS_BRIDGE = str(Path(sys.executable).with_name("nexus-bridge"))
@@ -195,3 +206,29 @@ async def test_a_busy_database_is_a_clear_retryable_error_in_tools_and_the_cli(
             assert err.decode().strip() == "nexus-bridge: error: the database is busy; try again"
         # Free again: the same call works.
         assert (await call(client, "send_message", {"message": "while busy"}))["queued"]
+
+
+async def test_a_journaled_but_unprocessed_reply_is_acted_on_without_a_takeover(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # A poll worker cancelled between journaling a reply and acting on it (its lease lapsed)
+    # leaves the reply journaled only. The holder finds it at its next renewal.
+    async with running_fake_telegram() as fake:
+        settings = telegram_settings(make_settings, fake, telegram_lease_seconds=1.5)
+        async with running_server(settings) as (url, _), mcp_client(url) as client:
+            task_id, message_id = await send_and_deliver(client, fake, "journaled only")
+            store = Store(create_engine(settings.database_url))
+            try:
+                journaled = await QueueService(store).journal_inbound(
+                    chat_id=CHAT,
+                    telegram_message_id=message_id + 100,
+                    from_id=AGENT,
+                    text="[Done] finished",
+                    reply_to_telegram_id=message_id,
+                    accepted=True,
+                )
+            finally:
+                await store.dispose()
+            assert journaled is not None
+            await wait_status(client, task_id, "complete")
+            assert await agent_updates(client, task_id) == ["[Done] finished"]

@@ -100,3 +100,27 @@ async def test_a_part_posted_under_two_epochs_is_detected_and_logged(
     assert "was posted twice" in caplog.text
     assert "epoch 2" in caplog.text
     assert "already posted under epoch 1" in caplog.text
+
+
+async def test_a_journaled_message_is_acted_on_once_however_often_it_is_processed(
+    leases: QueueService,
+) -> None:
+    task = (await leases.enqueue("process me once")).task
+    journal_id = await leases.journal_inbound(
+        chat_id=-1,
+        telegram_message_id=5,
+        from_id=1,
+        text=f"[Done] #{task.id[:8]}",
+        reply_to_telegram_id=None,
+        accepted=True,
+    )
+    assert journal_id is not None
+    first = await leases.process_inbound(journal_id, target=task.target)
+    again = await leases.process_inbound(journal_id, target=task.target)
+    assert (first.task_id, first.applied) == (task.id, True)
+    assert (again.task_id, again.applied) == (None, False)
+    detail = await leases.get(task.id)
+    assert [u.content for u in detail.recent_updates if u.kind.value == "agent"] == [
+        f"[Done] #{task.id[:8]}"
+    ]
+    assert await leases.unprocessed_inbound() == []

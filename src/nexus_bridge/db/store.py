@@ -617,6 +617,7 @@ class StoreTransaction:
             from_id=row.from_id,
             reply_to_telegram_id=row.reply_to_telegram_id,
             text=row.text,
+            processed_at=row.processed_at,
         )
 
     async def unprocessed_inbound(self) -> list[tuple[int, int]]:

@@ -284,6 +284,10 @@ class TelegramTransport:
                     await self._report_standby()
                 if epoch is not None:
                     await self._record_health()
+                    if workers:
+                        # A message journaled but not acted on (the worker that journaled it
+                        # was cancelled, or processing failed) is not left for the next holder.
+                        await self._recover_inbound_safely()
                 if any(worker.done() for worker in workers):
                     # A worker died (a database error, say): restart both at the next renewal
                     # rather than stay silently stopped. A rejected token ends the transport.
@@ -546,6 +550,12 @@ class TelegramTransport:
             result.task_id or "(none)",
             f", status {result.status.value}" if result.status and result.applied else "",
         )
+
+    async def _recover_inbound_safely(self) -> None:
+        try:
+            await self._recover_inbound()
+        except Exception:
+            logger.exception("telegram transport: could not look for unprocessed messages")
 
     async def _recover_inbound(self) -> None:
         for journal_id, chat_id in await self._queue.unprocessed_inbound():
