@@ -222,6 +222,13 @@ async def main(seconds: float) -> int:
                         break
                     await asyncio.sleep(0.5)
                 details = {i: await queue.get(i) for i in soak.queued}
+                path = database_url.split("///", 1)[1]
+                with contextlib.closing(sqlite3.connect(path)) as conn:
+                    unlinked, unprocessed = conn.execute(
+                        "SELECT (SELECT count(*) FROM updates WHERE kind = 'agent' "
+                        "AND message_id IS NULL), (SELECT count(*) FROM telegram_messages "
+                        "WHERE direction = 'in' AND processed_at IS NULL)"
+                    ).fetchone()
             finally:
                 agent.cancel()
                 for proc in soak.processes:
@@ -257,6 +264,10 @@ async def main(seconds: float) -> int:
                 f"soak: lost {len(lost)}, stuck {len(stuck)}, duplicated {len(doubled)} "
                 f"({len(by_kill)} within 1 s before a kill -9, "
                 f"{len(doubled) - len(by_kill)} otherwise)"
+            )
+            print(
+                f"soak: {unlinked} agent replies linked to no task, "
+                f"{unprocessed} journaled replies never acted on"
             )
             for task_id in (lost + stuck)[:10]:
                 detail = details[task_id]

@@ -190,6 +190,7 @@ class InboundMessage:
     reply_to_telegram_id: int | None
     text: str | None
     processed_at: datetime | None = None
+    created_at: datetime | None = None  # when it was journaled
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,9 @@ _ENQUEUE_ATTEMPTS: Final = 5
 _MIN_QUOTE_CHARS: Final = 12  # a shorter quoted first line must match exactly
 # Tags looked up per agent message: a message stuffed with tags costs a bounded number of queries.
 _MAX_TAG_LOOKUPS: Final = 16
+# A reply to a message the journal does not know yet (the bridge's own post, whose journal commit
+# is still to come) waits this long for it before it is correlated without it.
+REPLY_TARGET_WAIT_SECONDS: Final = 30.0
 
 # Which timestamp column a status change stamps (the first time it is reached).
 _STAMPS: Final = {
@@ -154,6 +157,7 @@ class InboundResult:
     task_id: str | None
     status: TaskStatus | None
     applied: bool
+    deferred: bool = False  # not acted on yet: it answers a message not journaled yet
 
 
 def _status_line(old: TaskStatus | None, new: TaskStatus, reason: str | None) -> str:
@@ -700,6 +704,14 @@ class QueueService:
         # never holds the database's write lock.
         async with self._store.read() as tx:
             inbound = await tx.inbound_message(journal_id)
+            replied = inbound.reply_to_telegram_id
+            unknown = replied is not None and not await tx.is_journaled(inbound.chat_id, replied)
+        if unknown and inbound.created_at is not None:
+            age = (self._clock() - inbound.created_at).total_seconds()
+            if age < REPLY_TARGET_WAIT_SECONDS:
+                # An answer can overtake the journal entry of the post it answers (a fast agent,
+                # a stalled poster): act on it once the post is journaled, or after the wait.
+                return InboundResult(task_id=None, status=None, applied=False, deferred=True)
         text = inbound.text or ""
         parsed = parse_agent_message(text)
         async with self._store.write() as tx:

@@ -124,3 +124,46 @@ async def test_a_journaled_message_is_acted_on_once_however_often_it_is_processe
         f"[Done] #{task.id[:8]}"
     ]
     assert await leases.unprocessed_inbound() == []
+
+
+async def test_a_reply_that_overtakes_the_journal_entry_of_its_post_waits_for_it(
+    leases: QueueService, clock: Clock
+) -> None:
+    task = (await leases.enqueue("answered very fast")).task
+    delivery = await leases.next_delivery()
+    assert delivery is not None
+    # The agent's answer to Telegram message 10 is journaled before the post itself is.
+    reply = await leases.journal_inbound(
+        chat_id=-1,
+        telegram_message_id=11,
+        from_id=1,
+        text="[Done] quick",
+        reply_to_telegram_id=10,
+        accepted=True,
+    )
+    assert reply is not None
+    early = await leases.process_inbound(reply, target=task.target)
+    assert early.deferred
+    assert await leases.unprocessed_inbound() == [(reply, -1)]
+    await leases.record_part_sent(delivery, part=0, chat_id=-1, telegram_message_id=10)
+    later = await leases.process_inbound(reply, target=task.target)
+    assert (later.task_id, later.applied) == (task.id, True)
+
+
+async def test_a_reply_to_an_unknown_message_is_correlated_without_it_after_a_while(
+    leases: QueueService, clock: Clock
+) -> None:
+    task = (await leases.enqueue("tagged answer")).task
+    reply = await leases.journal_inbound(
+        chat_id=-1,
+        telegram_message_id=11,
+        from_id=1,
+        text=f"[Done] #{task.id[:8]}",
+        reply_to_telegram_id=3,  # a message from before the bridge: never journaled
+        accepted=True,
+    )
+    assert reply is not None
+    assert (await leases.process_inbound(reply, target=task.target)).deferred
+    clock.advance(31)
+    result = await leases.process_inbound(reply, target=task.target)
+    assert (result.task_id, result.applied, result.deferred) == (task.id, True, False)

@@ -618,6 +618,7 @@ class StoreTransaction:
             reply_to_telegram_id=row.reply_to_telegram_id,
             text=row.text,
             processed_at=row.processed_at,
+            created_at=row.created_at,
         )
 
     async def unprocessed_inbound(self) -> list[tuple[int, int]]:
@@ -640,6 +641,16 @@ class StoreTransaction:
             .where(telegram_messages.c.id == journal_id)
             .values(message_id=message_id, processed_at=at)
         )
+
+    async def is_journaled(self, chat_id: int, telegram_message_id: int) -> bool:
+        """Whether this chat's message (either direction) is in the journal."""
+        found = await self._conn.execute(
+            select(telegram_messages.c.id).where(
+                telegram_messages.c.chat_id == chat_id,
+                telegram_messages.c.telegram_message_id == telegram_message_id,
+            )
+        )
+        return found.first() is not None
 
     async def task_of_telegram_message(self, chat_id: int, telegram_message_id: int) -> str | None:
         value = (

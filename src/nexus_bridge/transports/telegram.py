@@ -545,6 +545,12 @@ class TelegramTransport:
             logger.exception("telegram transport: could not process journaled message")
             self._unprocessed = True
             return
+        if result.deferred:
+            logger.info(
+                "telegram transport: an agent message answers a post not journaled yet; "
+                "acted on at the next lease renewal"
+            )
+            return
         logger.info(
             "telegram transport: agent message -> task %s%s",
             result.task_id or "(none)",
