@@ -2,8 +2,10 @@
 
 Two real ``nexus-bridge serve`` processes share one SQLite file and one fake Bot API server
 (``tests/fake_telegram.py``, in this process). Tasks are queued at a steady rate; a simulated
-agent answers every task it sees in the chat with ``[Done]`` (a Telegram reply to it). Meanwhile,
-round after round, one fault at a time:
+agent answers every task it sees in the chat with ``[Done] #<tag>``, as a Telegram reply to it
+(the tag too, as the agent prompt suggests: the first copy of a post doubled by a ``kill -9`` is
+one the bridge never journaled, so a bare reply to it would join no task). Meanwhile, round after
+round, one fault at a time:
 
 * a 429 flood on the chat (``retry_after``), a burst of 502s, dropped connections;
 * a hung ``getUpdates``;
@@ -145,8 +147,13 @@ class Soak:
                 tag = message.text.split("]", 1)[0]
                 if tag.startswith("[task ") and tag not in answered:
                     answered.add(tag)
+                    # A reply to the message, with the tag too (as the agent prompt suggests):
+                    # the first copy of a doubled post may be one the bridge never journaled.
                     self.fake.inject_message(
-                        CHAT, AGENT, "[Done] ok", reply_to_message_id=message.message_id
+                        CHAT,
+                        AGENT,
+                        f"[Done] #{tag.removeprefix('[task ')} ok",
+                        reply_to_message_id=message.message_id,
                     )
             seen = len(self.fake.sent)
             await asyncio.sleep(0.05)
