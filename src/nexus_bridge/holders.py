@@ -75,8 +75,8 @@ def holder_is_dead(holder: str) -> bool:
         pid = int(parts[1])
     except ValueError:
         return False
-    if pid == os.getpid() or pid <= 0:
-        return False  # this process (another transport in it) is alive by definition
+    if pid <= 0:
+        return False
     recorded_start = parts[2] if len(parts) == 5 else UNKNOWN
     if len(parts) == 5 and parts[3] != _pid_namespace():
         return False  # another container's pid: not one we can see
@@ -90,6 +90,9 @@ def holder_is_dead(holder: str) -> bool:
         except OSError:
             return False
         return False
+    if pid == os.getpid():
+        # This process, or (with another start time) an earlier one that had its pid.
+        return start is not None and recorded_start not in (UNKNOWN, start)
     if start is None:
         return True
     return recorded_start not in (UNKNOWN, start)

@@ -63,3 +63,9 @@ def test_another_host_or_an_unknown_form_is_never_taken_for_dead() -> None:
     assert not holder_is_dead(f"not-{socket.gethostname()}:999999:1:2:abc")
     assert not holder_is_dead("garbage")
     assert not holder_is_dead(f"{socket.gethostname()}:notapid:abc")
+
+
+def test_an_earlier_process_with_this_processs_pid_is_dead() -> None:
+    mine = stat_start(os.getpid())
+    assert not holder_is_dead(holder_like_this_process(os.getpid(), mine))
+    assert holder_is_dead(holder_like_this_process(os.getpid(), str(int(mine) - 1)))
