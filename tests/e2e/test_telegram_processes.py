@@ -195,3 +195,16 @@ async def test_a_paused_holder_resumed_after_its_lease_delivers_nothing_the_succ
             assert sorted(posted) == sorted(texts), (posted, poller.log)
             tags = [m.text.split("]", 1)[0] for m in fake.sent]
             assert sorted(tags) == sorted(f"[task {short_id(i)}" for i in ids)
+            # Each post is journaled with the epoch of the lease it was posted under.
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                epochs = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT lease_epoch FROM telegram_messages WHERE direction = 'out' "
+                        "ORDER BY id"
+                    )
+                ]
+            assert len(epochs) == len(texts)
+            assert None not in epochs
+            assert epochs == sorted(epochs)
+            assert epochs[0] < epochs[-1]  # the successor took the lease: a later epoch
