@@ -272,6 +272,7 @@ class TelegramTransport:
                     workers = []
                 if epoch is not None and not workers:
                     self._epoch = epoch
+                    self._health_recorded = None  # a new holder's row starts without a report
                     await self._recover_inbound()
                     webhook = self._settings.webhook_url
                     inbound = self._register_webhook(webhook) if webhook else self._poll_loop()
