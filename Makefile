@@ -22,7 +22,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 SYNC := $(UV) sync --quiet --locked --python $(PYTHON)
 
-.PHONY: uv install install-runtime lock dist node-deps run migrate lint format test fuzz bench clean
+.PHONY: uv install install-runtime lock dist node-deps run migrate lint format test fuzz bench soak clean
 
 # pip --target needs no virtualenv (seconds faster); a Python whose pip refuses that, or that has
 # no pip outside a virtualenv, gets one.
@@ -98,6 +98,12 @@ fuzz: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# Minutes of Telegram faults against two real servers and the fake Bot API (not in `make test`);
+# prints lost / duplicated / stuck and fails on any lost or stuck task. SOAK_SECONDS=180 by default.
+SOAK_SECONDS ?= 180
+soak: install
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) dist .mypy_cache .ruff_cache .pytest_cache

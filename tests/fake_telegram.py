@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,7 +38,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 DEFAULT_TOKEN = "123456:TEST-TOKEN"
@@ -59,6 +60,13 @@ class Fault:
     body: JSONDict | None = None
     delay: float = 0.0
     deliver: bool = False
+    drop: bool = False
+
+    @classmethod
+    def dropped(cls) -> Fault:
+        """The connection breaks mid-answer: headers, part of a body, then nothing (PTB raises
+        NetworkError). The method does not run."""
+        return cls(200, None, drop=True)
 
     @classmethod
     def retry_after(cls, seconds: int) -> Fault:
@@ -116,6 +124,7 @@ class SentMessage:
     reply_to_message_id: int | None
     parse_mode: str | None
     params: JSONDict = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic, compare=False)  # when it was accepted
 
 
 class ApiError(Exception):
@@ -132,6 +141,16 @@ class ApiError(Exception):
         if self.parameters:
             body["parameters"] = self.parameters
         return body
+
+
+def _dropped() -> Response:
+    """An answer that breaks off: it promises a body it never finishes sending."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"ok": tr'
+        raise ConnectionResetError("the fake Bot API dropped the connection")
+
+    return StreamingResponse(body(), status_code=200, headers={"content-type": "application/json"})
 
 
 def _ok(result: Any) -> JSONResponse:
@@ -208,7 +227,12 @@ class FakeTelegram:
         self.chats: dict[int, dict[int, tuple[str, JSONDict]]] = {}
         self.sent: list[SentMessage] = []
         self.calls: list[tuple[str, JSONDict]] = []
+        self.call_times: list[tuple[str, float]] = []  # (method, time.monotonic()) per call
         self.conflicts = 0
+        # Fault switches, on until switched off (unlike fail_next, which is one call each).
+        self.outage: Fault | None = None  # every method answers this (a 5xx, a drop)
+        self.rate_limited: dict[int, float] = {}  # chat id -> until (monotonic): sends get 429
+        self.refused: list[tuple[int, float]] = []  # (chat id, monotonic) of each 429 answered
 
         self._pending: list[JSONDict] = []  # unconfirmed updates, ascending update_id
         self._next_update_id = 1
@@ -259,6 +283,11 @@ class FakeTelegram:
         if user_id == self.bot_user["id"]:
             user = dict(self.bot_from)
         self.chats.setdefault(chat_id, {})[user_id] = (status, user)
+
+    def rate_limit_chat(self, chat_id: int, seconds: float) -> None:
+        """Telegram's flood control: every sendMessage to ``chat_id`` in the next ``seconds``
+        gets a 429 whose ``retry_after`` is the time left (rounded up)."""
+        self.rate_limited[chat_id] = time.monotonic() + seconds
 
     def fail_next(self, method: str, *faults: Fault) -> None:
         """Queue faults for ``method``; each later call of it consumes one, in order."""
@@ -406,7 +435,7 @@ class FakeTelegram:
 
     # ------------------------------------------------------------------------------ HTTP
 
-    async def handle(self, request: Request) -> JSONResponse:
+    async def handle(self, request: Request) -> Response:
         token = request.path_params["token"]
         method = self._canonical(request.path_params["method"])
         try:
@@ -417,6 +446,7 @@ class FakeTelegram:
             self._notify()
             return JSONResponse(exc.body(), status_code=exc.status)
         self.calls.append((method, params))
+        self.call_times.append((method, time.monotonic()))
         self._notify()
         if token != self.token:
             return _error(401, "Unauthorized")
@@ -425,8 +455,10 @@ class FakeTelegram:
             return _error(404, "Not Found")
         handler = known[1]
         queued = self._faults.get(method)
-        fault = queued.popleft() if queued else None
+        fault = queued.popleft() if queued else self.outage
         try:
+            if fault is not None and fault.drop:
+                return _dropped()
             if fault is not None:
                 if not fault.delay:
                     return JSONResponse(fault.body, status_code=fault.status)
@@ -573,6 +605,12 @@ class FakeTelegram:
             chat_id = int(raw_chat_id)
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "Bad Request: chat not found") from exc
+        left = self.rate_limited.get(chat_id, 0.0) - time.monotonic()
+        if left > 0:
+            self.refused.append((chat_id, time.monotonic()))
+            self._notify()
+            wait = math.ceil(left)
+            raise ApiError(429, f"Too Many Requests: retry after {wait}", {"retry_after": wait})
         text = params.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "Bad Request: message text is empty")

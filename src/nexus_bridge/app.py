@@ -10,7 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
@@ -126,18 +126,31 @@ class Bridge(Runtime):
 async def report_transport(
     queue: QueueService, transport: TelegramTransport | None
 ) -> TransportReport:
-    """The transport's state in this process, and which process holds the poller lease."""
+    """The transport's state in this process, and which process holds the poller lease.
+
+    The poller reports on the Bot API from its own calls (an outage shows after one failed
+    call); a standby process repeats what the poller last recorded on the lease.
+    """
     if transport is None:
         return TransportReport(name="telegram", state=TransportState.NOT_CONFIGURED)
     status = transport.status
     lease = await queue.lease(POLLER_LEASE)
+    polling_here = lease is not None and lease.holder == status.holder_id
+    source = status if polling_here or lease is None else lease
     return TransportReport(
         name=status.name,
         state=status.state,
         detail=status.detail,
         poller=lease.holder if lease else None,
         this_process=status.holder_id,
+        last_ok_at=source.last_ok_at,
+        last_error=source.last_error,
+        error_since=source.error_since,
     )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Bridge:
@@ -503,8 +516,12 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
                 "transport": {
                     "name": report.name,
                     "state": report.state,
+                    "detail": report.detail,
                     "poller": report.poller,
                     "this_process": report.this_process,
+                    "last_ok_at": _iso(report.last_ok_at),
+                    "last_error": report.last_error,
+                    "error_since": _iso(report.error_since),
                 },
             }
         )

@@ -16,7 +16,15 @@ from typing import Any, Final, TypeVar
 
 from nexus_bridge import __version__, config, ops
 from nexus_bridge.config import Settings, load_settings
-from nexus_bridge.domain import HANDED_OVER_STATUSES, Task, TaskStatus, Update, first_line
+from nexus_bridge.domain import (
+    HANDED_OVER_STATUSES,
+    Lease,
+    Task,
+    TaskStatus,
+    Update,
+    first_line,
+    utc_now,
+)
 from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, TaskNotFound
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
@@ -326,12 +334,14 @@ def _check_server_agrees(settings: Settings, target: str) -> None:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(queue: QueueService) -> tuple[Any, list[Any]]:
+    async def work(queue: QueueService) -> tuple[Any, list[Any], Lease | None]:
         counts = await queue.status(args.target)
         summaries = await queue.target_summaries()
-        return counts, [s for s in summaries if args.target in (None, s.policy.name)]
+        lease = await queue.lease_row(config.POLLER_LEASE)
+        mine = [s for s in summaries if args.target in (None, s.policy.name)]
+        return counts, mine, lease
 
-    counts, summaries = asyncio.run(_with_queue(settings, work))
+    counts, summaries, lease = asyncio.run(_with_queue(settings, work))
     data: dict[str, Any] = {s.value: n for s, n in counts.by_status.items()}
     data["total_updates"] = counts.total_updates
     data["ignored_messages"] = counts.ignored_messages
@@ -350,13 +360,21 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         }
         for s in summaries
     ]
+    telegram = _telegram_health(lease)
     if args.json:
-        _print_json({**data, "targets": targets})
+        _print_json({**data, "targets": targets, "telegram": telegram})
         return 0
     for key, value in data.items():
         if key == "current_task" and value:
             value = first_line(str(value), 80)
         print(f"{key:<18}{value if value is not None else '-'}")
+    if telegram is not None:
+        line = f"telegram          {telegram['state']}"
+        if telegram["poller"]:
+            line += f" (polled by {telegram['poller']})"
+        if telegram["last_error"]:
+            line += f"; failing since {telegram['error_since']}: {telegram['last_error']}"
+        print(f"{line}; last successful Bot API call {telegram['last_ok_at'] or 'never'}")
     for t in targets:
         seen = t["last_seen_at"] or "never"
         print(
@@ -364,6 +382,20 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             f"{t['with_agent']} with the agent, {t['stalled']} stalled, agent last seen {seen}"
         )
     return 0
+
+
+def _telegram_health(lease: Lease | None) -> dict[str, Any] | None:
+    """The Telegram poller as its lease row says: who polls, and how its Bot API calls go."""
+    if lease is None:
+        return None
+    live = lease.expires_at > utc_now()
+    return {
+        "state": (lease.health or "polling") if live else "no poller",
+        "poller": lease.holder if live else None,
+        "last_ok_at": lease.last_ok_at.isoformat() if lease.last_ok_at else None,
+        "last_error": lease.last_error if live else None,
+        "error_since": lease.error_since.isoformat() if live and lease.error_since else None,
+    }
 
 
 def cmd_updates(settings: Settings, args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ ASYNC_DRIVERS: Final = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 DATABASE_URL_EXAMPLES: Final = (
     "sqlite+aiosqlite:////path/to/bridge.db or postgresql+asyncpg://user:pass@host:5432/db"
 )
+POLLER_LEASE: Final = "telegram-poller"  # the lease that elects the one Telegram poller
 CREDENTIAL_KEYS: Final = {
     "token": "bot_token",
     "bot_token": "bot_token",

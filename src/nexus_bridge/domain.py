@@ -250,6 +250,8 @@ class InboundMessage:
     from_id: int | None
     reply_to_telegram_id: int | None
     text: str | None
+    processed_at: datetime | None = None
+    created_at: datetime | None = None  # when it was journaled
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,11 @@ class Lease:
     holder: str
     acquired_at: datetime
     expires_at: datetime
+    epoch: int = 0
+    health: str | None = None  # the holder's report on the service it talks to
+    last_ok_at: datetime | None = None
+    last_error: str | None = None
+    error_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +318,9 @@ class TransportReport:
     detail: str | None = None
     poller: str | None = None  # the process that holds the poller lease, if any
     this_process: str | None = None
+    last_ok_at: datetime | None = None  # the last Bot API call that succeeded
+    last_error: str | None = None  # the failure that has lasted since error_since, if any
+    error_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

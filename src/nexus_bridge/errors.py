@@ -56,3 +56,7 @@ class DatabaseUnreachable(DatabaseNotReady):
             f"cannot connect to the database: {reason}; check NEXUS_BRIDGE_DATABASE_URL (host, "
             "port, database name, credentials) and that the database server is running"
         )
+
+
+class DatabaseBusy(NexusBridgeError):
+    """the database is busy; try again"""

@@ -44,11 +44,19 @@ INSTRUCTIONS: Final = (
 class TransportOut(BaseModel):
     name: str
     state: str = Field(
-        description="not configured, starting, polling, standby (another process polls), error."
+        description="not configured, starting, polling, unreachable or degraded (polling, but "
+        "the Bot API fails or refuses calls), standby (another process polls), error."
     )
     detail: str | None
     poller: str | None = Field(description="The bridge process that polls Telegram, if any.")
     this_process: str | None
+    last_ok_at: str | None = Field(
+        default=None, description="When the poller's last Bot API call succeeded."
+    )
+    last_error: str | None = Field(
+        default=None, description="The Bot API failure going on since error_since, if any."
+    )
+    error_since: str | None = None
 
     @classmethod
     def of(cls, report: TransportReport) -> "TransportOut":
@@ -58,6 +66,9 @@ class TransportOut(BaseModel):
             detail=report.detail,
             poller=report.poller,
             this_process=report.this_process,
+            last_ok_at=report.last_ok_at.isoformat() if report.last_ok_at else None,
+            last_error=report.last_error,
+            error_since=report.error_since.isoformat() if report.error_since else None,
         )
 
 

@@ -55,6 +55,9 @@ PRUNE_BATCH: Final = 200
 _MIN_QUOTE_CHARS: Final = 12  # a shorter quoted first line must match exactly
 # Tags looked up per agent message: a message stuffed with tags costs a bounded number of queries.
 _MAX_TAG_LOOKUPS: Final = 16
+# A reply to a message the journal does not know yet (the bridge's own post, whose journal commit
+# is still to come) waits this long for it before it is correlated without it.
+REPLY_TARGET_WAIT_SECONDS: Final = 30.0
 
 # Which timestamp column a status change stamps (the first time it is reached).
 _STAMPS: Final = {
@@ -179,6 +182,7 @@ class InboundResult:
     task_id: str | None
     status: TaskStatus | None
     applied: bool
+    deferred: bool = False  # not acted on yet: it answers a message not journaled yet
 
 
 def _status_line(old: TaskStatus | None, new: TaskStatus, reason: str | None) -> str:
@@ -645,11 +649,22 @@ class QueueService:
             return await tx.earliest_pending_outbox()
 
     async def record_part_sent(
-        self, delivery: Delivery, *, part: int, chat_id: int, telegram_message_id: int
-    ) -> None:
-        """Journal one posted part; a restart resumes after it, so no part is posted twice."""
+        self,
+        delivery: Delivery,
+        *,
+        part: int,
+        chat_id: int,
+        telegram_message_id: int,
+        lease_epoch: int | None = None,
+    ) -> list[int | None]:
+        """Journal one posted part; a restart resumes after it, so no part is posted twice.
+
+        Returns the lease epochs under which the same part had already been journaled: empty,
+        unless two holders of the poller lease both posted it (then it is logged as doubled).
+        """
         now = self._clock()
         async with self._store.write() as tx:
+            earlier = await tx.epochs_of_part(delivery.item.id, part)
             await tx.journal_telegram_message(
                 chat_id=chat_id,
                 telegram_message_id=telegram_message_id,
@@ -660,8 +675,20 @@ class QueueService:
                 outbox_id=delivery.item.id,
                 part=part,
                 processed_at=now,
+                lease_epoch=lease_epoch,
             )
             await tx.update_outbox(delivery.item.id, parts_sent=part + 1)
+        if earlier:
+            logger.warning(
+                "task %s: part %d was posted twice (Telegram message %d under lease epoch %s; "
+                "already posted under epoch %s)",
+                delivery.task.id,
+                part,
+                telegram_message_id,
+                lease_epoch,
+                ", ".join(str(e) for e in earlier),
+            )
+        return earlier
 
     async def mark_delivered(self, delivery: Delivery) -> None:
         async with self._store.write() as tx:
@@ -682,6 +709,11 @@ class QueueService:
                 last_error=error,
                 next_attempt_at=self._clock() + timedelta(seconds=delay_seconds),
             )
+
+    async def postpone(self, delivery: Delivery, *, reason: str, until: datetime) -> None:
+        """Not tried now (Telegram asked the whole chat to wait): no attempt is counted."""
+        async with self._store.write() as tx:
+            await tx.update_outbox(delivery.item.id, last_error=reason, next_attempt_at=until)
 
     async def mark_failed(self, delivery: Delivery, *, error: str) -> None:
         """A permanent refusal: the delivery fails and the task ends in error, saying why."""
@@ -744,9 +776,20 @@ class QueueService:
         # never holds the database's write lock.
         async with self._store.read() as tx:
             inbound = await tx.inbound_message(journal_id)
+            replied = inbound.reply_to_telegram_id
+            unknown = replied is not None and not await tx.is_journaled(inbound.chat_id, replied)
+        if unknown and inbound.created_at is not None:
+            age = (self._clock() - inbound.created_at).total_seconds()
+            if age < REPLY_TARGET_WAIT_SECONDS:
+                # An answer can overtake the journal entry of the post it answers (a fast agent,
+                # a stalled poster): act on it once the post is journaled, or after the wait.
+                return InboundResult(task_id=None, status=None, applied=False, deferred=True)
         text = inbound.text or ""
         parsed = parse_agent_message(text)
         async with self._store.write() as tx:
+            if (await tx.inbound_message(journal_id)).processed_at is not None:
+                # Already acted on (by a recovery pass, or another process): once only.
+                return InboundResult(task_id=None, status=None, applied=False)
             task = await self._correlate(tx, inbound, parsed, target)
             now = self._clock()
             await tx.insert_update(
@@ -813,17 +856,48 @@ class QueueService:
 
     # --- leases -----------------------------------------------------------------------------
 
-    async def acquire_lease(self, name: str, holder: str, *, seconds: float) -> bool:
-        """Take or renew a lease; False while another live holder has it."""
+    async def acquire_lease(
+        self, name: str, holder: str, *, seconds: float, replacing: str | None = None
+    ) -> int | None:
+        """Take or renew a lease: its epoch, or None while another live holder has it.
+
+        ``replacing`` names a holder known to be dead, whose lease is taken before it expires.
+        """
         now = self._clock()
         async with self._store.write() as tx:
             return await tx.acquire_lease(
-                name, holder, now=now, until=now + timedelta(seconds=seconds)
+                name, holder, now=now, until=now + timedelta(seconds=seconds), replacing=replacing
             )
 
     async def release_lease(self, name: str, holder: str) -> None:
         async with self._store.write() as tx:
-            await tx.release_lease(name, holder)
+            await tx.release_lease(name, holder, now=self._clock())
+
+    async def record_lease_health(
+        self,
+        name: str,
+        holder: str,
+        *,
+        health: str,
+        last_ok_at: datetime | None,
+        last_error: str | None,
+        error_since: datetime | None,
+    ) -> None:
+        """What the lease's holder reports about the service it talks to (for other processes)."""
+        async with self._store.write() as tx:
+            await tx.record_lease_health(
+                name,
+                holder,
+                health=health,
+                last_ok_at=last_ok_at,
+                last_error=last_error,
+                error_since=error_since,
+            )
+
+    async def lease_row(self, name: str) -> Lease | None:
+        """The lease as recorded, expired or not (whose it was, its epoch, its holder's report)."""
+        async with self._store.read() as tx:
+            return await tx.get_lease(name)
 
     async def lease(self, name: str) -> Lease | None:
         """The lease if it is held and has not expired."""

@@ -424,8 +424,9 @@ async def test_cancelling_a_delivered_task_tells_the_agent_to_stop(
         )
         assert sent[-1].reply_to_message_id == message_id
         # A task cancelled before it was posted is never posted, and needs no notice: hold its
-        # delivery back with a 429 first, so the cancel surely comes before it.
-        fake.fail_next("sendMessage", Fault.retry_after(30))
+        # delivery back with a 429 first, so the cancel surely comes before it. (The 429 holds
+        # the whole chat back for its 2 s: the next task goes out after that.)
+        fake.fail_next("sendMessage", Fault.retry_after(2))
         quiet = (await call(client, "send_message", {"message": "never mind"}))["id"]
         await fake.wait_for_call("sendMessage", 3)
         await call(client, "cancel_message", {"id": quiet})

@@ -336,3 +336,30 @@ async def test_chats_members_and_webhooks_through_ptb(fake: FakeTelegram, bot: B
     assert (await bot.get_webhook_info()).url == "https://elsewhere.example/hook"
     assert await bot.delete_webhook()
     assert (await bot.get_webhook_info()).url == ""
+
+
+async def test_a_rate_limited_chat_answers_429_with_the_time_left(
+    fake: FakeTelegram, bot: Bot
+) -> None:
+    fake.rate_limit_chat(CHAT, 5)
+    with pytest.raises(RetryAfter) as refused:
+        await bot.send_message(CHAT, "flood")
+    assert 4 <= refused.value.retry_after.total_seconds() <= 5
+    assert [chat for chat, _ in fake.refused] == [CHAT]
+    other = await bot.send_message(CHAT + 1, "another chat is not limited")
+    assert other.chat.id == CHAT + 1
+    assert [m.chat_id for m in fake.sent] == [CHAT + 1]
+
+
+async def test_an_outage_switch_fails_every_call_until_switched_off(
+    fake: FakeTelegram, bot: Bot
+) -> None:
+    fake.outage = Fault.dropped()
+    with pytest.raises(NetworkError):
+        await bot.send_message(CHAT, "dropped")
+    fake.outage = Fault.server_error(502)
+    with pytest.raises(NetworkError):
+        await bot.get_updates(timeout=0)
+    fake.outage = None
+    assert (await bot.send_message(CHAT, "back")).text == "back"
+    assert [m.text for m in fake.sent] == ["back"]

@@ -153,11 +153,11 @@ async def test_pruning_the_newest_updates_never_reuses_their_seq(
     assert page.updates[0].seq > last
 
 
-def test_migration_0009_keeps_every_update_and_never_reuses_a_seq(tmp_path: Path) -> None:
-    """0002 and 0005 rebuilt updates and outbox without AUTOINCREMENT; 0009 puts it back."""
+def test_migration_0008_keeps_every_update_and_never_reuses_a_seq(tmp_path: Path) -> None:
+    """0002 and 0005 rebuilt updates and outbox without AUTOINCREMENT; 0008 puts it back."""
     path = tmp_path / "bridge.db"
     url = f"sqlite+aiosqlite:///{path}"
-    migrate.upgrade(url, "0006")
+    migrate.upgrade(url, "0007")
     with closing(sqlite3.connect(path)) as conn:
         conn.execute(
             "INSERT INTO messages (id, target, content, content_hash, status, urgent, "

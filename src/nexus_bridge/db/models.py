@@ -179,6 +179,7 @@ class TelegramMessageRow(Base):
     accepted: Mapped[bool] = mapped_column(Boolean)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_epoch: Mapped[int | None] = mapped_column(Integer)  # the poller lease's, when posted
 
     __table_args__ = (
         CheckConstraint("direction IN ('out', 'in')", name="direction_known"),
@@ -197,6 +198,14 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(200))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Incremented each time a new holder takes the lease: stamped on every delivery, so a
+    # message posted twice by two holders shows which holder posted which copy.
+    epoch: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The holder's view of the service it talks to (the Telegram Bot API), for other processes.
+    health: Mapped[str | None] = mapped_column(String(32))
+    last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class OAuthClientRow(Base):

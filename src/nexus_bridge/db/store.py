@@ -22,6 +22,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nexus_bridge.db.engine import WRITE_OPTION
@@ -65,7 +66,13 @@ from nexus_bridge.domain import (
     Update,
     UpdateKind,
 )
-from nexus_bridge.errors import DatabaseUnreachable, DuplicateTask, InvalidInput, TaskNotFound
+from nexus_bridge.errors import (
+    DatabaseBusy,
+    DatabaseUnreachable,
+    DuplicateTask,
+    InvalidInput,
+    TaskNotFound,
+)
 
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
@@ -73,6 +80,12 @@ _PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
 SHORT_ID_MIN_CHARS: Final = 8
 # What a task id (a UUID) or its prefix can be made of; anything else matches no task.
 _ID_CHARS: Final = re.compile(rf"[0-9A-Za-z-]{{1,{MAX_ID_CHARS}}}")
+
+
+def _timestamp(value: datetime) -> Any:
+    """A bound timestamp in its stored form, where SQLAlchemy cannot infer the column type
+    (inside a CASE): without it the driver would write ``2026-11-29 19:03:00.350441``."""
+    return literal(value, UTCDateTime())
 
 
 def _task(row: Row[Any]) -> Task:
@@ -614,6 +627,7 @@ class StoreTransaction:
         reply_to_telegram_id: int | None = None,
         text: str | None = None,
         processed_at: datetime | None = None,
+        lease_epoch: int | None = None,
     ) -> int | None:
         """Record a Telegram message; None if (chat, message id) was already recorded."""
         result = await self._conn.execute(
@@ -630,6 +644,7 @@ class StoreTransaction:
                 accepted=accepted,
                 processed_at=processed_at,
                 created_at=at,
+                lease_epoch=lease_epoch,
             )
         )
         if result.rowcount != 1:
@@ -657,6 +672,8 @@ class StoreTransaction:
             from_id=row.from_id,
             reply_to_telegram_id=row.reply_to_telegram_id,
             text=row.text,
+            processed_at=row.processed_at,
+            created_at=row.created_at,
         )
 
     async def unprocessed_inbound(self) -> list[tuple[int, int]]:
@@ -679,6 +696,16 @@ class StoreTransaction:
             .where(telegram_messages.c.id == journal_id)
             .values(message_id=message_id, processed_at=at)
         )
+
+    async def is_journaled(self, chat_id: int, telegram_message_id: int) -> bool:
+        """Whether this chat's message (either direction) is in the journal."""
+        found = await self._conn.execute(
+            select(telegram_messages.c.id).where(
+                telegram_messages.c.chat_id == chat_id,
+                telegram_messages.c.telegram_message_id == telegram_message_id,
+            )
+        )
+        return found.first() is not None
 
     async def task_of_telegram_message(self, chat_id: int, telegram_message_id: int) -> str | None:
         value = (
@@ -716,33 +743,78 @@ class StoreTransaction:
     # --- leases ----------------------------------------------------------------------------
 
     async def acquire_lease(
-        self, name: str, holder: str, *, now: datetime, until: datetime
-    ) -> bool:
-        """Take or renew the lease ``name`` for ``holder`` unless someone else holds it."""
+        self,
+        name: str,
+        holder: str,
+        *,
+        now: datetime,
+        until: datetime,
+        replacing: str | None = None,
+    ) -> int | None:
+        """Take or renew the lease ``name`` for ``holder`` unless someone else holds it; the
+        lease's epoch if held (it grows by one whenever a different holder takes it), else None.
+
+        ``replacing`` names a holder known to be dead: its lease is taken even before it expires
+        (only if it is still that holder's, so two processes cannot both replace it).
+        """
+        taken = or_(leases.c.holder == holder, leases.c.expires_at < now)
+        if replacing is not None:
+            taken = or_(taken, leases.c.holder == replacing)
+        same = leases.c.holder == holder
         renewed = await self._conn.execute(
             update(leases)
-            .where(
-                leases.c.name == name,
-                or_(leases.c.holder == holder, leases.c.expires_at < now),
-            )
+            .where(leases.c.name == name, taken)
             .values(
                 holder=holder,
                 expires_at=until,
-                acquired_at=case((leases.c.holder == holder, leases.c.acquired_at), else_=now),
+                acquired_at=case((same, leases.c.acquired_at), else_=_timestamp(now)),
+                epoch=case((same, leases.c.epoch), else_=leases.c.epoch + 1),
+                health=case((same, leases.c.health), else_=None),
+                last_error=case((same, leases.c.last_error), else_=None),
+                error_since=case((same, leases.c.error_since), else_=None),
             )
         )
-        if renewed.rowcount == 1:
-            return True
-        created = await self._conn.execute(
-            self._insert_ignoring_duplicates(leases).values(
-                name=name, holder=holder, acquired_at=now, expires_at=until
+        if renewed.rowcount != 1:
+            created = await self._conn.execute(
+                self._insert_ignoring_duplicates(leases).values(
+                    name=name, holder=holder, acquired_at=now, expires_at=until, epoch=1
+                )
             )
-        )
-        return bool(created.rowcount == 1)
+            if created.rowcount != 1:
+                return None
+        epoch = (
+            await self._conn.execute(select(leases.c.epoch).where(leases.c.name == name))
+        ).scalar_one()
+        return int(epoch)
 
-    async def release_lease(self, name: str, holder: str) -> None:
+    async def release_lease(self, name: str, holder: str, *, now: datetime) -> None:
+        """End ``holder``'s lease now. The row stays, so the next holder's epoch is higher."""
         await self._conn.execute(
-            delete(leases).where(leases.c.name == name, leases.c.holder == holder)
+            update(leases)
+            .where(leases.c.name == name, leases.c.holder == holder)
+            .values(expires_at=now)
+        )
+
+    async def record_lease_health(
+        self,
+        name: str,
+        holder: str,
+        *,
+        health: str,
+        last_ok_at: datetime | None,
+        last_error: str | None,
+        error_since: datetime | None,
+    ) -> None:
+        """The holder's report on the service it talks to; ignored if it no longer holds it."""
+        await self._conn.execute(
+            update(leases)
+            .where(leases.c.name == name, leases.c.holder == holder)
+            .values(
+                health=health,
+                last_ok_at=last_ok_at,
+                last_error=last_error,
+                error_since=error_since,
+            )
         )
 
     async def get_lease(self, name: str) -> Lease | None:
@@ -754,7 +826,23 @@ class StoreTransaction:
             holder=row.holder,
             acquired_at=row.acquired_at,
             expires_at=row.expires_at,
+            epoch=row.epoch,
+            health=row.health,
+            last_ok_at=row.last_ok_at,
+            last_error=row.last_error,
+            error_since=row.error_since,
         )
+
+    async def epochs_of_part(self, outbox_id: int, part: int) -> list[int | None]:
+        """The lease epochs under which this outbox part was already posted (journaled)."""
+        rows = await self._conn.execute(
+            select(telegram_messages.c.lease_epoch).where(
+                telegram_messages.c.outbox_id == outbox_id,
+                telegram_messages.c.part == part,
+                telegram_messages.c.direction == "out",
+            )
+        )
+        return [r[0] for r in rows.all()]
 
     # --- oauth -----------------------------------------------------------------------------
 
@@ -1098,6 +1186,13 @@ class StoreTransaction:
         return tuple(str(r[0]) for r in rows)
 
 
+def _is_busy(exc: Exception) -> bool:
+    """SQLite's "database is locked": another connection held it past the busy timeout. (BEGIN
+    IMMEDIATE runs in the engine's begin hook, so its error arrives unwrapped by SQLAlchemy.)"""
+    message = str(getattr(exc, "orig", exc)).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
 class Store:
     """Opens transactions on the engine; all SQL lives in :class:`StoreTransaction`."""
 
@@ -1125,18 +1220,40 @@ class Store:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[StoreTransaction]:
-        async with self._connect() as conn, conn.begin():
-            yield StoreTransaction(conn)
+        """A read transaction.
+
+        Raises:
+            DatabaseBusy: another process held the database past the busy timeout.
+        """
+        try:
+            async with self._connect() as conn, conn.begin():
+                yield StoreTransaction(conn)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if _is_busy(exc):
+                raise DatabaseBusy from exc
+            raise
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[StoreTransaction]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
-        async with self._connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
-            async with conn.begin():
-                if self._is_postgres:
-                    await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})"))
-                yield StoreTransaction(conn)
+        """A write transaction: committed when the block ends, rolled back if it raises.
+
+        Keep it short and never wait on the network inside it: on SQLite it holds the one
+        write lock, and every other writer waits for it (then fails with DatabaseBusy).
+
+        Raises:
+            DatabaseBusy: another process held the write lock past the busy timeout.
+        """
+        try:
+            async with self._connect() as conn:
+                conn = await conn.execution_options(**{WRITE_OPTION: True})
+                async with conn.begin():
+                    if self._is_postgres:
+                        await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})"))
+                    yield StoreTransaction(conn)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if _is_busy(exc):
+                raise DatabaseBusy from exc
+            raise
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import socket
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from telegram import Message, ReplyParameters, Update
@@ -36,9 +34,10 @@ from telegram.error import (
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
 from telegram.request import HTTPXRequest
 
-from nexus_bridge.config import DEFAULT_TARGET, TelegramSettings
+from nexus_bridge.config import DEFAULT_TARGET, POLLER_LEASE, TelegramSettings
 from nexus_bridge.domain import OutboxKind
 from nexus_bridge.errors import InvalidInput
+from nexus_bridge.holders import holder_is_dead, lease_clock, make_holder_id
 from nexus_bridge.logs import quiet_noisy_loggers
 from nexus_bridge.metrics import METRICS
 from nexus_bridge.protocol import render_cancel, render_reply, render_task
@@ -46,11 +45,17 @@ from nexus_bridge.queue import Delivery, QueueService
 
 logger = logging.getLogger(__name__)
 
-POLLER_LEASE: Final = "telegram-poller"
+__all__ = ["POLLER_LEASE", "TelegramRoute", "TelegramTransport", "TransportState"]
+
 # Enqueues (in this process or, through the change watcher, any other) wake the worker at once;
 # this only bounds how long it sleeps with nothing to do.
 IDLE_DELIVERY_CHECK_SECONDS: Final = 60.0
 MAX_POLL_BACKOFF_SECONDS: Final = 30.0
+# The lease is renewed every third of its length. A holder trusts it for two thirds of its
+# length after a renewal began (by its own clock), so one renewal can be late or lost, and it
+# stops sending a third of the lease before any other process may take over.
+RENEWALS_PER_LEASE: Final = 3
+FENCE_FRACTION: Final = 2 / 3
 
 
 class TransportState:
@@ -62,6 +67,14 @@ class TransportState:
     STANDBY: Final = "standby"  # another process polls; this one serves MCP only
     ERROR: Final = "error"
     STOPPED: Final = "stopped"
+    # While polling: the last Bot API call failed (a network error, a timeout, a 5xx) ...
+    UNREACHABLE: Final = "unreachable"
+    # ... or Telegram refused it for a while (429) or another program polls the bot (409).
+    DEGRADED: Final = "degraded"
+
+
+class LeaseLost(Exception):
+    """This process can no longer be sure it holds the poller lease: stop before sending."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +93,9 @@ class TransportStatus:
     state: str
     detail: str | None
     holder_id: str | None
-
-
-def make_holder_id() -> str:
-    """A name for this process in the lease table: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    last_ok_at: datetime | None = None
+    last_error: str | None = None
+    error_since: datetime | None = None
 
 
 def _describe(exc: TelegramError) -> str:
@@ -121,6 +132,20 @@ class TelegramTransport:
         self._inbound_failed = False
         self._unprocessed = False  # a journaled message failed to process: retry it
         self._last_send = 0.0
+        # The fence: until when (lease_clock) this process may call the Bot API, and the epoch
+        # of the lease its workers were started under.
+        self._fence_until = 0.0
+        self._epoch: int | None = None
+        self._held_epoch: int | None = None  # the epoch of the last renewal, if it succeeded
+        self._wake = asyncio.Event()  # the fence lapsed: renew now rather than at the next tick
+        # Telegram's 429s: until when (lease_clock) a chat, or (key None) the whole bot, waits.
+        self._blocked_until: dict[int | None, float] = {}
+        # Health: how the last Bot API calls went.
+        self._health = TransportState.POLLING
+        self._last_ok_at: datetime | None = None
+        self._last_error: str | None = None
+        self._error_since: datetime | None = None
+        self._health_recorded: tuple[object, ...] | None = None
         quiet_noisy_loggers()  # before PTB builds its bot: it logs the URL, token included
         self._application = self._build_application()
 
@@ -128,9 +153,55 @@ class TelegramTransport:
 
     @property
     def status(self) -> TransportStatus:
+        state, detail = self._state, self._detail
+        if state == TransportState.POLLING and self._error_since is not None:
+            state, detail = self._health, self._last_error
         return TransportStatus(
-            name="telegram", state=self._state, detail=self._detail, holder_id=self.holder_id
+            name="telegram",
+            state=state,
+            detail=detail,
+            holder_id=self.holder_id,
+            last_ok_at=self._last_ok_at,
+            last_error=self._last_error,
+            error_since=self._error_since,
         )
+
+    def _call_ok(self) -> None:
+        """A Bot API call succeeded."""
+        self._last_ok_at = self._queue.now()
+        if self._error_since is not None:
+            logger.info("telegram transport: the Bot API answers again")
+        self._health, self._last_error, self._error_since = TransportState.POLLING, None, None
+
+    def _call_failed(self, what: str, exc: BaseException, *, refused: bool = False) -> None:
+        """A Bot API call failed: unreachable (network, timeout, 5xx) or ``refused`` (429, 409).
+        ``/readyz`` and ``queue_status`` say so at once; other processes at the next renewal."""
+        reason = _describe(exc) if isinstance(exc, TelegramError) else type(exc).__name__
+        self._last_error = f"{what}: {reason}"
+        self._health = TransportState.DEGRADED if refused else TransportState.UNREACHABLE
+        if self._error_since is None:
+            self._error_since = self._queue.now()
+            self._wake.set()  # record it for `nexus-bridge status` without waiting a renewal
+
+    async def _record_health(self) -> None:
+        """Put this holder's view of the Bot API on the lease row (for other processes)."""
+        health = self._health if self._error_since is not None else TransportState.POLLING
+        values = (health, self._last_ok_at, self._last_error, self._error_since)
+        if values == self._health_recorded:
+            return
+        try:
+            await self._queue.record_lease_health(
+                POLLER_LEASE,
+                self.holder_id,
+                health=health,
+                last_ok_at=self._last_ok_at,
+                last_error=self._last_error,
+                error_since=self._error_since,
+            )
+        except Exception:  # a report: the next renewal tries again
+            logger.warning("telegram transport: could not record its health", exc_info=True)
+            return
+        self._health_recorded = values
 
     def _set_state(self, state: str, detail: str | None = None) -> None:
         if (state, detail) != (self._state, self._detail):
@@ -148,10 +219,12 @@ class TelegramTransport:
             write_timeout=timeout,
             pool_timeout=timeout,
         )
-        # Long polls hold the connection for poll_timeout seconds: give them that much more.
+        # Long polls hold the connection for poll_timeout seconds. PTB adds getUpdates' own
+        # timeout to this read timeout, so a hung long poll is given up after
+        # request_timeout + poll_timeout (adding it here too would double it).
         polling = HTTPXRequest(
             connect_timeout=timeout,
-            read_timeout=self._settings.poll_timeout + timeout,
+            read_timeout=timeout,
             write_timeout=timeout,
             pool_timeout=timeout,
         )
@@ -176,7 +249,7 @@ class TelegramTransport:
         for warning in self._settings.warnings:
             logger.warning("%s", warning)
         workers: list[asyncio.Task[None]] = []
-        renew_every = self._settings.lease_seconds / 3
+        renew_every = self._settings.lease_seconds / RENEWALS_PER_LEASE
         initialized = False
         try:
             while not self._stopping.is_set():
@@ -185,8 +258,24 @@ class TelegramTransport:
                     if not initialized:
                         await self._pause(renew_every)
                         continue
-                held = await self._try_lease()
-                if held and not workers:
+                epoch = await self._try_lease()
+                if workers and epoch != self._epoch:
+                    # Another process held the lease in between (or holds it now): whatever
+                    # the workers were doing may be its work. Stop them before they send more.
+                    if epoch is None:
+                        logger.warning("telegram transport: lost the poller lease; standing by")
+                    else:
+                        logger.warning(
+                            "telegram transport: the poller lease changed hands while this "
+                            "process was not renewing it (epoch %s -> %s); starting afresh",
+                            self._epoch,
+                            epoch,
+                        )
+                    await self._cancel(workers)
+                    workers = []
+                if epoch is not None and not workers:
+                    self._epoch = epoch
+                    self._health_recorded = None  # a new holder's row starts without a report
                     await self._recover_inbound()
                     webhook = self._settings.webhook_url
                     inbound = self._register_webhook(webhook) if webhook else self._poll_loop()
@@ -195,25 +284,30 @@ class TelegramTransport:
                         asyncio.create_task(self._delivery_loop(), name="telegram-deliver"),
                     ]
                     self._set_state(TransportState.POLLING)
-                elif not held:
-                    if workers:
-                        logger.warning("telegram transport: lost the poller lease; standing by")
-                        await self._cancel(workers)
-                        workers = []
+                elif epoch is None:
                     await self._report_standby()
+                if epoch is not None:
+                    await self._record_health()
+                    if workers:
+                        # A message journaled but not acted on (the worker that journaled it
+                        # was cancelled, or processing failed) is not left for the next holder.
+                        await self._recover_inbound_safely()
                 if any(worker.done() for worker in workers):
                     # A worker died (a database error, say): restart both at the next renewal
                     # rather than stay silently stopped. A rejected token ends the transport.
                     failures = [w.exception() for w in workers if w.done() and not w.cancelled()]
                     await self._cancel(workers)
                     workers = []
+                    lapsed = any(isinstance(f, LeaseLost) for f in failures)
                     for failure in failures:
                         if isinstance(failure, InvalidToken):
                             raise failure
-                        if failure is not None:
+                        if failure is not None and not isinstance(failure, LeaseLost):
                             logger.error(
                                 "telegram transport: a worker stopped (%s); restarting", failure
                             )
+                    if lapsed:
+                        continue  # renew (or stand by) at once
                     self._set_state(TransportState.ERROR, "restarting after an error")
                 await self._pause(renew_every)
         except InvalidToken as exc:
@@ -221,6 +315,7 @@ class TelegramTransport:
             self._set_state(TransportState.ERROR, "Telegram rejected the bot token")
             logger.error("telegram transport: the bot token was rejected; it stays off")  # noqa: TRY400
         finally:
+            self._fence_until = 0.0
             await self._cancel(workers)
             with contextlib.suppress(Exception):
                 await self._queue.release_lease(POLLER_LEASE, self.holder_id)
@@ -238,9 +333,17 @@ class TelegramTransport:
         self._stopping.set()
 
     async def _pause(self, seconds: float) -> None:
+        """Wait until the next renewal: ``seconds``, or sooner if a worker needs one now."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                woken = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({stopping, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                    woken.cancel()
+        self._wake.clear()
 
     async def _initialize(self) -> bool:
         """getMe: checks the token and reachability. InvalidToken propagates (it is final)."""
@@ -250,8 +353,10 @@ class TelegramTransport:
             raise
         except TelegramError as exc:
             METRICS.telegram_error(exc)
+            self._call_failed("getMe", exc)
             self._set_state(TransportState.ERROR, f"cannot reach Telegram: {_describe(exc)}")
             return False
+        self._call_ok()
         return True
 
     async def _report_standby(self) -> None:
@@ -262,14 +367,46 @@ class TelegramTransport:
             return
         self._set_state(TransportState.STANDBY, f"polled by {lease.holder}" if lease else None)
 
-    async def _try_lease(self) -> bool:
+    async def _try_lease(self) -> int | None:
+        """Take or renew the poller lease: its epoch if held (and the fence moved on), else None.
+
+        A holder on this host whose process is gone (``kill -9``, a crash) is replaced at once.
+        """
+        began = lease_clock()
+        seconds = self._settings.lease_seconds
         try:
-            return await self._queue.acquire_lease(
-                POLLER_LEASE, self.holder_id, seconds=self._settings.lease_seconds
-            )
+            epoch = await self._queue.acquire_lease(POLLER_LEASE, self.holder_id, seconds=seconds)
+            if epoch is None:
+                lease = await self._queue.lease_row(POLLER_LEASE)
+                if lease is not None and holder_is_dead(lease.holder):
+                    logger.info(
+                        "telegram transport: the poller %s is no longer running; taking over",
+                        lease.holder,
+                    )
+                    epoch = await self._queue.acquire_lease(
+                        POLLER_LEASE, self.holder_id, seconds=seconds, replacing=lease.holder
+                    )
         except Exception:
             logger.exception("telegram transport: could not renew the poller lease")
-            return False
+            epoch = None
+        self._held_epoch = epoch
+        self._fence_until = 0.0 if epoch is None else began + seconds * FENCE_FRACTION
+        return epoch
+
+    async def _fence(self) -> None:
+        """Before any Bot API call that delivers or confirms: make sure the lease is still ours.
+
+        By this process's own clock since its last successful renewal began; if that is too long
+        ago (the process stalled: SIGSTOP, a GC pause, a frozen VM), renew first. Raises
+        LeaseLost, sending nothing, if another process holds (or has held) the lease since.
+        """
+        if lease_clock() < self._fence_until and self._held_epoch == self._epoch:
+            return
+        epoch = await self._try_lease()
+        if epoch is None or epoch != self._epoch:
+            self._fence_until = 0.0
+            self._wake.set()
+            raise LeaseLost(f"the poller lease is no longer this process's (epoch {epoch})")
 
     @staticmethod
     async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -284,17 +421,20 @@ class TelegramTransport:
         behind the URL journals what arrives."""
         backoff = 1.0
         while True:
+            await self._fence()
             try:
                 await self._application.bot.set_webhook(
                     url=url,
                     secret_token=self._settings.webhook_secret,
                     allowed_updates=[Update.MESSAGE],
                 )
+                self._call_ok()
                 break
             except InvalidToken:
                 raise
             except TelegramError as exc:
                 METRICS.telegram_error(exc)
+                self._call_failed("setWebhook", exc)
                 logger.warning("telegram transport: setWebhook failed: %s", _describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
@@ -305,12 +445,14 @@ class TelegramTransport:
         bot = self._application.bot
         offset: int | None = None
         backoff = 1.0
+        await self._fence()
         with contextlib.suppress(TelegramError):
             await bot.delete_webhook()  # a webhook would make getUpdates fail with 409
         while True:
             if self._unprocessed:
                 self._unprocessed = False
                 await self._recover_inbound()
+            await self._fence()  # the offset confirms updates: only the lease's holder may
             try:
                 updates = await bot.get_updates(
                     offset=offset,
@@ -319,10 +461,14 @@ class TelegramTransport:
                 )
             except RetryAfter as exc:
                 METRICS.telegram_error(exc)
-                await asyncio.sleep(_seconds(exc.retry_after))
+                wait = _seconds(exc.retry_after)
+                self._call_failed("getUpdates", exc, refused=True)
+                self._block(None, wait)  # not a chat's limit: the whole bot waits
+                await asyncio.sleep(wait)
                 continue
             except Conflict as exc:
                 METRICS.telegram_error(exc)
+                self._call_failed("getUpdates", exc, refused=True)
                 logger.warning(
                     "telegram transport: another program is polling this bot token; the bridge "
                     "needs a bot of its own (see the README)"
@@ -334,10 +480,12 @@ class TelegramTransport:
                 raise
             except NetworkError as exc:
                 METRICS.telegram_error(exc)
+                self._call_failed("getUpdates", exc)
                 logger.warning("telegram transport: getUpdates failed: %s", _describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
                 continue
+            self._call_ok()
             backoff = 1.0
             for update in updates:
                 self._inbound_failed = False
@@ -421,12 +569,24 @@ class TelegramTransport:
             logger.exception("telegram transport: could not process journaled message")
             self._unprocessed = True
             return
+        if result.deferred:
+            logger.info(
+                "telegram transport: an agent message answers a post not journaled yet; "
+                "acted on at the next lease renewal"
+            )
+            return
         logger.info(
             "telegram transport: agent message -> task %s%s",
             result.task_id or "(none)",
             f", status {result.status.value}" if result.status and result.applied else "",
             extra={"task_id": result.task_id, "target": target},
         )
+
+    async def _recover_inbound_safely(self) -> None:
+        try:
+            await self._recover_inbound()
+        except Exception:
+            logger.exception("telegram transport: could not look for unprocessed messages")
 
     async def _recover_inbound(self) -> None:
         for journal_id, chat_id in await self._queue.unprocessed_inbound():
@@ -473,6 +633,16 @@ class TelegramTransport:
             urgent=delivery.task.urgent,
         )
 
+    def _block(self, chat_id: int | None, seconds: float) -> None:
+        """Telegram's 429: nothing more goes to ``chat_id`` (None: the bot) for ``seconds``."""
+        until = lease_clock() + seconds
+        self._blocked_until[chat_id] = max(self._blocked_until.get(chat_id, 0.0), until)
+
+    def _blocked_for(self, chat_id: int) -> float:
+        """Seconds until sends to ``chat_id`` may resume (0 if they may now)."""
+        until = max(self._blocked_until.get(chat_id, 0.0), self._blocked_until.get(None, 0.0))
+        return max(0.0, until - lease_clock())
+
     async def _deliver(self, delivery: Delivery) -> None:
         route = self._by_target.get(delivery.task.target)
         if route is None:  # pragma: no cover - the queue only makes outbox rows for our targets
@@ -482,7 +652,18 @@ class TelegramTransport:
         bot = self._application.bot
         for index in range(delivery.item.parts_sent, len(parts)):
             await self._pace()
+            blocked = self._blocked_for(route.chat_id)
+            if blocked > 0:
+                # Telegram asked this chat (or the bot) to wait: every send now would be
+                # refused again. Wait with the whole chat, without calling Telegram.
+                await self._queue.postpone(
+                    delivery,
+                    reason=f"Telegram asked the chat to wait {blocked:.0f} s",
+                    until=self._queue.now() + timedelta(seconds=blocked),
+                )
+                return
             reply_to = delivery.item.reply_to_telegram_id if index == 0 else None
+            await self._fence()
             try:
                 sent = await bot.send_message(
                     chat_id=route.chat_id,
@@ -497,12 +678,21 @@ class TelegramTransport:
             except RetryAfter as exc:
                 METRICS.telegram_error(exc)
                 wait = _seconds(exc.retry_after)
+                self._call_failed("sendMessage", exc, refused=True)
+                self._block(route.chat_id, wait)
+                logger.warning(
+                    "telegram transport: Telegram asked chat %s to wait %g s; nothing is sent "
+                    "to it until then",
+                    route.chat_id,
+                    wait,
+                )
                 await self._queue.mark_retry(
                     delivery, error=f"Telegram asked to wait {wait:g} s", delay_seconds=wait
                 )
                 return
             except (Forbidden, BadRequest, ChatMigrated) as exc:
                 METRICS.telegram_error(exc)
+                self._call_ok()  # Telegram answered: it is reachable
                 logger.error(  # noqa: TRY400 - the refusal is the message; no traceback needed
                     "telegram transport: task %s refused: %s",
                     delivery.task.id,
@@ -515,6 +705,7 @@ class TelegramTransport:
                 raise
             except NetworkError as exc:  # also TimedOut and 5xx
                 METRICS.telegram_error(exc)
+                self._call_failed("sendMessage", exc)
                 delay = self._backoff(delivery.item.attempts + 1)
                 logger.warning(
                     "telegram transport: posting task %s failed (%s); retry in %.1f s",
@@ -525,11 +716,13 @@ class TelegramTransport:
                 )
                 await self._queue.mark_retry(delivery, error=_describe(exc), delay_seconds=delay)
                 return
+            self._call_ok()
             await self._queue.record_part_sent(
                 delivery,
                 part=index,
                 chat_id=sent.chat.id,
                 telegram_message_id=sent.message_id,
+                lease_epoch=self._epoch,
             )
         await self._queue.mark_delivered(delivery)
 

@@ -6,8 +6,8 @@ back, and a cursor that had passed them would skip the new rows. Rebuilding keep
 SQLite starts the sequence at the largest seq kept (nothing was ever deleted before retention).
 PostgreSQL's sequences never go back: nothing to do there.
 
-Revision ID: 0009
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-29
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
