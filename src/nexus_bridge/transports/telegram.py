@@ -520,6 +520,18 @@ class TelegramTransport:
             return True
         return await self.accept(update)
 
+    def _reply_target(self, message: Message, route: TelegramRoute | None) -> int | None:
+        """The message ``message`` answers, when that can link a task: a post of the bridge's
+        bot or a message of the target's agent (only those are journaled with a task). A reply to
+        anyone else's message links nothing, so it must not wait for a journal entry of it."""
+        replied = message.reply_to_message
+        if replied is None or replied.from_user is None:
+            return None
+        author = replied.from_user.id
+        if author == self._application.bot.id or (route is not None and author in route.agent_ids):
+            return replied.message_id
+        return None
+
     async def accept(self, update: Update) -> bool:
         """Journal (and act on) one update; False only if journaling failed (so retry it)."""
         message = update.effective_message
@@ -534,9 +546,7 @@ class TelegramTransport:
                 telegram_message_id=message.message_id,
                 from_id=sender,
                 text=_text_of(message),
-                reply_to_telegram_id=(
-                    message.reply_to_message.message_id if message.reply_to_message else None
-                ),
+                reply_to_telegram_id=self._reply_target(message, route),
                 accepted=accepted,
             )
         except Exception:
