@@ -56,3 +56,11 @@ class DatabaseUnreachable(DatabaseNotReady):
             f"cannot connect to the database: {reason}; check NEXUS_BRIDGE_DATABASE_URL (host, "
             "port, database name, credentials) and that the database server is running"
         )
+
+
+class AgentTokenRefused(ConfigError):
+    """The bridge refused the agent token."""
+
+
+class BridgeUnreachable(ConfigError):
+    """Cannot reach the bridge."""

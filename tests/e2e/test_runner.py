@@ -1,0 +1,184 @@
+"""The agent runner (``nexus-bridge agent run``) as real processes: a real bridge, the runner as a
+subprocess, the fake ``claude`` in tests/bin on its PATH, and an MCP client reading the task's
+updates with pull_updates, as claude.ai would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from mcp import Client
+
+from nexus_bridge.config import Settings
+from tests.conftest import REPO_ROOT, mcp_client, running_server, subprocess_env
+from tests.e2e.test_agent_api import FELT_TOKEN, two_targets
+from tests.e2e.test_http import call
+
+EXE = str(Path(sys.executable).with_name("nexus-bridge"))
+FAKE_BIN = REPO_ROOT / "tests" / "bin"
+TARGET = "nexus:felt"
+DEADLINE = 30.0
+
+
+class RunnerProcess:
+    """``nexus-bridge agent run`` as a subprocess, its output in a log file."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+
+
+def runner_env(base: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = subprocess_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        NEXUS_BRIDGE_URL=base,
+        NEXUS_BRIDGE_AGENT_TOKEN=FELT_TOKEN,
+        PATH=f"{FAKE_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        FAKE_CLAUDE_PIDS=str(tmp_path / "pids"),
+        FAKE_CLAUDE_LOG=str(tmp_path / "claude.log"),
+        **extra,
+    )
+    return env
+
+
+def start_runner(base: str, tmp_path: Path, *args: str, name: str = "runner") -> RunnerProcess:
+    log = tmp_path / f"{name}.log"
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [EXE, "agent", "run", "--state-dir", str(tmp_path / "state"), *args],
+            env=runner_env(base, tmp_path),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    return RunnerProcess(process, log)
+
+
+@asynccontextmanager
+async def runner(base: str, tmp_path: Path, *args: str) -> AsyncIterator[RunnerProcess]:
+    proc = start_runner(base, tmp_path, *args)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        try:
+            proc.process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.process.kill()
+            proc.process.wait()
+
+
+@asynccontextmanager
+async def bridge(
+    make_settings: Callable[..., Settings], tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[str, Client]]:
+    """A real bridge with the agent target nexus:felt, and an MCP client on it."""
+    settings = make_settings(config_file=two_targets(tmp_path), **overrides)
+    async with running_server(settings) as (url, _), mcp_client(url) as client:
+        yield url.removesuffix("/mcp"), client
+
+
+async def send(client: Client, text: str, **extra: Any) -> str:
+    task = await call(client, "send_message", {"message": text, "target": TARGET, **extra})
+    return str(task["id"])
+
+
+async def wait_status(
+    client: Client, task_id: str, *wanted: str, deadline: float = DEADLINE
+) -> dict[str, Any]:
+    """The task once it reaches one of ``wanted``; waits on pull_updates, never sleeps."""
+    end = time.monotonic() + deadline
+    cursor = None
+    while True:
+        task = await call(client, "get_message", {"id": task_id})
+        if task["status"] in wanted:
+            return task
+        if time.monotonic() > end:
+            raise AssertionError(f"task is {task['status']}, not {wanted}, after {deadline} s")
+        arguments: dict[str, Any] = {"message_id": task_id, "wait_seconds": 1}
+        if cursor is not None:
+            arguments["cursor"] = cursor
+        cursor = (await call(client, "pull_updates", arguments))["next_cursor"]
+
+
+async def updates_of(client: Client, task_id: str) -> list[tuple[str, str]]:
+    page = await call(client, "pull_updates", {"message_id": task_id, "limit": 200})
+    return [(u["kind"], u["content"]) for u in page["updates"]]
+
+
+def pids(tmp_path: Path) -> list[int]:
+    path = tmp_path / "pids"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes (its parent has yet to reap it).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+async def test_a_claude_task_streams_its_progress_to_the_client_and_completes(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--claude"),
+    ):
+        task_id = await send(client, "restart jellyfin please")
+        task = await wait_status(client, task_id, "complete", "error")
+        assert task["status"] == "complete"
+        updates = await updates_of(client, task_id)
+        agent_text = "\n".join(content for kind, content in updates if kind == "agent")
+        assert "Looking into it." in agent_text
+        assert "▸ Bash: systemctl restart jellyfin" in agent_text
+        assert "secret reasoning" not in agent_text  # thinking left out
+        assert "TOOL OUTPUT NOT SHOWN" not in agent_text  # tool results left out
+        assert updates[-2] == ("agent", "Done: jellyfin restarted and healthy.")
+        statuses = [content for kind, content in updates if kind == "status"]
+        assert any("in_progress" in s for s in statuses)
+
+
+async def test_a_text_command_gets_the_task_on_stdin_and_its_ids_in_the_environment(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    script = (
+        "import os, sys; text = sys.stdin.read(); "
+        "print('got', text.upper()); "
+        "print(os.environ['NEXUS_BRIDGE_TASK_ID'], os.environ['NEXUS_BRIDGE_TASK_TAG']); "
+        "print('token' if os.environ['NEXUS_BRIDGE_AGENT_TOKEN'] else 'none')"
+    )
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--", sys.executable, "-c", script),
+    ):
+        task_id = await send(client, "hello there")
+        task = await wait_status(client, task_id, "complete", "error")
+        assert task["status"] == "complete", task
+        updates = await updates_of(client, task_id)
+        texts = "\n".join(c for k, c in updates if k == "agent")
+        assert "got HELLO THERE" in texts
+        assert f"{task_id} {task_id[:8]}" in texts
+        assert "token" in texts
