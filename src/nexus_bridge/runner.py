@@ -371,6 +371,7 @@ class Runner:
         self._slots = asyncio.Semaphore(options.concurrency)
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
+        self._slot_wanted = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -385,8 +386,12 @@ class Runner:
         while not stop.is_set():
             if not await self._until_stop(self._slots.acquire()):
                 break
+            # A task whose question was answered needs a slot to resume: it gets this one
+            # rather than wait out the long poll.
+            self._slot_wanted.clear()
             task = await self._until_stop(
-                self.bridge.call("next_task", wait_seconds=self.options.claim_wait)
+                self.bridge.call("next_task", wait_seconds=self.options.claim_wait),
+                also=self._slot_wanted,
             )
             if not task or task.get("task") is None:
                 self._slots.release()
@@ -403,13 +408,16 @@ class Runner:
                 f"for target {task['target']!r}"
             )
 
-    async def _until_stop(self, work: Awaitable[Any]) -> Any:
-        """``work``'s result, or None once the runner is told to stop (``work`` cancelled: an
-        abandoned next_task claims nothing)."""
+    async def _until_stop(self, work: Awaitable[Any], also: asyncio.Event | None = None) -> Any:
+        """``work``'s result, or None once the runner is told to stop (or ``also`` is set):
+        ``work`` is then cancelled (an abandoned next_task claims nothing)."""
         job = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        interrupts = [asyncio.ensure_future(self._stop.wait())]
+        if also is not None:
+            interrupts.append(asyncio.ensure_future(also.wait()))
+        await asyncio.wait({job, *interrupts}, return_when=asyncio.FIRST_COMPLETED)
+        for interrupt in interrupts:
+            interrupt.cancel()
         if job.done():
             return job.result()
         job.cancel()
@@ -489,6 +497,8 @@ class Runner:
         Raises:
             _Shelved: the runner is stopping.
         """
+        if self._slots.locked():
+            self._slot_wanted.set()
         if not await self._until_stop(self._slots.acquire()):
             raise _Shelved
 

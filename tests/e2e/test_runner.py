@@ -4,6 +4,8 @@ updates with pull_updates, as claude.ai would."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +19,7 @@ from typing import Any
 from mcp import Client
 
 from nexus_bridge.config import Settings
-from tests.conftest import REPO_ROOT, mcp_client, running_server, subprocess_env
+from tests.conftest import REPO_ROOT, mcp_client, running_server, subprocess_env, wait_for
 from tests.e2e.test_agent_api import FELT_TOKEN, two_targets
 from tests.e2e.test_http import call
 
@@ -75,8 +77,9 @@ async def runner(base: str, tmp_path: Path, *args: str) -> AsyncIterator[RunnerP
         yield proc
     finally:
         proc.stop()
+        # Waited for off the event loop: an in-process bridge must keep answering meanwhile.
         try:
-            proc.process.wait(timeout=DEADLINE)
+            await asyncio.to_thread(proc.process.wait, DEADLINE)
         except subprocess.TimeoutExpired:
             proc.process.kill()
             proc.process.wait()
@@ -182,3 +185,105 @@ async def test_a_text_command_gets_the_task_on_stdin_and_its_ids_in_the_environm
         assert "got HELLO THERE" in texts
         assert f"{task_id} {task_id[:8]}" in texts
         assert "token" in texts
+
+
+async def test_a_failing_command_fails_the_task_with_its_exit_code_and_stderr(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--claude"),
+    ):
+        task_id = await send(client, "clean the disk fake:fail")
+        task = await wait_status(client, task_id, "complete", "error")
+        assert task["status"] == "error"
+        error = (await updates_of(client, task_id))[-2][1]
+        assert error.startswith("exit code 1")
+        assert "I could not do it: the disk is full." in error
+        assert "stderr:\nfake claude: something broke" in error
+
+
+async def test_a_command_over_its_timeout_is_stopped_and_the_task_fails(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--timeout", "1", "--claude"),
+    ):
+        task_id = await send(client, "a long job fake:sleep=60 fake:ignore-term")
+        task = await wait_status(client, task_id, "complete", "error")
+        assert task["status"] == "error"
+        assert task["status_reason"].startswith("timed out after 1 s")
+        await wait_for(lambda: not any(alive(p) for p in pids(tmp_path)), what="the pids gone")
+
+
+async def test_a_command_that_cannot_start_fails_the_task_saying_why(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "no-such-command")
+    async with bridge(make_settings, tmp_path) as (base, client), runner(base, tmp_path, missing):
+        task_id = await send(client, "anything")
+        task = await wait_status(client, task_id, "complete", "error")
+        assert task["status"] == "error"
+        assert task["status_reason"] == f"cannot start {missing!r}: No such file or directory"
+
+
+async def test_cancel_stops_the_whole_process_group_within_two_seconds(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--claude"),
+    ):
+        # It ignores SIGTERM (so only SIGKILL stops it) and has a child of its own.
+        task_id = await send(client, "fake:sleep=60 fake:ignore-term fake:child")
+        await wait_for(lambda: len(pids(tmp_path)) == 2, what="the command and its child")
+        await wait_status(client, task_id, "in_progress")
+        started = pids(tmp_path)
+        assert all(alive(p) for p in started)
+        await call(client, "cancel_message", {"id": task_id, "reason": "changed my mind"})
+        cancelled = time.monotonic()
+        await wait_for(lambda: not any(alive(p) for p in started), what="every pid gone")
+        assert time.monotonic() - cancelled < 2.5  # 2 s, and some slack for a busy machine
+        assert (await call(client, "get_message", {"id": task_id}))["status"] == "cancelled"
+
+
+async def test_a_question_is_asked_and_the_answer_resumes_the_same_claude_session(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--claude"),
+    ):
+        task_id = await send(client, "restart jellyfin fake:question")
+        await wait_status(client, task_id, "input_required")
+        assert ("agent", "[Question] Restart jellyfin now, or tonight?") in await updates_of(
+            client, task_id
+        )
+        await call(client, "reply_to_task", {"id": task_id, "text": "tonight"})
+        await wait_status(client, task_id, "complete")
+        updates = await updates_of(client, task_id)
+        assert ("agent", "Resuming with: tonight") in updates
+        assert updates[-2] == ("agent", "Done: went ahead with 'tonight'.")
+    runs = [json.loads(line) for line in (tmp_path / "claude.log").read_text().splitlines()]
+    assert len(runs) == 2
+    assert "--resume" not in runs[0]["argv"]
+    assert runs[1]["argv"][runs[1]["argv"].index("--resume") + 1] == runs[0]["session"]
+    assert runs[1]["prompt"] == "tonight"
+
+
+async def test_concurrency_two_runs_two_tasks_at_once(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--concurrency", "2", "--claude"),
+    ):
+        first = await send(client, "one fake:sleep=60")
+        second = await send(client, "two fake:sleep=60")
+        await wait_for(lambda: len(pids(tmp_path)) == 2, what="two commands at once")
+        assert all(alive(p) for p in pids(tmp_path))
+        for task_id in (first, second):
+            assert (await call(client, "get_message", {"id": task_id}))["status"] == "in_progress"
+            await call(client, "cancel_message", {"id": task_id})
+        await wait_for(lambda: not any(alive(p) for p in pids(tmp_path)), what="both stopped")
