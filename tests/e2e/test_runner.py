@@ -85,6 +85,11 @@ async def runner(base: str, tmp_path: Path, *args: str) -> AsyncIterator[RunnerP
             proc.process.wait()
 
 
+def claude(base: str, tmp_path: Path) -> Any:
+    """The runner with --claude, the fake claude on its PATH."""
+    return runner(base, tmp_path, "--claude")
+
+
 @asynccontextmanager
 async def bridge(
     make_settings: Callable[..., Settings], tmp_path: Path, **overrides: Any
