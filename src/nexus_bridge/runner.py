@@ -192,12 +192,14 @@ class StateDir:
 
 def _process_started(pid: int) -> str | None:
     """The process's start time (Linux ``/proc``), so a recorded pid is never mistaken for a
-    later process that reused it."""
+    later process that reused it; None when there is no such live process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]  # field 22, counting from the one after comm
+    if fields[0] == "Z":  # dead, not yet reaped by its parent
+        return None
+    return fields[19]  # field 22 of proc(5), counting from the state (field 3)
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -303,6 +305,7 @@ class Transcript:
 
     output: OutputFormat
     progress: Progress
+    on_session: Callable[[str], None]  # the session id, as soon as it is known
     session_id: str | None = None
     result_text: str | None = None
     result_error: bool = False
@@ -323,6 +326,8 @@ class Transcript:
         for event in parse_line(line):
             if event.kind is EventKind.INIT:
                 self.session_id = event.session_id
+                if event.session_id:
+                    self.on_session(event.session_id)
             elif event.kind is EventKind.TEXT:
                 self.progress.add(event.text)
                 self.last_text = event.text
@@ -372,6 +377,7 @@ class Runner:
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
         self._slot_wanted = asyncio.Event()
+        self._slot_waiters = 0
         self._handlers: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -386,9 +392,13 @@ class Runner:
         while not stop.is_set():
             if not await self._until_stop(self._slots.acquire()):
                 break
-            # A task whose question was answered needs a slot to resume: it gets this one
-            # rather than wait out the long poll.
+            # A task to resume (its question answered, or left by a restart) gets the slot
+            # first, rather than wait out a long poll.
             self._slot_wanted.clear()
+            if self._slot_waiters:
+                self._slots.release()
+                await asyncio.sleep(0)  # the waiter (first in line) takes it
+                continue
             task = await self._until_stop(
                 self.bridge.call("next_task", wait_seconds=self.options.claim_wait),
                 also=self._slot_wanted,
@@ -497,10 +507,13 @@ class Runner:
         Raises:
             _Shelved: the runner is stopping.
         """
-        if self._slots.locked():
-            self._slot_wanted.set()
-        if not await self._until_stop(self._slots.acquire()):
-            raise _Shelved
+        self._slot_waiters += 1
+        self._slot_wanted.set()
+        try:
+            if not await self._until_stop(self._slots.acquire()):
+                raise _Shelved
+        finally:
+            self._slot_waiters -= 1
 
     async def _finish(self, task_id: str, outcome: Outcome) -> None:
         try:
@@ -581,7 +594,12 @@ class Runner:
         async def post(text: str) -> None:
             await self.bridge.call("post_update", id=state.task_id, text=text)
 
-        transcript = Transcript(self.options.output, Progress(post, self.options.coalesce_seconds))
+        def keep_session(session_id: str) -> None:  # a restarted runner can resume it
+            state.session_id = session_id
+            self.states.save(state)
+
+        progress = Progress(post, self.options.coalesce_seconds)
+        transcript = Transcript(self.options.output, progress, keep_session)
         readers = [
             asyncio.create_task(_feed(process, prompt)),
             asyncio.create_task(_read(process.stdout, transcript.stdout)),

@@ -19,7 +19,14 @@ from typing import Any
 from mcp import Client
 
 from nexus_bridge.config import Settings
-from tests.conftest import REPO_ROOT, mcp_client, running_server, subprocess_env, wait_for
+from tests.conftest import (
+    REPO_ROOT,
+    free_port,
+    mcp_client,
+    running_server,
+    subprocess_env,
+    wait_for,
+)
 from tests.e2e.test_agent_api import FELT_TOKEN, two_targets
 from tests.e2e.test_http import call
 
@@ -292,3 +299,107 @@ async def test_concurrency_two_runs_two_tasks_at_once(
             assert (await call(client, "get_message", {"id": task_id}))["status"] == "in_progress"
             await call(client, "cancel_message", {"id": task_id})
         await wait_for(lambda: not any(alive(p) for p in pids(tmp_path)), what="both stopped")
+
+
+async def test_a_chatty_command_is_coalesced_into_few_trimmed_updates(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    script = "for i in range(5000): print('line', i)"
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, "--", sys.executable, "-c", script),
+    ):
+        task_id = await send(client, "be chatty")
+        await wait_status(client, task_id, "complete")
+        agent = [c for k, c in await updates_of(client, task_id) if k == "agent"]
+        assert len(agent) <= 4  # progress (at most one per 2 s) and the summary
+        assert any("earlier lines left out" in text for text in agent)
+        assert agent[-1].endswith("line 4999")
+        assert all(len(text) <= 3_100 for text in agent)
+
+
+async def test_a_restarted_runner_fails_the_task_it_left_and_stops_its_command(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pids"
+    script = (
+        "import os, time; "
+        f"open({str(pid_file)!r}, 'a').write(f'{{os.getpid()}}\\n'); "
+        "print('working', flush=True); time.sleep(60)"
+    )
+    command = ("--", sys.executable, "-c", script)
+    async with bridge(make_settings, tmp_path) as (base, client):
+        first = start_runner(base, tmp_path, *command, name="first")
+        task_id = await send(client, "a long job")
+        await wait_for(lambda: pids(tmp_path), what="the command")
+        await wait_status(client, task_id, "in_progress")
+        first.stop(signal.SIGKILL)  # a crash: no chance to clean up
+        await asyncio.to_thread(first.process.wait)
+        assert alive(pids(tmp_path)[0])  # its own process group outlived the runner
+        async with runner(base, tmp_path, *command):
+            task = await wait_status(client, task_id, "error")
+            assert task["status_reason"] == "the runner restarted while this task ran"
+            await wait_for(lambda: not alive(pids(tmp_path)[0]), what="the old command gone")
+
+
+async def test_a_restarted_runner_resumes_the_claude_session_it_left(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with bridge(make_settings, tmp_path) as (base, client):
+        first = start_runner(base, tmp_path, "--claude", name="first")
+        task_id = await send(client, "a long job fake:sleep=60")
+        await wait_for(lambda: pids(tmp_path), what="claude")
+        await wait_status(client, task_id, "in_progress")
+        first.stop(signal.SIGKILL)
+        await asyncio.to_thread(first.process.wait)
+        async with claude(base, tmp_path):
+            await wait_status(client, task_id, "complete")
+            await wait_for(lambda: not alive(pids(tmp_path)[0]), what="the old claude gone")
+    runs = [json.loads(line) for line in (tmp_path / "claude.log").read_text().splitlines()]
+    assert len(runs) == 2
+    assert runs[1]["argv"][runs[1]["argv"].index("--resume") + 1] == runs[0]["session"]
+    assert "restarted" in runs[1]["prompt"]
+
+
+async def test_a_runner_rides_out_a_bridge_restart(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    port = free_port()
+    # shutdown_grace_seconds: the runner's long poll need not hold up the bridge's shutdown.
+    settings = make_settings(config_file=two_targets(tmp_path), shutdown_grace_seconds=0.5)
+    base = f"http://127.0.0.1:{port}"
+    proc = start_runner(base, tmp_path, "--claude")
+    try:
+        async with running_server(settings, port=port) as (url, _), mcp_client(url) as client:
+            task_id = await send(client, "restart jellyfin fake:sleep=2")
+            await wait_status(client, task_id, "in_progress")
+        await wait_for(
+            lambda: "cannot reach the bridge" in proc.output(), what="the runner to retry"
+        )
+        assert proc.process.poll() is None  # retried, not crashed
+        async with running_server(settings, port=port) as (url, _), mcp_client(url) as client:
+            await wait_status(client, task_id, "complete")
+            later = await send(client, "and the next one")
+            await wait_status(client, later, "complete")
+    finally:
+        proc.stop(signal.SIGKILL)
+        await asyncio.to_thread(proc.process.wait)
+
+
+async def test_sigterm_lets_running_commands_finish_within_the_grace_then_fails_the_rest(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with bridge(make_settings, tmp_path) as (base, client):
+        proc = start_runner(base, tmp_path, "--concurrency", "2", "--grace", "2", "--claude")
+        quick = await send(client, "quick fake:sleep=1")
+        slow = await send(client, "slow fake:sleep=60 fake:ignore-term")
+        await wait_for(lambda: len(pids(tmp_path)) == 2, what="both commands")
+        proc.stop()
+        assert await asyncio.to_thread(proc.process.wait, DEADLINE) == 0
+        assert (await call(client, "get_message", {"id": quick}))["status"] == "complete"
+        failed = await call(client, "get_message", {"id": slow})
+        assert failed["status"] == "error"
+        assert failed["status_reason"] == (
+            "the runner was stopped (SIGTERM) before the command finished"
+        )
+        assert not any(alive(p) for p in pids(tmp_path))
