@@ -391,7 +391,23 @@ same tools over MCP at {bridge_url}/agent/mcp with that token as a bearer token.
   prints when), or it goes back to the queue for someone else.
 - Report progress at each meaningful step: the client reads it in claude.ai as it happens.
 - A task marked URGENT comes first; halt what you are doing and take it.
-- After `ask`, poll `replies` until an answer arrives, then continue with `update`."""
+- After `ask`, poll `replies` until an answer arrives, then continue with `update`.
+
+### When `nexus-bridge agent run` runs you
+
+The runner claims, starts and finishes each task for you; do not call `next`, `start`, `done` or
+`fail` yourself. You get the task text as your prompt (on standard input), and in the
+environment `NEXUS_BRIDGE_TASK_ID` (the task's id), `NEXUS_BRIDGE_TASK_TAG` (its short tag),
+`NEXUS_BRIDGE_URL` and `NEXUS_BRIDGE_AGENT_TOKEN`.
+
+- What you write is the client's progress report: Claude Code's text and each tool you use (one
+  line each), or a plain command's output lines, sent at most every couple of seconds.
+- Your final answer (or a plain command's last lines) becomes the task's summary when you exit
+  normally; exiting with an error fails the task with your exit code and the end of stderr.
+- Need a decision? Make your final answer start with `[Question]` and end your turn: the client
+  is asked, and its answer comes back as your next prompt, in the same Claude Code session.
+- A cancel stops you (SIGTERM, then SIGKILL): leave nothing half-done that a stop would break.
+- An extra report at any time: `nexus-bridge agent update "$NEXUS_BRIDGE_TASK_ID" "text"`."""
 
 
 def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ CLAUDE_COMMAND: Final = ("claude", "-p", "--output-format", "stream-json", "--ve
 RESUME_FLAG: Final = "--resume"
 CLAIM_WAIT_SECONDS: Final = 25.0  # one next_task long poll
 WATCH_SECONDS: Final = 0.5  # how often a running task is checked for cancel (and kept alive)
+ANSWER_POLL_SECONDS: Final = 2.0  # how often a task waiting for the client looks for its answer
 KILL_GRACE_SECONDS: Final = 1.0  # SIGTERM → SIGKILL; with WATCH_SECONDS, a cancel stops in < 2 s
 DRAIN_SECONDS: Final = 30.0  # on SIGTERM, how long running commands may still finish
 COALESCE_SECONDS: Final = 2.0  # at most one progress update this often, per task
@@ -49,6 +50,7 @@ MAX_UPDATE_CHARS: Final = 3_000  # an update longer than this keeps its tail, wi
 MAX_SUMMARY_CHARS: Final = 3_000
 MAX_LINE_BYTES: Final = 1 << 20  # a longer output line is cut (bounded memory)
 STDERR_TAIL_LINES: Final = 20
+MAX_STDERR_LINE_CHARS: Final = 500
 SUMMARY_TAIL_LINES: Final = 20
 READER_DRAIN_SECONDS: Final = 1.0  # a grandchild holding stdout open does not hold the task
 BACKOFF_FIRST_SECONDS: Final = 0.5
@@ -86,6 +88,7 @@ class RunnerOptions:
     drain_seconds: float = DRAIN_SECONDS
     kill_grace: float = KILL_GRACE_SECONDS
     watch_seconds: float = WATCH_SECONDS
+    answer_poll_seconds: float = ANSWER_POLL_SECONDS
     coalesce_seconds: float = COALESCE_SECONDS
     claim_wait: float = CLAIM_WAIT_SECONDS
 
@@ -244,6 +247,10 @@ class Progress:
             self._dropped += 1
         self._wake.set()
 
+    def drop(self) -> None:
+        """Forget what is not posted yet."""
+        self._lines, self._chars, self._dropped = [], 0, 0
+
     async def close(self) -> None:
         """Post what is left, then stop."""
         self._closing.set()
@@ -321,7 +328,7 @@ class Transcript:
         if self.output is OutputFormat.TEXT:
             if line.strip():
                 self.progress.add(line)
-                self.stdout_tail.append(line)
+                self.stdout_tail.append(line[:MAX_SUMMARY_CHARS])
             return
         for event in parse_line(line):
             if event.kind is EventKind.INIT:
@@ -337,6 +344,9 @@ class Transcript:
                 self.result_text = event.text
                 self.result_error = event.is_error
                 self.session_id = event.session_id or self.session_id
+
+    def stderr(self, line: str) -> None:
+        self.stderr_tail.append(line[:MAX_STDERR_LINE_CHARS])
 
     def summary(self) -> str:
         if self.output is OutputFormat.CLAUDE:
@@ -554,7 +564,7 @@ class Runner:
                 state.waiting_cursor = None
                 self.states.save(state)
                 return "\n\n".join(answers)
-            await self._until_stop(asyncio.sleep(self.options.watch_seconds))
+            await self._until_stop(asyncio.sleep(self.options.answer_poll_seconds))
 
     # --- one run of the command ------------------------------------------------------------
 
@@ -603,14 +613,16 @@ class Runner:
         readers = [
             asyncio.create_task(_feed(process, prompt)),
             asyncio.create_task(_read(process.stdout, transcript.stdout)),
-            asyncio.create_task(_read(process.stderr, transcript.stderr_tail.append)),
+            asyncio.create_task(_read(process.stderr, transcript.stderr)),
         ]
         stopped = await self._supervise(state.task_id, process)
         _, stuck = await asyncio.wait(readers, timeout=READER_DRAIN_SECONDS)
         if stuck:  # something it started still holds its output open
             _kill_group(process.pid, signal.SIGKILL)
             await asyncio.wait(stuck)
-        await transcript.progress.close()
+        if stopped == "ended":
+            progress.drop()  # the client cancelled: what the command said since is not news
+        await progress.close()
         state.pgid = state.pgid_started = None
         return self._outcome(process.returncode, stopped, transcript)
 

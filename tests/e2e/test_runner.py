@@ -19,6 +19,7 @@ from typing import Any
 from mcp import Client
 
 from nexus_bridge.config import Settings
+from nexus_bridge.runner import ENV_TASK_ID, ENV_TASK_TAG, ENV_TOKEN, ENV_URL
 from tests.conftest import (
     REPO_ROOT,
     free_port,
@@ -403,3 +404,22 @@ async def test_sigterm_lets_running_commands_finish_within_the_grace_then_fails_
             "the runner was stopped (SIGTERM) before the command finished"
         )
         assert not any(alive(p) for p in pids(tmp_path))
+
+
+def test_agent_prompt_teaches_a_command_what_the_runner_gives_it(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(config_file=two_targets(tmp_path))
+    env = subprocess_env(settings.database_url, NEXUS_BRIDGE_CONFIG=str(settings.config_file))
+    result = subprocess.run(
+        [EXE, "agent-prompt", "--target", TARGET],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    section = result.stdout.partition("### When `nexus-bridge agent run` runs you")[2]
+    for name in (ENV_TASK_ID, ENV_TASK_TAG, ENV_URL, ENV_TOKEN):
+        assert f"`{name}`" in section
+    assert "`[Question]`" in section
