@@ -12,7 +12,9 @@ Per task (sequential; the runner long-polls ``next_task`` between them):
 
 Baseline, alternating with the tasks: the bridge's own wake-up latency, a client waiting in
 ``pull_updates`` woken by ``QueueService.add_agent_update`` on the same server (as in 4).
-Targets: each p99 under 250 ms on loopback; the ratio column is p99 / baseline p99.
+Targets, absolute (the ratio column is p99 / baseline p99): claimed → started p99 < 500 ms (two
+MCP calls, ``next_task``'s answer and ``start_task``, both write transactions, then a fork),
+output line → visible p99 < 250 ms (one ``post_update``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from benchlib import (
 )
 from mcp import Client
 
-TARGET_P99 = 0.250  # seconds, absolute, for both runner paths
+TARGET_START_P99 = 0.500  # seconds, absolute
+TARGET_LINE_P99 = 0.250
 WAIT_SECONDS = 10
 STEP_DEADLINE = 20.0
 TOKEN = "bench-runner-agent-token-" + "b" * 20
@@ -144,8 +147,17 @@ def _runner(base: str, scratch: Path) -> subprocess.Popen[bytes]:
     )
     with (scratch / "runner.log").open("ab") as log:
         return subprocess.Popen(
-            [EXE, "agent", "run", "--state-dir", str(scratch / "runner-state"), "--"]
-            + ["sh", "-c", script],
+            [
+                EXE,
+                "agent",
+                "run",
+                "--state-dir",
+                str(scratch / "runner-state"),
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -184,9 +196,9 @@ async def run(report: Report, database: Path, scratch: Path, *, tasks: int, warm
                 await asyncio.to_thread(runner.wait, STEP_DEADLINE)
 
     claim_s, line_s, wake_s = Sample(claims), Sample(lines), Sample(wakes)
-    for name, sample in (
-        ("runner: task claimed -> command started", claim_s),
-        ("runner: output line -> waiting pull_updates", line_s),
+    for name, sample, target in (
+        ("runner: task claimed -> command started", claim_s, TARGET_START_P99),
+        ("runner: output line -> waiting pull_updates", line_s, TARGET_LINE_P99),
     ):
         report.rows.append(
             Row(
@@ -195,8 +207,8 @@ async def run(report: Report, database: Path, scratch: Path, *, tasks: int, warm
                 measured=_describe(sample),
                 baseline=f"add_agent_update {_describe(wake_s)}",
                 ratio=sample.p99 / wake_s.p99,
-                target_text=f"p99 < {fmt_seconds(TARGET_P99)}",
-                passed=sample.p99 < TARGET_P99,
+                target_text=f"p99 < {fmt_seconds(target)}",
+                passed=sample.p99 < target,
             )
         )
         progress(f"  {name}: {_describe(sample)}")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from nexus_bridge import config
-from nexus_bridge.agent_client import call_agent_tool
+from nexus_bridge.agent_client import AgentClient
 from nexus_bridge.claude_stream import EventKind, parse_line
 from nexus_bridge.domain import TaskStatus
 from nexus_bridge.errors import BridgeUnreachable, ConfigError, NexusBridgeError, TaskNotFound
@@ -128,9 +128,8 @@ class TaskState:
 class Bridge:
     """Tool calls on ``/agent/mcp``; an unreachable bridge is retried with backoff."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self._url = url
-        self._token = token
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """The tool's result, once the bridge answers (however long that takes).
@@ -142,7 +141,7 @@ class Bridge:
         delay = BACKOFF_FIRST_SECONDS
         while True:
             try:
-                return await call_agent_tool(self._url, self._token, tool, arguments)
+                return await self._client.call(tool, arguments)
             except BridgeUnreachable as exc:
                 logger.warning("%s; retrying in %.1f s", exc, delay)
             await asyncio.sleep(delay)
@@ -380,7 +379,8 @@ class Runner:
 
     def __init__(self, options: RunnerOptions) -> None:
         self.options = options
-        self.bridge = Bridge(options.bridge_url, options.token)
+        self._client = AgentClient(options.bridge_url, options.token)
+        self.bridge = Bridge(self._client)
         state_dir = options.state_dir / options.target if options.target else options.state_dir
         self.states = StateDir(state_dir)
         self._slots = asyncio.Semaphore(options.concurrency)
@@ -397,8 +397,14 @@ class Runner:
         Raises:
             AgentTokenRefused: the bridge refuses the token.
         """
-        self._stop = stop
-        await self.recover()
+        async with self._client:
+            self._stop = stop
+            await self.recover()
+            await self._take_tasks()
+            await self._drain()
+
+    async def _take_tasks(self) -> None:
+        stop = self._stop
         while not stop.is_set():
             if not await self._until_stop(self._slots.acquire()):
                 break
@@ -418,7 +424,6 @@ class Runner:
                 continue
             self._check_target(task["task"])
             self._spawn(self._begin(task["task"]))
-        await self._drain()
 
     def _check_target(self, task: dict[str, Any]) -> None:
         """Refuse to run another target's tasks (its claim lapses back to the queue)."""
