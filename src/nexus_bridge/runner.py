@@ -238,6 +238,8 @@ class Progress:
         self._task = asyncio.create_task(self._run())
 
     def add(self, line: str) -> None:
+        if len(line) > MAX_UPDATE_CHARS:
+            line = line[: MAX_UPDATE_CHARS - 1] + "…"
         self._lines.append(line)
         self._chars += len(line) + 1
         # Bounded memory: whatever would be trimmed anyway is dropped now.
@@ -245,6 +247,11 @@ class Progress:
             self._chars -= len(self._lines.pop(0)) + 1
             self._dropped += 1
         self._wake.set()
+
+    def unsay(self, line: str) -> None:
+        """Take back ``line`` if it is the last one and not posted yet."""
+        if self._lines and self._lines[-1] == line:
+            self._chars -= len(self._lines.pop()) + 1
 
     def drop(self) -> None:
         """Forget what is not posted yet."""
@@ -340,6 +347,7 @@ class Transcript:
             elif event.kind is EventKind.TOOL:
                 self.progress.add(event.text)
             else:
+                self.progress.unsay(event.text)  # the final answer comes as the summary
                 self.result_text = event.text
                 self.result_error = event.is_error
                 self.session_id = event.session_id or self.session_id

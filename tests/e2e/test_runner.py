@@ -173,6 +173,7 @@ async def test_a_claude_task_streams_its_progress_to_the_client_and_completes(
         assert "secret reasoning" not in agent_text  # thinking left out
         assert "TOOL OUTPUT NOT SHOWN" not in agent_text  # tool results left out
         assert updates[-2] == ("agent", "Done: jellyfin restarted and healthy.")
+        assert agent_text.count("Done: jellyfin") == 1  # the final answer once, as the summary
         statuses = [content for kind, content in updates if kind == "status"]
         assert any("in_progress" in s for s in statuses)
 
