@@ -352,6 +352,11 @@ async def test_a_restarted_runner_resumes_the_claude_session_it_left(
         task_id = await send(client, "a long job fake:sleep=60")
         await wait_for(lambda: pids(tmp_path), what="claude")
         await wait_status(client, task_id, "in_progress")
+
+        async def streaming() -> bool:  # its first text comes after init named the session
+            return ("agent", "Looking into it.") in await updates_of(client, task_id)
+
+        await wait_for(streaming, what="the first text")
         first.stop(signal.SIGKILL)
         await asyncio.to_thread(first.process.wait)
         async with claude(base, tmp_path):
