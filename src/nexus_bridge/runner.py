@@ -116,6 +116,7 @@ class TaskState:
 
     task_id: str
     runner_pid: int = field(default_factory=os.getpid)
+    runner_started: str | None = field(default_factory=lambda: _process_started(os.getpid()))
     session_id: str | None = None
     pgid: int | None = None
     pgid_started: str | None = None
@@ -207,16 +208,6 @@ def _process_started(pid: int) -> str | None:
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -407,9 +398,15 @@ class Runner:
         """
         async with self._client:
             self._stop = stop
-            await self.recover()
-            await self._take_tasks()
-            await self._drain()
+            try:
+                await self.recover()
+                await self._take_tasks()
+            except BaseException:
+                stop.set()
+                self._abort.set()  # a fatal error: stop the commands now, leave nothing running
+                raise
+            finally:
+                await self._drain()
 
     async def _take_tasks(self) -> None:
         stop = self._stop
@@ -705,7 +702,8 @@ class Runner:
         """Find the tasks a previous runner left in hand: resume the Claude sessions, fail the
         rest with ``RESTARTED_REASON``."""
         for state in self.states.load_all():
-            if state.runner_pid != os.getpid() and _process_started(state.runner_pid):
+            other = state.runner_pid != os.getpid()
+            if other and _process_started(state.runner_pid) == state.runner_started:
                 continue  # a live runner's own task
             if state.pgid and _process_started(state.pgid) == state.pgid_started:
                 _kill_group(state.pgid, signal.SIGKILL)  # what the crashed runner left running
@@ -716,7 +714,7 @@ class Runner:
             if status.is_terminal:
                 self.states.remove(state.task_id)
                 continue
-            state.runner_pid = os.getpid()
+            state.runner_pid, state.runner_started = os.getpid(), _process_started(os.getpid())
             self.states.save(state)
             if self.options.output is OutputFormat.CLAUDE and state.session_id:
                 waiting = status is TaskStatus.INPUT_REQUIRED or state.waiting_cursor is not None

@@ -429,3 +429,31 @@ def test_agent_prompt_teaches_a_command_what_the_runner_gives_it(
     for name in (ENV_TASK_ID, ENV_TASK_TAG, ENV_URL, ENV_TOKEN):
         assert f"`{name}`" in section
     assert "`[Question]`" in section
+
+
+async def test_a_refused_token_or_another_targets_task_stops_the_runner_with_one_line(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with bridge(make_settings, tmp_path) as (base, client):
+        env = runner_env(base, tmp_path)
+        env["NEXUS_BRIDGE_AGENT_TOKEN"] = "not-a-token-" + "x" * 30
+        refused = await asyncio.to_thread(
+            subprocess.run,
+            [EXE, "agent", "run", "--state-dir", str(tmp_path / "state"), "--", "true"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
+        assert refused.returncode == 2
+        assert refused.stderr.strip().splitlines()[-1] == (
+            f"nexus-bridge: error: the bridge at {base} refused the agent token "
+            "(NEXUS_BRIDGE_AGENT_TOKEN)"
+        )
+        proc = start_runner(base, tmp_path, "--target", "nexus:sentry", "--", "true")
+        await send(client, "for felt")
+        assert await asyncio.to_thread(proc.process.wait, DEADLINE) == 2
+        assert proc.output().strip().splitlines()[-1] == (
+            "nexus-bridge: error: --target is 'nexus:sentry' but the agent token "
+            "(NEXUS_BRIDGE_AGENT_TOKEN) is for target 'nexus:felt'"
+        )
