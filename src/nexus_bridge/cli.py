@@ -642,6 +642,8 @@ def cmd_agent_run(settings: Settings, args: argparse.Namespace) -> int:
         **({"state_dir": args.state_dir} if args.state_dir else {}),
         **({"drain_seconds": args.grace} if args.grace is not None else {}),
     )
+    if options.timeout == 0:
+        raise ConfigError("--timeout must be more than 0 seconds (leave it out for none)")
     if options.workdir is not None and not options.workdir.is_dir():
         raise ConfigError(f"--workdir {options.workdir} is not a directory")
 

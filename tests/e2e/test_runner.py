@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mcp import Client
 
 from nexus_bridge.config import Settings
@@ -457,3 +458,27 @@ async def test_a_refused_token_or_another_targets_task_stops_the_runner_with_one
             "nexus-bridge: error: --target is 'nexus:sentry' but the agent token "
             "(NEXUS_BRIDGE_AGENT_TOKEN) is for target 'nexus:felt'"
         )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "agent run needs a command: nexus-bridge agent run -- COMMAND [ARG...], or --claude"),
+        (["--timeout", "0", "--", "true"], "--timeout must be more than 0 seconds"),
+        (["--workdir", "/no/such/dir", "--", "true"], "--workdir /no/such/dir is not a directory"),
+    ],
+)
+def test_bad_runner_arguments_are_one_line_naming_the_option(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [EXE, "agent", "run", *arguments],
+        env=runner_env("http://127.0.0.1:9", tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"nexus-bridge: error: {message}")
