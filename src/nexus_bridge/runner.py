@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -283,7 +283,7 @@ class Progress:
         return text
 
 
-async def _lines(stream: asyncio.StreamReader) -> Any:
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
     """The stream's lines, decoded; a line longer than ``MAX_LINE_BYTES`` is cut there."""
     buffer = b""
     skipping = False
