@@ -482,3 +482,18 @@ def test_bad_runner_arguments_are_one_line_naming_the_option(
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"nexus-bridge: error: {message}")
+
+
+async def test_an_urgent_task_is_run_before_older_ones(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with bridge(make_settings, tmp_path) as (base, client), claude(base, tmp_path):
+        busy = await send(client, "busy fake:sleep=60")
+        await wait_for(lambda: pids(tmp_path), what="the first command")
+        older = await send(client, "older")
+        urgent = await send(client, "urgent", urgent=True)
+        await call(client, "cancel_message", {"id": busy})
+        await wait_status(client, older, "complete")
+        await wait_status(client, urgent, "complete")
+    runs = [json.loads(line) for line in (tmp_path / "claude.log").read_text().splitlines()]
+    assert [run["prompt"] for run in runs] == ["busy fake:sleep=60", "urgent", "older"]
