@@ -9,6 +9,9 @@ Every figure is compared with a baseline measured in the same run, on the same m
    same wait woken by a service-layer insert (target: p99 < 100 ms on loopback).
 5. The agent grammar on 10,000-character inputs, ordinary and adversarial (worst one reported)
    vs ``str.splitlines()`` on the same input (target: median < 10 ms).
+6. The agent runner (``nexus-bridge agent run``, a subprocess): task claimed -> command started,
+   and command output line -> visible to a waiting ``pull_updates``, each vs the bridge's own
+   wake-up latency in the same run (targets: p99 < 500 ms and < 250 ms on loopback).
 
 ``--only N`` (repeatable) runs only the numbered benchmarks. The exit status is 1 when a target
 is missed.
@@ -37,6 +40,7 @@ import bench_enqueue
 import bench_grammar
 import bench_pull
 import bench_roundtrip
+import bench_runner
 import bench_telegram
 from benchlib import Report, copy_database, fill_updates, migrated_template, progress
 
@@ -55,6 +59,8 @@ class Sizes:
     telegram_warmup: int
     grammar_iterations: int
     grammar_warmup: int
+    runner_tasks: int
+    runner_warmup: int
 
 
 FULL = Sizes(
@@ -70,6 +76,8 @@ FULL = Sizes(
     telegram_warmup=10,
     grammar_iterations=200,
     grammar_warmup=10,
+    runner_tasks=100,
+    runner_warmup=5,
 )
 QUICK = Sizes(
     roundtrip_iterations=60,
@@ -84,10 +92,12 @@ QUICK = Sizes(
     telegram_warmup=3,
     grammar_iterations=20,
     grammar_warmup=2,
+    runner_tasks=10,
+    runner_warmup=2,
 )
 
 
-SECTIONS = ("1", "2", "3", "4", "5")
+SECTIONS = ("1", "2", "3", "4", "5", "6")
 
 
 def _label(rows: int) -> str:
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         metavar="N",
-        help="run only benchmark N (1-5); repeat for several",
+        help="run only benchmark N (1-6); repeat for several",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
-        if chosen & {"1", "2", "3", "4"}:
+        if chosen & {"1", "2", "3", "4", "6"}:
             progress("migrating a template database (alembic upgrade head)")
             template = migrated_template(scratch)
         if "1" in chosen:
@@ -180,6 +190,17 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(
                 bench_grammar.run(
                     report, iterations=sizes.grammar_iterations, warmup=sizes.grammar_warmup
+                )
+            )
+        if "6" in chosen:
+            runner_db = copy_database(template, scratch / "runner.db")
+            asyncio.run(
+                bench_runner.run(
+                    report,
+                    runner_db,
+                    scratch,
+                    tasks=sizes.runner_tasks,
+                    warmup=sizes.runner_warmup,
                 )
             )
 

@@ -553,7 +553,23 @@ same tools over MCP at {bridge_url}/agent/mcp with that token as a bearer token.
   prints when), or it goes back to the queue for someone else.
 - Report progress at each meaningful step: the client reads it in claude.ai as it happens.
 - A task marked URGENT comes first; halt what you are doing and take it.
-- After `ask`, poll `replies` until an answer arrives, then continue with `update`."""
+- After `ask`, poll `replies` until an answer arrives, then continue with `update`.
+
+### When `nexus-bridge agent run` runs you
+
+The runner claims, starts and finishes each task for you; do not call `next`, `start`, `done` or
+`fail` yourself. You get the task text as your prompt (on standard input), and in the
+environment `NEXUS_BRIDGE_TASK_ID` (the task's id), `NEXUS_BRIDGE_TASK_TAG` (its short tag),
+`NEXUS_BRIDGE_URL` and `NEXUS_BRIDGE_AGENT_TOKEN`.
+
+- What you write is the client's progress report: Claude Code's text and each tool you use (one
+  line each), or a plain command's output lines, sent at most every couple of seconds.
+- Your final answer (or a plain command's last lines) becomes the task's summary when you exit
+  normally; exiting with an error fails the task with your exit code and the end of stderr.
+- Need a decision? Make your final answer start with `[Question]` and end your turn: the client
+  is asked, and its answer comes back as your next prompt, in the same Claude Code session.
+- A cancel stops you (SIGTERM, then SIGKILL): leave nothing half-done that a stop would break.
+- An extra report at any time: `nexus-bridge agent update "$NEXUS_BRIDGE_TASK_ID" "text"`."""
 
 
 def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:
@@ -772,8 +788,6 @@ AGENT_ACTIONS: Final = {
 
 def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
     """The direct agent API from a shell: one tool call on a running bridge, over HTTP."""
-    from nexus_bridge.runtime import read_or_create_token
-
     tool, names = AGENT_ACTIONS[args.agent_action]
     arguments: dict[str, Any] = {name: getattr(args, name) for name in names}
     if args.agent_action == "next":
@@ -782,16 +796,10 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
         arguments["cursor"] = args.cursor
     if args.agent_action == "done" and args.summary:
         arguments["summary"] = args.summary
-    token = (
-        settings.agent_token.get_secret_value()
-        if settings.agent_token
-        else read_or_create_token(settings.agent_token_file, create=False)
-    )
-    if not token:
-        raise ConfigError(
-            f"no agent token: set {config.ENV_PREFIX}AGENT_TOKEN (make run prints it)"
-        )
-    result = asyncio.run(_call_agent_tool(settings.bridge_url, token, tool, arguments))
+    from nexus_bridge.agent_client import call_agent_tool
+
+    token = _agent_token(settings)
+    result = asyncio.run(call_agent_tool(settings.bridge_url, token, tool, arguments))
     if args.json or args.agent_action not in ("next", "replies"):
         _print_json(result)
     elif args.agent_action == "next":
@@ -813,51 +821,75 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _call_agent_tool(
-    base_url: str, token: str, tool: str, arguments: dict[str, Any]
-) -> dict[str, Any]:
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared._httpx_utils import create_mcp_http_client
-    from mcp_types import TextContent
+def _agent_token(settings: Settings) -> str:
+    """``NEXUS_BRIDGE_AGENT_TOKEN``, else the default agent's token file.
 
-    url = base_url.rstrip("/") + "/agent/mcp"
-    statuses: list[int] = []
+    Raises:
+        ConfigError: neither is there.
+    """
+    from nexus_bridge.runtime import read_or_create_token
 
-    async def remember(response: Any) -> None:
-        statuses.append(int(response.status_code))
-
-    try:
-        async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
-            # The SDK turns an HTTP 401 into a generic error: keep the status to explain it.
-            http.event_hooks = {"request": [], "response": [remember]}
-            async with Client(streamable_http_client(url, http_client=http)) as client:
-                result = await client.call_tool(tool, arguments)
-    except Exception as exc:  # noqa: BLE001 - top level: the SDK wraps network errors variously
-        if 401 in statuses or 403 in statuses:
-            raise ConfigError(
-                f"the bridge at {base_url} refused the agent token ({config.ENV_PREFIX}AGENT_TOKEN)"
-            ) from None
-        detail = _messages(exc)[-1]
+    token = (
+        settings.agent_token.get_secret_value()
+        if settings.agent_token
+        else read_or_create_token(settings.agent_token_file, create=False)
+    )
+    if not token:
         raise ConfigError(
-            f"cannot reach the bridge at {base_url} ({config.ENV_PREFIX}URL): is it running? "
-            f"({detail})"
-        ) from None
-    if result.is_error:
-        texts = [c.text for c in result.content if isinstance(c, TextContent)]
-        raise NexusBridgeError(texts[0] if texts else "the call failed")
-    return dict(result.structured_content or {})
+            f"no agent token: set {config.ENV_PREFIX}AGENT_TOKEN (make run prints it)"
+        )
+    return token
 
 
-def _messages(exc: BaseException) -> list[str]:
-    """The messages of an exception and of everything inside it (groups, causes)."""
-    found = [f"{type(exc).__name__}: {exc}"]
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found += _messages(inner)
-    if exc.__cause__ is not None:
-        found += _messages(exc.__cause__)
-    return found
+def cmd_agent_run(settings: Settings, args: argparse.Namespace) -> int:
+    """The agent runner: claim the target's tasks and run a command for each, until SIGTERM."""
+    import signal
+
+    from nexus_bridge.runner import CLAUDE_COMMAND, OutputFormat, Runner, RunnerOptions
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    output = OutputFormat(args.format or "text")
+    if args.claude:
+        command = [*CLAUDE_COMMAND, *command]
+        output = OutputFormat(args.format or "claude")
+    if not command:
+        raise ConfigError(
+            "agent run needs a command: nexus-bridge agent run -- COMMAND [ARG...], or --claude"
+        )
+    options = RunnerOptions(
+        command=tuple(command),
+        bridge_url=settings.bridge_url,
+        token=_agent_token(settings),
+        output=output,
+        target=args.target,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        workdir=args.workdir,
+        **({"state_dir": args.state_dir} if args.state_dir else {}),
+        **({"drain_seconds": args.grace} if args.grace is not None else {}),
+    )
+    if options.timeout == 0:
+        raise ConfigError("--timeout must be more than 0 seconds (leave it out for none)")
+    if options.workdir is not None and not options.workdir.is_dir():
+        raise ConfigError(f"--workdir {options.workdir} is not a directory")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        logger.info(
+            "agent runner: %s at %s, %d at a time; SIGTERM stops it",
+            " ".join(command),
+            settings.bridge_url,
+            options.concurrency,
+        )
+        await Runner(options).run(stop)
+
+    asyncio.run(run())
+    return 0
 
 
 def _seconds(value: str) -> float:
@@ -981,6 +1013,26 @@ def build_parser() -> argparse.ArgumentParser:
     done.add_argument("id")
     done.add_argument("--summary")
     agent.set_defaults(func=cmd_agent)
+    run = agent_sub.add_parser(
+        "run",
+        help="take tasks and run a command for each (--claude: Claude Code), until SIGTERM",
+        description=(
+            "Claim the target's tasks one by one (or --concurrency at once) and run COMMAND for "
+            "each, with the task text on stdin; its output becomes progress updates, its exit "
+            "status finishes the task. --claude runs: claude -p --output-format stream-json "
+            "--verbose [EXTRA CLAUDE ARGS]."
+        ),
+    )
+    run.add_argument("--target", help="the target this runner serves (checked against the token)")
+    run.add_argument("--concurrency", type=_positive_int, default=1, help="tasks at once (1)")
+    run.add_argument("--timeout", type=_seconds, help="fail a command that runs longer")
+    run.add_argument("--workdir", type=Path, help="run the command in this directory")
+    run.add_argument("--format", choices=["text", "claude"], help="how to read its output")
+    run.add_argument("--claude", action="store_true", help="run Claude Code (see above)")
+    run.add_argument("--grace", type=_seconds, help="on SIGTERM, seconds commands may finish (30)")
+    run.add_argument("--state-dir", type=Path, help="where the runner keeps its tasks in hand")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    run.set_defaults(func=cmd_agent_run)
 
     auth = sub.add_parser("auth", help="OAuth: the owner passphrase, clients and tokens")
     auth_sub = auth.add_subparsers(dest="auth_command", required=True, metavar="ACTION")

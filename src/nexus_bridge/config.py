@@ -105,6 +105,17 @@ def env_files() -> tuple[Path, ...]:
     return (standard, Path(ENV_FILE))
 
 
+def default_runner_state_dir() -> Path:
+    """Where ``nexus-bridge agent run`` keeps the tasks it has in hand (``…/nexus-bridge/runner``),
+    so that a runner that restarts finds them."""
+    return default_data_dir() / "runner"
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a command the agent runner starts: this process's, plus ``extra``."""
+    return {**os.environ, **extra}
+
+
 def default_database_url() -> str:
     """The embedded SQLite file under the XDG data directory (``~/.local/share/nexus-bridge``)."""
     return f"sqlite+aiosqlite:///{default_data_dir() / 'bridge.db'}"

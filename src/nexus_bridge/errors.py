@@ -60,3 +60,11 @@ class DatabaseUnreachable(DatabaseNotReady):
 
 class DatabaseBusy(NexusBridgeError):
     """the database is busy; try again"""
+
+
+class AgentTokenRefused(ConfigError):
+    """The bridge refused the agent token."""
+
+
+class BridgeUnreachable(ConfigError):
+    """Cannot reach the bridge."""

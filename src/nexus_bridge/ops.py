@@ -390,6 +390,9 @@ def runner_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str
         "# The agent works here: its project, its CLAUDE.md.",
         f"WorkingDirectory={'%h' if user_mode else _quoted(Path.home())}",
         f"ExecStart={_quoted(exe)} agent run --claude",
+        # SIGTERM to the runner only: it stops its commands itself after --grace (30 s).
+        "KillMode=mixed",
+        "TimeoutStopSec=45",
         "Restart=on-failure",
         "RestartSec=10",
         # The agent edits files and runs tools as its user: lighter sandboxing than the bridge.
