@@ -174,13 +174,32 @@ def _agent_banner(settings: Settings, base_url: str, *, show_token: bool) -> lis
         return []
     path = settings.agent_token_file
     value = f"{token}   # shown this once" if show_token else f'"$(cat {shlex.quote(str(path))})"'
+    command = _shell_command()
     return [
         f"  agent    : {config.DEFAULT_TARGET} takes its tasks over the direct agent API "
         f"(token kept in {path})",
         f"    export NEXUS_BRIDGE_URL={base_url} NEXUS_BRIDGE_AGENT_TOKEN={value}",
-        "    nexus-bridge agent next --wait 55      # then: agent start|update|done ID ...",
-        f"    nexus-bridge agent-prompt --target {config.DEFAULT_TARGET}   # for its CLAUDE.md",
+        f"    {command} agent next --wait 55      # then: agent start|update|done ID ...",
+        f"    {command} agent-prompt --target {config.DEFAULT_TARGET}   # for its CLAUDE.md",
     ]
+
+
+def _shell_command() -> str:
+    """How a shell reaches this nexus-bridge: its name when PATH finds this one, else its path.
+
+    After ``make run`` the command is ``.venv/bin/nexus-bridge``, not on PATH: a banner line that
+    said a bare ``nexus-bridge`` would be ``command not found`` when pasted.
+    """
+    import shlex
+    import shutil
+
+    beside = Path(sys.executable).with_name("nexus-bridge")
+    if not beside.is_file():
+        return "nexus-bridge"
+    found = shutil.which("nexus-bridge")
+    if found is not None and Path(found).resolve() == beside.resolve():
+        return "nexus-bridge"
+    return shlex.quote(str(beside.absolute()))
 
 
 def _safe_url(url: str) -> str:

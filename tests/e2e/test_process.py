@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -428,3 +431,20 @@ async def test_serve_on_a_busy_port_is_one_line_naming_the_port(migrated_sqlite_
         f"nexus-bridge: error: NEXUS_BRIDGE_PORT: 127.0.0.1:{port} is already in use (another "
         "nexus-bridge?); stop it, or choose another port with --port or NEXUS_BRIDGE_PORT"
     ]
+
+
+@pytest.mark.parametrize("on_path", [False, True], ids=["make-run", "venv-on-path"])
+async def test_the_banners_agent_commands_work_when_pasted(
+    migrated_sqlite_url: str, on_path: bool
+) -> None:
+    # After `make run` the command is .venv/bin/nexus-bridge and .venv/bin is not on PATH: the
+    # banner must then name it by its path, or its lines are `command not found` when pasted.
+    bin_dir = str(Path(NEXUS_BRIDGE).parent)
+    rest = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and d != bin_dir]
+    path = os.pathsep.join([bin_dir, *rest] if on_path else rest)
+    async with serve_process(migrated_sqlite_url, PATH=path) as server:
+        lines = [line.strip() for line in server.lines if "agent next --wait" in line]
+    assert len(lines) == 1, server.log
+    command = shlex.split(lines[0], comments=True)[0]
+    assert command == ("nexus-bridge" if on_path else NEXUS_BRIDGE)
+    assert shutil.which(command, path=path) is not None
