@@ -421,7 +421,7 @@ def cmd_systemd_unit(settings: Settings, args: argparse.Namespace) -> int:
                     f"starting the unit (nexus-bridge db upgrade does, run as {_service_user()})",
                     file=sys.stderr,
                 )
-    env_file = args.env_file or (USER_ENV_FILE if args.user else SYSTEM_ENV_FILE)
+    env_file = args.unit_env_file or (USER_ENV_FILE if args.user else SYSTEM_ENV_FILE)
     build = runner_unit if args.runner else bridge_unit
     sys.stdout.write(build(settings, user_mode=args.user, exe=exe, env_file=env_file))
     return 0
@@ -463,9 +463,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     unit.add_argument(
         "--user", action="store_true", help="a user unit (~/.config/systemd/user), no root needed"
     )
-    unit.add_argument(
+    unit.add_argument(  # its own dest: `nexus-bridge --env-file` is the configuration to read
         "--env-file",
-        help=f"the EnvironmentFile (default {SYSTEM_ENV_FILE}, with --user {USER_ENV_FILE})",
+        dest="unit_env_file",
+        metavar="PATH",
+        help=(  # argparse %-formats help: systemd's %h must be written %%h
+            f"the EnvironmentFile (default {SYSTEM_ENV_FILE}, with --user "
+            f"{USER_ENV_FILE.replace('%', '%%')})"
+        ),
     )
     unit.add_argument("--exe", help="the nexus-bridge command to run (default: this one)")
     unit.set_defaults(func=cmd_systemd_unit)

@@ -109,3 +109,22 @@ def test_the_user_unit_needs_no_root_and_the_runner_unit_runs_the_agent(
     runner = parse(run(migrated_sqlite_url, "systemd-unit", "--runner").stdout)
     assert shlex.split(runner["Service"]["ExecStart"][0]) == [EXE, "agent", "run", "--claude"]
     assert runner["Unit"]["After"] == ["network-online.target nexus-bridge.service"]
+
+
+def test_systemd_unit_help_prints_the_user_units_environment_file(
+    migrated_sqlite_url: str,
+) -> None:
+    # argparse %-formats help texts: systemd's %h in it once made --help a traceback.
+    shown = run(migrated_sqlite_url, "systemd-unit", "--help").stdout
+    assert "%h/.config/nexus-bridge/env" in shown
+
+
+@pytest.mark.parametrize("flags", VARIANTS, ids=lambda f: " ".join(f) or "system")
+def test_systemd_unit_env_file_names_the_units_environment_file_only(
+    migrated_sqlite_url: str, tmp_path: Path, flags: list[str]
+) -> None:
+    # The service's file, on the server: it need not exist where the unit is printed, and it is
+    # not the configuration this command reads (that is `nexus-bridge --env-file`).
+    target = "/etc/nexus-bridge/agent.env"
+    unit = parse(run(migrated_sqlite_url, "systemd-unit", *flags, "--env-file", target).stdout)
+    assert unit["Service"]["EnvironmentFile"] == [f"-{target}"]
