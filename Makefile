@@ -22,7 +22,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 SYNC := $(UV) sync --quiet --locked --python $(PYTHON)
 
-.PHONY: uv install install-runtime lock dist node-deps run migrate lint format test fuzz bench soak clean
+.PHONY: uv install install-runtime lock dist node-deps run migrate lint format test docs fuzz bench soak clean
 
 # pip --target needs no virtualenv (seconds faster); a Python whose pip refuses that, or that has
 # no pip outside a virtualenv, gets one.
@@ -57,7 +57,8 @@ lock: uv
 	cmp -s $(TOOLS)/uv-requirements.txt uv-requirements.txt || cp $(TOOLS)/uv-requirements.txt uv-requirements.txt
 
 # A wheel and an sdist in dist/ (the wheel carries the migrations), and constraints.txt: the
-# locked runtime versions, for installing the wheel with exactly those (README: Installing).
+# locked runtime versions, for installing the wheel with exactly those (docs/operating.md: Installing
+# without a clone).
 dist: uv
 	rm -rf dist
 	$(UV) build --python $(PYTHON) --out-dir dist
@@ -92,6 +93,11 @@ lint: install
 test: lint node-deps
 	UV='$(if $(findstring /,$(UV)),$(abspath $(UV)),$(UV))' $(BIN)/pytest -q
 
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a link to a missing page or
+# anchor fails the build.
+docs: install
+	$(BIN)/mkdocs build --strict
+
 # The property-based tests (tests/fuzz) at length: random, thousands of examples per tool.
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz
@@ -106,4 +112,4 @@ soak: install
 	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) dist site .mypy_cache .ruff_cache .pytest_cache
