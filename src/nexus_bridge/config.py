@@ -154,7 +154,7 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Every knob of nexus-bridge; see the README's Configuration table."""
+    """Every knob of nexus-bridge; see the Configuration table in docs/configuration.md."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -343,7 +343,7 @@ class Settings(BaseSettings):
         if chat is None and not per_target:
             raise ConfigError(
                 f"{ENV_PREFIX}TELEGRAM_CHAT_ID is required with a bot token: the chat where the "
-                "agent's bot listens (see the README's Telegram set-up)"
+                "agent's bot listens (see docs/telegram.md, step 3)"
             )
         agents = list(self.telegram_agent_ids)
         if not agents and "agent_ids" in found:

@@ -422,7 +422,8 @@ class _ChatChecks:
                 f"{self.name}.chat",
                 Status.FAIL,
                 f"chat {self.chat_id}: {exc} (getChat)",
-                "check TELEGRAM_CHAT_ID and add the bridge bot to the group (README: the chat)",
+                "check TELEGRAM_CHAT_ID and add the bridge bot to the group "
+                "(docs/telegram.md, step 3)",
             )
             return None
         title = chat.title or chat.username or chat.id

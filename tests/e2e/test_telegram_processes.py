@@ -82,7 +82,7 @@ async def test_exactly_one_process_polls_and_the_other_takes_over_when_it_dies(
                     return bool(detail["delivery"]["state"] == "delivered")
 
                 # (Killing the poller between Telegram's answer and this commit is the one
-                # window in which a task can be posted twice; the README says so.)
+                # window in which a task can be posted twice; docs/queue.md says so.)
                 await wait_for(delivered, what="the poller to record the delivery")
 
                 poller.proc.send_signal(signal.SIGKILL)

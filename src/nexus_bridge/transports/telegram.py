@@ -471,7 +471,7 @@ class TelegramTransport:
                 self._call_failed("getUpdates", exc, refused=True)
                 logger.warning(
                     "telegram transport: another program is polling this bot token; the bridge "
-                    "needs a bot of its own (see the README)"
+                    "needs a bot of its own (see docs/telegram.md, step 1)"
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_SECONDS)
