@@ -16,6 +16,13 @@ from typing import Any, Final, TypeVar
 
 from nexus_bridge import __version__, config, ops
 from nexus_bridge.config import Settings, load_settings
+from nexus_bridge.constants import (
+    AGENT_MCP_PATH,
+    LOOPBACK_HOSTNAMES,
+    MCP_PATH,
+    READYZ_PATH,
+    SHORT_ID_CHARS,
+)
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     Lease,
@@ -51,7 +58,7 @@ def _update_json(update: Update) -> dict[str, Any]:
 
 
 def _format_update(update: Update) -> str:
-    task = update.message_id[:8] if update.message_id else "--------"
+    task = update.message_id[:SHORT_ID_CHARS] if update.message_id else "-" * SHORT_ID_CHARS
     when = update.created_at.strftime("%Y-%m-%d %H:%M:%S")
     return f"#{update.seq:<6} {when}Z [{task}] {update.kind.value:<6} {update.content}"
 
@@ -153,9 +160,9 @@ def _print_banner(settings: Settings, url: str, *, show_token: bool) -> None:
         "  connect  :",
         f"    Claude Code   claude mcp add --transport http nexus-bridge {url}{header}",
         f"    Inspector     npx @modelcontextprotocol/inspector  (Streamable HTTP, {url})",
-        "    health        curl -s " + url.removesuffix(config.MCP_PATH) + "/readyz",
+        "    health        curl -s " + url.removesuffix(MCP_PATH) + READYZ_PATH,
     ]
-    lines += _agent_banner(settings, url.removesuffix(config.MCP_PATH), show_token=show_token)
+    lines += _agent_banner(settings, url.removesuffix(MCP_PATH), show_token=show_token)
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
@@ -470,11 +477,10 @@ def _stop_on_sigterm() -> asyncio.Event:
 
 def _check_cli_id(task_id: str) -> None:
     """Raises InvalidInput for an id too short to name one task (a short id needs 8+)."""
-    from nexus_bridge.db.store import SHORT_ID_MIN_CHARS
 
-    if len(task_id) < SHORT_ID_MIN_CHARS:
+    if len(task_id) < SHORT_ID_CHARS:
         raise InvalidInput(
-            f"id {task_id!r} is too short: give at least {SHORT_ID_MIN_CHARS} characters of the "
+            f"id {task_id!r} is too short: give at least {SHORT_ID_CHARS} characters of the "
             "task id (nexus-bridge list shows them)"
         )
 
@@ -554,7 +560,7 @@ def agent_api_prompt(target: str, bridge_url: str) -> str:
 
 Tasks for you wait in nexus-bridge at {bridge_url}. Use the `nexus-bridge agent` command (it
 needs `NEXUS_BRIDGE_URL={bridge_url}` and `NEXUS_BRIDGE_AGENT_TOKEN` in the environment), or the
-same tools over MCP at {bridge_url}/agent/mcp with that token as a bearer token.
+same tools over MCP at {bridge_url}{AGENT_MCP_PATH} with that token as a bearer token.
 
 | Step | Command | MCP tool |
 |---|---|---|
@@ -620,7 +626,9 @@ def _oauth_provider(settings: Settings) -> tuple[Any, Any]:
     from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 
     runtime = open_runtime(settings)
-    policy = OAuthPolicy(public_url=settings.public_url or "http://127.0.0.1/mcp")
+    policy = OAuthPolicy(
+        public_url=settings.public_url or f"http://{LOOPBACK_HOSTNAMES[0]}{MCP_PATH}"
+    )
     return runtime, BridgeOAuthProvider(runtime.store, policy)
 
 

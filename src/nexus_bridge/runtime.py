@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Final
 
 from nexus_bridge.config import DEFAULT_TARGET, ENV_PREFIX, Settings
+from nexus_bridge.constants import MIN_TOKEN_CHARS
 from nexus_bridge.db.engine import DATA_DIRECTORY_MODE, create_engine
 from nexus_bridge.db.migrate import head_revisions
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import TargetPolicy
 from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.queue import QueueService
-from nexus_bridge.targets import MIN_TOKEN_CHARS, Dispatch, Target, Transport, load_targets
+from nexus_bridge.targets import Dispatch, Target, Transport, load_targets
 
 TOKEN_FILE_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKEN_FILE"
 TOKEN_FILE_MODE: Final = 0o600
