@@ -10,7 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
@@ -61,6 +61,7 @@ from nexus_bridge.transports.telegram import (
     TelegramTransport,
     TransportState,
 )
+from nexus_bridge.views import TransportOut
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +156,6 @@ async def report_transport(
         last_error=source.last_error,
         error_since=source.error_since,
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Bridge:
@@ -521,16 +518,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         return JSONResponse(
             {
                 "status": "ready",
-                "transport": {
-                    "name": report.name,
-                    "state": report.state,
-                    "detail": report.detail,
-                    "poller": report.poller,
-                    "this_process": report.this_process,
-                    "last_ok_at": _iso(report.last_ok_at),
-                    "last_error": report.last_error,
-                    "error_since": _iso(report.error_since),
-                },
+                "transport": TransportOut.of(report).model_dump(),
             }
         )
 

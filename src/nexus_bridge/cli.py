@@ -36,7 +36,7 @@ from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, Tas
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import open_runtime
-from nexus_bridge.views import TaskOut, UpdateOut
+from nexus_bridge.views import TaskOut, UpdateOut, queue_figures
 
 logger = logging.getLogger("nexus_bridge")
 
@@ -368,12 +368,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         return counts, mine, lease
 
     counts, summaries, lease = asyncio.run(_with_queue(settings, work))
-    data: dict[str, Any] = {s.value: n for s, n in counts.by_status.items()}
-    data["total_updates"] = counts.total_updates
-    data["ignored_messages"] = counts.ignored_messages
-    data["current_task"] = counts.current_task.content if counts.current_task else None
-    data["current_task_id"] = counts.current_task.id if counts.current_task else None
-    data["stalled"] = sum(s.stalled for s in summaries)
+    data = queue_figures(counts, summaries)
     targets = [
         {
             "name": s.policy.name,
