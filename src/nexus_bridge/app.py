@@ -38,6 +38,7 @@ from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
 from nexus_bridge.constants import (
     AGENT_MCP_PATH,
+    AUTH_SERVER_METADATA_PATH,
     HEALTHZ_PATH,
     LOOPBACK_HOSTNAMES,
     LOOPBACK_HOSTS,
@@ -69,7 +70,6 @@ WEBHOOK_PATH = "/telegram/webhook"
 # The OAuth endpoints and the consent form take small forms and JSON documents only.
 OAUTH_BODY_PATHS: Final = frozenset({"/register", "/authorize", "/token", "/revoke", CONSENT_PATH})
 MAX_OAUTH_BODY_BYTES: Final = 64 * 1024
-AUTH_SERVER_METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
 TARGETS_PATH: Final = "/targets"
 
 

@@ -12,6 +12,7 @@ MCP_PATH: Final = "/mcp"  # the client MCP endpoint (OAuth or static tokens)
 AGENT_MCP_PATH: Final = "/agent/mcp"  # the direct agent API (agent tokens only)
 HEALTHZ_PATH: Final = "/healthz"
 READYZ_PATH: Final = "/readyz"
+AUTH_SERVER_METADATA_PATH: Final = "/.well-known/oauth-authorization-server"  # RFC 8414
 
 # The host names of this machine, as a URL's hostname gives them (IPv6 without brackets) ...
 LOOPBACK_HOSTNAMES: Final = ("127.0.0.1", "localhost", "::1")
@@ -23,6 +24,11 @@ WILDCARD_HOSTS: Final = ("0.0.0.0", "::", "")  # noqa: S104 - names them, binds 
 # A task's short id (its tag in chat, ``#abcd1234``) is this many characters of its id, and a
 # task id prefix given to a command must be at least this long.
 SHORT_ID_CHARS: Final = 8
+
+# What the bridge writes that holds tasks or secrets (the database, the agent token, the
+# runner's state) is for its owner only.
+PRIVATE_FILE_MODE: Final = 0o600
+PRIVATE_DIRECTORY_MODE: Final = 0o700
 
 # Every bearer token (client, agent, target) is at least this long.
 MIN_TOKEN_CHARS: Final = 16
