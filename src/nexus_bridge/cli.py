@@ -24,10 +24,8 @@ from nexus_bridge.constants import (
     SHORT_ID_CHARS,
 )
 from nexus_bridge.domain import (
-    HANDED_OVER_STATUSES,
     Lease,
     Task,
-    TaskStatus,
     Update,
     first_line,
     utc_now,
@@ -36,7 +34,7 @@ from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, Tas
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import open_runtime
-from nexus_bridge.views import TaskOut, UpdateOut, queue_figures
+from nexus_bridge.views import TaskOut, UpdateOut, queue_figures, target_row
 
 logger = logging.getLogger("nexus_bridge")
 
@@ -369,18 +367,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     counts, summaries, lease = asyncio.run(_with_queue(settings, work))
     data = queue_figures(counts, summaries)
-    targets = [
-        {
-            "name": s.policy.name,
-            "transport": s.policy.transport,
-            "dispatch": "one_at_a_time" if s.policy.one_at_a_time else "immediate",
-            "pending": s.by_status[TaskStatus.PENDING],
-            "with_agent": sum(s.by_status[st] for st in HANDED_OVER_STATUSES),
-            "stalled": s.stalled,
-            "last_seen_at": s.last_seen_at.isoformat() if s.last_seen_at else None,
-        }
-        for s in summaries
-    ]
+    targets = [target_row(s) for s in summaries]
     telegram = _telegram_health(lease)
     if args.json:
         _print_json({**data, "targets": targets, "telegram": telegram})

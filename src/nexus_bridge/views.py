@@ -168,3 +168,18 @@ def queue_figures(counts: QueueCounts, summaries: list[TargetSummary]) -> dict[s
     figures["current_task_id"] = current.id if current else None
     figures["stalled"] = sum(s.stalled for s in summaries)
     return figures
+
+
+def target_row(summary: TargetSummary) -> dict[str, Any]:
+    """A target as ``nexus-bridge status`` shows it: ``TargetOut``'s figures, with the tasks the
+    agent holds (acknowledged, in progress, waiting on an answer) summed as ``with_agent``."""
+    out = TargetOut.of(summary)
+    return {
+        "name": out.name,
+        "transport": out.transport,
+        "dispatch": out.dispatch,
+        "pending": out.pending,
+        "with_agent": out.acknowledged + out.in_progress + out.input_required,
+        "stalled": out.stalled,
+        "last_seen_at": summary.last_seen_at.isoformat() if summary.last_seen_at else None,
+    }
