@@ -84,10 +84,12 @@ format: install
 	$(BIN)/ruff format src tests migrations $(wildcard bench)
 	$(BIN)/ruff check --fix src tests migrations $(wildcard bench)
 
+# lint-imports: imports point inward (the contracts are pyproject.toml's [tool.importlinter]).
 lint: install
 	$(BIN)/ruff check src tests migrations $(wildcard bench)
 	$(BIN)/ruff format --check src tests migrations $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 # UV: the wheel test builds and installs the package with this same uv.
 test: lint node-deps
@@ -112,4 +114,4 @@ soak: install
 	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) dist site .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) dist site .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -11,9 +11,9 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from nexus_bridge import config
+from nexus_bridge.constants import AGENT_MCP_PATH
 from nexus_bridge.errors import AgentTokenRefused, BridgeUnreachable, NexusBridgeError
 
-AGENT_MCP_PATH: Final = "/agent/mcp"
 REFUSED_STATUSES: Final = frozenset({401, 403})
 
 

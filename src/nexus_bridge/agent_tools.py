@@ -25,7 +25,6 @@ from nexus_bridge.mcp_tools import (
 from nexus_bridge.queue import QueueService
 from nexus_bridge.views import TaskOut, UpdateOut
 
-AGENT_MCP_PATH: Final = "/agent/mcp"
 AGENT_INSTRUCTIONS: Final = (
     "You are the agent: take your next task with next_task, say you started with start_task, "
     "report progress with post_update, ask the client with ask_question (then poll "

@@ -10,7 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
@@ -32,10 +32,20 @@ from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus_bridge import config
-from nexus_bridge.agent_tools import AGENT_MCP_PATH, agent_auth_settings, create_agent_server
+from nexus_bridge.agent_tools import agent_auth_settings, create_agent_server
 from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.consent import consent_routes
+from nexus_bridge.constants import (
+    AGENT_MCP_PATH,
+    AUTH_SERVER_METADATA_PATH,
+    HEALTHZ_PATH,
+    LOOPBACK_HOSTNAMES,
+    LOOPBACK_HOSTS,
+    MCP_PATH,
+    READYZ_PATH,
+    WILDCARD_HOSTS,
+)
 from nexus_bridge.db.engine import ServerLock, sqlite_file
 from nexus_bridge.domain import TransportReport
 from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
@@ -52,15 +62,14 @@ from nexus_bridge.transports.telegram import (
     TelegramTransport,
     TransportState,
 )
+from nexus_bridge.views import TransportOut
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 WEBHOOK_PATH = "/telegram/webhook"
 # The OAuth endpoints and the consent form take small forms and JSON documents only.
 OAUTH_BODY_PATHS: Final = frozenset({"/register", "/authorize", "/token", "/revoke", CONSENT_PATH})
 MAX_OAUTH_BODY_BYTES: Final = 64 * 1024
-AUTH_SERVER_METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
 TARGETS_PATH: Final = "/targets"
 
 
@@ -147,10 +156,6 @@ async def report_transport(
         last_error=source.last_error,
         error_since=source.error_since,
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Bridge:
@@ -338,7 +343,7 @@ def allowed_host_names(settings: Settings) -> list[str]:
     """The Host names the bridge answers to: loopback names, the bind address, ``PUBLIC_URL``'s
     and ``TELEGRAM_WEBHOOK_URL``'s hosts, and ``ALLOWED_HOSTS``."""
     hosts = list(LOOPBACK_HOSTS)
-    if settings.host not in ("0.0.0.0", "::", "") and settings.host not in hosts:  # noqa: S104
+    if settings.host not in WILDCARD_HOSTS and settings.host not in hosts:
         hosts.append(f"[{settings.host}]" if ":" in settings.host else settings.host)
     hosts.extend(settings.allowed_hosts)
     for url in (settings.public_url, settings.telegram_webhook_url):
@@ -513,37 +518,28 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         return JSONResponse(
             {
                 "status": "ready",
-                "transport": {
-                    "name": report.name,
-                    "state": report.state,
-                    "detail": report.detail,
-                    "poller": report.poller,
-                    "this_process": report.this_process,
-                    "last_ok_at": _iso(report.last_ok_at),
-                    "last_error": report.last_error,
-                    "error_since": _iso(report.error_since),
-                },
+                "transport": TransportOut.of(report).model_dump(),
             }
         )
 
     app = bridge.mcp.streamable_http_app(
-        streamable_http_path=config.MCP_PATH,
+        streamable_http_path=MCP_PATH,
         stateless_http=True,
         json_response=True,  # plain JSON answers: nothing to cut off at shutdown
         transport_security=transport_security(settings),
         host=settings.host,
     )
     app.router.routes[:] = [
-        Route(config.MCP_PATH, endpoint=mcp_endpoint(r.endpoint))
-        if isinstance(r, Route) and r.path == config.MCP_PATH
+        Route(MCP_PATH, endpoint=mcp_endpoint(r.endpoint))
+        if isinstance(r, Route) and r.path == MCP_PATH
         else r
         for r in app.router.routes
     ]
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.router.routes.extend(
         [
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
+            Route(HEALTHZ_PATH, healthz, methods=["GET"]),
+            Route(READYZ_PATH, readyz, methods=["GET"]),
             Route(METRICS_PATH, metrics_endpoint(bridge.queue, metrics_token), methods=["GET"]),
         ]
     )
@@ -552,7 +548,7 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         app.router.routes.extend(consent_routes(bridge.oauth))
     app.router.routes.append(agent_route(bridge, settings))
     (mcp_route,) = [
-        r.endpoint for r in app.router.routes if isinstance(r, Route) and r.path == config.MCP_PATH
+        r.endpoint for r in app.router.routes if isinstance(r, Route) and r.path == MCP_PATH
     ]
     app.router.routes.append(targets_route(bridge, mcp_route))
     if bridge.transport is not None and bridge.transport.webhook_secret is not None:
@@ -620,11 +616,11 @@ class BridgeServer(uvicorn.Server):
 
 def mcp_url(settings: Settings, port: int | None = None) -> str:
     host = settings.host
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104
-        host = "127.0.0.1"
+    if host in WILDCARD_HOSTS:
+        host = LOOPBACK_HOSTNAMES[0]
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port if port is not None else settings.port}{config.MCP_PATH}"
+    return f"http://{host}:{port if port is not None else settings.port}{MCP_PATH}"
 
 
 def make_server(

@@ -16,11 +16,16 @@ from typing import Any, Final, TypeVar
 
 from nexus_bridge import __version__, config, ops
 from nexus_bridge.config import Settings, load_settings
+from nexus_bridge.constants import (
+    AGENT_MCP_PATH,
+    LOOPBACK_HOSTNAMES,
+    MCP_PATH,
+    READYZ_PATH,
+    SHORT_ID_CHARS,
+)
 from nexus_bridge.domain import (
-    HANDED_OVER_STATUSES,
     Lease,
     Task,
-    TaskStatus,
     Update,
     first_line,
     utc_now,
@@ -29,7 +34,7 @@ from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, Tas
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import open_runtime
-from nexus_bridge.views import TaskOut, UpdateOut
+from nexus_bridge.views import TaskOut, UpdateOut, queue_figures, target_row
 
 logger = logging.getLogger("nexus_bridge")
 
@@ -51,7 +56,7 @@ def _update_json(update: Update) -> dict[str, Any]:
 
 
 def _format_update(update: Update) -> str:
-    task = update.message_id[:8] if update.message_id else "--------"
+    task = update.message_id[:SHORT_ID_CHARS] if update.message_id else "-" * SHORT_ID_CHARS
     when = update.created_at.strftime("%Y-%m-%d %H:%M:%S")
     return f"#{update.seq:<6} {when}Z [{task}] {update.kind.value:<6} {update.content}"
 
@@ -153,9 +158,9 @@ def _print_banner(settings: Settings, url: str, *, show_token: bool) -> None:
         "  connect  :",
         f"    Claude Code   claude mcp add --transport http nexus-bridge {url}{header}",
         f"    Inspector     npx @modelcontextprotocol/inspector  (Streamable HTTP, {url})",
-        "    health        curl -s " + url.removesuffix(config.MCP_PATH) + "/readyz",
+        "    health        curl -s " + url.removesuffix(MCP_PATH) + READYZ_PATH,
     ]
-    lines += _agent_banner(settings, url.removesuffix(config.MCP_PATH), show_token=show_token)
+    lines += _agent_banner(settings, url.removesuffix(MCP_PATH), show_token=show_token)
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
@@ -361,24 +366,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         return counts, mine, lease
 
     counts, summaries, lease = asyncio.run(_with_queue(settings, work))
-    data: dict[str, Any] = {s.value: n for s, n in counts.by_status.items()}
-    data["total_updates"] = counts.total_updates
-    data["ignored_messages"] = counts.ignored_messages
-    data["current_task"] = counts.current_task.content if counts.current_task else None
-    data["current_task_id"] = counts.current_task.id if counts.current_task else None
-    data["stalled"] = sum(s.stalled for s in summaries)
-    targets = [
-        {
-            "name": s.policy.name,
-            "transport": s.policy.transport,
-            "dispatch": "one_at_a_time" if s.policy.one_at_a_time else "immediate",
-            "pending": s.by_status[TaskStatus.PENDING],
-            "with_agent": sum(s.by_status[st] for st in HANDED_OVER_STATUSES),
-            "stalled": s.stalled,
-            "last_seen_at": s.last_seen_at.isoformat() if s.last_seen_at else None,
-        }
-        for s in summaries
-    ]
+    data = queue_figures(counts, summaries)
+    targets = [target_row(s) for s in summaries]
     telegram = _telegram_health(lease)
     if args.json:
         _print_json({**data, "targets": targets, "telegram": telegram})
@@ -470,11 +459,10 @@ def _stop_on_sigterm() -> asyncio.Event:
 
 def _check_cli_id(task_id: str) -> None:
     """Raises InvalidInput for an id too short to name one task (a short id needs 8+)."""
-    from nexus_bridge.db.store import SHORT_ID_MIN_CHARS
 
-    if len(task_id) < SHORT_ID_MIN_CHARS:
+    if len(task_id) < SHORT_ID_CHARS:
         raise InvalidInput(
-            f"id {task_id!r} is too short: give at least {SHORT_ID_MIN_CHARS} characters of the "
+            f"id {task_id!r} is too short: give at least {SHORT_ID_CHARS} characters of the "
             "task id (nexus-bridge list shows them)"
         )
 
@@ -554,7 +542,7 @@ def agent_api_prompt(target: str, bridge_url: str) -> str:
 
 Tasks for you wait in nexus-bridge at {bridge_url}. Use the `nexus-bridge agent` command (it
 needs `NEXUS_BRIDGE_URL={bridge_url}` and `NEXUS_BRIDGE_AGENT_TOKEN` in the environment), or the
-same tools over MCP at {bridge_url}/agent/mcp with that token as a bearer token.
+same tools over MCP at {bridge_url}{AGENT_MCP_PATH} with that token as a bearer token.
 
 | Step | Command | MCP tool |
 |---|---|---|
@@ -620,7 +608,9 @@ def _oauth_provider(settings: Settings) -> tuple[Any, Any]:
     from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 
     runtime = open_runtime(settings)
-    policy = OAuthPolicy(public_url=settings.public_url or "http://127.0.0.1/mcp")
+    policy = OAuthPolicy(
+        public_url=settings.public_url or f"http://{LOOPBACK_HOSTNAMES[0]}{MCP_PATH}"
+    )
     return runtime, BridgeOAuthProvider(runtime.store, policy)
 
 

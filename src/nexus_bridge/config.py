@@ -17,6 +17,12 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nexus_bridge.constants import (
+    GENERATE_TOKEN_COMMAND,
+    LOOPBACK_HOSTNAMES,
+    MCP_PATH,
+    MIN_TOKEN_CHARS,
+)
 from nexus_bridge.errors import ConfigError
 
 ENV_PREFIX: Final = "NEXUS_BRIDGE_"
@@ -45,9 +51,10 @@ DEFAULT_LIST_LIMIT: Final = 20
 MAX_LIST_LIMIT: Final = 200
 RECENT_UPDATES_IN_GET: Final = 20
 DEFAULT_AGENT_CLAIM_SECONDS: Final = 120.0
+# A task with the agent and no agent activity for this long counts as stalled.
+DEFAULT_STALL_SECONDS: Final = 1800.0
 MAX_TARGET_CHARS: Final = 100  # a target name, as targets.py allows it
 MAX_REASON_CHARS: Final = 1_000  # cancel_message(reason=...)
-MCP_PATH: Final = "/mcp"
 MAX_RETENTION_DAYS: Final = 3650
 RETENTION_INTERVAL_SECONDS: Final = 24 * 3600.0  # RETENTION_DAYS is applied this often
 DEFAULT_TELEGRAM_BASE_URL: Final = "https://api.telegram.org/bot"
@@ -189,7 +196,7 @@ class Settings(BaseSettings):
     )
     agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     agent_token_file: Path = Field(default_factory=lambda: default_data_dir() / "agent-token")
-    stall_seconds: float = Field(default=1800.0, gt=0, le=MAX_DURATION_SECONDS)
+    stall_seconds: float = Field(default=DEFAULT_STALL_SECONDS, gt=0, le=MAX_DURATION_SECONDS)
     agent_claim_seconds: float = Field(
         default=DEFAULT_AGENT_CLAIM_SECONDS, gt=0, le=MAX_DURATION_SECONDS
     )
@@ -245,7 +252,7 @@ class Settings(BaseSettings):
         parsed = urlparse(value.strip())
         if parsed.scheme not in ("https", "http") or not parsed.netloc:
             raise ValueError("must be the full URL of the MCP endpoint, e.g. https://host/mcp")
-        local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
+        local = parsed.hostname in LOOPBACK_HOSTNAMES
         if parsed.scheme != "https" and not local:
             raise ValueError("must use https (claude.ai only connects over TLS)")
         if parsed.path.rstrip("/") != MCP_PATH or parsed.query or parsed.fragment:
@@ -280,10 +287,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:
         for token in self.auth_tokens:
-            if len(token.get_secret_value()) < 16:
+            if len(token.get_secret_value()) < MIN_TOKEN_CHARS:
                 raise ValueError(
-                    "every NEXUS_BRIDGE_AUTH_TOKENS entry must be at least 16 characters; make "
-                    "one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                    f"every NEXUS_BRIDGE_AUTH_TOKENS entry must be at least {MIN_TOKEN_CHARS} "
+                    f"characters; make one with: {GENERATE_TOKEN_COMMAND}"
                 )
         return self
 

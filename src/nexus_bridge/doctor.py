@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from nexus_bridge import config
 from nexus_bridge.config import Settings, TelegramSettings
+from nexus_bridge.constants import AUTH_SERVER_METADATA_PATH, READYZ_PATH
 from nexus_bridge.db.engine import sqlite_file
 from nexus_bridge.domain import utc_now
 from nexus_bridge.errors import ConfigError, DatabaseNotReady, NexusBridgeError
@@ -29,7 +30,6 @@ LOW_FREE_DISK_BYTES: Final = 1024 * 1024 * 1024  # below this, warn
 MEMBER_STATUSES: Final = frozenset({"creator", "administrator", "member", "restricted"})
 ADMIN_STATUSES: Final = frozenset({"creator", "administrator"})
 PROTECTED_RESOURCE_PATH: Final = "/.well-known/oauth-protected-resource"
-AUTH_SERVER_METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
 
 
 class Status(enum.StrEnum):
@@ -211,7 +211,7 @@ def _check_disk(report: Report, path: Path) -> None:
 async def _check_bridge(report: Report, settings: Settings) -> None:
     import httpx
 
-    url = settings.bridge_url.rstrip("/") + "/readyz"
+    url = settings.bridge_url.rstrip("/") + READYZ_PATH
     try:
         async with httpx.AsyncClient(timeout=DOCTOR_HTTP_TIMEOUT_SECONDS) as http:
             response = await http.get(url)

@@ -45,16 +45,16 @@ OPEN_STATUSES: Final = tuple(s for s in TaskStatus if s not in TERMINAL_STATUSES
 # The one table that decides which status changes are legal. Moves go forward only; an agent may
 # skip steps (one that says it is done is done); any open status may be cancelled. The agent may
 # ask a question from any open status (input_required); an answer moves the task to in_progress.
-_ENDINGS: Final = frozenset({TaskStatus.COMPLETE, TaskStatus.ERROR, TaskStatus.CANCELLED})
 TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
     TaskStatus.PENDING: frozenset(
-        {TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS, TaskStatus.INPUT_REQUIRED} | _ENDINGS
+        {TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS, TaskStatus.INPUT_REQUIRED}
+        | TERMINAL_STATUSES
     ),
     TaskStatus.ACKNOWLEDGED: frozenset(
-        {TaskStatus.IN_PROGRESS, TaskStatus.INPUT_REQUIRED} | _ENDINGS
+        {TaskStatus.IN_PROGRESS, TaskStatus.INPUT_REQUIRED} | TERMINAL_STATUSES
     ),
-    TaskStatus.IN_PROGRESS: frozenset({TaskStatus.INPUT_REQUIRED} | _ENDINGS),
-    TaskStatus.INPUT_REQUIRED: frozenset({TaskStatus.IN_PROGRESS} | _ENDINGS),
+    TaskStatus.IN_PROGRESS: frozenset({TaskStatus.INPUT_REQUIRED} | TERMINAL_STATUSES),
+    TaskStatus.INPUT_REQUIRED: frozenset({TaskStatus.IN_PROGRESS} | TERMINAL_STATUSES),
     TaskStatus.COMPLETE: frozenset(),
     TaskStatus.ERROR: frozenset(),
     TaskStatus.CANCELLED: frozenset(),

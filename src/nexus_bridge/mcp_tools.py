@@ -22,12 +22,19 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from nexus_bridge import __version__, config
 from nexus_bridge.db.types import format_timestamp
-from nexus_bridge.domain import MAX_ID_CHARS, MAX_INSTANT_CHARS, TaskStatus, TransportReport
+from nexus_bridge.domain import MAX_ID_CHARS, MAX_INSTANT_CHARS, TransportReport
 from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.mcp_http import client_gone
 from nexus_bridge.metrics import METRICS
-from nexus_bridge.queue import DeliveryInfo, QueueService, TargetSummary
-from nexus_bridge.views import StatusName, TaskOut, UpdateOut
+from nexus_bridge.queue import DeliveryInfo, QueueService
+from nexus_bridge.views import (
+    StatusName,
+    TargetOut,
+    TaskOut,
+    TransportOut,
+    UpdateOut,
+    queue_figures,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,37 +46,6 @@ INSTRUCTIONS: Final = (
     "list_messages and queue_status for an overview, cancel_message to withdraw a task, and "
     "reply_to_task to answer a question the agent asked (status input_required)."
 )
-
-
-class TransportOut(BaseModel):
-    name: str
-    state: str = Field(
-        description="not configured, starting, polling, unreachable or degraded (polling, but "
-        "the Bot API fails or refuses calls), standby (another process polls), error."
-    )
-    detail: str | None
-    poller: str | None = Field(description="The bridge process that polls Telegram, if any.")
-    this_process: str | None
-    last_ok_at: str | None = Field(
-        default=None, description="When the poller's last Bot API call succeeded."
-    )
-    last_error: str | None = Field(
-        default=None, description="The Bot API failure going on since error_since, if any."
-    )
-    error_since: str | None = None
-
-    @classmethod
-    def of(cls, report: TransportReport) -> "TransportOut":
-        return cls(
-            name=report.name,
-            state=report.state,
-            detail=report.detail,
-            poller=report.poller,
-            this_process=report.this_process,
-            last_ok_at=report.last_ok_at.isoformat() if report.last_ok_at else None,
-            last_error=report.last_error,
-            error_since=report.error_since.isoformat() if report.error_since else None,
-        )
 
 
 class DeliveryOut(BaseModel):
@@ -123,38 +99,7 @@ class QueueStatusResult(BaseModel):
         description="How tasks reach the agent; state 'not configured' means tasks wait."
     )
     stalled: int = Field(description="Tasks with the agent but no agent activity for long.")
-    targets: list["TargetOut"] = Field(description="Each target's own figures.")
-
-
-class TargetOut(BaseModel):
-    name: str
-    description: str
-    transport: Literal["telegram", "agent"]
-    dispatch: Literal["immediate", "one_at_a_time"]
-    reachable: bool = Field(description="Its agent was seen recently (a message or an API call).")
-    last_seen_at: str | None
-    pending: int
-    acknowledged: int
-    in_progress: int
-    input_required: int
-    stalled: int
-
-    @classmethod
-    def of(cls, summary: TargetSummary) -> "TargetOut":
-        counts = summary.by_status
-        return cls(
-            name=summary.policy.name,
-            description=summary.policy.description,
-            transport="agent" if summary.policy.transport == "agent" else "telegram",
-            dispatch="one_at_a_time" if summary.policy.one_at_a_time else "immediate",
-            reachable=summary.reachable,
-            last_seen_at=format_timestamp(summary.last_seen_at) if summary.last_seen_at else None,
-            pending=counts[TaskStatus.PENDING],
-            acknowledged=counts[TaskStatus.ACKNOWLEDGED],
-            in_progress=counts[TaskStatus.IN_PROGRESS],
-            input_required=counts[TaskStatus.INPUT_REQUIRED],
-            stalled=summary.stalled,
-        )
+    targets: list[TargetOut] = Field(description="Each target's own figures.")
 
 
 class TargetList(BaseModel):
@@ -391,19 +336,13 @@ def register_tools(
         """See the queue at a glance: tasks per status, total updates, the current task, and
         whether tasks can reach the agent (transport)."""
         counts = await queue.status(target)
-        current = counts.current_task
         report = await transport_report() if transport_report else None
         summaries = [
             s for s in await queue.target_summaries() if target is None or s.policy.name == target
         ]
         return QueueStatusResult(
-            **{status.value: counts.by_status[status] for status in TaskStatus},
-            total_updates=counts.total_updates,
-            current_task=current.content if current else None,
-            current_task_id=current.id if current else None,
-            ignored_messages=counts.ignored_messages,
+            **queue_figures(counts, summaries),
             transport=TransportOut.of(report) if report else None,
-            stalled=sum(s.stalled for s in summaries),
             targets=[TargetOut.of(s) for s in summaries],
         )
 

@@ -33,6 +33,7 @@ from telegram.error import (
 )
 
 from nexus_bridge import config
+from nexus_bridge.constants import LOOPBACK_HOSTS
 from nexus_bridge.domain import TaskStatus
 from nexus_bridge.queue import QueueMetrics, QueueService
 
@@ -213,7 +214,6 @@ def metrics_endpoint(
     client on this machine that came straight (loopback address, loopback Host, no proxy
     headers), so a reverse proxy or tunnel in front of the bridge never publishes it."""
     expected = f"Bearer {token}".encode() if token else None
-    loopback_names = tuple(h.lower() for h in ("127.0.0.1", "localhost", "[::1]"))
 
     async def metrics(request: Request) -> Response:
         if expected is not None:
@@ -228,7 +228,7 @@ def metrics_endpoint(
             host = _host_name(request.headers.get("host", ""))
             direct = not any(h in request.headers for h in FORWARDING_HEADERS)
             client = request.client.host if request.client else None
-            if not (_loopback(client) and direct and host in loopback_names):
+            if not (_loopback(client) and direct and host in LOOPBACK_HOSTS):
                 return PlainTextResponse(
                     f"metrics are served to this machine only; set {config.ENV_PREFIX}"
                     "METRICS_TOKEN to scrape them from elsewhere\n",

@@ -36,6 +36,7 @@ from mcp.shared.auth_utils import check_resource_allowed
 from pydantic import AnyUrl
 
 from nexus_bridge.auth import StaticTokenVerifier
+from nexus_bridge.constants import LOOPBACK_HOSTNAMES
 from nexus_bridge.db.store import Store, StoreTransaction
 from nexus_bridge.domain import utc_now
 from nexus_bridge.errors import NexusBridgeError
@@ -48,7 +49,6 @@ CLAUDE_CALLBACKS: Final = (
     "https://claude.ai/api/mcp/auth_callback",
     "https://claude.com/api/mcp/auth_callback",
 )
-LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 REQUEST_SECONDS: Final = 600
 PRUNE_AFTER_DAYS: Final = 7  # expired codes and tokens are kept this long, then forgotten
 # Anyone can register and start an authorization: every stored field is capped.
@@ -162,7 +162,7 @@ def redirect_uri_allowed(uri: str, extra: tuple[str, ...] = ()) -> bool:
     if uri in CLAUDE_CALLBACKS or uri in extra:
         return True
     parsed = urlparse(uri)
-    return parsed.scheme in ("http", "https") and (parsed.hostname or "") in LOOPBACK_NAMES
+    return parsed.scheme in ("http", "https") and (parsed.hostname or "") in LOOPBACK_HOSTNAMES
 
 
 def registration_too_large(client_info: OAuthClientInformationFull) -> str | None:

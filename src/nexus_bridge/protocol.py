@@ -19,10 +19,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
+from nexus_bridge.constants import SHORT_ID_CHARS
 from nexus_bridge.domain import TaskStatus
 
 TELEGRAM_MAX_CHARS: Final = 4096  # Telegram's limit, counted in UTF-16 code units
-SHORT_ID_CHARS: Final = 8
 URGENT_PREFIX: Final = "URGENT"
 ANSWER_WORD: Final = "Answer"
 

@@ -202,7 +202,7 @@ class QueueService:
         max_wait_seconds: float = config.DEFAULT_MAX_WAIT_SECONDS,
         clock: Callable[[], datetime] = utc_now,
         signal: UpdateSignal | None = None,
-        stall_seconds: float = 1800.0,
+        stall_seconds: float = config.DEFAULT_STALL_SECONDS,
         claim_seconds: float = config.DEFAULT_AGENT_CLAIM_SECONDS,
     ) -> None:
         self._store = store

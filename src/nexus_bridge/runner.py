@@ -32,6 +32,7 @@ from typing import Any, Final
 from nexus_bridge import config
 from nexus_bridge.agent_client import AgentClient
 from nexus_bridge.claude_stream import EventKind, parse_line
+from nexus_bridge.constants import PRIVATE_DIRECTORY_MODE
 from nexus_bridge.domain import TaskStatus
 from nexus_bridge.errors import BridgeUnreachable, ConfigError, NexusBridgeError, TaskNotFound
 from nexus_bridge.protocol import parse_agent_message, short_id
@@ -172,7 +173,7 @@ class StateDir:
         self.path = path
 
     def save(self, state: TaskState) -> None:
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIRECTORY_MODE)
         final = self.path / f"{state.task_id}.json"
         partial = final.with_suffix(".tmp")
         partial.write_text(json.dumps(dataclasses.asdict(state)))

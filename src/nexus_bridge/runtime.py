@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Final
 
 from nexus_bridge.config import DEFAULT_TARGET, ENV_PREFIX, Settings
+from nexus_bridge.constants import MIN_TOKEN_CHARS, PRIVATE_FILE_MODE
 from nexus_bridge.db.engine import DATA_DIRECTORY_MODE, create_engine
 from nexus_bridge.db.migrate import head_revisions
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import TargetPolicy
 from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.queue import QueueService
-from nexus_bridge.targets import MIN_TOKEN_CHARS, Dispatch, Target, Transport, load_targets
+from nexus_bridge.targets import Dispatch, Target, Transport, load_targets
 
 TOKEN_FILE_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKEN_FILE"
-TOKEN_FILE_MODE: Final = 0o600
 
 
 @dataclass
@@ -120,7 +120,7 @@ def read_or_create_token(path: Path, *, create: bool) -> str | None:
     token = secrets.token_urlsafe(32)
     try:
         path.parent.mkdir(mode=DATA_DIRECTORY_MODE, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, TOKEN_FILE_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except OSError as exc:
         raise ConfigError(
             f"{TOKEN_FILE_VARIABLE}: cannot create {path}: {exc.strerror}; choose a path you "

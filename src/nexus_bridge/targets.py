@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
 
 from nexus_bridge.config import DEFAULT_TARGET, ENV_PREFIX, Settings, TelegramSettings
+from nexus_bridge.constants import GENERATE_TOKEN_COMMAND as GENERATE_COMMAND
+from nexus_bridge.constants import MIN_TOKEN_CHARS
 from nexus_bridge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 TARGET_NAME: Final = re.compile(r"[a-z0-9][a-z0-9:_.-]{0,99}")
 DEFAULT_DESCRIPTION: Final = "the agent"
-MIN_TOKEN_CHARS: Final = 16
 CONFIG_VARIABLE: Final = f"{ENV_PREFIX}CONFIG"
 AGENT_TOKENS_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKENS"
 TARGET_KEYS: Final = (
@@ -39,7 +40,6 @@ TARGET_KEYS: Final = (
     "agent_tokens",
 )
 TELEGRAM_ONLY_KEYS: Final = ("chat_id", "agent_ids", "agent_username")
-GENERATE_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 _Fail: TypeAlias = Callable[[str, str], ConfigError]  # (key, message) -> the error to raise
 _Choice = TypeVar("_Choice", bound=enum.StrEnum)

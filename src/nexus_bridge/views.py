@@ -1,12 +1,14 @@
-"""The wire shapes of tasks and updates, shared by the MCP tools and the CLI's --json output."""
+"""The wire shapes of tasks, updates, targets, the transport and the queue figures: one view per
+shape, shared by the MCP tools, the CLI (its --json output and its lines) and ``/readyz``."""
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
 from nexus_bridge.db.types import format_timestamp
-from nexus_bridge.domain import Task, Update
+from nexus_bridge.domain import QueueCounts, Task, TaskStatus, TransportReport, Update
+from nexus_bridge.queue import TargetSummary
 
 StatusName = Literal[
     "pending", "acknowledged", "in_progress", "input_required", "complete", "error", "cancelled"
@@ -90,3 +92,94 @@ class TaskOut(BaseModel):
             ended_at=_iso(task.ended_at),
             claim_expires_at=_iso(task.claim_expires_at),
         )
+
+
+class TransportOut(BaseModel):
+    name: str
+    state: str = Field(
+        description="not configured, starting, polling, unreachable or degraded (polling, but "
+        "the Bot API fails or refuses calls), standby (another process polls), error."
+    )
+    detail: str | None
+    poller: str | None = Field(description="The bridge process that polls Telegram, if any.")
+    this_process: str | None
+    last_ok_at: str | None = Field(
+        default=None, description="When the poller's last Bot API call succeeded."
+    )
+    last_error: str | None = Field(
+        default=None, description="The Bot API failure going on since error_since, if any."
+    )
+    error_since: str | None = None
+
+    @classmethod
+    def of(cls, report: TransportReport) -> Self:
+        return cls(
+            name=report.name,
+            state=report.state,
+            detail=report.detail,
+            poller=report.poller,
+            this_process=report.this_process,
+            last_ok_at=report.last_ok_at.isoformat() if report.last_ok_at else None,
+            last_error=report.last_error,
+            error_since=report.error_since.isoformat() if report.error_since else None,
+        )
+
+
+class TargetOut(BaseModel):
+    name: str
+    description: str
+    transport: Literal["telegram", "agent"]
+    dispatch: Literal["immediate", "one_at_a_time"]
+    reachable: bool = Field(description="Its agent was seen recently (a message or an API call).")
+    last_seen_at: str | None
+    pending: int
+    acknowledged: int
+    in_progress: int
+    input_required: int
+    stalled: int
+
+    @classmethod
+    def of(cls, summary: TargetSummary) -> Self:
+        counts = summary.by_status
+        return cls(
+            name=summary.policy.name,
+            description=summary.policy.description,
+            transport="agent" if summary.policy.transport == "agent" else "telegram",
+            dispatch="one_at_a_time" if summary.policy.one_at_a_time else "immediate",
+            reachable=summary.reachable,
+            last_seen_at=format_timestamp(summary.last_seen_at) if summary.last_seen_at else None,
+            pending=counts[TaskStatus.PENDING],
+            acknowledged=counts[TaskStatus.ACKNOWLEDGED],
+            in_progress=counts[TaskStatus.IN_PROGRESS],
+            input_required=counts[TaskStatus.INPUT_REQUIRED],
+            stalled=summary.stalled,
+        )
+
+
+def queue_figures(counts: QueueCounts, summaries: list[TargetSummary]) -> dict[str, Any]:
+    """The queue at a glance, as ``queue_status`` and ``nexus-bridge status`` both show it: tasks
+    per status, total updates, ignored messages, the task in progress and the stalled tasks of
+    the targets in ``summaries``."""
+    current = counts.current_task
+    figures: dict[str, Any] = {status.value: counts.by_status[status] for status in TaskStatus}
+    figures["total_updates"] = counts.total_updates
+    figures["ignored_messages"] = counts.ignored_messages
+    figures["current_task"] = current.content if current else None
+    figures["current_task_id"] = current.id if current else None
+    figures["stalled"] = sum(s.stalled for s in summaries)
+    return figures
+
+
+def target_row(summary: TargetSummary) -> dict[str, Any]:
+    """A target as ``nexus-bridge status`` shows it: ``TargetOut``'s figures, with the tasks the
+    agent holds (acknowledged, in progress, waiting on an answer) summed as ``with_agent``."""
+    out = TargetOut.of(summary)
+    return {
+        "name": out.name,
+        "transport": out.transport,
+        "dispatch": out.dispatch,
+        "pending": out.pending,
+        "with_agent": out.acknowledged + out.in_progress + out.input_required,
+        "stalled": out.stalled,
+        "last_seen_at": summary.last_seen_at.isoformat() if summary.last_seen_at else None,
+    }

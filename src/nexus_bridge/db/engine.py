@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only as await_
 
+from nexus_bridge.constants import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
 from nexus_bridge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ WRITE_OPTION: Final = "nexus_bridge_write"
 DATABASE_VARIABLE: Final = "NEXUS_BRIDGE_DATABASE_URL"
 # The database holds client secrets, token hashes, the passphrase hash and every task: only its
 # owner may read it. SQLite gives the -wal and -shm files the database file's mode.
-DATA_DIRECTORY_MODE: Final = 0o700
-DATABASE_FILE_MODE: Final = 0o600
+DATA_DIRECTORY_MODE: Final = PRIVATE_DIRECTORY_MODE
+DATABASE_FILE_MODE: Final = PRIVATE_FILE_MODE
 
 
 def sqlite_file(database_url: str) -> Path | None:

@@ -33,6 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from nexus_bridge.constants import SHORT_ID_CHARS
 from nexus_bridge.db.engine import WRITE_OPTION
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
@@ -77,7 +78,6 @@ from nexus_bridge.errors import (
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
 _PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
-SHORT_ID_MIN_CHARS: Final = 8
 # What a task id (a UUID) or its prefix can be made of; anything else matches no task.
 _ID_CHARS: Final = re.compile(rf"[0-9A-Za-z-]{{1,{MAX_ID_CHARS}}}")
 
@@ -228,7 +228,7 @@ class StoreTransaction:
         row = (await self._conn.execute(select(messages).where(messages.c.id == task_id))).first()
         if row is not None:
             return _task(row)
-        if len(task_id) >= SHORT_ID_MIN_CHARS and "%" not in task_id and "_" not in task_id:
+        if len(task_id) >= SHORT_ID_CHARS and "%" not in task_id and "_" not in task_id:
             rows = (
                 await self._conn.execute(
                     select(messages).where(messages.c.id.like(f"{task_id}%")).limit(2)
@@ -257,7 +257,7 @@ class StoreTransaction:
         ).first()
         if row is not None:
             return _task(row)
-        if len(task_id) < SHORT_ID_MIN_CHARS or "%" in task_id or "_" in task_id:
+        if len(task_id) < SHORT_ID_CHARS or "%" in task_id or "_" in task_id:
             return None
         rows = (
             await self._conn.execute(

@@ -1,0 +1,35 @@
+"""Protocol-level constants, each named once: the URL paths the bridge serves, the names that
+mean "this machine", and the lengths every adapter agrees on. No imports, so any layer may use it.
+
+Defaults of settings live in ``config.py``; this module holds what is not configurable.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MCP_PATH: Final = "/mcp"  # the client MCP endpoint (OAuth or static tokens)
+AGENT_MCP_PATH: Final = "/agent/mcp"  # the direct agent API (agent tokens only)
+HEALTHZ_PATH: Final = "/healthz"
+READYZ_PATH: Final = "/readyz"
+AUTH_SERVER_METADATA_PATH: Final = "/.well-known/oauth-authorization-server"  # RFC 8414
+
+# The host names of this machine, as a URL's hostname gives them (IPv6 without brackets) ...
+LOOPBACK_HOSTNAMES: Final = ("127.0.0.1", "localhost", "::1")
+# ... and as a Host header carries them (IPv6 in brackets).
+LOOPBACK_HOSTS: Final = tuple(f"[{h}]" if ":" in h else h for h in LOOPBACK_HOSTNAMES)
+# Bind addresses that listen on every interface; a client reaches them on loopback.
+WILDCARD_HOSTS: Final = ("0.0.0.0", "::", "")  # noqa: S104 - names them, binds nothing
+
+# A task's short id (its tag in chat, ``#abcd1234``) is this many characters of its id, and a
+# task id prefix given to a command must be at least this long.
+SHORT_ID_CHARS: Final = 8
+
+# What the bridge writes that holds tasks or secrets (the database, the agent token, the
+# runner's state) is for its owner only.
+PRIVATE_FILE_MODE: Final = 0o600
+PRIVATE_DIRECTORY_MODE: Final = 0o700
+
+# Every bearer token (client, agent, target) is at least this long.
+MIN_TOKEN_CHARS: Final = 16
+GENERATE_TOKEN_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105
