@@ -11,7 +11,7 @@ from pydantic import AnyHttpUrl, BaseModel, Field
 
 from nexus_bridge import __version__, config
 from nexus_bridge.auth import agent_target
-from nexus_bridge.domain import TaskStatus
+from nexus_bridge.domain import MAX_AGENT_SESSION_CHARS, TaskStatus
 from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.mcp_http import client_gone
 from nexus_bridge.mcp_tools import (
@@ -23,7 +23,7 @@ from nexus_bridge.mcp_tools import (
     wait_seconds_arg,
 )
 from nexus_bridge.queue import QueueService
-from nexus_bridge.views import TaskOut, UpdateOut
+from nexus_bridge.views import AgentTaskOut, UpdateOut
 
 AGENT_INSTRUCTIONS: Final = (
     "You are the agent: take your next task with next_task, say you started with start_task, "
@@ -38,7 +38,7 @@ class NotAnAgent(NexusBridgeError):
 
 
 class NextTask(BaseModel):
-    task: TaskOut | None = Field(
+    task: AgentTaskOut | None = Field(
         description=(
             "The task you now own, or null: nothing to do. Its claim_expires_at is when the "
             "claim lapses unless you start it or call heartbeat on it first."
@@ -94,20 +94,35 @@ def create_agent_server(
         the queue for the next next_task.
         """
         task = await queue.wait_for_task(_target(), wait_seconds, stop=client_gone())
-        return NextTask(task=TaskOut.of(task) if task else None)
+        return NextTask(task=AgentTaskOut.of(task) if task else None)
 
     @server.tool(annotations=writes)
     @tool_errors
-    async def start_task(id: TaskIdArg) -> TaskOut:
+    async def start_task(id: TaskIdArg) -> AgentTaskOut:
         """Say you are working on the task (in_progress)."""
-        return TaskOut.of(await queue.agent_report(_target(), id, status=TaskStatus.IN_PROGRESS))
+        return AgentTaskOut.of(
+            await queue.agent_report(_target(), id, status=TaskStatus.IN_PROGRESS)
+        )
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=True))
     @tool_errors
-    async def heartbeat(id: TaskIdArg) -> TaskOut:
+    async def heartbeat(
+        id: TaskIdArg,
+        session: Annotated[
+            str | None,
+            Field(
+                description=(
+                    "Your session for this task (e.g. Claude Code's session id), kept with the "
+                    "task as agent_session so a restarted or other runner can resume it."
+                ),
+                json_schema_extra={"minLength": 1, "maxLength": MAX_AGENT_SESSION_CHARS},
+            ),
+        ] = None,
+    ) -> AgentTaskOut:
         """Say you still hold the task: renews the lease of its claim (claim_expires_at)
-        without changing anything else. Every other call on the task renews it too."""
-        return TaskOut.of(await queue.agent_task(_target(), id))
+        without changing anything else (but agent_session, when you give session). Every
+        other call on the task renews it too."""
+        return AgentTaskOut.of(await queue.agent_task(_target(), id, session=session))
 
     @server.tool(annotations=writes)
     @tool_errors
@@ -120,9 +135,9 @@ def create_agent_server(
                 json_schema_extra=text_schema(limit),
             ),
         ],
-    ) -> TaskOut:
+    ) -> AgentTaskOut:
         """Report progress on the task; the client sees it in pull_updates."""
-        return TaskOut.of(await queue.agent_report(_target(), id, text=text))
+        return AgentTaskOut.of(await queue.agent_report(_target(), id, text=text))
 
     @server.tool(annotations=writes)
     @tool_errors
@@ -132,9 +147,9 @@ def create_agent_server(
             str,
             Field(description="The question for the client.", json_schema_extra=text_schema(limit)),
         ],
-    ) -> TaskOut:
+    ) -> AgentTaskOut:
         """Ask the client; the task waits in input_required until it answers (get_replies)."""
-        return TaskOut.of(
+        return AgentTaskOut.of(
             await queue.agent_report(
                 _target(), id, text=text, status=TaskStatus.INPUT_REQUIRED, reason="question"
             )
@@ -163,9 +178,9 @@ def create_agent_server(
                 json_schema_extra=text_schema(limit),
             ),
         ] = None,
-    ) -> TaskOut:
+    ) -> AgentTaskOut:
         """Finish the task (complete)."""
-        return TaskOut.of(
+        return AgentTaskOut.of(
             await queue.agent_report(
                 _target(), id, text=summary, status=TaskStatus.COMPLETE, field="summary"
             )
@@ -182,9 +197,9 @@ def create_agent_server(
                 json_schema_extra=text_schema(limit),
             ),
         ],
-    ) -> TaskOut:
+    ) -> AgentTaskOut:
         """End the task in error, saying why."""
-        return TaskOut.of(
+        return AgentTaskOut.of(
             await queue.agent_report(
                 _target(),
                 id,

@@ -114,6 +114,10 @@ def utc_now() -> datetime:
 
 MAX_INSTANT_CHARS: Final = 64
 MAX_ID_CHARS: Final = 36  # a task id is a UUID
+MAX_AGENT_SESSION_CHARS: Final = 200  # messages.agent_session (migration 0009)
+AGENT_SESSION_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:"
+)
 MAX_SHOWN_CHARS: Final = 40
 
 
@@ -179,6 +183,21 @@ def check_task_id(value: str, field: str) -> str:
     return value
 
 
+def check_agent_session(value: str, field: str = "session") -> str:
+    """An agent's session id (e.g. Claude Code's): 1 to 200 of ``A-Z a-z 0-9 - _ . :``.
+
+    Raises:
+        InvalidInput: empty, too long, or another character.
+    """
+    if not value or len(value) > MAX_AGENT_SESSION_CHARS:
+        raise InvalidInput(
+            f"{field} must be 1 to {MAX_AGENT_SESSION_CHARS} characters, got {len(value)}"
+        )
+    if not AGENT_SESSION_CHARS.issuperset(value):
+        raise InvalidInput(f"{field} may hold only letters, digits and - _ . :")
+    return value
+
+
 def first_line(text: str, max_chars: int = 120) -> str:
     """The first non-blank line of ``text``, shortened for summaries."""
     for line in text.splitlines():
@@ -205,6 +224,8 @@ class Task:
     urgent: bool = False
     # While acknowledged through an agent-API claim: when the claim lapses (BRIDGE_TRANSITIONS).
     claim_expires_at: datetime | None = None
+    # The agent's session for the task (Claude Code's session id), so another runner can resume.
+    agent_session: str | None = None
 
 
 class OutboxKind(enum.StrEnum):

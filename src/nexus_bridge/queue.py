@@ -34,6 +34,7 @@ from nexus_bridge.domain import (
     Update,
     UpdateKind,
     can_transition,
+    check_agent_session,
     check_storable,
     check_task_id,
     check_transition,
@@ -1009,25 +1010,38 @@ class QueueService:
                 logger.exception("could not return expired claims to the queue")
             await asyncio.sleep(interval)
 
-    async def agent_task(self, target: str, task_id: str, *, field: str = "id") -> Task:
+    async def agent_task(
+        self, target: str, task_id: str, *, field: str = "id", session: str | None = None
+    ) -> Task:
         """A task of ``target``, for its agent: any call on it renews the lease of its claim.
 
-        Another target's task is as good as unknown to its agent.
+        Another target's task is as good as unknown to its agent. ``session``, when given, is
+        recorded as the agent's session for the task (``agent_session``), so another runner
+        can resume it.
 
         Raises:
             TaskNotFound: no such task for this target.
             InvalidInput: a malformed id, or a short id that matches several of the target's
-                tasks (a short id is looked up among the target's own tasks only).
+                tasks (a short id is looked up among the target's own tasks only); a malformed
+                session.
         """
         check_task_id(task_id, field)
+        if session is not None:
+            check_agent_session(session)
         async with self._store.write() as tx:
             now = self._clock()
             await tx.touch_presence(target, at=now)
             task = await tx.task_of_target(target, task_id)
             if task is None:
                 raise TaskNotFound(task_id)
+            changed = False
             if task.claim_expires_at is not None:
                 await tx.renew_claim(task.id, until=now + timedelta(seconds=self._claim_seconds))
+                changed = True
+            if session is not None and session != task.agent_session:
+                await tx.set_agent_session(task.id, session)
+                changed = True
+            if changed:
                 task = await tx.get_task(task.id)
         return task
 

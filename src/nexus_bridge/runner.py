@@ -10,7 +10,9 @@ client's answer resumes the same Claude session.
 The runner talks to the bridge only through :func:`nexus_bridge.agent_client.call_agent_tool`;
 the bridge being unreachable is retried with backoff, never fatal. The tasks it has in hand are
 kept in a small state directory (one JSON file per task: its Claude session, the process group
-running it), so a runner that restarts after a crash finds them.
+running it), so a runner that restarts after a crash finds them; the Claude session is also kept
+with the task on the bridge (``agent_session``), where a restarted runner finds it when its own
+state lacks it.
 """
 
 from __future__ import annotations
@@ -149,15 +151,20 @@ class Bridge:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_SECONDS)
 
-    async def status(self, task_id: str) -> TaskStatus | None:
-        """The task's status (a heartbeat, which also keeps its claim); None if unknown."""
+    async def task(self, task_id: str, **arguments: Any) -> dict[str, Any] | None:
+        """The task as its agent sees it (a heartbeat, which also keeps its claim; with
+        ``session=...`` it records the Claude session); None if unknown."""
         try:
-            task = await self.call("heartbeat", id=task_id)
+            return await self.call("heartbeat", id=task_id, **arguments)
         except NexusBridgeError as exc:
             if _NOT_FOUND in str(exc):  # another target's task, or gone
                 return None
             raise
-        return TaskStatus(task["status"])
+
+    async def status(self, task_id: str) -> TaskStatus | None:
+        """The task's status (a heartbeat, which also keeps its claim); None if unknown."""
+        task = await self.task(task_id)
+        return TaskStatus(task["status"]) if task is not None else None
 
 
 _NOT_FOUND: Final = str(TaskNotFound("x")).partition("'")[0]  # "no task with id "
@@ -389,6 +396,7 @@ class Runner:
         self._slot_wanted = asyncio.Event()
         self._slot_waiters = 0
         self._handlers: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take tasks until ``stop`` is set; then let running commands finish for up to
@@ -408,6 +416,9 @@ class Runner:
                 raise
             finally:
                 await self._drain()
+                for recording in set(self._background):  # the bridge may be gone for good
+                    recording.cancel()
+                await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _take_tasks(self) -> None:
         stop = self._stop
@@ -618,6 +629,10 @@ class Runner:
         def keep_session(session_id: str) -> None:  # a restarted runner can resume it
             state.session_id = session_id
             self.states.save(state)
+            recording = asyncio.ensure_future(self._record_session(state.task_id, session_id))
+            self._background.add(recording)
+            recording.add_done_callback(self._background.discard)
+            recording.add_done_callback(_log_crash)
 
         progress = Progress(post, self.options.coalesce_seconds)
         transcript = Transcript(self.options.output, progress, keep_session)
@@ -636,6 +651,14 @@ class Runner:
         await progress.close()
         state.pgid = state.pgid_started = None
         return self._outcome(process.returncode, stopped, transcript)
+
+    async def _record_session(self, task_id: str, session_id: str) -> None:
+        """Keep the Claude session with the task on the bridge too (``agent_session``), so a
+        runner that lost this one's state directory can still resume it."""
+        try:
+            await self.bridge.task(task_id, session=session_id)
+        except NexusBridgeError as exc:
+            logger.warning("task %s: could not record its Claude session: %s", task_id, exc)
 
     async def _supervise(self, task_id: str, process: asyncio.subprocess.Process) -> str | None:
         """Wait for the command to exit; stop it on cancel, timeout or runner abort. What
@@ -709,13 +732,16 @@ class Runner:
             if state.pgid and _process_started(state.pgid) == state.pgid_started:
                 _kill_group(state.pgid, signal.SIGKILL)  # what the crashed runner left running
             state.pgid = state.pgid_started = None
-            status = await self.bridge.status(state.task_id)
-            if status is None:
+            task = await self.bridge.task(state.task_id)
+            if task is None:
                 continue  # not this token's task
+            status = TaskStatus(task["status"])
             if status.is_terminal:
                 self.states.remove(state.task_id)
                 continue
             state.runner_pid, state.runner_started = os.getpid(), _process_started(os.getpid())
+            # The local state may have lost it (or never saved it): the bridge keeps it too.
+            state.session_id = state.session_id or task.get("agent_session")
             self.states.save(state)
             if self.options.output is OutputFormat.CLAUDE and state.session_id:
                 waiting = status is TaskStatus.INPUT_REQUIRED or state.waiting_cursor is not None

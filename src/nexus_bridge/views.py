@@ -94,6 +94,23 @@ class TaskOut(BaseModel):
         )
 
 
+class AgentTaskOut(TaskOut):
+    """A task as its agent sees it (the direct agent API): with the agent's own session."""
+
+    agent_session: str | None = Field(
+        default=None,
+        description=(
+            "The session you recorded for this task (heartbeat's session argument), e.g. Claude "
+            "Code's session id, so whoever takes the task over can resume it; null if none."
+        ),
+    )
+
+    @classmethod
+    def of(cls, task: Task, idle_seconds: float | None = None) -> Self:
+        base = TaskOut.of(task, idle_seconds)
+        return cls(**base.model_dump(), agent_session=task.agent_session)
+
+
 class TransportOut(BaseModel):
     name: str
     state: str = Field(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from nexus_bridge.agent_client import call_agent_tool
 from nexus_bridge.config import Settings
 from nexus_bridge.runner import ENV_TASK_ID, ENV_TASK_TAG, ENV_TOKEN, ENV_URL
 from tests.conftest import (
@@ -367,6 +368,34 @@ async def test_a_restarted_runner_resumes_the_claude_session_it_left(
     assert len(runs) == 2
     assert runs[1]["argv"][runs[1]["argv"].index("--resume") + 1] == runs[0]["session"]
     assert "restarted" in runs[1]["prompt"]
+
+
+async def test_a_restarted_runner_resumes_the_session_the_bridge_kept_when_its_state_lost_it(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with bridge(make_settings, tmp_path) as (base, client):
+        first = start_runner(base, tmp_path, "--claude", name="first")
+        task_id = await send(client, "a long job fake:sleep=60")
+        await wait_for(lambda: (tmp_path / "claude.log").exists(), what="claude")
+        session = json.loads((tmp_path / "claude.log").read_text())["session"]
+
+        async def kept_on_the_bridge() -> bool:  # recorded as soon as init named it
+            task = await call_agent_tool(base, FELT_TOKEN, "heartbeat", {"id": task_id})
+            return bool(task["agent_session"] == session)
+
+        await wait_for(kept_on_the_bridge, what="the session kept with the task")
+        first.stop(signal.SIGKILL)
+        await asyncio.to_thread(first.process.wait)
+        # The runner's own record lost the session (an older runner's file, a failed write).
+        state_file = tmp_path / "state" / f"{task_id}.json"
+        state = json.loads(state_file.read_text())
+        state["session_id"] = None
+        state_file.write_text(json.dumps(state))
+        async with claude(base, tmp_path):
+            await wait_status(client, task_id, "complete")
+    runs = [json.loads(line) for line in (tmp_path / "claude.log").read_text().splitlines()]
+    assert len(runs) == 2
+    assert runs[1]["argv"][runs[1]["argv"].index("--resume") + 1] == session
 
 
 async def test_a_runner_rides_out_a_bridge_restart(

@@ -119,6 +119,10 @@ async def test_malformed_agent_arguments_are_one_line_errors_naming_the_field(
                 ("fail_task", {"error": "nul\x00"}, "error contains a NUL character"),
                 ("get_replies", {"cursor": "²"}, "cursor must be a next_cursor value"),
                 ("get_replies", {"cursor": "9" * 30}, "cursor must be a next_cursor value"),
+                ("heartbeat", {"session": "s" * 201}, "session must be 1 to 200 characters"),
+                ("heartbeat", {"session": ""}, "session must be 1 to 200 characters"),
+                ("heartbeat", {"session": "a b\nc"}, "session may hold only letters, digits"),
+                ("heartbeat", {"session": 7}, "session"),
             ):
                 text = await call_error(agent, tool, {"id": task_id, **args})
                 assert expected in text, (tool, args, text)
@@ -126,6 +130,7 @@ async def test_malformed_agent_arguments_are_one_line_errors_naming_the_field(
         task = await call(client, "get_message", {"id": task_id})
         assert task["status"] == "acknowledged"
         assert [u["kind"] for u in task["updates"]] == ["status", "status"]
+        assert "agent_session" not in task  # the agent's own, not the client's
 
 
 @pytest.mark.parametrize("endpoint", ["/mcp", "/agent/mcp"])

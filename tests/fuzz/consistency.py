@@ -13,7 +13,14 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from nexus_bridge.domain import TERMINAL_STATUSES, TRANSITIONS, TaskStatus, UpdateKind
+from nexus_bridge.domain import (
+    AGENT_SESSION_CHARS,
+    MAX_AGENT_SESSION_CHARS,
+    TERMINAL_STATUSES,
+    TRANSITIONS,
+    TaskStatus,
+    UpdateKind,
+)
 
 # The one move backwards, made only by the bridge: a claim whose lease expired goes back to the
 # queue (issue 8, finding 6). Allowed here so the check holds before and after that change.
@@ -76,6 +83,11 @@ def _task_problems(
             yield f"{where}: content_hash does not match the content"
         if (task["ended_at"] is not None) != (status in TERMINAL_STATUSES):
             yield f"{where}: status {status.value} but ended_at={task['ended_at']}"
+        session = task["agent_session"]
+        if session is not None and not (
+            0 < len(session) <= MAX_AGENT_SESSION_CHARS and AGENT_SESSION_CHARS.issuperset(session)
+        ):
+            yield f"{where}: agent_session {session[:50]!r} is not a valid session id"
         column = _STAMP_OF.get(status)
         if column is not None and task[column] is None:
             yield f"{where}: status {status.value} but {column} is not set"

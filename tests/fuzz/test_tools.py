@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nexus_bridge.domain import AGENT_SESSION_CHARS, MAX_AGENT_SESSION_CHARS
 from tests.fuzz import strategies as fz
 from tests.fuzz.harness import (
     AGENT_ID,
@@ -58,6 +59,13 @@ def _optional_text(_: LiveBridge) -> st.SearchStrategy[Any]:
     return st.one_of(st.none(), fz.messages())
 
 
+def _session(_: LiveBridge) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.none(),
+        st.text(alphabet=sorted(AGENT_SESSION_CHARS), min_size=1, max_size=MAX_AGENT_SESSION_CHARS),
+    )
+
+
 CLIENT_TOOLS: dict[str, Fields] = {
     "send_message": {"message": _text, "target": _targets, "urgent": lambda _: st.booleans()},
     "pull_updates": {
@@ -82,6 +90,7 @@ CLIENT_TOOLS: dict[str, Fields] = {
 AGENT_TOOLS: dict[str, Fields] = {
     "next_task": {"wait_seconds": lambda _: fz.waits()},
     "start_task": {"id": _ids},
+    "heartbeat": {"id": _ids, "session": _session},
     "post_update": {"id": _ids, "text": _text},
     "ask_question": {"id": _ids, "text": _text},
     "get_replies": {"id": _ids, "cursor": _cursor},

@@ -229,3 +229,48 @@ async def test_text_no_database_can_store_is_refused_naming_the_field(
     with pytest.raises(InvalidInput, match="target must be at most 100 characters"):
         await agents.enqueue("fine", "t" * 50_000)
     assert (await agents.get(task.id)).task.status is TaskStatus.ACKNOWLEDGED
+
+
+async def test_the_agent_session_is_kept_with_the_task_and_renews_the_claim(
+    agents: QueueService, clock: Clock
+) -> None:
+    task = (await agents.enqueue("upgrade the kernel", "felt")).task
+    assert task.agent_session is None
+    assert await agents.claim_next("felt") is not None
+    clock.advance(LEASE - 1)
+    kept = await agents.agent_task("felt", task.id, session="1f0c-session_id.v2:a")
+    assert kept.agent_session == "1f0c-session_id.v2:a"
+    assert kept.claim_expires_at == clock.now + timedelta(seconds=LEASE)
+    await agents.agent_report("felt", task.id, status=TaskStatus.IN_PROGRESS)
+    assert (await agents.get(task.id)).task.agent_session == "1f0c-session_id.v2:a"
+    assert (await agents.agent_task("felt", task.id)).agent_session == "1f0c-session_id.v2:a"
+    replaced = await agents.agent_task("felt", task.id[:8], session="s" * 200)
+    assert replaced.agent_session == "s" * 200
+
+
+@pytest.mark.parametrize(
+    ("session", "message"),
+    [
+        ("", "session must be 1 to 200 characters, got 0"),
+        ("s" * 201, "session must be 1 to 200 characters, got 201"),
+        ("two words", "session may hold only letters, digits and - _ . :"),
+        ("line\nbreak", "session may hold only letters, digits and - _ . :"),
+        ("sessión", "session may hold only letters, digits and - _ . :"),
+    ],
+)
+async def test_a_bad_agent_session_is_refused_in_one_line_and_nothing_is_written(
+    agents: QueueService, session: str, message: str
+) -> None:
+    task = (await agents.enqueue("check the disks", "felt")).task
+    assert await agents.claim_next("felt") is not None
+    with pytest.raises(InvalidInput) as refused:
+        await agents.agent_task("felt", task.id, session=session)
+    assert str(refused.value) == message
+    assert (await agents.get(task.id)).task.agent_session is None
+
+
+async def test_only_the_tasks_own_target_can_set_its_agent_session(agents: QueueService) -> None:
+    task = (await agents.enqueue("prune the snapshots", "felt")).task
+    with pytest.raises(TaskNotFound):
+        await agents.agent_task("solo", task.id, session="not-mine")
+    assert (await agents.get(task.id)).task.agent_session is None

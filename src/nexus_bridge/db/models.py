@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from nexus_bridge.db.types import UTCDateTime
-from nexus_bridge.domain import OPEN_STATUSES, TaskStatus, UpdateKind
+from nexus_bridge.domain import MAX_AGENT_SESSION_CHARS, OPEN_STATUSES, TaskStatus, UpdateKind
 
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -69,6 +69,8 @@ class MessageRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The lease of a claim over the direct agent API: set while acknowledged by next_task.
     claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The agent's session for the task (set by the agent, e.g. Claude Code's session id).
+    agent_session: Mapped[str | None] = mapped_column(String(MAX_AGENT_SESSION_CHARS))
 
     __table_args__ = (
         CheckConstraint(KNOWN_STATUS_SQL, name="status_known"),

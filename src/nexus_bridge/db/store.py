@@ -102,6 +102,7 @@ def _task(row: Row[Any]) -> Task:
         status_reason=row.status_reason,
         urgent=bool(row.urgent),
         claim_expires_at=row.claim_expires_at,
+        agent_session=row.agent_session,
     )
 
 
@@ -307,6 +308,12 @@ class StoreTransaction:
             .values(claim_expires_at=until)
         )
         return bool(result.rowcount == 1)
+
+    async def set_agent_session(self, task_id: str, session: str) -> None:
+        """Record the agent's session for the task (replacing any earlier one)."""
+        await self._conn.execute(
+            update(messages).where(messages.c.id == task_id).values(agent_session=session)
+        )
 
     async def expired_claims(self, now: datetime, *, target: str | None = None) -> list[Task]:
         """Claimed (acknowledged) tasks whose lease ran out before ``now``, oldest first."""
