@@ -195,7 +195,9 @@ class OAuthStore:
 
     async def clients(self) -> list[OAuthClientRecord]:
         """Every client, oldest registration first."""
-        rows = await self._conn.execute(select(oauth_clients).order_by(oauth_clients.c.created_at))
+        rows = await self._conn.execute(
+            select(oauth_clients).order_by(oauth_clients.c.created_at, oauth_clients.c.client_id)
+        )
         return [_client(row) for row in rows.all()]
 
     async def revoke_client(self, client_id: str, *, at: datetime) -> bool:
