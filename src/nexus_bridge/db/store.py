@@ -1,4 +1,5 @@
-"""The one place that issues SQL. Driver errors are translated to domain errors here."""
+"""The one place that issues SQL (its OAuth half is oauth_store.py, reached as ``tx.oauth``).
+Driver errors are translated to domain errors here."""
 
 from __future__ import annotations
 
