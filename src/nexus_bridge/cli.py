@@ -622,7 +622,7 @@ def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
         runtime, provider = _oauth_provider(settings)
         try:
             await runtime.check_schema()
-            return await _auth_action(runtime, provider, args)
+            return await _auth_action(provider, args)
         finally:
             await runtime.close()
 
@@ -658,9 +658,7 @@ def _read_new_passphrase(from_stdin: bool) -> str:
     return passphrase
 
 
-async def _auth_action(
-    runtime: Runtime, provider: BridgeOAuthProvider, args: argparse.Namespace
-) -> int:
+async def _auth_action(provider: BridgeOAuthProvider, args: argparse.Namespace) -> int:
     from nexus_bridge.oauth import UnknownClientOrFamily
     from nexus_bridge.views import oauth_client_row, token_family_row
 

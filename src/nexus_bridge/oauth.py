@@ -18,6 +18,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -267,7 +268,7 @@ def _is_live(token: TokenRecord, now: datetime) -> bool:
     return token.revoked_at is None and token.expires_at > now and token.used_at is None
 
 
-def token_families(tokens: list[TokenRecord], now: datetime) -> list[TokenFamilyView]:
+def token_families(tokens: Iterable[TokenRecord], now: datetime) -> list[TokenFamilyView]:
     """The families of these tokens (oldest first), in the order each family's first token
     was issued, counting the tokens still live at ``now``."""
     families: dict[str, TokenFamilyView] = {}
