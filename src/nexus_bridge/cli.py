@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nexus_bridge import __version__, config, ops
 from nexus_bridge.config import Settings, load_settings
@@ -35,6 +35,9 @@ from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import Runtime, open_runtime
 from nexus_bridge.views import TaskOut, UpdateOut, queue_figures, target_row
+
+if TYPE_CHECKING:  # oauth imports the MCP SDK: loaded only by the auth commands
+    from nexus_bridge.oauth import BridgeOAuthProvider
 
 logger = logging.getLogger("nexus_bridge")
 
@@ -609,7 +612,7 @@ def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _oauth_provider(settings: Settings) -> tuple[Any, Any]:
+def _oauth_provider(settings: Settings) -> tuple[Runtime, BridgeOAuthProvider]:
     from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 
     runtime = open_runtime(settings)
@@ -624,7 +627,7 @@ def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
         runtime, provider = _oauth_provider(settings)
         try:
             await runtime.check_schema()
-            return await _auth_action(runtime, provider, args)
+            return await _auth_action(provider, args)
         finally:
             await runtime.close()
 
@@ -660,70 +663,41 @@ def _read_new_passphrase(from_stdin: bool) -> str:
     return passphrase
 
 
-async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) -> int:
-    from nexus_bridge.domain import utc_now
+async def _auth_action(provider: BridgeOAuthProvider, args: argparse.Namespace) -> int:
+    from nexus_bridge.oauth import UnknownClientOrFamily
+    from nexus_bridge.views import oauth_client_row, token_family_row
 
     if args.auth_command == "set-passphrase":
         await provider.set_passphrase(_read_new_passphrase(args.stdin))
         print("passphrase set; the consent page accepts it from now on", file=sys.stderr)
         return 0
-    async with runtime.store.read() as tx:
-        clients = await tx.oauth_clients()
-        tokens = await tx.oauth_tokens()
-    now = utc_now()
     if args.auth_command == "clients":
-        rows = [
-            {
-                "client_id": c.client_id,
-                "name": c.client_name,
-                "registered": c.created_at.isoformat(),
-                "revoked": c.revoked_at.isoformat() if c.revoked_at else None,
-            }
-            for c in clients
-        ]
+        clients = [oauth_client_row(c) for c in await provider.clients()]
         if args.json:
-            _print_json(rows)
-        elif not rows:
+            _print_json(clients)
+        elif not clients:
             print("no clients registered")
-        for row in [] if args.json else rows:
+        for row in [] if args.json else clients:
             state = f"revoked {row['revoked']}" if row["revoked"] else "active"
             print(f"{row['client_id']}  {row['name'] or '-':<24} {row['registered']}  {state}")
         return 0
     if args.auth_command == "tokens":
-        families: dict[str, dict[str, Any]] = {}
-        for t in tokens:
-            live = t.revoked_at is None and t.expires_at > now and t.used_at is None
-            family = families.setdefault(
-                t.family_id,
-                {"family_id": t.family_id, "client_id": t.client_id, "issued": 0, "live": 0},
-            )
-            family["issued"] += 1
-            family["live"] += int(live)
-            family["last_issued"] = t.created_at.isoformat()
-        rows = list(families.values())
+        families = [token_family_row(f) for f in await provider.token_families()]
         if args.json:
-            _print_json(rows)
-        elif not rows:
+            _print_json(families)
+        elif not families:
             print("no tokens issued")
-        for row in [] if args.json else rows:
+        for row in [] if args.json else families:
             print(
                 f"{row['family_id']}  client {row['client_id']}  {row['live']} live of "
                 f"{row['issued']} issued, last {row['last_issued']}"
             )
         return 0
-    # revoke: a client id (the client and all its tokens) or a token family id
-    async with runtime.store.write() as tx:
-        if any(c.client_id == args.id for c in clients):
-            await tx.oauth_revoke_client(args.id, at=now)
-            what = f"client {args.id} and all its tokens"
-        elif any(t.family_id == args.id for t in tokens):
-            await tx.oauth_revoke_family(args.id, at=now)
-            what = f"token family {args.id}"
-        else:
-            raise ConfigError(
-                f"no client or token family {args.id!r}; see: nexus-bridge auth clients"
-            )
-    print(f"revoked {what}")
+    try:  # revoke: a client id (the client and all its tokens) or a token family id
+        revocation = await provider.revoke(args.id)
+    except UnknownClientOrFamily as exc:
+        raise ConfigError(f"{exc}; see: nexus-bridge auth clients") from exc
+    print(f"revoked {revocation.description}")
     return 0
 
 

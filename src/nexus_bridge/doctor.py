@@ -546,7 +546,7 @@ async def _check_passphrase(report: Report, runtime: Runtime, database_ok: bool)
         report.add("public-url.passphrase", Status.SKIP, "the database cannot be read")
         return
     async with runtime.store.read() as tx:
-        owner = await tx.owner()
+        owner = await tx.oauth.owner()
     if owner is None or not owner.passphrase_hash:
         report.add(
             "public-url.passphrase",
