@@ -171,6 +171,8 @@ class Settings(BaseSettings):
         extra="ignore",
         # "inf" would make a wait, a lease or a grace period endless (and int(inf) raises).
         allow_inf_nan=False,
+        # Read once at start and never changed: a variant is a model_copy (serve --port).
+        frozen=True,
     )
 
     database_url: str = Field(default_factory=default_database_url)
