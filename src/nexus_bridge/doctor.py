@@ -324,8 +324,8 @@ async def _check_telegram_target(
     telegram = runtime.configuration.telegram
     assert telegram is not None  # a Telegram target exists only with a token
     name = f"target {target.name}"
-    chat_id = target.chat_id if target.chat_id is not None else telegram.chat_id
-    agent_ids = sorted(target.agent_ids or telegram.agent_ids)
+    chat_id = target.chat_id  # resolved: the target's own, else the Telegram settings'
+    agent_ids = sorted(target.agent_ids)
     # Our own request object, so it is closed even when getMe fails (Bot.shutdown closes only
     # a bot whose getMe succeeded).
     request = HTTPXRequest(
