@@ -88,6 +88,15 @@ async def screenshots(host: CardHost, stage: str) -> list[Path]:
             channels = [int(c) for c in look["background"].strip("rgba()").split(",")[:3]]
             assert (sum(channels) / 3 < 80) == (theme == "dark"), look
             assert look["overflow"] <= 0, f"the card is wider than the {width_name}: {look}"
+            # The host sized the frame to the card, as the card asked (size-changed).
+            async def fitted() -> bool:
+                heights = await frame.evaluate(
+                    "() => [Math.ceil(document.body.getBoundingClientRect().height),"
+                    " window.innerHeight]"
+                )
+                return bool(abs(heights[0] - heights[1]) <= 1)
+
+            await wait_for(fitted, what=f"the frame to fit the card ({width_name}, {theme})")
             path = ARTIFACTS / f"{stage}-{width_name}-{theme}.png"
             await host.page.screenshot(path=str(path), full_page=True)
             assert path.read_bytes().startswith(PNG_SIGNATURE)
