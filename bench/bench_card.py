@@ -113,7 +113,9 @@ async def run(report: Report, database: Path, *, idle_seconds: float) -> None:
         async with (
             create_mcp_http_client(headers=headers) as agent_http,
             Client(
-                streamable_http_client(url.removesuffix("/mcp") + "/agent/mcp", http_client=agent_http)
+                streamable_http_client(
+                    url.removesuffix("/mcp") + "/agent/mcp", http_client=agent_http
+                )
             ) as agent,
         ):
             await _call(agent, "next_task", {})

@@ -246,7 +246,8 @@ async def card_host(
             page.on("console", lambda message: host.console.append(message.text))
             page.on("pageerror", lambda error: host.console.append(f"pageerror: {error}"))
             shown = await page.goto(HOST_URL)
-            assert shown is not None and shown.status == 200
+            assert shown is not None
+            assert shown.status == 200
             yield host
         finally:
             await browser.close()

@@ -506,7 +506,9 @@ class BridgeMCPServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         # A tool that exists only for the card is unknown to a client that did not negotiate it.
-        hidden = name in CARD_ONLY_TOOLS and context is not None and not client_supports_apps(context)
+        hidden = (
+            name in CARD_ONLY_TOOLS and context is not None and not client_supports_apps(context)
+        )
         # Only known tools get their own label: a client cannot grow the metrics with names.
         known = self._tool_manager.get_tool(name) is not None and not hidden
         with METRICS.tool_call(name if known else "unknown") as outcome:

@@ -94,7 +94,9 @@ async def test_a_client_without_apps_sees_exactly_what_it_saw_before_the_card(
             if tool["name"] == "watch_task":
                 continue
             meta = {k: v for k, v in tool.get("_meta", {}).items() if k != "ui"}
-            tool = {k: v for k, v in tool.items() if k != "_meta"} | ({"_meta": meta} if meta else {})
+            tool = {k: v for k, v in tool.items() if k != "_meta"} | (
+                {"_meta": meta} if meta else {}
+            )
             stripped.append(tool)
         assert plain_tools == stripped
 
@@ -112,10 +114,17 @@ async def test_a_client_without_apps_sees_exactly_what_it_saw_before_the_card(
         sent = await plain.call_tool("send_message", {"message": "same result for both"})
         again = await apps.call_tool("send_message", {"message": "same result for both"})
         assert json.loads(sent.content[0].text)["id"] == json.loads(again.content[0].text)["id"]
-        assert sent.structured_content == {"queued": True, "id": sent.structured_content["id"],
-                                           "status": "pending", "reason": None}
-        assert again.structured_content == {**sent.structured_content, "queued": False,
-                                            "reason": "duplicate"}
+        assert sent.structured_content == {
+            "queued": True,
+            "id": sent.structured_content["id"],
+            "status": "pending",
+            "reason": None,
+        }
+        assert again.structured_content == {
+            **sent.structured_content,
+            "queued": False,
+            "reason": "duplicate",
+        }
         detail_plain = await plain.call_tool("get_message", {"id": sent.structured_content["id"]})
         detail_apps = await apps.call_tool("get_message", {"id": sent.structured_content["id"]})
         assert detail_plain.structured_content == detail_apps.structured_content

@@ -66,7 +66,8 @@ async def shown_within(host: CardHost, selector: str, text: str, seconds: float)
 
 
 async def screenshots(host: CardHost, stage: str) -> list[Path]:
-    """The page at phone and desktop widths, light and dark; checks the phone fits."""
+    """The card in its host page at phone and desktop widths, light and dark (the page cut to
+    the card and a margin); checks that it fits and follows the theme."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     saved = []
     for width_name, viewport, insets in (
@@ -88,8 +89,9 @@ async def screenshots(host: CardHost, stage: str) -> list[Path]:
             channels = [int(c) for c in look["background"].strip("rgba()").split(",")[:3]]
             assert (sum(channels) / 3 < 80) == (theme == "dark"), look
             assert look["overflow"] <= 0, f"the card is wider than the {width_name}: {look}"
+
             # The host sized the frame to the card, as the card asked (size-changed).
-            async def fitted() -> bool:
+            async def fitted(frame: Any = frame) -> bool:
                 heights = await frame.evaluate(
                     "() => [Math.ceil(document.body.getBoundingClientRect().height),"
                     " window.innerHeight]"
@@ -98,7 +100,16 @@ async def screenshots(host: CardHost, stage: str) -> list[Path]:
 
             await wait_for(fitted, what=f"the frame to fit the card ({width_name}, {theme})")
             path = ARTIFACTS / f"{stage}-{width_name}-{theme}.png"
-            await host.page.screenshot(path=str(path), full_page=True)
+            box = await host.page.locator("#turn").bounding_box()
+            assert box is not None
+            margin = 16
+            clip = {
+                "x": max(0, box["x"] - margin),
+                "y": max(0, box["y"] - margin),
+                "width": box["width"] + 2 * margin,
+                "height": box["height"] + 2 * margin,
+            }
+            await host.page.screenshot(path=str(path), clip=clip)  # type: ignore[arg-type]
             assert path.read_bytes().startswith(PNG_SIGNATURE)
             saved.append(path)
     await host.page.set_viewport_size(PHONE)
@@ -133,9 +144,7 @@ async def test_the_task_card_follows_a_task_answers_the_agent_and_cancels_it(
             assert TARGET in await card_text(host, "#ident")
             assert task_id[:8] in await card_text(host, "#ident")
             frame = await host.frame()
-            insets = await frame.evaluate(
-                "() => getComputedStyle(document.body).paddingBottom"
-            )
+            insets = await frame.evaluate("() => getComputedStyle(document.body).paddingBottom")
             assert insets == "46px"  # 12 px of its own + the host's 34 px inset
 
             # The agent takes the task and reports: on the card within two seconds.
