@@ -15,7 +15,9 @@ unless NEXUS_BRIDGE_REQUIRE_BROWSER is set, in which case it fails.
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -217,3 +219,33 @@ async def test_the_task_card_follows_a_task_answers_the_agent_and_cancels_it(
             assert host.blocked == []
             assert not [line for line in host.console if "pageerror" in line], host.console
         assert len(saved) == 8
+
+
+async def test_a_card_for_a_task_that_is_gone_says_so_and_stops(
+    make_settings: Callable[..., Settings],
+) -> None:
+    executable = chromium_or_skip()
+    async with running_server(make_settings()) as (url, _), apps_client(url) as client:
+        (resource,) = (await client.read_resource(TASK_CARD_URI)).contents
+        gone = str(uuid.uuid4())
+        result = {
+            "content": [{"type": "text", "text": json.dumps({"id": gone, "status": "pending"})}],
+            "structuredContent": {"id": gone, "status": "pending", "queued": True},
+            "isError": False,
+        }
+        async with card_host(
+            executable,
+            client,
+            html=getattr(resource, "text", ""),
+            tool_input={"message": "pruned since"},
+            tool_result=result,
+        ) as host:
+            await shown_within(host, "#error", "no task with id", 5)
+
+            async def stopped() -> bool:
+                state = await host.card_state()
+                return bool(state["stopped"]) and await host.in_flight() == 0
+
+            await wait_for(stopped, what="the card to give up on a task that does not exist")
+            assert [c.name for c in host.calls] == ["get_message"]
+            assert "Stopped following" in await card_text(host, "#following")
