@@ -11,14 +11,17 @@ Content-Security-Policy (which the srcdoc frame inherits) allows inline script a
 nothing else, and every request the browser makes except the host page itself is aborted and
 recorded, so a card that fetched anything from outside would be caught.
 
-The protocol side is written from the MCP Apps specification and the ``@modelcontextprotocol/
-ext-apps`` package's schema (method names and shapes), not by importing that package: the test
-needs no Node.js.
+Two hosts speak the protocol: ``"minimal"``, written here from the MCP Apps specification and the
+``@modelcontextprotocol/ext-apps`` package's schema (needs no Node.js), and ``"ext-apps"``, the
+package's own ``AppBridge`` and ``PostMessageTransport`` (tests/card-host, pinned with its
+package-lock.json, installed by ``make node-deps``), bundled with esbuild into the page.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +31,7 @@ from typing import Any
 
 from mcp import Client
 
-from tests.conftest import free_port
+from tests.conftest import REPO_ROOT, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOST_URL = "http://card-host.test/"
@@ -39,29 +42,12 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE_INSETS = {"top": 0, "right": 0, "bottom": 34, "left": 0}
 NO_INSETS = {"top": 0, "right": 0, "bottom": 0, "left": 0}
 HOST_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
+HOSTS = ("minimal", "ext-apps")
+CARD_HOST_DIR = REPO_ROOT / "tests" / "card-host"
+ESBUILD = CARD_HOST_DIR / "node_modules" / ".bin" / "esbuild"
+BUILD_TIMEOUT_SECONDS = 60
 
-_HOST_PAGE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-  body { margin: 0; padding: 16px; font: 14px system-ui, sans-serif; }
-  body.light { background: #f5f4ef; } body.dark { background: #262624; }
-  .turn { max-width: 760px; margin: 0 auto; }
-  iframe { display: block; width: 100%; height: 120px; border: 1px solid #8884;
-           border-radius: 12px; background: transparent; }
-</style></head>
-<body><div class="turn" id="turn"></div>
-<script>
-"use strict";
-const SETUP = __SETUP__;
-const frame = document.createElement("iframe");
-frame.setAttribute("sandbox", "allow-scripts");
-frame.setAttribute("title", "nexus-bridge task");
-frame.srcdoc = SETUP.html;
-document.body.className = SETUP.context.theme;
-document.getElementById("turn").appendChild(frame);
-const host = window.cardHost = { log: [], inFlight: 0, initialized: false, context: SETUP.context };
-const send = (message) => frame.contentWindow.postMessage(message, "*");
+MINIMAL_HOST = """const send = (message) => frame.contentWindow.postMessage(message, "*");
 host.setContext = (changed) => {
   Object.assign(host.context, changed);
   if (changed.theme) document.body.className = changed.theme;
@@ -87,21 +73,75 @@ window.addEventListener("message", async (event) => {
   } else if (m.method === "ui/notifications/size-changed") {
     if (m.params && m.params.height > 0) frame.style.height = m.params.height + "px";
   } else if (m.method === "tools/call") {
-    host.inFlight += 1;
-    let reply;
-    try {
-      const result = await window.nexusBridgeProxyToolCall(m.params.name, m.params.arguments || {});
-      reply = result.__error
-        ? { jsonrpc: "2.0", id: m.id, error: { code: -32603, message: result.__error } }
-        : { jsonrpc: "2.0", id: m.id, result };
-    } finally {
-      host.inFlight -= 1;
-    }
-    send(reply);
+    const result = await proxy(m.params.name, m.params.arguments);
+    send(result.__error
+      ? { jsonrpc: "2.0", id: m.id, error: { code: -32603, message: result.__error } }
+      : { jsonrpc: "2.0", id: m.id, result });
   } else if (m.id !== undefined && m.method !== undefined) {
     send({ jsonrpc: "2.0", id: m.id, error: { code: -32601, message: "Method not found" } });
   }
-});
+});"""
+EXT_APPS_HOST = """const { AppBridge, PostMessageTransport } = window.ExtAppsHost;
+const bridge = new AppBridge(
+  null,
+  { name: "nexus-bridge test host (ext-apps AppBridge)", version: "1" },
+  { serverTools: {} },
+  { hostContext: { ...host.context } },
+);
+bridge.oncalltool = async (params) => {
+  host.log.push("tools/call");
+  const result = await proxy(params.name, params.arguments);
+  if (result.__error) throw new Error(result.__error);
+  return result;
+};
+bridge.onsizechange = ({ height }) => {
+  host.log.push("ui/notifications/size-changed");
+  if (height > 0) frame.style.height = height + "px";
+};
+bridge.oninitialized = () => {
+  host.initialized = true;
+  bridge.sendToolInput({ arguments: SETUP.input });
+  bridge.sendToolResult(SETUP.result);
+};
+host.setContext = (changed) => {
+  Object.assign(host.context, changed);
+  if (changed.theme) document.body.className = changed.theme;
+  bridge.setHostContext({ ...host.context });
+};
+const transport = new PostMessageTransport(frame.contentWindow, frame.contentWindow);
+host.connected = bridge.connect(transport);"""
+
+_HOST_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+  body { margin: 0; padding: 16px; font: 14px system-ui, sans-serif; }
+  body.light { background: #f5f4ef; } body.dark { background: #262624; }
+  .turn { max-width: 760px; margin: 0 auto; }
+  iframe { display: block; width: 100%; height: 120px; border: 1px solid #8884;
+           border-radius: 12px; background: transparent; }
+</style></head>
+<body><div class="turn" id="turn"></div>
+__PRELUDE__
+<script>
+"use strict";
+const SETUP = __SETUP__;
+const frame = document.createElement("iframe");
+frame.setAttribute("sandbox", "allow-scripts");
+frame.setAttribute("title", "nexus-bridge task");
+frame.srcdoc = SETUP.html;
+document.body.className = SETUP.context.theme;
+document.getElementById("turn").appendChild(frame);
+const host = window.cardHost = { log: [], inFlight: 0, initialized: false, context: SETUP.context };
+async function proxy(name, args) {
+  host.inFlight += 1;
+  try {
+    return await window.nexusBridgeProxyToolCall(name, args || {});
+  } finally {
+    host.inFlight -= 1;
+  }
+}
+__HOST__
 </script></body></html>
 """
 
@@ -171,9 +211,35 @@ def chromium_args() -> list[str]:
     ]
 
 
-def host_page(setup: dict[str, Any]) -> str:
+def host_page(setup: dict[str, Any], bundle: str | None = None) -> str:
+    """The host page: the minimal host, or (with ``bundle``) the ext-apps AppBridge host."""
+    page = _HOST_PAGE.replace("__HOST__", MINIMAL_HOST if bundle is None else EXT_APPS_HOST)
+    # The bundle in its own script element, before the host's; no "</script" inside ends it.
+    safe = "" if bundle is None else bundle.replace("</script", "<\\/script")
+    prelude = "" if bundle is None else f"<script>{safe}</script>"
     # JSON in a script element: "<" escaped so that no "</script>" in the card's HTML ends it.
-    return _HOST_PAGE.replace("__SETUP__", json.dumps(setup).replace("<", "\\u003c"))
+    return page.replace("__PRELUDE__", prelude).replace(
+        "__SETUP__", json.dumps(setup).replace("<", "\\u003c")
+    )
+
+
+def ext_apps_bundle() -> str | None:
+    """``AppBridge`` and ``PostMessageTransport`` of the pinned ``@modelcontextprotocol/ext-apps``,
+    bundled by the pinned esbuild; None where tests/card-host/node_modules is missing."""
+    if not ESBUILD.is_file():
+        return None
+    built = subprocess.run(
+        [str(ESBUILD), "host.mjs", "--bundle", "--minify", "--format=iife", "--log-level=error"],
+        cwd=CARD_HOST_DIR,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_SECONDS,
+        check=False,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")},
+    )
+    if built.returncode != 0:
+        raise AssertionError(f"esbuild failed to bundle the ext-apps host: {built.stderr}")
+    return built.stdout
 
 
 @asynccontextmanager
@@ -187,6 +253,7 @@ async def card_host(
     theme: str = "light",
     viewport: dict[str, int] = PHONE,
     insets: dict[str, int] = PHONE_INSETS,
+    bundle: str | None = None,
 ) -> AsyncIterator[CardHost]:
     """Chromium showing the host page with the card; the card's tool calls go to ``client``."""
     from playwright.async_api import Route, async_playwright
@@ -203,7 +270,7 @@ async def card_host(
             "locale": "en-GB",
         },
     }
-    page_html = host_page(setup)
+    page_html = host_page(setup, bundle)
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(

@@ -16,15 +16,27 @@ unless NEXUS_BRIDGE_REQUIRE_BROWSER is set, in which case it fails.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nexus_bridge.config import Settings
 from nexus_bridge.task_card import TASK_CARD_URI
-from tests.card_host import DESKTOP, NO_INSETS, PHONE, PHONE_INSETS, CardHost, card_host
+from tests.card_host import (
+    DESKTOP,
+    HOSTS,
+    NO_INSETS,
+    PHONE,
+    PHONE_INSETS,
+    CardHost,
+    card_host,
+    ext_apps_bundle,
+)
 from tests.conftest import REPO_ROOT, running_server, wait_for
 from tests.e2e.test_agent_api import agent_client
 from tests.e2e.test_consent_browser import PNG_SIGNATURE, chromium_or_skip
@@ -34,6 +46,7 @@ from tests.e2e.test_task_card import apps_client
 AGENT_TOKEN = "card-agent-token-" + "k" * 24
 TARGET = "nexus:felt"
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts" / "task-card"
+REQUIRE_NODE_ENV = "NEXUS_BRIDGE_REQUIRE_NODE"
 SHOWN_WITHIN_SECONDS = 2.0
 TASK_TEXT = (
     "Resize the product photos in /srv/shop/images to 1200 px wide and re-run the thumbnail "
@@ -65,6 +78,19 @@ async def shown_within(host: CardHost, selector: str, text: str, seconds: float)
         state="visible", timeout=seconds * 1000
     )
     return time.monotonic() - start
+
+
+def bundle_for(kind: str) -> str | None:
+    """The page's host: None for the minimal one; the ext-apps bundle (or a skip) for AppBridge."""
+    if kind == "minimal":
+        return None
+    bundle = ext_apps_bundle()
+    if bundle is None:
+        message = "tests/card-host/node_modules is missing; run: make node-deps"
+        if os.environ.get(REQUIRE_NODE_ENV):
+            pytest.fail(f"{message} ({REQUIRE_NODE_ENV} is set, so this is an error)")
+        pytest.skip(message)
+    return bundle
 
 
 async def screenshots(host: CardHost, stage: str) -> list[Path]:
@@ -102,6 +128,7 @@ async def screenshots(host: CardHost, stage: str) -> list[Path]:
 
             await wait_for(fitted, what=f"the frame to fit the card ({width_name}, {theme})")
             path = ARTIFACTS / f"{stage}-{width_name}-{theme}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
             box = await host.page.locator("#turn").bounding_box()
             assert box is not None
             margin = 16
@@ -119,10 +146,12 @@ async def screenshots(host: CardHost, stage: str) -> list[Path]:
     return saved
 
 
+@pytest.mark.parametrize("kind", HOSTS)
 async def test_the_task_card_follows_a_task_answers_the_agent_and_cancels_it(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], tmp_path: Path, kind: str
 ) -> None:
     executable = chromium_or_skip()
+    bundle = bundle_for(kind)
     settings = make_settings(config_file=agent_target(tmp_path))
     async with running_server(settings) as (url, _), apps_client(url) as client:
         base = url.removesuffix("/mcp")
@@ -136,14 +165,19 @@ async def test_the_task_card_follows_a_task_answers_the_agent_and_cancels_it(
 
         async with (
             card_host(
-                executable, client, html=html, tool_input=arguments, tool_result=result
+                executable,
+                client,
+                html=html,
+                tool_input=arguments,
+                tool_result=result,
+                bundle=bundle,
             ) as host,
             agent_client(base, AGENT_TOKEN) as agent,
         ):
             # The card shows the task: its first lines, its status, whom it is for.
             await shown_within(host, "#task", "Resize the product photos", 5)
             await shown_within(host, "#status", "Pending", 5)
-            assert TARGET in await card_text(host, "#ident")
+            await shown_within(host, "#ident", TARGET, 5)
             assert task_id[:8] in await card_text(host, "#ident")
             frame = await host.frame()
             insets = await frame.evaluate("() => getComputedStyle(document.body).paddingBottom")
@@ -160,7 +194,7 @@ async def test_the_task_card_follows_a_task_answers_the_agent_and_cancels_it(
             await call(agent, "ask_question", {"id": task_id, "text": "Overwrite thumbnails?"})
             await shown_within(host, "#question", "Overwrite thumbnails?", SHOWN_WITHIN_SECONDS)
             await shown_within(host, "#status", "Waiting for you", SHOWN_WITHIN_SECONDS)
-            saved = await screenshots(host, "question")
+            saved = await screenshots(host, f"{kind}/question")
 
             await host.card.locator("#answer").fill("Yes, overwrite them")
             await host.card.locator("#send").click()
@@ -205,7 +239,7 @@ async def test_the_task_card_follows_a_task_answers_the_agent_and_cancels_it(
             while time.monotonic() < deadline:
                 assert len(host.calls) == ended_at_calls, host.calls[ended_at_calls:]
                 await host.page.wait_for_timeout(100)
-            saved += await screenshots(host, "cancelled")
+            saved += await screenshots(host, f"{kind}/cancelled")
 
             names = [c.name for c in host.calls]
             assert set(names) <= {"pull_updates", "get_message", "reply_to_task", "cancel_message"}
