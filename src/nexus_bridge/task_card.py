@@ -8,8 +8,8 @@ no build step) then follows the task with ``pull_updates`` and ``get_message``, 
 with ``reply_to_task`` and cancels with ``cancel_message``.
 
 A client that did not negotiate the extension sees exactly the tools and resources it saw before
-the card existed: ``for_client`` takes the ``_meta.ui`` off the tools, and drops the tools and
-resources that exist only for the card.
+the card existed: ``tools_for_client`` takes the card's ``_meta`` off the tools and drops the tools
+that exist only for the card, ``resources_for_client`` the card's resource.
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ from mcp_types import Resource, Tool
 
 TASK_CARD_URI: Final = "ui://nexus-bridge/task"
 TASK_CARD_FILE: Final = "task_card.html"
-# What a tool carries to have its result shown on the card.
-TASK_CARD_META: Final[dict[str, Any]] = {"ui": {"resourceUri": TASK_CARD_URI}}
+# What a tool carries to have its result shown on the card: ``_meta.ui.resourceUri`` and, as the
+# ext-apps package's registerAppTool also writes it for hosts that read the older form, the flat
+# ``_meta["ui/resourceUri"]``.
+LEGACY_RESOURCE_URI_KEY: Final = "ui/resourceUri"
+TASK_CARD_META: Final[dict[str, Any]] = {
+    "ui": {"resourceUri": TASK_CARD_URI},
+    LEGACY_RESOURCE_URI_KEY: TASK_CARD_URI,
+}
+_CARD_META_KEYS: Final = frozenset({"ui", LEGACY_RESOURCE_URI_KEY})
 # Tools that exist only for hosts that render the card (the model asks for the card with it).
 CARD_ONLY_TOOLS: Final = frozenset({"watch_task"})
 
@@ -52,7 +59,7 @@ def task_card_extension() -> Apps:
 
 def tools_for_client(tools: list[Tool], *, renders_card: bool) -> list[Tool]:
     """``tools`` as a client sees them: unchanged for one that negotiated the card; for any other,
-    without the card-only tools and without ``_meta.ui``."""
+    without the card-only tools and without the card's ``_meta`` keys."""
     if renders_card:
         return tools
     return [_without_ui(tool) for tool in tools if tool.name not in CARD_ONLY_TOOLS]
@@ -66,9 +73,9 @@ def resources_for_client(listed: list[Resource], *, renders_card: bool) -> list[
 
 
 def _without_ui(tool: Tool) -> Tool:
-    if not tool.meta or "ui" not in tool.meta:
+    if not tool.meta or not _CARD_META_KEYS & set(tool.meta):
         return tool
-    rest = {key: value for key, value in tool.meta.items() if key != "ui"}
+    rest = {key: value for key, value in tool.meta.items() if key not in _CARD_META_KEYS}
     return tool.model_copy(update={"meta": rest or None})
 
 

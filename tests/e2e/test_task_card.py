@@ -55,11 +55,13 @@ async def test_a_client_that_negotiates_apps_sees_the_card_on_three_tools_and_re
         tools = {t.name: wire(t) for t in (await client.list_tools()).tools}
         assert set(tools) == TOOLS | {"watch_task"}
         for name, tool in tools.items():
-            ui = tool.get("_meta", {}).get("ui")
+            meta = tool.get("_meta", {})
             if name in CARD_TOOLS:
-                assert ui == {"resourceUri": TASK_CARD_URI}, name
+                assert meta["ui"] == {"resourceUri": TASK_CARD_URI}, name
+                assert meta["ui/resourceUri"] == TASK_CARD_URI, name  # the older, flat form
             else:
-                assert ui is None, name
+                assert "ui" not in meta, name
+                assert "ui/resourceUri" not in meta, name
 
         listed = (await client.list_resources()).resources
         assert [(str(r.uri), r.mime_type) for r in listed] == [(TASK_CARD_URI, APP_MIME_TYPE)]
@@ -87,13 +89,15 @@ async def test_a_client_without_apps_sees_exactly_what_it_saw_before_the_card(
         plain_tools = [wire(t) for t in (await plain.list_tools()).tools]
         apps_tools = [wire(t) for t in (await apps.list_tools()).tools]
         assert {t["name"] for t in plain_tools} == TOOLS
-        assert all("ui" not in t.get("_meta", {}) for t in plain_tools)
+        assert all(not {"ui", "ui/resourceUri"} & set(t.get("_meta", {})) for t in plain_tools)
         # The same tools, word for word, once the card's additions are taken away.
         stripped = []
         for tool in apps_tools:
             if tool["name"] == "watch_task":
                 continue
-            meta = {k: v for k, v in tool.get("_meta", {}).items() if k != "ui"}
+            meta = {
+                k: v for k, v in tool.get("_meta", {}).items() if k not in {"ui", "ui/resourceUri"}
+            }
             tool = {k: v for k, v in tool.items() if k != "_meta"} | (
                 {"_meta": meta} if meta else {}
             )
