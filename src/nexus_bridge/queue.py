@@ -456,8 +456,15 @@ class QueueService:
 
     # --- queries ---------------------------------------------------------------------------
 
-    async def get(self, task_id: str, *, recent: int = config.RECENT_UPDATES_IN_GET) -> TaskDetail:
-        """A task and its most recent updates (oldest first).
+    async def get(
+        self,
+        task_id: str,
+        *,
+        recent: int = config.RECENT_UPDATES_IN_GET,
+        before_seq: int | None = None,
+    ) -> TaskDetail:
+        """A task and its most recent updates (oldest first); with ``before_seq``, the most
+        recent of those before that seq (a window further back in a long history).
 
         Raises:
             TaskNotFound: no task has that id.
@@ -465,7 +472,9 @@ class QueueService:
         check_task_id(task_id, "id")
         async with self._store.read() as tx:
             task = await tx.get_task(task_id)
-            latest = await tx.list_updates(message_id=task.id, limit=recent, newest_first=True)
+            latest = await tx.list_updates(
+                message_id=task.id, limit=recent, newest_first=True, before_seq=before_seq
+            )
             deliveries = await tx.outbox_for_task(task.id)
             posted = await tx.telegram_ids_of_task(task.id, direction="out")
         delivery = None

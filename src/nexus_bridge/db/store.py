@@ -38,6 +38,7 @@ from nexus_bridge.db.engine import WRITE_OPTION
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
     agent_presence,
+    console_sessions,
     leases,
     messages,
     oauth_clients,
@@ -426,10 +427,13 @@ class StoreTransaction:
         message_id: str | None = None,
         limit: int,
         newest_first: bool = False,
+        before_seq: int | None = None,
     ) -> list[Update]:
         query = select(updates)
         if after_seq is not None:
             query = query.where(updates.c.seq > after_seq)
+        if before_seq is not None:
+            query = query.where(updates.c.seq < before_seq)
         if since is not None:
             # Start from the first seq after `since`, found on the created_at index, so the cost
             # does not grow with the history before it. Exact because writers are serialised and
@@ -1035,6 +1039,35 @@ class StoreTransaction:
         changed = await self._conn.execute(update(owner).where(owner.c.id == 1).values(**values))
         if changed.rowcount == 0:
             await self._conn.execute(insert(owner).values(id=1, **values))
+
+    # --- console sessions --------------------------------------------------------------------
+
+    async def console_insert_session(
+        self, id_hash: str, *, at: datetime, expires_at: datetime
+    ) -> None:
+        """Store a new console session, forgetting the ones that have expired."""
+        await self._conn.execute(
+            delete(console_sessions).where(console_sessions.c.expires_at <= at)
+        )
+        await self._conn.execute(
+            insert(console_sessions).values(id_hash=id_hash, created_at=at, expires_at=expires_at)
+        )
+
+    async def console_session_valid(self, id_hash: str, *, now: datetime) -> bool:
+        found = await self._conn.execute(
+            select(console_sessions.c.id_hash).where(
+                console_sessions.c.id_hash == id_hash, console_sessions.c.expires_at > now
+            )
+        )
+        return found.first() is not None
+
+    async def console_end_session(self, id_hash: str) -> None:
+        await self._conn.execute(
+            delete(console_sessions).where(console_sessions.c.id_hash == id_hash)
+        )
+
+    async def console_end_all_sessions(self) -> None:
+        await self._conn.execute(delete(console_sessions))
 
     # --- metrics ---------------------------------------------------------------------------
 
