@@ -153,7 +153,7 @@ def _table(label: str, head: Sequence[str], rows: Iterable[Sequence[str]], table
         for row in rows
     )
     return (
-        f'<div class="scroll" role="region" aria-label="{e(label)}" tabindex="0">'
+        f'<div class="scroll" role="region" aria-label="{e(label)} table" tabindex="0">'
         f'<table id="{table_id}"><thead><tr>{header}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
     )
