@@ -252,9 +252,7 @@ class OwnerGate:
             locked_until = None
             if attempts >= self.max_failed_attempts:
                 locked_until = now + timedelta(seconds=self.lockout_seconds)
-            await tx.save_owner(
-                failed_attempts=attempts, locked_until=locked_until, updated_at=now
-            )
+            await tx.save_owner(failed_attempts=attempts, locked_until=locked_until, updated_at=now)
             stored_hash = owner.passphrase_hash
         ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
         if not ok:

@@ -238,7 +238,10 @@ async def test_the_secure_flag_is_set_behind_https(make_settings: Callable[..., 
 async def test_actions_give_the_mcp_tools_errors(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with console(make_settings, max_message_chars=50) as c, mcp_client(c.base + "/mcp") as mcp:
+    async with (
+        console(make_settings, max_message_chars=50) as c,
+        mcp_client(c.base + "/mcp") as mcp,
+    ):
         assert (await c.sign_in()).status_code == 303
         token = await c.csrf()
         for text, target in (("", "homelab"), ("x" * 51, "homelab"), ("ok", "nowhere")):

@@ -142,21 +142,17 @@ class Delivery:
     failed: int
 
 
-def _table(label: str, head: Sequence[str], rows: Iterable[Sequence[str]], table_id: str) -> str:
-    """A table in a region that scrolls sideways on a narrow screen (focusable: keyboard too)."""
-    header = "".join(f'<th scope="col">{h}</th>' for h in head)
-    body = "".join(
-        "<tr>"
-        + f'<th scope="row">{row[0]}</th>'
-        + "".join(f"<td>{c}</td>" for c in row[1:])
-        + "</tr>"
-        for row in rows
-    )
-    return (
-        f'<div class="scroll" role="region" aria-label="{e(label)} table" tabindex="0">'
-        f'<table id="{table_id}"><thead><tr>{header}</tr></thead>'
-        f"<tbody>{body}</tbody></table></div>"
-    )
+Fact = tuple[str, str]  # a label and its value (HTML, escaped already)
+
+
+def _cards(list_id: str, items: Iterable[tuple[str, Sequence[Fact], str]]) -> str:
+    """One card per item (a heading, its facts, an action): readable at any width, unlike a
+    wide table."""
+    cards = []
+    for title, facts, action in items:
+        dl = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
+        cards.append(f'<li class="item"><h3>{title}</h3><dl class="facts">{dl}</dl>{action}</li>')
+    return f'<ul class="items" id="{list_id}">{"".join(cards)}</ul>'
 
 
 def _yes_no(value: bool) -> str:
@@ -173,46 +169,31 @@ def overview_page(
     form: SendForm,
     error: str | None = None,
 ) -> str:
-    rows = []
+    cards = []
     for t in targets:
         link = f'<a href="{TASKS_PATH}?{urlencode({"target": t.name})}">{e(t.name)}</a>'
-        rows.append(
-            [
-                link,
-                e(t.transport),
-                e(t.dispatch.replace("_", " ")),
-                _yes_no(t.reachable),
-                when(t.last_seen_at),
-                str(t.pending),
-                str(t.acknowledged),
-                str(t.in_progress),
-                str(t.input_required),
-                str(t.stalled),
-            ]
+        tasks = (
+            f"{t.pending} pending · {t.acknowledged} acknowledged · {t.in_progress} in progress · "
+            f"{t.input_required} waiting for an answer · {t.stalled} stalled"
         )
-    targets_html = _table(
-        "Targets",
-        [
-            "Target",
-            "Transport",
-            "Dispatch",
-            "Reachable",
-            "Last seen",
-            "Pending",
-            "Acknowledged",
-            "In progress",
-            "Waiting for an answer",
-            "Stalled",
-        ],
-        rows,
-        "targets",
-    )
+        facts = [
+            ("Transport", e(t.transport)),
+            ("Dispatch", e(t.dispatch.replace("_", " "))),
+            ("Reachable", _yes_no(t.reachable)),
+            ("Last seen", when(t.last_seen_at)),
+            ("Tasks", tasks),
+        ]
+        cards.append((link, facts, ""))
+    targets_html = _cards("targets", cards)
     counts = "".join(
         f"<div><dt>{e(s.value.replace('_', ' '))}</dt><dd>{e(figures.get(s.value, 0))}</dd></div>"
         for s in TaskStatus
     )
     counts += f"<div><dt>stalled</dt><dd>{e(figures.get('stalled', 0))}</dd></div>"
-    telegram_rows = [[e(name), str(d.due), str(d.failed)] for name, d in sorted(deliveries.items())]
+    telegram_cards = [
+        (e(name), [("Deliveries waiting", str(d.due)), ("Deliveries failed", str(d.failed))], "")
+        for name, d in sorted(deliveries.items())
+    ]
     telegram = (
         f'<p id="transport-state">Telegram: <strong>{e(transport.state)}</strong>'
         + (f" — {e(transport.detail)}" if transport.detail else "")
@@ -222,13 +203,8 @@ def overview_page(
         telegram += f"<p>Failing since {when(transport.error_since)}: {e(transport.last_error)}</p>"
     if transport.last_ok_at:
         telegram += f"<p>Last Bot API call that worked: {when(transport.last_ok_at)}</p>"
-    if telegram_rows:
-        telegram += _table(
-            "Telegram deliveries",
-            ["Telegram target", "Deliveries waiting", "Deliveries failed"],
-            telegram_rows,
-            "deliveries",
-        )
+    if telegram_cards:
+        telegram += _cards("deliveries", telegram_cards)
     body = (
         alert(error)
         + '<section aria-labelledby="targets-h"><h2 id="targets-h">Targets</h2>'
@@ -299,10 +275,10 @@ def tasks_page(
     )
     filters = (
         f'<form method="get" action="{TASKS_PATH}" class="filters" id="filters">'
-        '<label for="f-target">Target</label>'
-        f'<select id="f-target" name="target">{target_options}</select>'
-        '<label for="f-status">Status</label>'
-        f'<select id="f-status" name="status">{status_options}</select>'
+        '<div><label for="f-target">Target</label>'
+        f'<select id="f-target" name="target">{target_options}</select></div>'
+        '<div><label for="f-status">Status</label>'
+        f'<select id="f-status" name="status">{status_options}</select></div>'
         '<button type="submit">Filter</button></form>'
     )
     items = []
@@ -374,10 +350,10 @@ def task_page(
         ("Urgent", "yes" if task.urgent else "no"),
         ("Id", f"<code>{e(task.id)}</code>"),
         ("Queued", when(task.created_at)),
-        ("Acknowledged", when(task.acknowledged_at)),
-        ("Started", when(task.started_at)),
-        ("Ended", when(task.ended_at)),
-        ("Last change", when(task.updated_at)),
+        ("Acknowledged", _live("acknowledged_at", task.acknowledged_at)),
+        ("Started", _live("started_at", task.started_at)),
+        ("Ended", _live("ended_at", task.ended_at)),
+        ("Last change", _live("updated_at", task.updated_at)),
     ]
     if task.stalled:
         facts.append(("Stalled", f"no agent activity for {e(int(task.idle_seconds or 0))} s"))
@@ -442,6 +418,11 @@ def task_page(
     )
 
 
+def _live(field: str, iso: str | None) -> str:
+    """A timestamp that the live timeline's script keeps up to date."""
+    return f'<span id="task-{field.replace("_", "-")}">{when(iso)}</span>'
+
+
 def timeline_item(u: UpdateOut) -> str:
     label = {"status": "status", "agent": "agent", "client": "you"}[u.kind]
     return (
@@ -476,26 +457,31 @@ def access_page(
     error: str | None = None,
     notice: str | None = None,
 ) -> str:
-    client_rows = [
-        [
-            f"<code>{e(c.client_id)}</code>",
-            e(c.name or "—"),
-            when(_iso(c.registered_at)),
-            f"revoked {when(_iso(c.revoked_at))}" if c.revoked_at else "active",
+    client_cards = [
+        (
+            e(c.name or "(no name)"),
+            [
+                ("Client id", f"<code>{e(c.client_id)}</code>"),
+                ("Registered", when(_iso(c.registered_at))),
+                ("State", f"revoked {when(_iso(c.revoked_at))}" if c.revoked_at else "active"),
+            ],
             ""
             if c.revoked_at
             else _revoke_button(csrf, c.client_id, f"client {c.name or c.client_id}"),
-        ]
+        )
         for c in clients
     ]
-    family_rows = [
-        [
-            f"<code>{e(f.family_id)}</code>",
-            f"<code>{e(f.client_id)}</code>",
-            f"{f.live} live of {f.issued} issued",
-            when(_iso(f.last_issued_at)),
+    family_cards = [
+        (
+            f"Family <code>{e(f.family_id[:8])}</code>",
+            [
+                ("Family id", f"<code>{e(f.family_id)}</code>"),
+                ("Client id", f"<code>{e(f.client_id)}</code>"),
+                ("Tokens", f"{f.live} live of {f.issued} issued"),
+                ("Last issued", when(_iso(f.last_issued_at))),
+            ],
             _revoke_button(csrf, f.family_id, f"token family {f.family_id}") if f.live else "",
-        ]
+        )
         for f in families
     ]
     off = (
@@ -509,26 +495,16 @@ def access_page(
         + off
         + '<section aria-labelledby="clients-h"><h2 id="clients-h">Registered clients</h2>'
         + (
-            _table(
-                "Registered clients",
-                ["Client id", "Name", "Registered", "State", "Action"],
-                client_rows,
-                "clients",
-            )
-            if client_rows
+            _cards("clients", client_cards)
+            if client_cards
             else '<p id="no-clients">No client has registered.</p>'
         )
         + "</section>"
         + '<section aria-labelledby="families-h"><h2 id="families-h">Token families</h2>'
         + '<p class="note">A family is one sign-in of a client: its access and refresh tokens.</p>'
         + (
-            _table(
-                "Token families",
-                ["Family", "Client", "Tokens", "Last issued", "Action"],
-                family_rows,
-                "families",
-            )
-            if family_rows
+            _cards("families", family_cards)
+            if family_cards
             else '<p id="no-families">No tokens have been issued.</p>'
         )
         + "</section>"

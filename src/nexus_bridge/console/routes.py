@@ -470,6 +470,10 @@ def _task_event(task: Task) -> dict[str, object]:
         "status": out.status,
         "status_reason": out.status_reason,
         "ended": TaskStatus(out.status).is_terminal,
+        "acknowledged_at": out.acknowledged_at,
+        "started_at": out.started_at,
+        "ended_at": out.ended_at,
+        "updated_at": out.updated_at,
     }
 
 

@@ -63,6 +63,16 @@
     if (cancelForm) {
       cancelForm.hidden = task.ended;
     }
+    ["acknowledged_at", "started_at", "ended_at", "updated_at"].forEach(function (field) {
+      const shown = document.getElementById("task-" + field.replace(/_/g, "-"));
+      if (!shown || !task[field]) {
+        return;
+      }
+      const time = document.createElement("time");
+      time.dateTime = task[field];
+      time.textContent = readable(task[field]);
+      shown.replaceChildren(time);
+    });
   }
 
   const source = new EventSource(timeline.dataset.events);
