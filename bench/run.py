@@ -12,6 +12,8 @@ Every figure is compared with a baseline measured in the same run, on the same m
 6. The agent runner (``nexus-bridge agent run``, a subprocess): task claimed -> command started,
    and command output line -> visible to a waiting ``pull_updates``, each vs the bridge's own
    wake-up latency in the same run (targets: p99 < 500 ms and < 250 ms on loopback).
+7. The console's task page (signed in, over HTTP) for a task with 10,000 updates vs one with 10
+   (target <= 2x: only a window of the history is rendered).
 
 ``--only N`` (repeatable) runs only the numbered benchmarks. The exit status is 1 when a target
 is missed.
@@ -36,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_console
 import bench_enqueue
 import bench_grammar
 import bench_pull
@@ -61,6 +64,8 @@ class Sizes:
     grammar_warmup: int
     runner_tasks: int
     runner_warmup: int
+    console_iterations: int
+    console_warmup: int
 
 
 FULL = Sizes(
@@ -78,6 +83,8 @@ FULL = Sizes(
     grammar_warmup=10,
     runner_tasks=100,
     runner_warmup=5,
+    console_iterations=200,
+    console_warmup=20,
 )
 QUICK = Sizes(
     roundtrip_iterations=60,
@@ -94,10 +101,12 @@ QUICK = Sizes(
     grammar_warmup=2,
     runner_tasks=10,
     runner_warmup=2,
+    console_iterations=20,
+    console_warmup=3,
 )
 
 
-SECTIONS = ("1", "2", "3", "4", "5", "6")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7")
 
 
 def _label(rows: int) -> str:
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         metavar="N",
-        help="run only benchmark N (1-6); repeat for several",
+        help="run only benchmark N (1-7); repeat for several",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
-        if chosen & {"1", "2", "3", "4", "6"}:
+        if chosen & {"1", "2", "3", "4", "6", "7"}:
             progress("migrating a template database (alembic upgrade head)")
             template = migrated_template(scratch)
         if "1" in chosen:
@@ -201,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                     scratch,
                     tasks=sizes.runner_tasks,
                     warmup=sizes.runner_warmup,
+                )
+            )
+
+        if "7" in chosen:
+            console_db = copy_database(template, scratch / "console.db")
+            asyncio.run(
+                bench_console.run(
+                    report,
+                    console_db,
+                    iterations=sizes.console_iterations,
+                    warmup=sizes.console_warmup,
                 )
             )
 

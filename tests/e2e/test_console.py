@@ -317,3 +317,43 @@ async def test_the_events_stream_sends_each_new_update_when_it_is_committed(
                     if any(u["content"] == "half way" for u in seen):
                         break
             assert [u["kind"] for u in seen][-1] == "agent"
+
+
+async def test_the_session_check_list_names_every_console_route(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with console(make_settings) as c:
+        routes = c.server.config.app.router.routes
+        served = {
+            (method, route.path)
+            for route in routes
+            if route.path.startswith("/console")
+            for method in route.methods or ()
+            if method != "HEAD"
+        }
+    checked = {(m, p.replace(TASK_ID, "{task_id}")) for m, p, _status in CONSOLE_ROUTES}
+    public = {
+        ("GET", "/console/sign-in"),
+        ("POST", "/console/sign-in"),
+        ("GET", "/console/static/{name}"),  # the style sheet and the script, the same for all
+    }
+    assert served == checked | public
+
+
+async def test_the_static_files_are_the_bridges_own(make_settings: Callable[..., Settings]) -> None:
+    async with console(make_settings) as c:
+        css = await c.http.get(c.base + "/console/static/console.css")
+        assert css.status_code == 200
+        assert css.headers["content-type"].startswith("text/css")
+        js = await c.http.get(c.base + "/console/static/console.js")
+        assert js.headers["content-type"].startswith("text/javascript")
+        assert "EventSource" in js.text
+        assert "setInterval" not in js.text  # woken by the server's events, never a poll loop
+        for name in ("../oauth.py", "nope.js", "%2e%2e%2fsessions.py"):
+            assert (await c.http.get(c.base + "/console/static/" + name)).status_code == 404
+        page = await c.http.get(c.base + "/console/sign-in")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp
+        assert "unsafe-inline" not in csp
+        assert "<script>" not in page.text
+        assert " style=" not in page.text

@@ -15,9 +15,10 @@ from urllib.parse import urlencode
 
 from nexus_bridge.console.sessions import CSRF_FIELD
 from nexus_bridge.constants import CONSOLE_PATH
-from nexus_bridge.domain import TaskStatus
+from nexus_bridge.db.types import format_timestamp
+from nexus_bridge.domain import TaskStatus, Update, UpdateKind
 from nexus_bridge.oauth import ClientAccess, TokenFamily
-from nexus_bridge.views import TargetOut, TaskOut, TransportOut, UpdateOut
+from nexus_bridge.views import TargetOut, TaskOut, TransportOut
 
 STATIC: Final = f"{CONSOLE_PATH}/static"
 SIGN_IN_PATH: Final = f"{CONSOLE_PATH}/sign-in"
@@ -38,11 +39,12 @@ def task_path(task_id: str) -> str:
 
 
 def when(iso: str | None) -> str:
-    """A timestamp as a ``<time>`` element, readable (UTC, to the second), or a dash."""
+    """A timestamp as a ``<time>`` element, readable (UTC, to the second), or a dash.
+
+    ``iso`` is the bridge's own fixed-width UTC form (``2026-11-29T22:34:49.123456+00:00``)."""
     if iso is None:
         return "—"
-    shown = datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f'<time datetime="{e(iso)}">{e(shown)}</time>'
+    return f'<time datetime="{e(iso)}">{e(iso[:10])} {e(iso[11:19])} UTC</time>'
 
 
 def status_badge(status: str, *, element_id: str | None = None) -> str:
@@ -326,7 +328,7 @@ def task_page(
     csrf: str,
     task: TaskOut,
     delivery: DeliveryShown | None,
-    updates: Sequence[UpdateOut],
+    updates: Sequence[Update],
     earlier_before: int | None,
     window_before: int | None,
     events_url: str | None,
@@ -423,11 +425,20 @@ def _live(field: str, iso: str | None) -> str:
     return f'<span id="task-{field.replace("_", "-")}">{when(iso)}</span>'
 
 
-def timeline_item(u: UpdateOut) -> str:
-    label = {"status": "status", "agent": "agent", "client": "you"}[u.kind]
+_KIND_LABELS: Final = {
+    UpdateKind.STATUS: "status",
+    UpdateKind.AGENT: "agent",
+    UpdateKind.CLIENT: "you",
+}
+
+
+def timeline_item(u: Update) -> str:
+    """One update of the timeline (built from the domain value: a long page renders many)."""
+    kind = u.kind.value
     return (
-        f'<li class="update kind-{e(u.kind)}" id="u-{u.seq}" data-seq="{u.seq}">'
-        f'<p class="meta"><span class="kind">{label}</span> · {when(u.created_at)}</p>'
+        f'<li class="update kind-{kind}" id="u-{u.seq}" data-seq="{u.seq}">'
+        f'<p class="meta"><span class="kind">{_KIND_LABELS[u.kind]}</span> · '
+        f"{when(format_timestamp(u.created_at))}</p>"
         f'<div class="content">{e(u.content)}</div></li>'
     )
 

@@ -326,7 +326,9 @@ class Console:
         if len(updates) > TIMELINE_WINDOW:
             updates = updates[1:]
             earlier = updates[0].seq
-        stalled = await self.d.queue.stalls([detail.task])
+        # Only a task with the agent can be stalled: skip the look at its whole history otherwise.
+        with_agent = detail.task.status in (TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS)
+        stalled = await self.d.queue.stalls([detail.task]) if with_agent else {}
         delivery = detail.delivery
         notice = _NOTICES.get(request.query_params.get("notice", ""))
         last_seq = updates[-1].seq if updates else 0
@@ -342,7 +344,7 @@ class Console:
             )
             if delivery is not None
             else None,
-            updates=[UpdateOut.of(u) for u in updates],
+            updates=updates,
             earlier_before=earlier,
             window_before=before,
             events_url=None
