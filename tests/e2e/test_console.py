@@ -357,3 +357,24 @@ async def test_the_static_files_are_the_bridges_own(make_settings: Callable[...,
         assert "unsafe-inline" not in csp
         assert "<script>" not in page.text
         assert " style=" not in page.text
+
+
+async def test_hostile_text_is_shown_as_text(make_settings: Callable[..., Settings]) -> None:
+    async with console(make_settings) as c:
+        hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+        task = (await c.server.bridge.queue.enqueue(hostile)).task
+        await c.server.bridge.queue.add_agent_update(task.id, hostile)
+        assert (await c.sign_in()).status_code == 303
+        for path in ("/console/tasks", f"/console/tasks/{task.id}"):
+            page = await c.http.get(c.base + path)
+            assert "<script>alert" not in page.text
+            assert "<img src=x" not in page.text
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        # A file sent in place of a text field is no text.
+        sent = await c.http.post(
+            c.base + "/console/tasks",
+            data={"csrf": await c.csrf(), "target": "homelab"},
+            files={"text": ("x.txt", b"file body")},
+        )
+        assert sent.status_code == 400
+        assert "message is empty" in sent.text

@@ -111,6 +111,12 @@ def _status_of(exc: NexusBridgeError) -> int:
     return 409  # the task is not in a state for it (ended, not waiting for an answer)
 
 
+def _field(form: FormData, name: str) -> str:
+    """A text field of the form; a missing one, or a file sent in its place, is empty."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
 def _same_origin(request: Request) -> bool:
     """A browser sends Origin with every POST form: it must be this page's own host. Without
     Origin it is not a browser, and not a cross-site forgery either."""
@@ -169,16 +175,13 @@ class Console:
                 return _page(
                     pages.message_page("Signed out", "Sign in again: your session has ended."), 403
                 )
-            form = await request.form()
             csrf = csrf_token(token)
-            given = form.get(CSRF_FIELD)
-            if not _same_origin(request) or not same_token(
-                given if isinstance(given, str) else None, csrf
-            ):
-                logger.warning("console: refused a form without its CSRF token")
-                message = "This form was refused: it did not come from this console's own page."
-                return _page(pages.message_page("Refused", message, csrf=csrf), 403)
-            return await handler(request, csrf, form)
+            async with request.form() as form:  # closes any file sent with it
+                if not _same_origin(request) or not same_token(_field(form, CSRF_FIELD), csrf):
+                    logger.warning("console: refused a form without its CSRF token")
+                    message = "This form was refused: it did not come from this console's page."
+                    return _page(pages.message_page("Refused", message, csrf=csrf), 403)
+                return await handler(request, csrf, form)
 
         return RequestBodyLimitMiddleware(request_response(endpoint), self._max_body)
 
@@ -198,16 +201,17 @@ class Console:
         return response
 
     async def sign_in_post(self, request: Request) -> Response:
-        form = await request.form()
-        given = form.get(CSRF_FIELD)
+        async with request.form() as form:
+            return await self._sign_in(request, form)
+
+    async def _sign_in(self, request: Request, form: FormData) -> Response:
         if not _same_origin(request) or not same_token(
-            given if isinstance(given, str) else None, request.cookies.get(SIGN_IN_COOKIE)
+            _field(form, CSRF_FIELD), request.cookies.get(SIGN_IN_COOKIE)
         ):
             logger.warning("console: refused a sign-in without its CSRF token")
             return self._sign_in_form("The form expired or came from elsewhere; try again.", 403)
-        passphrase = form.get("passphrase")
         try:
-            await self.d.gate.check(passphrase if isinstance(passphrase, str) else "")
+            await self.d.gate.check(_field(form, "passphrase"))
         except NoPassphrase:
             return _page(pages.console_off_page(), 503)
         except OwnerLockedOut as exc:
@@ -291,8 +295,8 @@ class Console:
 
     async def send(self, request: Request, csrf: str, form: FormData) -> Response:
         sent = SendForm(
-            target=str(form.get("target", "")),
-            text=str(form.get("text", "")),
+            target=_field(form, "target"),
+            text=_field(form, "text"),
             urgent=form.get("urgent") is not None,
         )
         try:
@@ -359,7 +363,7 @@ class Console:
 
     async def reply(self, request: Request, csrf: str, form: FormData) -> Response:
         task_id = request.path_params["task_id"]
-        text = str(form.get("text", ""))
+        text = _field(form, "text")
         try:
             task = await self.d.queue.reply(task_id, text)
         except TaskNotFound as exc:
@@ -370,7 +374,7 @@ class Console:
 
     async def cancel(self, request: Request, csrf: str, form: FormData) -> Response:
         task_id = request.path_params["task_id"]
-        reason = str(form.get("reason", ""))
+        reason = _field(form, "reason")
         try:
             task = await self.d.queue.cancel(task_id, reason or None)
         except TaskNotFound as exc:
@@ -448,7 +452,7 @@ class Console:
         return _page(body, 404 if error else 200)
 
     async def revoke(self, request: Request, csrf: str, form: FormData) -> Response:
-        access_id = str(form.get("id", ""))
+        access_id = _field(form, "id")
         try:
             what = await revoke_access(self.d.store, access_id, self.d.queue.now())
         except NexusBridgeError as exc:
