@@ -22,7 +22,7 @@ import pytest
 
 from nexus_bridge.config import Settings
 from nexus_bridge.oauth import OwnerGate
-from tests.conftest import mcp_client, running_server, subprocess_env
+from tests.conftest import mcp_client, running_server, subprocess_env, wait_for
 from tests.e2e.test_agent_api import FELT_TOKEN, agent_client, two_targets
 from tests.e2e.test_http import call, call_error
 
@@ -378,3 +378,99 @@ async def test_hostile_text_is_shown_as_text(make_settings: Callable[..., Settin
         )
         assert sent.status_code == 400
         assert "message is empty" in sent.text
+
+
+async def test_the_task_list_pages_and_filters(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with console(make_settings, config_file=two_targets(tmp_path)) as c:
+        queue = c.server.bridge.queue
+        for n in range(30):
+            await queue.enqueue(f"felt task {n}", "nexus:felt")
+        sentry = (await queue.enqueue("the sentry task", "nexus:sentry")).task
+        await queue.cancel(sentry.id, "not needed")
+        assert (await c.sign_in()).status_code == 303
+        first = await c.http.get(c.base + "/console/tasks")
+        assert first.text.count('class="task"') == 25
+        assert first.text.index("the sentry task") < first.text.index("felt task 29")  # newest
+        older = re.search(r'href="([^"]+)" id="older-page"', first.text)
+        assert older is not None
+        second = await c.http.get(c.base + older.group(1).replace("&amp;", "&"))
+        assert second.text.count('class="task"') == 6
+        assert "felt task 0<" in second.text
+        assert 'id="older-page"' not in second.text
+        only = await c.http.get(
+            c.base + "/console/tasks", params={"target": "nexus:sentry", "status": "cancelled"}
+        )
+        assert only.text.count('class="task"') == 1
+        assert "the sentry task" in only.text
+        for params, error in (
+            ({"status": "lost"}, "unknown status 'lost'"),
+            ({"target": "nowhere"}, "unknown target 'nowhere'"),
+            ({"target": "x" * 5000}, "target must be at most"),
+        ):
+            refused = await c.http.get(c.base + "/console/tasks", params=params)
+            assert refused.status_code == 400
+            assert error in refused.text.replace("&#x27;", "'")
+
+
+async def test_the_overview_shows_telegram_delivery(make_settings: Callable[..., Settings]) -> None:
+    from tests.e2e.test_telegram import telegram_settings
+    from tests.fake_telegram import running_fake_telegram
+
+    async with running_fake_telegram() as fake:
+        settings = telegram_settings(make_settings, fake, oauth_failure_delay_seconds=0)
+        async with (
+            running_server(settings) as (_url, server),
+            httpx2.AsyncClient(follow_redirects=False, timeout=20) as http,
+        ):
+            base = f"http://127.0.0.1:{server.bound_port}"
+            c = Console(base, http, server, settings)
+            await gate_of(server, settings).set_passphrase(PASSPHRASE)
+            assert (await c.sign_in()).status_code == 303
+
+            async def polling() -> bool:
+                page = await http.get(base + "/console")
+                return "Telegram: <strong>polling</strong>" in page.text
+
+            await wait_for(polling, what="the overview to show Telegram polling")
+            page = await http.get(base + "/console")
+            assert 'id="deliveries"' in page.text
+            assert "Deliveries waiting" in page.text
+            assert "telegram" in page.text
+
+
+async def test_a_proxy_that_passes_another_host_still_takes_the_forms(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with console(make_settings, public_url="https://bridge.example.net/mcp") as c:
+        # The proxy reaches the bridge as 127.0.0.1; the browser is at PUBLIC_URL's origin. The
+        # cookies are Secure, which this plain-http client would not send back: send them here.
+        form = await c.http.get(c.base + "/console/sign-in")
+        found = CSRF.search(form.text)
+        assert found is not None
+        own = {"Origin": "https://bridge.example.net"}
+        signed = await c.http.post(
+            c.base + "/console/sign-in",
+            data={"csrf": found.group(1), "passphrase": PASSPHRASE},
+            headers={**own, "Cookie": f"nexus_console_sign_in={found.group(1)}"},
+        )
+        assert signed.status_code == 303
+        session = re.search(r"nexus_console=([^;]+)", signed.headers["set-cookie"])
+        assert session is not None
+        cookie = {"Cookie": f"nexus_console={session.group(1)}"}
+        page = await c.http.get(c.base + "/console/tasks", headers=cookie)
+        token = CSRF.search(page.text)
+        assert token is not None
+        sent = await c.http.post(
+            c.base + "/console/tasks",
+            data={"csrf": token.group(1), "target": "homelab", "text": "via the proxy"},
+            headers={**own, **cookie},
+        )
+        assert sent.status_code == 303, sent.text
+        other = await c.http.post(
+            c.base + "/console/tasks",
+            data={"csrf": token.group(1), "target": "homelab", "text": "from elsewhere"},
+            headers={"Origin": "https://evil.example", **cookie},
+        )
+        assert other.status_code == 403

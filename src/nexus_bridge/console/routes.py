@@ -88,6 +88,7 @@ class ConsoleDeps:
     sessions: ConsoleSessions
     transport_report: Callable[[], Awaitable[TransportReport]]
     secure_cookies: bool  # PUBLIC_URL is https: the cookies only travel over https
+    public_host: str | None  # PUBLIC_URL's host (and port), where the owner's browser is
     oauth_enabled: bool
 
 
@@ -117,13 +118,17 @@ def _field(form: FormData, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _same_origin(request: Request) -> bool:
-    """A browser sends Origin with every POST form: it must be this page's own host. Without
-    Origin it is not a browser, and not a cross-site forgery either."""
+def _same_origin(request: Request, public_host: str | None) -> bool:
+    """A browser sends Origin with every POST form: it must be this page's own host (as the
+    request names it, or PUBLIC_URL's, for a proxy that passes another Host on). Without Origin
+    it is not a browser, and not a cross-site forgery either."""
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    return urlparse(origin).netloc == request.headers.get("host", "")
+    host = urlparse(origin).netloc
+    return host == request.headers.get("host", "") or (
+        public_host is not None and host == public_host
+    )
 
 
 Handler = Callable[[Request, str], Awaitable[Response]]
@@ -149,6 +154,9 @@ class Console:
             httponly=True,
             samesite="strict",
         )
+
+    def _forget(self, response: Response, name: str) -> None:
+        self._cookie(response, name, "", max_age=0)
 
     async def _session(self, request: Request) -> str | None:
         token = request.cookies.get(SESSION_COOKIE)
@@ -177,7 +185,9 @@ class Console:
                 )
             csrf = csrf_token(token)
             async with request.form() as form:  # closes any file sent with it
-                if not _same_origin(request) or not same_token(_field(form, CSRF_FIELD), csrf):
+                if not _same_origin(request, self.d.public_host) or not same_token(
+                    _field(form, CSRF_FIELD), csrf
+                ):
                     logger.warning("console: refused a form without its CSRF token")
                     message = "This form was refused: it did not come from this console's page."
                     return _page(pages.message_page("Refused", message, csrf=csrf), 403)
@@ -205,7 +215,7 @@ class Console:
             return await self._sign_in(request, form)
 
     async def _sign_in(self, request: Request, form: FormData) -> Response:
-        if not _same_origin(request) or not same_token(
+        if not _same_origin(request, self.d.public_host) or not same_token(
             _field(form, CSRF_FIELD), request.cookies.get(SIGN_IN_COOKIE)
         ):
             logger.warning("console: refused a sign-in without its CSRF token")
@@ -222,7 +232,7 @@ class Console:
         logger.info("console: the owner signed in")
         response = _see(CONSOLE_PATH)
         self._cookie(response, SESSION_COOKIE, token, max_age=self.d.sessions.lifetime_seconds)
-        response.delete_cookie(SIGN_IN_COOKIE, path=CONSOLE_PATH)
+        self._forget(response, SIGN_IN_COOKIE)
         return response
 
     async def sign_out(self, request: Request, _csrf: str, _form: FormData) -> Response:
@@ -230,7 +240,7 @@ class Console:
         if token:
             await self.d.sessions.end(token)
         response = _see(pages.SIGN_IN_PATH)
-        response.delete_cookie(SESSION_COOKIE, path=CONSOLE_PATH)
+        self._forget(response, SESSION_COOKIE)
         return response
 
     # --- overview --------------------------------------------------------------------------------
@@ -535,5 +545,6 @@ def console_deps(
         sessions=ConsoleSessions(store),
         transport_report=transport_report,
         secure_cookies=(settings.public_url or "").startswith("https://"),
+        public_host=urlparse(settings.public_url).netloc if settings.public_url else None,
         oauth_enabled=oauth is not None,
     )
