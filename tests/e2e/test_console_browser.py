@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import pytest
 
 from nexus_bridge.config import Settings
-from tests.conftest import REPO_ROOT, mcp_client
+from tests.conftest import REPO_ROOT, mcp_client, running_server
 from tests.e2e.test_agent_api import FELT_TOKEN, agent_client, two_targets
 from tests.e2e.test_consent_browser import (
     PNG_SIGNATURE,
@@ -214,3 +214,28 @@ async def test_the_console_in_chromium_from_sign_in_to_sign_out(
             for status, text in ((401, "Unauthorized"), (403, "Forbidden"))
         ]
         assert errors == expected, f"the browser reported errors: {errors}"
+
+
+async def test_the_console_off_page_says_how_to_turn_it_on(
+    make_settings: Callable[..., Settings],
+) -> None:
+    executable = chromium_or_skip()
+    axe = axe_or_skip()
+    from playwright.async_api import async_playwright
+
+    async with running_server(make_settings()) as (url, _server):
+        base = url.removesuffix("/mcp")
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=executable, args=chromium_args(), timeout=TIMEOUT_MS
+            )
+            try:
+                page = await browser.new_page(viewport=WIDTHS["desktop"])
+                page.set_default_timeout(TIMEOUT_MS)
+                await page.goto(base + "/console")
+                assert page.url == base + "/console/sign-in"
+                assert "no owner passphrase" in await page.locator("#console-off").inner_text()
+                assert "nexus-bridge auth set-passphrase" in await page.locator("pre").inner_text()
+                await check_page(page, axe, "console-off")
+            finally:
+                await browser.close()

@@ -124,6 +124,8 @@ def console_off_page() -> str:
         '<p id="console-off">The console is off: no owner passphrase has been set yet.</p>'
         "<p>Set one on the bridge's machine, then reload this page:</p>"
         "<pre><code>nexus-bridge auth set-passphrase</code></pre>"
+        '<p class="note">In a clone of nexus-bridge, at its top: '
+        "<code>.venv/bin/nexus-bridge auth set-passphrase</code></p>"
     )
     return layout("Console off", body)
 
