@@ -436,7 +436,7 @@ async def test_the_overview_shows_telegram_delivery(make_settings: Callable[...,
             await wait_for(polling, what="the overview to show Telegram polling")
             page = await http.get(base + "/console")
             assert 'id="deliveries"' in page.text
-            assert "Deliveries waiting" in page.text
+            assert "Deliveries due now" in page.text
             assert "telegram" in page.text
 
 

@@ -140,7 +140,7 @@ def message_page(title: str, message: str, *, csrf: str | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A Telegram target's deliveries waiting or failed (from the outbox)."""
+    """A Telegram target's deliveries due now or failed (from the outbox)."""
 
     due: int
     failed: int
@@ -171,7 +171,6 @@ def overview_page(
     transport: TransportOut,
     deliveries: dict[str, Delivery],
     form: SendForm,
-    error: str | None = None,
 ) -> str:
     cards = []
     for t in targets:
@@ -195,7 +194,7 @@ def overview_page(
     )
     counts += f"<div><dt>stalled</dt><dd>{e(figures.get('stalled', 0))}</dd></div>"
     telegram_cards = [
-        (e(name), [("Deliveries waiting", str(d.due)), ("Deliveries failed", str(d.failed))], "")
+        (e(name), [("Deliveries due now", str(d.due)), ("Deliveries failed", str(d.failed))], "")
         for name, d in sorted(deliveries.items())
     ]
     telegram = (
@@ -210,8 +209,7 @@ def overview_page(
     if telegram_cards:
         telegram += _cards("deliveries", telegram_cards)
     body = (
-        alert(error)
-        + '<section aria-labelledby="targets-h"><h2 id="targets-h">Targets</h2>'
+        '<section aria-labelledby="targets-h"><h2 id="targets-h">Targets</h2>'
         + targets_html
         + "</section>"
         + '<section aria-labelledby="queue-h"><h2 id="queue-h">Tasks by status</h2>'

@@ -245,13 +245,11 @@ class Console:
 
     # --- overview --------------------------------------------------------------------------------
 
-    async def overview(
-        self, _request: Request, csrf: str, form: SendForm | None = None, error: str | None = None
-    ) -> Response:
+    async def overview(self, _request: Request, csrf: str) -> Response:
         queue = self.d.queue
-        summaries = await queue.target_summaries()
+        metrics = await queue.metrics_snapshot()  # the targets' summaries and their outboxes
+        summaries = metrics.targets
         figures = queue_figures(await queue.status(), summaries)
-        metrics = await queue.metrics_snapshot()
         deliveries = {
             s.policy.name: Delivery(
                 due=metrics.deliveries_due.get(s.policy.name, 0),
@@ -266,10 +264,9 @@ class Console:
             figures=figures,
             transport=TransportOut.of(await self.d.transport_report()),
             deliveries=deliveries,
-            form=form or SendForm(target=queue.targets[0]),
-            error=error,
+            form=SendForm(target=queue.targets[0]),
         )
-        return _page(body, 400 if error else 200)
+        return _page(body)
 
     # --- tasks -----------------------------------------------------------------------------------
 
