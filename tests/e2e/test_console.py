@@ -474,3 +474,13 @@ async def test_a_proxy_that_passes_another_host_still_takes_the_forms(
             headers={"Origin": "https://evil.example", **cookie},
         )
         assert other.status_code == 403
+
+
+async def test_without_waiting_allowed_the_timeline_is_not_streamed(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with console(make_settings, max_wait_seconds=0) as c:
+        task = (await c.server.bridge.queue.enqueue("no waiting here")).task
+        assert (await c.sign_in()).status_code == 303
+        events = await c.http.get(c.base + f"/console/tasks/{task.id}/events?after=0")
+        assert events.status_code == 204

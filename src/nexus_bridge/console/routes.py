@@ -326,7 +326,7 @@ class Console:
         raw_before = request.query_params.get("before")
         if raw_before is not None and not _SEQ.fullmatch(raw_before):
             message = "before must be an update's seq (digits), as the Earlier link gives it"
-            return _page(pages.message_page("Not found", message, csrf=csrf), 400)
+            return _page(pages.message_page("Refused", message, csrf=csrf), 400)
         before = int(raw_before) if raw_before is not None else None
         try:
             detail = await self.d.queue.get(task_id, recent=TIMELINE_WINDOW + 1, before_seq=before)
@@ -404,6 +404,10 @@ class Console:
             task_id = (await self.d.queue.get(task_id, recent=0)).task.id
         except NexusBridgeError as exc:
             return Response(str(exc), status_code=_status_of(exc), headers=HEADERS)
+        if self.d.queue.max_wait_seconds <= 0:
+            # MAX_WAIT_SECONDS=0: no waiting anywhere, so no live stream (it would spin); 204
+            # tells the browser not to reconnect, and the page says it is not live.
+            return Response(status_code=204, headers=HEADERS)
         return StreamingResponse(
             self._stream(task_id, int(after), token),
             media_type="text/event-stream",
