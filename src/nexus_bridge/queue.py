@@ -1135,6 +1135,14 @@ class QueueService:
                 found[task.id] = idle
         return found
 
+    async def stalled_seconds(self, task: Task) -> float | None:
+        """:meth:`stall` of one task, at a cost that does not grow with its history."""
+        if task.status not in (TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS):
+            return None
+        async with self._store.read() as tx:
+            latest = await tx.latest_agent_update_at(task.id)
+        return self.stall(task, latest)
+
     async def target_summaries(self) -> list[TargetSummary]:
         """Every target with its queue counts, when its agent was last seen, and stalled tasks."""
         seen = await self.presence()

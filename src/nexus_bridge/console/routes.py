@@ -337,15 +337,13 @@ class Console:
         if len(updates) > TIMELINE_WINDOW:
             updates = updates[1:]
             earlier = updates[0].seq
-        # Only a task with the agent can be stalled: skip the look at its whole history otherwise.
-        with_agent = detail.task.status in (TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS)
-        stalled = await self.d.queue.stalls([detail.task]) if with_agent else {}
+        idle = await self.d.queue.stalled_seconds(detail.task)
         delivery = detail.delivery
         notice = _NOTICES.get(request.query_params.get("notice", ""))
         last_seq = updates[-1].seq if updates else 0
         body = pages.task_page(
             csrf=csrf,
-            task=TaskOut.of(detail.task, stalled.get(detail.task.id)),
+            task=TaskOut.of(detail.task, idle),
             delivery=DeliveryShown(
                 state=delivery.state.value,
                 attempts=delivery.attempts,

@@ -601,6 +601,20 @@ class StoreTransaction:
         )
         return {row.message_id: row.latest for row in rows.all()}
 
+    async def latest_agent_update_at(self, task_id: str) -> datetime | None:
+        """The time of one task's latest agent update: read backwards along its (message_id,
+        seq) index, so a long history costs no more than a short one (writers are serialised
+        and stamp rows in seq order, so the latest seq is the latest time)."""
+        row = (
+            await self._conn.execute(
+                select(updates.c.created_at)
+                .where(updates.c.message_id == task_id, updates.c.kind == UpdateKind.AGENT.value)
+                .order_by(updates.c.seq.desc())
+                .limit(1)
+            )
+        ).first()
+        return row.created_at if row is not None else None
+
     async def earliest_pending_outbox(self) -> datetime | None:
         value = (
             await self._conn.execute(
