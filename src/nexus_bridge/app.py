@@ -36,6 +36,7 @@ from nexus_bridge.agent_tools import agent_auth_settings, create_agent_server
 from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings
 from nexus_bridge.consent import consent_routes
+from nexus_bridge.console import console_deps, console_routes
 from nexus_bridge.constants import (
     AGENT_MCP_PATH,
     AUTH_SERVER_METADATA_PATH,
@@ -531,6 +532,15 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     app.router.routes.append(targets_route(bridge, mcp_route))
     if bridge.transport is not None and bridge.transport.webhook_secret is not None:
         app.router.routes.append(webhook_route(bridge.transport))
+    # The owner's console (/console): its own sign-in with the owner passphrase.
+    console = console_deps(
+        settings,
+        store=bridge.store,
+        queue=bridge.queue,
+        oauth=bridge.oauth,
+        transport_report=bridge.transport_report,
+    )
+    app.router.routes.extend(console_routes(console))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -33,3 +33,7 @@ PRIVATE_DIRECTORY_MODE: Final = 0o700
 # Every bearer token (client, agent, target) is at least this long.
 MIN_TOKEN_CHARS: Final = 16
 GENERATE_TOKEN_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105
+
+# The owner's console (the web pages under this path), and how long one sign-in lasts.
+CONSOLE_PATH: Final = "/console"
+CONSOLE_SESSION_SECONDS: Final = 12 * 3600

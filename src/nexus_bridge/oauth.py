@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -260,6 +260,88 @@ def authorization_refused(
     return None
 
 
+class OwnerGate:
+    """The owner's passphrase and its wrong-guess lockout, one for every page that asks for it
+    (the consent page and the console): the attempts count against the same owner row."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_failed_attempts: int,
+        lockout_seconds: int,
+        failure_delay_seconds: float,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self.max_failed_attempts = max_failed_attempts
+        self.lockout_seconds = lockout_seconds
+        self.failure_delay_seconds = failure_delay_seconds
+        self._now = clock
+
+    async def has_passphrase(self) -> bool:
+        async with self._store.read() as tx:
+            owner = await tx.oauth.owner()
+        return owner is not None and bool(owner.passphrase_hash)
+
+    async def check(self, passphrase: str) -> None:
+        """Pass if ``passphrase`` is the owner's; a success clears the count of wrong ones.
+
+        Raises:
+            NoPassphrase: none has been set.
+            OwnerLockedOut: too many wrong attempts lately.
+            ConsentRefused: wrong passphrase (the page never says more).
+        """
+        now = self._now()
+        # Count the attempt before checking it, in one serialised write: parallel guesses
+        # cannot all slip in under the limit.
+        async with self._store.write() as tx:
+            owner = await tx.oauth.owner()
+            if owner is None or not owner.passphrase_hash:
+                raise NoPassphrase()
+            if owner.locked_until is not None and owner.locked_until > now:
+                METRICS.oauth_refusals.labels("locked_out").inc()
+                raise OwnerLockedOut()
+            attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
+            locked_until = None
+            if attempts >= self.max_failed_attempts:
+                locked_until = now + timedelta(seconds=self.lockout_seconds)
+            await tx.oauth.save_owner_attempts(
+                failed_attempts=attempts, locked_until=locked_until, at=now
+            )
+            stored_hash = owner.passphrase_hash
+        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
+        if not ok:
+            METRICS.oauth_refusals.labels("wrong_passphrase").inc()
+            await asyncio.sleep(self.failure_delay_seconds)  # throttle guessing
+            if locked_until is not None:
+                logger.warning(
+                    "owner passphrase: locked for %s s after wrong passphrases",
+                    self.lockout_seconds,
+                )
+                raise OwnerLockedOut()
+            raise ConsentRefused()
+        async with self._store.write() as tx:
+            await tx.oauth.save_owner_attempts(failed_attempts=0, locked_until=None, at=now)
+
+    def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
+        """Wrong passphrases still counted: failures decay. They count only within a window of
+        ``lockout_seconds`` from the last one, and a lockout that has run out ends for good (a
+        single wrong guess after it does not lock again; it takes the full count anew)."""
+        if failures >= self.max_failed_attempts:
+            return 0  # the lockout these earned is over (check() saw locked_until)
+        if now - last_change >= timedelta(seconds=self.lockout_seconds):
+            return 0
+        return failures
+
+    async def set_passphrase(self, passphrase: str) -> None:
+        hashed = await asyncio.to_thread(hash_passphrase, passphrase)
+        async with self._store.write() as tx:
+            await tx.oauth.save_owner_passphrase(passphrase_hash=hashed, at=self._now())
+            # A new passphrase ends every console session signed in with the old one.
+            await tx.console_end_all_sessions()
+
+
 def _epoch(value: datetime) -> int:
     return int(value.timestamp())
 
@@ -298,6 +380,13 @@ class BridgeOAuthProvider:
         self.policy = policy
         self._static = static_tokens
         self._now = utc_now
+        self.owner_gate = OwnerGate(
+            store,
+            max_failed_attempts=policy.max_failed_attempts,
+            lockout_seconds=policy.lockout_seconds,
+            failure_delay_seconds=policy.failure_delay_seconds,
+            clock=lambda: self._now(),
+        )
 
     # --- clients -------------------------------------------------------------------------------
 
@@ -409,42 +498,12 @@ class BridgeOAuthProvider:
             ConsentRefused: wrong passphrase (the page never says more).
         """
         client, params = await self.pending_request(request_id)
+        await self.owner_gate.check(passphrase)
         now = self._now()
-        # Count the attempt before checking it, in one serialised write: parallel guesses
-        # cannot all slip in under the limit.
-        async with self._store.write() as tx:
-            owner = await tx.oauth.owner()
-            if owner is None or not owner.passphrase_hash:
-                raise NoPassphrase()
-            if owner.locked_until is not None and owner.locked_until > now:
-                METRICS.oauth_refusals.labels("locked_out").inc()
-                raise OwnerLockedOut()
-            attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
-            locked_until = (
-                now + timedelta(seconds=self.policy.lockout_seconds)
-                if attempts >= self.policy.max_failed_attempts
-                else None
-            )
-            await tx.oauth.save_owner_attempts(
-                failed_attempts=attempts, locked_until=locked_until, at=now
-            )
-            stored_hash = owner.passphrase_hash
-        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
-        if not ok:
-            METRICS.oauth_refusals.labels("wrong_passphrase").inc()
-            await asyncio.sleep(self.policy.failure_delay_seconds)  # throttle guessing
-            if locked_until is not None:
-                logger.warning(
-                    "oauth: consent locked for %s s after wrong passphrases",
-                    self.policy.lockout_seconds,
-                )
-                raise OwnerLockedOut()
-            raise ConsentRefused()
         code = secrets.token_urlsafe(32)
         async with self._store.write() as tx:
             if not await tx.oauth.delete_request(token_hash(request_id)):
                 raise ConsentExpired()  # approved twice at once: only one wins
-            await tx.oauth.save_owner_attempts(failed_attempts=0, locked_until=None, at=now)
             await tx.oauth.insert_code(
                 code_hash=token_hash(code),
                 client_id=client.client_id,
@@ -464,20 +523,8 @@ class BridgeOAuthProvider:
             query["state"] = params.state
         return _with_query(str(params.redirect_uri), query)
 
-    def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
-        """Wrong passphrases still counted: failures decay. They count only within a window of
-        ``lockout_seconds`` from the last one, and a lockout that has run out ends for good (a
-        single wrong guess after it does not lock again; it takes the full count anew)."""
-        if failures >= self.policy.max_failed_attempts:
-            return 0  # the lockout these earned is over (approve() checked locked_until)
-        if now - last_change >= timedelta(seconds=self.policy.lockout_seconds):
-            return 0
-        return failures
-
     async def set_passphrase(self, passphrase: str) -> None:
-        hashed = await asyncio.to_thread(hash_passphrase, passphrase)
-        async with self._store.write() as tx:
-            await tx.oauth.save_owner_passphrase(passphrase_hash=hashed, at=self._now())
+        await self.owner_gate.set_passphrase(passphrase)
 
     # --- codes and tokens ----------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from nexus_bridge.db.engine import WRITE_OPTION
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
     agent_presence,
+    console_sessions,
     leases,
     messages,
     outbox,
@@ -424,10 +425,13 @@ class StoreTransaction:
         message_id: str | None = None,
         limit: int,
         newest_first: bool = False,
+        before_seq: int | None = None,
     ) -> list[Update]:
         query = select(updates)
         if after_seq is not None:
             query = query.where(updates.c.seq > after_seq)
+        if before_seq is not None:
+            query = query.where(updates.c.seq < before_seq)
         if since is not None:
             # Start from the first seq after `since`, found on the created_at index, so the cost
             # does not grow with the history before it. Exact because writers are serialised and
@@ -594,6 +598,20 @@ class StoreTransaction:
             .group_by(updates.c.message_id)
         )
         return {row.message_id: row.latest for row in rows.all()}
+
+    async def latest_agent_update_at(self, task_id: str) -> datetime | None:
+        """The time of one task's latest agent update: read backwards along its (message_id,
+        seq) index, so a long history costs no more than a short one (writers are serialised
+        and stamp rows in seq order, so the latest seq is the latest time)."""
+        row = (
+            await self._conn.execute(
+                select(updates.c.created_at)
+                .where(updates.c.message_id == task_id, updates.c.kind == UpdateKind.AGENT.value)
+                .order_by(updates.c.seq.desc())
+                .limit(1)
+            )
+        ).first()
+        return row.created_at if row is not None else None
 
     async def earliest_pending_outbox(self) -> datetime | None:
         value = (
@@ -848,6 +866,35 @@ class StoreTransaction:
             )
         )
         return [r[0] for r in rows.all()]
+
+    # --- console sessions --------------------------------------------------------------------
+
+    async def console_insert_session(
+        self, id_hash: str, *, at: datetime, expires_at: datetime
+    ) -> None:
+        """Store a new console session, forgetting the ones that have expired."""
+        await self._conn.execute(
+            delete(console_sessions).where(console_sessions.c.expires_at <= at)
+        )
+        await self._conn.execute(
+            insert(console_sessions).values(id_hash=id_hash, created_at=at, expires_at=expires_at)
+        )
+
+    async def console_session_valid(self, id_hash: str, *, now: datetime) -> bool:
+        found = await self._conn.execute(
+            select(console_sessions.c.id_hash).where(
+                console_sessions.c.id_hash == id_hash, console_sessions.c.expires_at > now
+            )
+        )
+        return found.first() is not None
+
+    async def console_end_session(self, id_hash: str) -> None:
+        await self._conn.execute(
+            delete(console_sessions).where(console_sessions.c.id_hash == id_hash)
+        )
+
+    async def console_end_all_sessions(self) -> None:
+        await self._conn.execute(delete(console_sessions))
 
     # --- metrics ---------------------------------------------------------------------------
 
