@@ -59,15 +59,17 @@ def _add_updates(path: Path, task_id: str, count: int) -> None:
 
 
 async def run(report: Report, path: Path, *, iterations: int, warmup: int) -> None:
-    progress(f"7. console task page: {LONG} vs {SHORT} updates")
+    progress(f"9. console task page: {LONG} vs {SHORT} updates")
     settings = server_settings(sqlite_url(path), oauth_failure_delay_seconds=0)
     async with running_bridge(settings) as (url, server):
         queue = server.bridge.queue
         short = (await queue.enqueue("a task with a short history")).task
         long = (await queue.enqueue("a task with a long history")).task
         for task in (short, long):  # with the agent: the page also says whether it is stalled
-            await queue.transition(task.id, TaskStatus.ACKNOWLEDGED)
-            await queue.transition(task.id, TaskStatus.IN_PROGRESS)
+            claimed = await queue.claim_next(task.target)  # -> acknowledged
+            if claimed is None or claimed.id != task.id:
+                raise RuntimeError("the agent did not claim the benchmark's task")
+            await queue.agent_report(task.target, task.id, status=TaskStatus.IN_PROGRESS)
         _add_updates(path, short.id, SHORT - 3)  # and its three status updates
         _add_updates(path, long.id, LONG - 3)
         gate = OwnerGate(

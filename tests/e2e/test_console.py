@@ -197,7 +197,7 @@ async def test_console_and_consent_page_share_one_lockout(
         assert "Too many wrong attempts" in locked.text
         # The consent page's gate counts against the same owner row.
         async with c.server.bridge.store.read() as tx:
-            owner = await tx.owner()
+            owner = await tx.oauth.owner()
         assert owner.locked_until is not None
 
 
@@ -271,8 +271,9 @@ async def test_the_timeline_is_a_window_with_earlier_pages(
     async with console(make_settings) as c:
         queue = c.server.bridge.queue
         task = (await queue.enqueue("long history")).task
+        assert await queue.claim_next(task.target) is not None  # the agent has it
         for n in range(250):
-            await queue.add_agent_update(task.id, f"line {n}")
+            await queue.agent_report(task.target, task.id, text=f"line {n}")
         assert (await c.sign_in()).status_code == 303
         latest = await c.http.get(c.base + f"/console/tasks/{task.id}")
         assert latest.status_code == 200
@@ -362,8 +363,10 @@ async def test_the_static_files_are_the_bridges_own(make_settings: Callable[...,
 async def test_hostile_text_is_shown_as_text(make_settings: Callable[..., Settings]) -> None:
     async with console(make_settings) as c:
         hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
-        task = (await c.server.bridge.queue.enqueue(hostile)).task
-        await c.server.bridge.queue.add_agent_update(task.id, hostile)
+        queue = c.server.bridge.queue
+        task = (await queue.enqueue(hostile)).task
+        assert await queue.claim_next(task.target) is not None  # the agent has it
+        await queue.agent_report(task.target, task.id, text=hostile)
         assert (await c.sign_in()).status_code == 303
         for path in ("/console/tasks", f"/console/tasks/{task.id}"):
             page = await c.http.get(c.base + path)

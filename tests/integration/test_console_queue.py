@@ -15,12 +15,12 @@ async def test_one_tasks_stall_agrees_with_the_tools_stall(store: Store) -> None
     queue = QueueService(store, stall_seconds=60, clock=lambda: now[0])
     task = (await queue.enqueue("stall me")).task
     assert await queue.stalled_seconds(task) is None  # pending: not with the agent
-    await queue.transition(task.id, TaskStatus.ACKNOWLEDGED)
-    task = await queue.transition(task.id, TaskStatus.IN_PROGRESS)
+    await queue.agent_report("homelab", task.id, status=TaskStatus.ACKNOWLEDGED)
+    task = await queue.agent_report("homelab", task.id, status=TaskStatus.IN_PROGRESS)
     for n in range(50):
-        await queue.add_agent_update(task.id, f"step {n}")
+        await queue.agent_report("homelab", task.id, text=f"step {n}")
     now[0] += timedelta(seconds=30)
-    await queue.add_agent_update(task.id, "the latest step")
+    await queue.agent_report("homelab", task.id, text="the latest step")
     now[0] += timedelta(seconds=59)
     assert await queue.stalled_seconds(task) is None
     assert await queue.stalls([task]) == {}
