@@ -4,7 +4,8 @@ Every figure is compared with a baseline measured in the same run, on the same m
 
 1. ``send_message`` round trip vs the MCP ``ping`` round trip (target <= 1.5x).
 2. ``QueueService.enqueue`` rate vs raw ``sqlite3`` insert+commit, same pragmas (no target).
-3. ``pull_updates`` latency with 1M vs 1k update rows (target <= 1.5x: flat).
+3. ``pull_updates`` and ``queue_status`` latency with 1M vs 1k update rows (target <= 1.5x:
+   flat), and an MCP ``pull_updates`` of 100 rows vs the service-level pull (target <= 2x).
 4. An agent's Telegram reply reaching a client waiting in ``pull_updates(wait_seconds=…)`` vs the
    same wait woken by a service-layer insert (target: p99 < 100 ms on loopback).
 5. The agent grammar on 10,000-character inputs, ordinary and adversarial (worst one reported)

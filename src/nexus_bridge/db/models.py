@@ -86,6 +86,7 @@ class MessageRow(Base):
         Index("ix_messages_target_status", "target", "status"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_claim_expires_at", "claim_expires_at"),
+        Index("ix_messages_status_created_at", "status", "created_at"),
     )
 
 
@@ -304,6 +305,23 @@ class AgentPresenceRow(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class QueueCountRow(Base):
+    """How many rows of a kind there are, kept by triggers (migration 0010) in the transaction
+    that inserts, changes or deletes them: ``queue_status`` reads these few rows instead of
+    counting the whole history.
+
+    ``kind`` 'tasks': per (target, status); 'updates': per target ('' for updates of no task);
+    'ignored': inbound messages not accepted ('', '').
+    """
+
+    __tablename__ = "queue_counts"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    target: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 messages = cast(Table, MessageRow.__table__)
 updates = cast(Table, UpdateRow.__table__)
 pull_cursors = cast(Table, PullCursorRow.__table__)
@@ -316,3 +334,4 @@ oauth_codes = cast(Table, OAuthCodeRow.__table__)
 oauth_tokens = cast(Table, OAuthTokenRow.__table__)
 owner = cast(Table, OwnerRow.__table__)
 agent_presence = cast(Table, AgentPresenceRow.__table__)
+queue_counts = cast(Table, QueueCountRow.__table__)

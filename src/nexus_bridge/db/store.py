@@ -47,6 +47,7 @@ from nexus_bridge.db.models import (
     outbox,
     owner,
     pull_cursors,
+    queue_counts,
     telegram_messages,
     updates,
 )
@@ -78,6 +79,10 @@ from nexus_bridge.errors import (
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
 _PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
+# The kinds of queue_counts rows (kept by the triggers of migration 0010).
+COUNT_TASKS: Final = "tasks"
+COUNT_UPDATES: Final = "updates"
+COUNT_IGNORED: Final = "ignored"
 # What a task id (a UUID) or its prefix can be made of; anything else matches no task.
 _ID_CHARS: Final = re.compile(rf"[0-9A-Za-z-]{{1,{MAX_ID_CHARS}}}")
 
@@ -373,9 +378,14 @@ class StoreTransaction:
         return [_task(row) for row in rows.all()]
 
     async def count_by_status(self, target: str | None) -> dict[TaskStatus, int]:
-        query = select(messages.c.status, func.count()).group_by(messages.c.status)
+        """Tasks per status, from the maintained counts (a few rows, whatever the history)."""
+        query = (
+            select(queue_counts.c.status, func.sum(queue_counts.c.n))
+            .where(queue_counts.c.kind == COUNT_TASKS)
+            .group_by(queue_counts.c.status)
+        )
         if target is not None:
-            query = query.where(messages.c.target == target)
+            query = query.where(queue_counts.c.target == target)
         counts = {status: 0 for status in TaskStatus}
         for status, count in (await self._conn.execute(query)).all():
             counts[TaskStatus(status)] = int(count)
@@ -449,11 +459,15 @@ class StoreTransaction:
         return [_update(row) for row in rows]
 
     async def count_updates(self, target: str | None) -> int:
-        query = select(func.count()).select_from(updates)
+        """Update rows (of ``target``'s tasks), from the maintained counts."""
+        return await self._maintained_count(COUNT_UPDATES, target)
+
+    async def _maintained_count(self, kind: str, target: str | None) -> int:
+        query = select(func.coalesce(func.sum(queue_counts.c.n), 0)).where(
+            queue_counts.c.kind == kind
+        )
         if target is not None:
-            query = query.join(messages, messages.c.id == updates.c.message_id).where(
-                messages.c.target == target
-            )
+            query = query.where(queue_counts.c.target == target)
         return int((await self._conn.execute(query)).scalar_one())
 
     async def last_seq(self) -> int:
@@ -737,15 +751,8 @@ class StoreTransaction:
         return [int(r[0]) for r in rows.all()]
 
     async def count_ignored_inbound(self) -> int:
-        return int(
-            (
-                await self._conn.execute(
-                    select(func.count())
-                    .select_from(telegram_messages)
-                    .where(telegram_messages.c.accepted.is_(False))
-                )
-            ).scalar_one()
-        )
+        """Inbound messages not accepted, from the maintained counts."""
+        return await self._maintained_count(COUNT_IGNORED, None)
 
     # --- leases ----------------------------------------------------------------------------
 
