@@ -140,9 +140,11 @@ _BACKFILL: Final = (
     "SELECT 'tasks', target, status, count(*) FROM messages GROUP BY target, status",
     "INSERT INTO queue_counts (kind, target, status, n) "
     "SELECT 'updates', COALESCE(m.target, ''), '', count(*) "
-    "FROM updates u LEFT JOIN messages m ON m.id = u.message_id GROUP BY COALESCE(m.target, '')",
+    "FROM updates u LEFT JOIN messages m ON m.id = u.message_id "
+    "GROUP BY COALESCE(m.target, '')",
     "INSERT INTO queue_counts (kind, target, status, n) "
-    "SELECT 'ignored', '', '', count(*) FROM telegram_messages WHERE NOT accepted HAVING count(*) > 0",
+    "SELECT 'ignored', '', '', count(*) FROM telegram_messages "
+    "WHERE NOT accepted HAVING count(*) > 0",
 )
 
 

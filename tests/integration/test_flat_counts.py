@@ -129,7 +129,8 @@ def test_migration_0010_counts_the_rows_already_there(tmp_path: Path) -> None:
             assert counts.total_updates == 4
             assert counts.ignored_messages == 1
             assert (await queue.status("homelab")).total_updates == 3
-            assert counts.current_task is not None and counts.current_task.id == "t3"
+            assert counts.current_task is not None
+            assert counts.current_task.id == "t3"
         finally:
             await store.dispose()
 
