@@ -14,6 +14,11 @@ Every figure is compared with a baseline measured in the same run, on the same m
    and command output line -> visible to a waiting ``pull_updates``, each vs the bridge's own
    wake-up latency in the same run (targets: p99 < 500 ms and < 250 ms on loopback).
 
+7. Another process's write (the CLI's code path) waking a client waiting in ``pull_updates``,
+   vs a write in the server's own process (target: p99 < 50 ms).
+8. Cold start: ``nexus-bridge serve`` to its first ``/readyz`` answer vs
+   ``python -c 'import mcp.server.mcpserver'`` (target <= 1.5x); the server's memory (RSS).
+
 ``--only N`` (repeatable) runs only the numbered benchmarks. The exit status is 1 when a target
 is missed.
 
@@ -43,6 +48,7 @@ import bench_pull
 import bench_roundtrip
 import bench_runner
 import bench_telegram
+import bench_wakeup
 from benchlib import Report, copy_database, fill_updates, migrated_template, progress
 
 
@@ -62,6 +68,8 @@ class Sizes:
     grammar_warmup: int
     runner_tasks: int
     runner_warmup: int
+    wakeup_samples: int
+    wakeup_warmup: int
 
 
 FULL = Sizes(
@@ -79,6 +87,8 @@ FULL = Sizes(
     grammar_warmup=10,
     runner_tasks=100,
     runner_warmup=5,
+    wakeup_samples=100,
+    wakeup_warmup=5,
 )
 QUICK = Sizes(
     roundtrip_iterations=60,
@@ -95,10 +105,12 @@ QUICK = Sizes(
     grammar_warmup=2,
     runner_tasks=10,
     runner_warmup=2,
+    wakeup_samples=20,
+    wakeup_warmup=2,
 )
 
 
-SECTIONS = ("1", "2", "3", "4", "5", "6")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7")
 
 
 def _label(rows: int) -> str:
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         metavar="N",
-        help="run only benchmark N (1-6); repeat for several",
+        help="run only benchmark N (1-7); repeat for several",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
-        if chosen & {"1", "2", "3", "4", "6"}:
+        if chosen & {"1", "2", "3", "4", "6", "7"}:
             progress("migrating a template database (alembic upgrade head)")
             template = migrated_template(scratch)
         if "1" in chosen:
@@ -202,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                     scratch,
                     tasks=sizes.runner_tasks,
                     warmup=sizes.runner_warmup,
+                )
+            )
+        if "7" in chosen:
+            wakeup_db = copy_database(template, scratch / "wakeup.db")
+            asyncio.run(
+                bench_wakeup.run(
+                    report, wakeup_db, samples=sizes.wakeup_samples, warmup=sizes.wakeup_warmup
                 )
             )
 

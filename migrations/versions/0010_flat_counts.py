@@ -26,7 +26,7 @@ down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-NOTIFY_CHANNEL: Final = "nexus_bridge_updates"  # nexus_bridge.db.store.UPDATES_CHANNEL
+NOTIFY_CHANNEL: Final = "nexus_bridge_updates"  # nexus_bridge.db.wakeups.UPDATES_CHANNEL
 
 # kind, target, status: the key of one count. Tasks are counted per (target, status); updates
 # per target ('' for updates of no task); ignored inbound messages once ('', '').

@@ -6,7 +6,7 @@ import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, closing
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from nexus_bridge.db.models import (
     updates,
 )
 from nexus_bridge.db.types import UTCDateTime
+from nexus_bridge.db.wakeups import ChangeFeed, change_feed
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
@@ -1268,6 +1269,10 @@ class Store:
             if _is_busy(exc):
                 raise DatabaseBusy from exc
             raise
+
+    def changes(self) -> AbstractAsyncContextManager[ChangeFeed | None]:
+        """Wake-ups when another process commits (None where only polling can tell)."""
+        return change_feed(self.engine)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
