@@ -33,3 +33,6 @@ PRIVATE_DIRECTORY_MODE: Final = 0o700
 # Every bearer token (client, agent, target) is at least this long.
 MIN_TOKEN_CHARS: Final = 16
 GENERATE_TOKEN_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105
+
+# The owner's consent form of the OAuth authorization server (when PUBLIC_URL is set).
+CONSENT_PATH: Final = "/consent"

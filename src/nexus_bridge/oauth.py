@@ -36,7 +36,7 @@ from mcp.shared.auth_utils import check_resource_allowed
 from pydantic import AnyUrl
 
 from nexus_bridge.auth import StaticTokenVerifier
-from nexus_bridge.constants import LOOPBACK_HOSTNAMES
+from nexus_bridge.constants import CONSENT_PATH, LOOPBACK_HOSTNAMES
 from nexus_bridge.db.store import Store, StoreTransaction
 from nexus_bridge.domain import utc_now
 from nexus_bridge.errors import NexusBridgeError
@@ -44,7 +44,6 @@ from nexus_bridge.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
-CONSENT_PATH: Final = "/consent"
 CLAUDE_CALLBACKS: Final = (
     "https://claude.ai/api/mcp/auth_callback",
     "https://claude.com/api/mcp/auth_callback",
