@@ -60,18 +60,18 @@ async def test_a_cli_send_wakes_a_waiting_pull_updates_at_once(
     migrated_url: str, tmp_path: Path
 ) -> None:
     text = f"sent from another process {uuid.uuid4().hex}"
-    async with running_server(settings_for(migrated_url, tmp_path)) as (url, _server):
-        async with mcp_client(url) as client:
-            start = await call(client, "pull_updates", {})
-            waiting = asyncio.create_task(
-                client.call_tool(
-                    "pull_updates",
-                    {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS},
-                )
+    settings = settings_for(migrated_url, tmp_path)
+    async with running_server(settings) as (url, _server), mcp_client(url) as client:
+        start = await call(client, "pull_updates", {})
+        waiting = asyncio.create_task(
+            client.call_tool(
+                "pull_updates",
+                {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS},
             )
-            task_id = await cli_send(migrated_url, text)
-            with anyio.fail_after(WAKE_DEADLINE_SECONDS):
-                result = await waiting
+        )
+        task_id = await cli_send(migrated_url, text)
+        with anyio.fail_after(WAKE_DEADLINE_SECONDS):
+            result = await waiting
     updates = (result.structured_content or {})["updates"]
     assert [u["message_id"] for u in updates] == [task_id]
 
@@ -81,20 +81,20 @@ async def test_a_cli_send_wakes_an_agent_waiting_in_next_task_at_once(
 ) -> None:
     text = f"a task from another process {uuid.uuid4().hex}"
     settings = settings_for(migrated_url, tmp_path, config_file=two_targets(tmp_path))
-    async with running_server(settings) as (url, _server):
-        async with agent_client(url.removesuffix("/mcp"), FELT_TOKEN) as agent:
-            waiting = asyncio.create_task(
-                agent.call_tool("next_task", {"wait_seconds": WAIT_SECONDS})
-            )
-            task_id = await cli_send(
-                migrated_url,
-                text,
-                "--target",
-                "nexus:felt",
-                NEXUS_BRIDGE_CONFIG=str(settings.config_file),
-            )
-            with anyio.fail_after(WAKE_DEADLINE_SECONDS):
-                result = await waiting
+    async with (
+        running_server(settings) as (url, _server),
+        agent_client(url.removesuffix("/mcp"), FELT_TOKEN) as agent,
+    ):
+        waiting = asyncio.create_task(agent.call_tool("next_task", {"wait_seconds": WAIT_SECONDS}))
+        task_id = await cli_send(
+            migrated_url,
+            text,
+            "--target",
+            "nexus:felt",
+            NEXUS_BRIDGE_CONFIG=str(settings.config_file),
+        )
+        with anyio.fail_after(WAKE_DEADLINE_SECONDS):
+            result = await waiting
     task = (result.structured_content or {})["task"]
     assert task is not None
     assert task["id"] == task_id
