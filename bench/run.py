@@ -42,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_cold_start
 import bench_enqueue
 import bench_grammar
 import bench_pull
@@ -70,6 +71,7 @@ class Sizes:
     runner_warmup: int
     wakeup_samples: int
     wakeup_warmup: int
+    cold_start_rounds: int
 
 
 FULL = Sizes(
@@ -89,6 +91,7 @@ FULL = Sizes(
     runner_warmup=5,
     wakeup_samples=100,
     wakeup_warmup=5,
+    cold_start_rounds=7,
 )
 QUICK = Sizes(
     roundtrip_iterations=60,
@@ -107,10 +110,11 @@ QUICK = Sizes(
     runner_warmup=2,
     wakeup_samples=20,
     wakeup_warmup=2,
+    cold_start_rounds=2,
 )
 
 
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 def _label(rows: int) -> str:
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         metavar="N",
-        help="run only benchmark N (1-7); repeat for several",
+        help="run only benchmark N (1-8); repeat for several",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
-        if chosen & {"1", "2", "3", "4", "6", "7"}:
+        if chosen & {"1", "2", "3", "4", "6", "7", "8"}:
             progress("migrating a template database (alembic upgrade head)")
             template = migrated_template(scratch)
         if "1" in chosen:
@@ -223,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                     report, wakeup_db, samples=sizes.wakeup_samples, warmup=sizes.wakeup_warmup
                 )
             )
+        if "8" in chosen:
+            cold_db = copy_database(template, scratch / "cold-start.db")
+            bench_cold_start.run(report, cold_db, scratch, rounds=sizes.cold_start_rounds)
 
     elapsed = time.perf_counter() - began
     progress(f"done in {elapsed:.0f}s; scratch directory removed")
