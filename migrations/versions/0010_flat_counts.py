@@ -181,10 +181,18 @@ def upgrade() -> None:
         sa.Column("n", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("kind", "target", "status", name=op.f("pk_queue_counts")),
     )
-    # The oldest task in progress, for any target, without walking the history of ended tasks.
+    # The oldest task in progress, for any target, without walking the history of ended tasks;
+    # a target's tasks in one status in time order, without sorting them all.
     op.create_index(
         op.f("ix_messages_status_created_at"), "messages", ["status", "created_at"], unique=False
     )
+    op.create_index(
+        op.f("ix_messages_target_status_created_at"),
+        "messages",
+        ["target", "status", "created_at"],
+        unique=False,
+    )
+    op.drop_index("ix_messages_target_status", table_name="messages")
     for statement in _BACKFILL:
         op.execute(statement)
     create_count_triggers()
@@ -192,5 +200,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     drop_count_triggers()
+    op.create_index("ix_messages_target_status", "messages", ["target", "status"], unique=False)
+    op.drop_index(op.f("ix_messages_target_status_created_at"), table_name="messages")
     op.drop_index(op.f("ix_messages_status_created_at"), table_name="messages")
     op.drop_table("queue_counts")

@@ -470,9 +470,7 @@ def lean_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0)
         target = defs.get(ref.removeprefix("#/$defs/"))
         if target is not None:
             return lean_schema(target, defs, depth + 1)
-    out = {
-        key: lean_schema(value, defs, depth) for key, value in schema.items() if key != "$defs"
-    }
+    out = {key: lean_schema(value, defs, depth) for key, value in schema.items() if key != "$defs"}
     options = out.get("anyOf")
     if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
         (other,) = [o for o in options if o != {"type": "null"}]

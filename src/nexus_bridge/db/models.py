@@ -83,7 +83,9 @@ class MessageRow(Base):
             sqlite_where=text(OPEN_STATUS_SQL),
             postgresql_where=text(OPEN_STATUS_SQL),
         ),
-        Index("ix_messages_target_status", "target", "status"),
+        # created_at too: a target's tasks in one status come newest (or oldest) first off the
+        # index, without sorting that status's whole history.
+        Index("ix_messages_target_status_created_at", "target", "status", "created_at"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_claim_expires_at", "claim_expires_at"),
         Index("ix_messages_status_created_at", "status", "created_at"),

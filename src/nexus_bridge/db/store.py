@@ -236,11 +236,13 @@ class StoreTransaction:
         if row is not None:
             return _task(row)
         if len(task_id) >= SHORT_ID_CHARS and "%" not in task_id and "_" not in task_id:
-            rows = (
-                await self._conn.execute(
-                    select(messages).where(messages.c.id.like(f"{task_id}%")).limit(2)
-                )
-            ).all()
+            query = select(messages).where(messages.c.id.like(f"{task_id}%"))
+            if self._dialect == "sqlite":
+                # The same rows as a range of the primary key (every id character sorts below
+                # DEL), so SQLite seeks instead of scanning every task; PostgreSQL's collations
+                # need not sort byte-wise, so there the LIKE alone decides.
+                query = query.where(messages.c.id >= task_id, messages.c.id < f"{task_id}\x7f")
+            rows = (await self._conn.execute(query.limit(2))).all()
             if len(rows) == 1:
                 return _task(rows[0])
             if len(rows) > 1:
