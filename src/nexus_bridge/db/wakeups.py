@@ -158,11 +158,16 @@ async def _postgres_feed(engine: AsyncEngine) -> AsyncIterator[ChangeFeed | None
         logger.debug("no LISTEN connection (%s): other processes' writes are polled", exc)
         yield None
         return
+    listening: ChangeFeed | None = feed
     try:
         raw: Any = (await conn.get_raw_connection()).driver_connection
         await raw.add_listener(UPDATES_CHANNEL, notified)
         raw.add_termination_listener(lost)
-        yield feed
+    except Exception as exc:  # noqa: BLE001 - not asyncpg, or LISTEN refused: poll instead
+        logger.debug("could not LISTEN (%s): other processes' writes are polled", exc)
+        listening = None
+    try:
+        yield listening
     finally:
         await conn.close()
 
