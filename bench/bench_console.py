@@ -1,4 +1,4 @@
-"""7. The console's task page for a task with a long history vs one with a short history.
+"""9. The console's task page for a task with a long history vs one with a short history.
 
 One live server and one database with two tasks in progress: one with 10 updates, one with
 10,000 (bulk-loaded with a recursive CTE, as section 3 loads its rows). A signed-in HTTP client
@@ -106,7 +106,7 @@ async def run(report: Report, path: Path, *, iterations: int, warmup: int) -> No
     big, small = samples[f"page {long.id}"], samples[f"page {short.id}"]
     report.rows.append(
         Row(
-            section="7",
+            section="9",
             name=f"console task page (GET, signed in), {LONG:,} vs {SHORT} updates",
             measured=f"{LONG:,}: {big.describe()}",
             baseline=f"{SHORT}: {small.describe()}",

@@ -5,7 +5,8 @@ a recursive CTE). Each pull asks for 100 rows near the end of the stream, throug
 an explicit ``cursor``, the durable cursor (no cursor: continue from the identity's last pull,
 which also advances it; it is reset, untimed, before each call), and ``since`` (a timestamp). All
 are measured on the service layer and over MCP (live server, SDK client). ``queue_status`` is
-measured alongside for information: it counts the update rows.
+measured alongside (it reads maintained counts, so it must stay flat too). Last, the tool layer's
+own cost: the same 100-row pull over MCP vs on the service layer (target <= 2x).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from nexus_bridge.db.store import Store
 from nexus_bridge.queue import QueueService
 
 TARGET = 1.5
+TOOL_LAYER_TARGET = 2.0  # an MCP pull of a page vs the same pull on the service layer
 PAGE = 100
 BEHIND = 150  # start this many rows before the end: a full page, and has_more is true
 MCP_IDENTITY = "anonymous"  # the server's identity for unauthenticated clients
@@ -109,7 +111,14 @@ def _mcp_cases(data: Dataset, client: Client, setters: list[CursorSetter]) -> li
 
         return call
 
+    async def status() -> None:
+        result = await client.call_tool("queue_status", {})
+        total = (result.structured_content or {}).get("total_updates")
+        if result.is_error or total != data.rows:
+            raise RuntimeError(f"MCP queue_status: {result}")
+
     return [
+        Case(f"mcp queue_status {data.label}", status),
         Case(f"mcp cursor {data.label}", pull({"cursor": str(data.start)}, "MCP cursor")),
         Case(f"mcp durable {data.label}", pull({}, "MCP durable"), setup=setter),
         Case(f"mcp since {data.label}", pull({"since": since}, "MCP since")),
@@ -121,7 +130,8 @@ def _rows(report: Report, samples: dict[str, Sample], small: Dataset, big: Datas
         ("svc", "cursor", "QueueService.pull(cursor=near end)", TARGET),
         ("svc", "durable", "QueueService.pull(durable cursor)", TARGET),
         ("svc", "since", "QueueService.pull(since=near end)", TARGET),
-        ("svc", "queue_status", "QueueService.status() [info]", None),
+        ("svc", "queue_status", "QueueService.status()", TARGET),
+        ("mcp", "queue_status", "MCP queue_status", TARGET),
         ("mcp", "cursor", "MCP pull_updates(cursor=near end)", TARGET),
         ("mcp", "durable", "MCP pull_updates(durable cursor)", TARGET),
         ("mcp", "since", "MCP pull_updates(since=near end)", TARGET),
@@ -139,6 +149,19 @@ def _rows(report: Report, samples: dict[str, Sample], small: Dataset, big: Datas
                 baseline=f"{small.label}: {base.describe()}",
                 ratio=large.median / base.median,
                 target=target,
+            )
+        )
+    mcp = samples.get(f"mcp cursor {small.label}")
+    svc = samples.get(f"svc cursor {small.label}")
+    if mcp is not None and svc is not None:
+        report.rows.append(
+            Row(
+                section="3",
+                name=f"MCP pull_updates of {PAGE} rows vs QueueService.pull of the same",
+                measured=f"MCP: {mcp.describe()}",
+                baseline=f"service: {svc.describe()}",
+                ratio=mcp.median / svc.median,
+                target=TOOL_LAYER_TARGET,
             )
         )
 

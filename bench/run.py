@@ -4,7 +4,8 @@ Every figure is compared with a baseline measured in the same run, on the same m
 
 1. ``send_message`` round trip vs the MCP ``ping`` round trip (target <= 1.5x).
 2. ``QueueService.enqueue`` rate vs raw ``sqlite3`` insert+commit, same pragmas (no target).
-3. ``pull_updates`` latency with 1M vs 1k update rows (target <= 1.5x: flat).
+3. ``pull_updates`` and ``queue_status`` latency with 1M vs 1k update rows (target <= 1.5x:
+   flat), and an MCP ``pull_updates`` of 100 rows vs the service-level pull (target <= 2x).
 4. An agent's Telegram reply reaching a client waiting in ``pull_updates(wait_seconds=…)`` vs the
    same wait woken by a service-layer insert (target: p99 < 100 ms on loopback).
 5. The agent grammar on 10,000-character inputs, ordinary and adversarial (worst one reported)
@@ -15,8 +16,12 @@ Every figure is compared with a baseline measured in the same run, on the same m
 7. The live task card (MCP Apps): its size vs the same client's ``tools/list`` answer (target
    < 64 KiB), and its tool calls per minute while the task is idle, in Chromium, vs a plain
    ``pull_updates`` long-poll loop over the same minute (target <= 1.5x).
+8. Another process's write (the CLI's code path) waking a client waiting in ``pull_updates``,
+   vs a write in the server's own process (target: p99 < 50 ms).
 9. The console's task page (signed in, over HTTP) for a task with 10,000 updates vs one with 10
    (target <= 2x: only a window of the history is rendered).
+10. Cold start: ``nexus-bridge serve`` to its first ``/readyz`` answer vs
+   ``python -c 'import mcp.server.mcpserver'`` (target <= 1.5x); the server's memory (RSS).
 
 ``--only N`` (repeatable) runs only the numbered benchmarks. The exit status is 1 when a target
 is missed.
@@ -42,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_card
+import bench_cold_start
 import bench_console
 import bench_enqueue
 import bench_grammar
@@ -49,6 +55,7 @@ import bench_pull
 import bench_roundtrip
 import bench_runner
 import bench_telegram
+import bench_wakeup
 from benchlib import Report, copy_database, fill_updates, migrated_template, progress
 
 
@@ -71,6 +78,9 @@ class Sizes:
     card_idle_seconds: float
     console_iterations: int
     console_warmup: int
+    wakeup_samples: int
+    wakeup_warmup: int
+    cold_start_rounds: int
 
 
 FULL = Sizes(
@@ -91,6 +101,9 @@ FULL = Sizes(
     card_idle_seconds=61,
     console_iterations=200,
     console_warmup=20,
+    wakeup_samples=100,
+    wakeup_warmup=5,
+    cold_start_rounds=7,
 )
 QUICK = Sizes(
     roundtrip_iterations=60,
@@ -110,10 +123,13 @@ QUICK = Sizes(
     card_idle_seconds=21,
     console_iterations=20,
     console_warmup=3,
+    wakeup_samples=20,
+    wakeup_warmup=2,
+    cold_start_rounds=2,
 )
 
 
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "9")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
 
 
 def _label(rows: int) -> str:
@@ -166,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
-        if chosen & {"1", "2", "3", "4", "6", "7", "9"}:
+        if chosen & {"1", "2", "3", "4", "6", "7", "8", "9", "10"}:
             progress("migrating a template database (alembic upgrade head)")
             template = migrated_template(scratch)
         if "1" in chosen:
@@ -219,10 +235,16 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=sizes.runner_warmup,
                 )
             )
-
         if "7" in chosen:
             card_db = copy_database(template, scratch / "card.db")
             asyncio.run(bench_card.run(report, card_db, idle_seconds=sizes.card_idle_seconds))
+        if "8" in chosen:
+            wakeup_db = copy_database(template, scratch / "wakeup.db")
+            asyncio.run(
+                bench_wakeup.run(
+                    report, wakeup_db, samples=sizes.wakeup_samples, warmup=sizes.wakeup_warmup
+                )
+            )
         if "9" in chosen:
             console_db = copy_database(template, scratch / "console.db")
             asyncio.run(
@@ -233,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=sizes.console_warmup,
                 )
             )
+        if "10" in chosen:
+            cold_db = copy_database(template, scratch / "cold-start.db")
+            bench_cold_start.run(report, cold_db, scratch, rounds=sizes.cold_start_rounds)
 
     elapsed = time.perf_counter() - began
     progress(f"done in {elapsed:.0f}s; scratch directory removed")

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlparse
 
 import uvicorn
@@ -35,11 +35,11 @@ from nexus_bridge import config
 from nexus_bridge.agent_tools import agent_auth_settings, create_agent_server
 from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
 from nexus_bridge.config import Settings
-from nexus_bridge.consent import consent_routes
 from nexus_bridge.console import console_deps, console_routes
 from nexus_bridge.constants import (
     AGENT_MCP_PATH,
     AUTH_SERVER_METADATA_PATH,
+    CONSENT_PATH,
     HEALTHZ_PATH,
     LOOPBACK_HOSTNAMES,
     LOOPBACK_HOSTS,
@@ -48,21 +48,21 @@ from nexus_bridge.constants import (
     WILDCARD_HOSTS,
 )
 from nexus_bridge.db.engine import ServerLock, sqlite_file
-from nexus_bridge.domain import TransportReport
+from nexus_bridge.domain import TransportReport, TransportState
 from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
 from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.metrics import METRICS_PATH, metrics_endpoint
-from nexus_bridge.oauth import CONSENT_PATH, BridgeOAuthProvider, OAuthPolicy, RegistrationsFull
 from nexus_bridge.relay import TelegramRelay
 from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
 from nexus_bridge.targets import Configuration
-from nexus_bridge.transports.telegram import (
-    POLLER_LEASE,
-    TelegramTransport,
-    TransportState,
-)
 from nexus_bridge.views import TransportOut
+
+# Only a configuration that uses them loads these (cold start): the Telegram library with a
+# Telegram target, the OAuth authorization server with PUBLIC_URL.
+if TYPE_CHECKING:
+    from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
+    from nexus_bridge.transports.telegram import TelegramTransport
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ async def report_transport(
     if transport is None:
         return TransportReport(name="telegram", state=TransportState.NOT_CONFIGURED)
     status = transport.status
-    lease = await relay.lease(POLLER_LEASE)
+    lease = await relay.lease(config.POLLER_LEASE)
     polling_here = lease is not None and lease.holder == status.holder_id
     source = status if polling_here or lease is None else lease
     return TransportReport(
@@ -172,9 +172,11 @@ def build_bridge(
     settings = runtime.settings
     telegram = runtime.configuration.telegram
     routes = runtime.configuration.routes
-    transport = (
-        TelegramTransport(runtime.relay, telegram, routes=routes) if telegram and routes else None
-    )
+    transport = None
+    if telegram and routes:
+        from nexus_bridge.transports.telegram import TelegramTransport
+
+        transport = TelegramTransport(runtime.relay, telegram, routes=routes)
     static = (
         StaticTokenVerifier([t.get_secret_value() for t in settings.auth_tokens])
         if settings.auth_tokens
@@ -234,6 +236,8 @@ def oauth_provider(
     """The OAuth authorization server, when PUBLIC_URL says where claude.ai reaches us."""
     if settings.public_url is None:
         return None
+    from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
+
     policy = OAuthPolicy(
         public_url=settings.public_url,
         access_token_seconds=settings.oauth_access_token_seconds,
@@ -433,6 +437,8 @@ def token_resource_guard(inner: ASGIApp, policy: OAuthPolicy) -> ASGIApp:
 def registrations_full_guard(inner: ASGIApp) -> ASGIApp:
     """POST /register: 429 while too many registered clients wait for their first token."""
 
+    from nexus_bridge.oauth import RegistrationsFull
+
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await inner(scope, receive, send)
@@ -523,6 +529,8 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         ]
     )
     if bridge.oauth is not None:
+        from nexus_bridge.consent import consent_routes
+
         adapt_oauth_routes(app, bridge.mcp, bridge.oauth)
         app.router.routes.extend(consent_routes(bridge.oauth))
     app.router.routes.append(agent_route(bridge, settings))

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from nexus_bridge.constants import CONSENT_PATH
 from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.oauth import (
-    CONSENT_PATH,
     BridgeOAuthProvider,
     ConsentExpired,
     ConsentRefused,

@@ -37,3 +37,6 @@ GENERATE_TOKEN_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token
 # The owner's console (the web pages under this path), and how long one sign-in lasts.
 CONSOLE_PATH: Final = "/console"
 CONSOLE_SESSION_SECONDS: Final = 12 * 3600
+
+# The owner's consent form of the OAuth authorization server (when PUBLIC_URL is set).
+CONSENT_PATH: Final = "/consent"

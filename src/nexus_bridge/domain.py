@@ -360,6 +360,21 @@ HANDED_OVER_STATUSES: Final = frozenset(
 )
 
 
+class TransportState:
+    """What ``queue_status`` and ``/readyz`` say about the transport in this process."""
+
+    NOT_CONFIGURED: Final = "not configured"
+    STARTING: Final = "starting"
+    POLLING: Final = "polling"  # this process holds the lease: it polls and delivers
+    STANDBY: Final = "standby"  # another process polls; this one serves MCP only
+    ERROR: Final = "error"
+    STOPPED: Final = "stopped"
+    # While polling: the last Bot API call failed (a network error, a timeout, a 5xx) ...
+    UNREACHABLE: Final = "unreachable"
+    # ... or Telegram refused it for a while (429) or another program polls the bot (409).
+    DEGRADED: Final = "degraded"
+
+
 @dataclass(frozen=True, slots=True)
 class TransportReport:
     """How tasks reach the agent, as ``queue_status`` and ``/readyz`` report it."""

@@ -476,9 +476,60 @@ def _one_line(tool: str, error: ValidationError) -> str:
     return f"invalid arguments for {tool}: " + "; ".join(parts)
 
 
+# Keywords a nullable scalar can carry into ``"type": [..., "null"]`` unchanged.
+_SCALAR_KEYWORDS: Final = frozenset(
+    {"type", "title", "description", "format", "maxLength", "minLength", "minimum", "maximum"}
+)
+
+
+def lean_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:
+    """``schema`` as cheap to validate as it is to read: every ``$ref`` inlined and each
+    ``anyOf: [scalar, null]`` a ``type`` list. Clients (the SDK's among them) validate every
+    result against the output schema, once per row of a page: that validation, not the
+    server, is most of what a 100-update pull costs. The schema accepts exactly the same
+    documents."""
+    if isinstance(schema, list):
+        return [lean_schema(item, defs, depth) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if defs is None:
+        defs = schema.get("$defs", {})
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/") and len(schema) == 1 and depth < 8:
+        target = defs.get(ref.removeprefix("#/$defs/"))
+        if target is not None:
+            return lean_schema(target, defs, depth + 1)
+    out = {key: lean_schema(value, defs, depth) for key, value in schema.items() if key != "$defs"}
+    options = out.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        (other,) = [o for o in options if o != {"type": "null"}]
+        if isinstance(other, dict) and isinstance(other.get("type"), str):
+            if set(other) <= _SCALAR_KEYWORDS:
+                del out["anyOf"]
+                out = {**other, **out, "type": [other["type"], "null"]}
+            elif set(other) <= _SCALAR_KEYWORDS | {"enum"}:
+                del out["anyOf"]
+                out = {**other, **out, "type": [other["type"], "null"]}
+                out["enum"] = [*other["enum"], None]
+    if "$defs" in schema and not _refers(out):
+        return out
+    if "$defs" in schema:  # a recursive model: keep the definitions it still needs
+        out["$defs"] = schema["$defs"]
+    return out
+
+
+def _refers(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        return "$ref" in schema or any(_refers(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_refers(v) for v in schema)
+    return False
+
+
 class BridgeMCPServer(MCPServer[Any]):
-    """MCPServer whose argument-validation errors are one line a model can act on, and whose
-    tool descriptions are the docstrings without their source indentation."""
+    """MCPServer whose argument-validation errors are one line a model can act on, whose
+    tool descriptions are the docstrings without their source indentation, and whose output
+    schemas are lean (:func:`lean_schema`)."""
 
     def add_tool(
         self,
@@ -501,6 +552,10 @@ class BridgeMCPServer(MCPServer[Any]):
             meta=meta,
             structured_output=structured_output,
         )
+        tool = self._tool_manager.get_tool(name or fn.__name__)
+        if tool is not None and tool.fn_metadata.output_schema is not None:
+            # The SDK reads the field live: it publishes (and checks results against) this one.
+            tool.fn_metadata.output_schema = lean_schema(tool.fn_metadata.output_schema)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None

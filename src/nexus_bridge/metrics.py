@@ -7,6 +7,7 @@ The adapters (the MCP tools, the Telegram transport, the consent page) count int
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -21,16 +22,6 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from telegram.error import (
-    BadRequest,
-    ChatMigrated,
-    Conflict,
-    Forbidden,
-    InvalidToken,
-    NetworkError,
-    RetryAfter,
-    TimedOut,
-)
 
 from nexus_bridge import config
 from nexus_bridge.constants import LOOPBACK_HOSTS
@@ -45,17 +36,6 @@ TEXT_FORMAT: Final = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX: Final = "nexus_bridge"
 # Tool calls take from milliseconds (a send) to a minute (a pull or next_task that waits).
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-# Kinds of Bot API error, most specific first (TimedOut is a NetworkError, and so on).
-TELEGRAM_ERROR_KINDS: Final = (
-    (RetryAfter, "retry_after"),
-    (Conflict, "conflict"),
-    (InvalidToken, "invalid_token"),
-    (Forbidden, "forbidden"),
-    (ChatMigrated, "chat_migrated"),
-    (BadRequest, "bad_request"),
-    (TimedOut, "timed_out"),
-    (NetworkError, "network"),
-)
 # Headers a reverse proxy adds: a request that carries one came from beyond this machine.
 FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip", "cf-connecting-ip")
 
@@ -117,8 +97,37 @@ class Metrics:
             self.tool_seconds.labels(tool, outcome[0]).observe(time.perf_counter() - start)
 
     def telegram_error(self, exc: BaseException) -> None:
-        kind = next((k for cls, k in TELEGRAM_ERROR_KINDS if isinstance(exc, cls)), "other")
+        kind = next((k for cls, k in telegram_error_kinds() if isinstance(exc, cls)), "other")
         self.telegram_errors.labels(kind).inc()
+
+
+@functools.cache
+def telegram_error_kinds() -> tuple[tuple[type[Exception], str], ...]:
+    """Kinds of Bot API error, most specific first (TimedOut is a NetworkError, and so on).
+
+    Imported here, not at the top: only a process with a Telegram target loads the library.
+    """
+    from telegram.error import (
+        BadRequest,
+        ChatMigrated,
+        Conflict,
+        Forbidden,
+        InvalidToken,
+        NetworkError,
+        RetryAfter,
+        TimedOut,
+    )
+
+    return (
+        (RetryAfter, "retry_after"),
+        (Conflict, "conflict"),
+        (InvalidToken, "invalid_token"),
+        (Forbidden, "forbidden"),
+        (ChatMigrated, "chat_migrated"),
+        (BadRequest, "bad_request"),
+        (TimedOut, "timed_out"),
+        (NetworkError, "network"),
+    )
 
 
 METRICS: Final = Metrics()

@@ -8,17 +8,14 @@ the protocol; this module is the storage and the policy behind them.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import enum
 import hashlib
-import hmac
 import json
 import logging
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -38,16 +35,21 @@ from mcp.shared.auth_utils import check_resource_allowed
 from pydantic import AnyUrl
 
 from nexus_bridge.auth import StaticTokenVerifier
-from nexus_bridge.constants import LOOPBACK_HOSTNAMES
+from nexus_bridge.constants import CONSENT_PATH, LOOPBACK_HOSTNAMES
 from nexus_bridge.db.oauth_store import OAuthStore, TokenKind, TokenRecord
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import utc_now
 from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.metrics import METRICS
+from nexus_bridge.owner import ConsentRefused as ConsentRefused
+from nexus_bridge.owner import NoPassphrase as NoPassphrase
+from nexus_bridge.owner import OwnerGate as OwnerGate
+from nexus_bridge.owner import OwnerLockedOut as OwnerLockedOut
+from nexus_bridge.owner import hash_passphrase as hash_passphrase
+from nexus_bridge.owner import verify_passphrase as verify_passphrase
 
 logger = logging.getLogger(__name__)
 
-CONSENT_PATH: Final = "/consent"
 CLAUDE_CALLBACKS: Final = (
     "https://claude.ai/api/mcp/auth_callback",
     "https://claude.com/api/mcp/auth_callback",
@@ -65,17 +67,6 @@ S256_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-2
 MAX_PENDING_REQUESTS_PER_CLIENT: Final = 10  # older consent requests of the client are dropped
 UNUSED_CLIENT_SECONDS: Final = 3600  # then a client that got no code or token is forgotten
 MAX_OAUTH_ID_CHARS: Final = 64  # the longest client id or token family id stored
-_SCRYPT_N: Final = 2**14
-_SCRYPT_R: Final = 8
-_SCRYPT_P: Final = 1
-
-
-class ConsentRefused(NexusBridgeError):
-    """That did not work. Check the passphrase and try again."""
-
-
-class OwnerLockedOut(NexusBridgeError):
-    """Too many wrong attempts. Try again later."""
 
 
 class ConsentExpired(NexusBridgeError):
@@ -84,10 +75,6 @@ class ConsentExpired(NexusBridgeError):
 
 class RegistrationsFull(NexusBridgeError):
     """Too many registered clients are still waiting for their first token; try again later."""
-
-
-class NoPassphrase(NexusBridgeError):
-    """The owner has not set a passphrase yet: run nexus-bridge auth set-passphrase"""
 
 
 class UnknownClientOrFamily(NexusBridgeError):
@@ -177,41 +164,6 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def hash_passphrase(passphrase: str) -> str:
-    """A scrypt hash with its parameters and salt, for storing."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        passphrase.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
-    parts = [
-        "scrypt",
-        str(_SCRYPT_N),
-        str(_SCRYPT_R),
-        str(_SCRYPT_P),
-        base64.b64encode(salt).decode(),
-        base64.b64encode(digest).decode(),
-    ]
-    return "$".join(parts)
-
-
-def verify_passphrase(passphrase: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, expected = stored.split("$")
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    digest = hashlib.scrypt(
-        passphrase.encode("utf-8"),
-        salt=base64.b64decode(salt),
-        n=int(n),
-        r=int(r),
-        p=int(p),
-        dklen=32,
-    )
-    return hmac.compare_digest(digest, base64.b64decode(expected))
-
-
 def redirect_uri_allowed(uri: str, extra: tuple[str, ...] = ()) -> bool:
     """claude.ai's callback, loopback addresses (desktop clients), or an operator-listed URI."""
     if uri in CLAUDE_CALLBACKS or uri in extra:
@@ -258,88 +210,6 @@ def authorization_refused(
     if refused is not None:
         return AuthorizeError(error="invalid_target", error_description=refused)
     return None
-
-
-class OwnerGate:
-    """The owner's passphrase and its wrong-guess lockout, one for every page that asks for it
-    (the consent page and the console): the attempts count against the same owner row."""
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        max_failed_attempts: int,
-        lockout_seconds: int,
-        failure_delay_seconds: float,
-        clock: Callable[[], datetime] = utc_now,
-    ) -> None:
-        self._store = store
-        self.max_failed_attempts = max_failed_attempts
-        self.lockout_seconds = lockout_seconds
-        self.failure_delay_seconds = failure_delay_seconds
-        self._now = clock
-
-    async def has_passphrase(self) -> bool:
-        async with self._store.read() as tx:
-            owner = await tx.oauth.owner()
-        return owner is not None and bool(owner.passphrase_hash)
-
-    async def check(self, passphrase: str) -> None:
-        """Pass if ``passphrase`` is the owner's; a success clears the count of wrong ones.
-
-        Raises:
-            NoPassphrase: none has been set.
-            OwnerLockedOut: too many wrong attempts lately.
-            ConsentRefused: wrong passphrase (the page never says more).
-        """
-        now = self._now()
-        # Count the attempt before checking it, in one serialised write: parallel guesses
-        # cannot all slip in under the limit.
-        async with self._store.write() as tx:
-            owner = await tx.oauth.owner()
-            if owner is None or not owner.passphrase_hash:
-                raise NoPassphrase()
-            if owner.locked_until is not None and owner.locked_until > now:
-                METRICS.oauth_refusals.labels("locked_out").inc()
-                raise OwnerLockedOut()
-            attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
-            locked_until = None
-            if attempts >= self.max_failed_attempts:
-                locked_until = now + timedelta(seconds=self.lockout_seconds)
-            await tx.oauth.save_owner_attempts(
-                failed_attempts=attempts, locked_until=locked_until, at=now
-            )
-            stored_hash = owner.passphrase_hash
-        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
-        if not ok:
-            METRICS.oauth_refusals.labels("wrong_passphrase").inc()
-            await asyncio.sleep(self.failure_delay_seconds)  # throttle guessing
-            if locked_until is not None:
-                logger.warning(
-                    "owner passphrase: locked for %s s after wrong passphrases",
-                    self.lockout_seconds,
-                )
-                raise OwnerLockedOut()
-            raise ConsentRefused()
-        async with self._store.write() as tx:
-            await tx.oauth.save_owner_attempts(failed_attempts=0, locked_until=None, at=now)
-
-    def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
-        """Wrong passphrases still counted: failures decay. They count only within a window of
-        ``lockout_seconds`` from the last one, and a lockout that has run out ends for good (a
-        single wrong guess after it does not lock again; it takes the full count anew)."""
-        if failures >= self.max_failed_attempts:
-            return 0  # the lockout these earned is over (check() saw locked_until)
-        if now - last_change >= timedelta(seconds=self.lockout_seconds):
-            return 0
-        return failures
-
-    async def set_passphrase(self, passphrase: str) -> None:
-        hashed = await asyncio.to_thread(hash_passphrase, passphrase)
-        async with self._store.write() as tx:
-            await tx.oauth.save_owner_passphrase(passphrase_hash=hashed, at=self._now())
-            # A new passphrase ends every console session signed in with the old one.
-            await tx.console_end_all_sessions()
 
 
 def _epoch(value: datetime) -> int:

@@ -836,21 +836,26 @@ class QueueService:
         """Wake waiters when another process (a second server, the CLI) commits an update.
 
         Writes in this process wake waiters at once; other processes' writes are noticed here,
-        by one cheap primary-key lookup per interval for the whole process, however many
-        clients are waiting. Runs until cancelled.
+        within milliseconds where the store can watch the database (inotify on SQLite, LISTEN on
+        PostgreSQL), else by one cheap primary-key lookup per interval for the whole process,
+        however many clients are waiting. Runs until cancelled.
         """
-        last: int | None = None
-        while True:
-            try:
-                async with self._store.read() as tx:
-                    current = await tx.last_seq()
-            except Exception:
-                logger.exception("could not check the database for new updates")
-            else:
-                if last is not None and current != last:
-                    self.signal.notify()
-                last = current
-            await asyncio.sleep(interval)
+        async with self._store.changes() as feed:
+            last: int | None = None
+            while True:
+                try:
+                    async with self._store.read() as tx:
+                        current = await tx.last_seq()
+                except Exception:
+                    logger.exception("could not check the database for new updates")
+                else:
+                    if last is not None and current != last:
+                        self.signal.notify()
+                    last = current
+                if feed is None:
+                    await asyncio.sleep(interval)
+                else:
+                    await feed.wait(interval)
 
     async def schema_revisions(self) -> Sequence[str]:
         async with self._store.read() as tx:

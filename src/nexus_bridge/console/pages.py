@@ -10,15 +10,17 @@ import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlencode
 
 from nexus_bridge.console.sessions import CSRF_FIELD
 from nexus_bridge.constants import CONSOLE_PATH
 from nexus_bridge.db.types import format_timestamp
 from nexus_bridge.domain import TaskStatus, Update, UpdateKind
-from nexus_bridge.oauth import OAuthClientView, TokenFamilyView
 from nexus_bridge.views import TargetOut, TaskOut, TransportOut
+
+if TYPE_CHECKING:  # the OAuth server is loaded only with PUBLIC_URL (cold start)
+    from nexus_bridge.oauth import OAuthClientView, TokenFamilyView
 
 STATIC: Final = f"{CONSOLE_PATH}/static"
 SIGN_IN_PATH: Final = f"{CONSOLE_PATH}/sign-in"

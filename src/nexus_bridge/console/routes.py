@@ -10,7 +10,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlparse
 
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -36,16 +36,12 @@ from nexus_bridge.constants import CONSOLE_PATH
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import Task, TaskStatus, TransportReport
 from nexus_bridge.errors import InvalidInput, NexusBridgeError, TaskNotFound
-from nexus_bridge.oauth import (
-    BridgeOAuthProvider,
-    ConsentRefused,
-    NoPassphrase,
-    OwnerGate,
-    OwnerLockedOut,
-    UnknownClientOrFamily,
-)
+from nexus_bridge.owner import ConsentRefused, NoPassphrase, OwnerGate, OwnerLockedOut
 from nexus_bridge.queue import QueueService
 from nexus_bridge.views import TargetOut, TaskOut, TransportOut, UpdateOut, queue_figures
+
+if TYPE_CHECKING:  # the OAuth server is loaded only with PUBLIC_URL (cold start)
+    from nexus_bridge.oauth import BridgeOAuthProvider
 
 logger = logging.getLogger(__name__)
 
@@ -463,9 +459,10 @@ class Console:
 
     async def revoke(self, request: Request, csrf: str, form: FormData) -> Response:
         access_id = _field(form, "id")
+        if self.d.oauth is None:  # OAuth is off: nothing was ever issued
+            unknown = f"no client or token family {access_id!r}"
+            return await self.access(request, csrf, error=f"{unknown} ({access_id[:100]!r})")
         try:
-            if self.d.oauth is None:
-                raise UnknownClientOrFamily(access_id)  # OAuth is off: nothing was issued
             what = (await self.d.oauth.revoke(access_id)).description
         except NexusBridgeError as exc:
             return await self.access(request, csrf, error=f"{exc} ({access_id[:100]!r})")

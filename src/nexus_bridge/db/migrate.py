@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
+from typing import TYPE_CHECKING
 
 import nexus_bridge
 from nexus_bridge.errors import MigrationError
+
+# alembic (with mako and pygments) is imported where it is used, not here: a server only needs
+# to know the head revisions (``head_revisions``), and loading alembic would double its start.
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.util import CommandError
 
 
 def migrations_path() -> Path:
@@ -26,6 +29,8 @@ def migrations_path() -> Path:
 
 def alembic_config(database_url: str) -> Config:
     """An alembic config for ``database_url`` that works from any current directory."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_path()))
     # ConfigParser interpolation: a literal % in a password must be doubled.
@@ -35,6 +40,9 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Raises MigrationError for a revision, given or found in the database, that is unknown."""
+    from alembic import command
+    from alembic.util import CommandError
+
     try:
         command.upgrade(alembic_config(database_url), revision)
     except CommandError as exc:
@@ -43,6 +51,9 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     """Raises MigrationError for a revision, given or found in the database, that is unknown."""
+    from alembic import command
+    from alembic.util import CommandError
+
     try:
         command.downgrade(alembic_config(database_url), revision)
     except CommandError as exc:
@@ -50,6 +61,8 @@ def downgrade(database_url: str, revision: str) -> None:
 
 
 def _explained(exc: CommandError) -> MigrationError:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(migrations_path()))
     known = [r.revision for r in reversed(list(script.walk_revisions()))]
     return MigrationError(
@@ -61,6 +74,8 @@ def _explained(exc: CommandError) -> MigrationError:
 
 def revisions() -> list[tuple[str, str]]:
     """Every revision this nexus-bridge knows, oldest first, with the first line of its doc."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(migrations_path()))
     return [
         (r.revision, (r.doc or "").strip().splitlines()[0] if r.doc else "")
@@ -69,11 +84,38 @@ def revisions() -> list[tuple[str, str]]:
 
 
 def head_revisions() -> tuple[str, ...]:
-    script = ScriptDirectory(str(migrations_path()))
-    return tuple(script.get_heads())
+    """The revisions no other revision builds on, read from the migration files' ``revision``
+    and ``down_revision`` assignments without loading alembic (a unit test checks that alembic
+    finds the same heads)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((migrations_path() / "versions").glob("*.py")):
+        found = _revision_assignments(path)
+        if "revision" not in found:
+            continue
+        revisions.add(str(found["revision"]))
+        down = found.get("down_revision")
+        if isinstance(down, str):
+            parents.add(down)
+        elif isinstance(down, tuple | list):
+            parents.update(str(d) for d in down)
+    return tuple(sorted(revisions - parents))
+
+
+def _revision_assignments(path: Path) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            if node.value is not None and {"revision", "down_revision"} & set(names):
+                found[names[0]] = ast.literal_eval(node.value)
+    return found
 
 
 def known_revisions() -> frozenset[str]:
     """Every revision this nexus-bridge's migrations know."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(migrations_path()))
     return frozenset(r.revision for r in script.walk_revisions())

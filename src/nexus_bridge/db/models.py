@@ -83,9 +83,12 @@ class MessageRow(Base):
             sqlite_where=text(OPEN_STATUS_SQL),
             postgresql_where=text(OPEN_STATUS_SQL),
         ),
-        Index("ix_messages_target_status", "target", "status"),
+        # created_at too: a target's tasks in one status come newest (or oldest) first off the
+        # index, without sorting that status's whole history.
+        Index("ix_messages_target_status_created_at", "target", "status", "created_at"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_claim_expires_at", "claim_expires_at"),
+        Index("ix_messages_status_created_at", "status", "created_at"),
     )
 
 
@@ -316,6 +319,23 @@ class ConsoleSessionRow(Base):
     __table_args__ = (Index("ix_console_sessions_expires_at", "expires_at"),)
 
 
+class QueueCountRow(Base):
+    """How many rows of a kind there are, kept by triggers (migration 0011) in the transaction
+    that inserts, changes or deletes them: ``queue_status`` reads these few rows instead of
+    counting the whole history.
+
+    ``kind`` 'tasks': per (target, status); 'updates': per target ('' for updates of no task);
+    'ignored': inbound messages not accepted ('', '').
+    """
+
+    __tablename__ = "queue_counts"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    target: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 messages = cast(Table, MessageRow.__table__)
 updates = cast(Table, UpdateRow.__table__)
 pull_cursors = cast(Table, PullCursorRow.__table__)
@@ -329,3 +349,4 @@ oauth_tokens = cast(Table, OAuthTokenRow.__table__)
 owner = cast(Table, OwnerRow.__table__)
 agent_presence = cast(Table, AgentPresenceRow.__table__)
 console_sessions = cast(Table, ConsoleSessionRow.__table__)
+queue_counts = cast(Table, QueueCountRow.__table__)

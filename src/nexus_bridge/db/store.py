@@ -7,7 +7,7 @@ import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, closing
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,11 +43,13 @@ from nexus_bridge.db.models import (
     messages,
     outbox,
     pull_cursors,
+    queue_counts,
     telegram_messages,
     updates,
 )
 from nexus_bridge.db.oauth_store import OAuthStore
 from nexus_bridge.db.types import UTCDateTime
+from nexus_bridge.db.wakeups import ChangeFeed, change_feed
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
@@ -75,6 +77,10 @@ from nexus_bridge.errors import (
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
 _PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
+# The kinds of queue_counts rows (kept by the triggers of migration 0010).
+COUNT_TASKS: Final = "tasks"
+COUNT_UPDATES: Final = "updates"
+COUNT_IGNORED: Final = "ignored"
 # What a task id (a UUID) or its prefix can be made of; anything else matches no task.
 _ID_CHARS: Final = re.compile(rf"[0-9A-Za-z-]{{1,{MAX_ID_CHARS}}}")
 
@@ -229,11 +235,13 @@ class StoreTransaction:
         if row is not None:
             return _task(row)
         if len(task_id) >= SHORT_ID_CHARS and "%" not in task_id and "_" not in task_id:
-            rows = (
-                await self._conn.execute(
-                    select(messages).where(messages.c.id.like(f"{task_id}%")).limit(2)
-                )
-            ).all()
+            query = select(messages).where(messages.c.id.like(f"{task_id}%"))
+            if self._dialect == "sqlite":
+                # The same rows as a range of the primary key (every id character sorts below
+                # DEL), so SQLite seeks instead of scanning every task; PostgreSQL's collations
+                # need not sort byte-wise, so there the LIKE alone decides.
+                query = query.where(messages.c.id >= task_id, messages.c.id < f"{task_id}\x7f")
+            rows = (await self._conn.execute(query.limit(2))).all()
             if len(rows) == 1:
                 return _task(rows[0])
             if len(rows) > 1:
@@ -372,9 +380,14 @@ class StoreTransaction:
         return [_task(row) for row in rows.all()]
 
     async def count_by_status(self, target: str | None) -> dict[TaskStatus, int]:
-        query = select(messages.c.status, func.count()).group_by(messages.c.status)
+        """Tasks per status, from the maintained counts (a few rows, whatever the history)."""
+        query = (
+            select(queue_counts.c.status, func.sum(queue_counts.c.n))
+            .where(queue_counts.c.kind == COUNT_TASKS)
+            .group_by(queue_counts.c.status)
+        )
         if target is not None:
-            query = query.where(messages.c.target == target)
+            query = query.where(queue_counts.c.target == target)
         counts = {status: 0 for status in TaskStatus}
         for status, count in (await self._conn.execute(query)).all():
             counts[TaskStatus(status)] = int(count)
@@ -451,11 +464,15 @@ class StoreTransaction:
         return [_update(row) for row in rows]
 
     async def count_updates(self, target: str | None) -> int:
-        query = select(func.count()).select_from(updates)
+        """Update rows (of ``target``'s tasks), from the maintained counts."""
+        return await self._maintained_count(COUNT_UPDATES, target)
+
+    async def _maintained_count(self, kind: str, target: str | None) -> int:
+        query = select(func.coalesce(func.sum(queue_counts.c.n), 0)).where(
+            queue_counts.c.kind == kind
+        )
         if target is not None:
-            query = query.join(messages, messages.c.id == updates.c.message_id).where(
-                messages.c.target == target
-            )
+            query = query.where(queue_counts.c.target == target)
         return int((await self._conn.execute(query)).scalar_one())
 
     async def last_seq(self) -> int:
@@ -753,15 +770,8 @@ class StoreTransaction:
         return [int(r[0]) for r in rows.all()]
 
     async def count_ignored_inbound(self) -> int:
-        return int(
-            (
-                await self._conn.execute(
-                    select(func.count())
-                    .select_from(telegram_messages)
-                    .where(telegram_messages.c.accepted.is_(False))
-                )
-            ).scalar_one()
-        )
+        """Inbound messages not accepted, from the maintained counts."""
+        return await self._maintained_count(COUNT_IGNORED, None)
 
     # --- leases ----------------------------------------------------------------------------
 
@@ -1121,6 +1131,10 @@ class Store:
             if _is_busy(exc):
                 raise DatabaseBusy from exc
             raise
+
+    def changes(self) -> AbstractAsyncContextManager[ChangeFeed | None]:
+        """Wake-ups when another process commits (None where only polling can tell)."""
+        return change_feed(self.engine)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

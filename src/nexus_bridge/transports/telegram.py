@@ -35,7 +35,7 @@ from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageH
 from telegram.request import HTTPXRequest
 
 from nexus_bridge.config import POLLER_LEASE, TelegramSettings
-from nexus_bridge.domain import OutboxKind
+from nexus_bridge.domain import OutboxKind, TransportState
 from nexus_bridge.errors import InvalidInput
 from nexus_bridge.holders import holder_is_dead, lease_clock, make_holder_id
 from nexus_bridge.logs import quiet_noisy_loggers
@@ -57,21 +57,6 @@ MAX_POLL_BACKOFF_SECONDS: Final = 30.0
 # stops sending a third of the lease before any other process may take over.
 RENEWALS_PER_LEASE: Final = 3
 FENCE_FRACTION: Final = 2 / 3
-
-
-class TransportState:
-    """What ``queue_status`` and ``/readyz`` say about the transport in this process."""
-
-    NOT_CONFIGURED: Final = "not configured"
-    STARTING: Final = "starting"
-    POLLING: Final = "polling"  # this process holds the lease: it polls and delivers
-    STANDBY: Final = "standby"  # another process polls; this one serves MCP only
-    ERROR: Final = "error"
-    STOPPED: Final = "stopped"
-    # While polling: the last Bot API call failed (a network error, a timeout, a 5xx) ...
-    UNREACHABLE: Final = "unreachable"
-    # ... or Telegram refused it for a while (429) or another program polls the bot (409).
-    DEGRADED: Final = "degraded"
 
 
 class LeaseLost(Exception):

@@ -1,0 +1,100 @@
+"""Another process's write wakes a waiting ``pull_updates`` or ``next_task`` at once, not at the
+next poll: inotify on the SQLite files, LISTEN/NOTIFY on PostgreSQL. The poll is set to an hour
+here, so only the wake-up can answer within the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import anyio
+
+from nexus_bridge.config import Settings
+from tests.conftest import mcp_client, running_server, subprocess_env
+from tests.e2e.test_agent_api import FELT_TOKEN, agent_client, two_targets
+from tests.e2e.test_http import call
+
+EXE = str(Path(sys.executable).with_name("nexus-bridge"))
+POLL_SECONDS = 3600.0  # the fallback poll: far beyond every deadline below
+WAIT_SECONDS = 120.0  # the client's wait: also far beyond them
+# From the end of the CLI process to the waiting call's answer. Generous for a loaded machine,
+# and still a small fraction of the poll.
+WAKE_DEADLINE_SECONDS = 5.0
+
+
+def settings_for(database_url: str, tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "port": 0,
+        "agent_token_file": tmp_path / "agent-token",
+        "change_poll_seconds": POLL_SECONDS,
+        "max_wait_seconds": WAIT_SECONDS,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+async def cli_send(database_url: str, text: str, *args: str, **env: str) -> str:
+    """``nexus-bridge send`` in its own process; the new task's id."""
+    process = await asyncio.create_subprocess_exec(
+        EXE,
+        "send",
+        "--json",
+        text,
+        *args,
+        env=subprocess_env(database_url, **env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    sent = json.loads(out)
+    assert sent["queued"] is True
+    return str(sent["id"])
+
+
+async def test_a_cli_send_wakes_a_waiting_pull_updates_at_once(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    text = f"sent from another process {uuid.uuid4().hex}"
+    settings = settings_for(migrated_url, tmp_path)
+    async with running_server(settings) as (url, _server), mcp_client(url) as client:
+        start = await call(client, "pull_updates", {})
+        waiting = asyncio.create_task(
+            client.call_tool(
+                "pull_updates",
+                {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS},
+            )
+        )
+        task_id = await cli_send(migrated_url, text)
+        with anyio.fail_after(WAKE_DEADLINE_SECONDS):
+            result = await waiting
+    updates = (result.structured_content or {})["updates"]
+    assert [u["message_id"] for u in updates] == [task_id]
+
+
+async def test_a_cli_send_wakes_an_agent_waiting_in_next_task_at_once(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    text = f"a task from another process {uuid.uuid4().hex}"
+    settings = settings_for(migrated_url, tmp_path, config_file=two_targets(tmp_path))
+    async with (
+        running_server(settings) as (url, _server),
+        agent_client(url.removesuffix("/mcp"), FELT_TOKEN) as agent,
+    ):
+        waiting = asyncio.create_task(agent.call_tool("next_task", {"wait_seconds": WAIT_SECONDS}))
+        task_id = await cli_send(
+            migrated_url,
+            text,
+            "--target",
+            "nexus:felt",
+            NEXUS_BRIDGE_CONFIG=str(settings.config_file),
+        )
+        with anyio.fail_after(WAKE_DEADLINE_SECONDS):
+            result = await waiting
+    task = (result.structured_content or {})["task"]
+    assert task is not None
+    assert task["id"] == task_id
