@@ -191,6 +191,9 @@ def _status_line(old: TaskStatus | None, new: TaskStatus, reason: str | None) ->
     return f"{line} ({reason})" if reason else line
 
 
+_QUEUED_LINE: Final = _status_line(None, TaskStatus.PENDING, "queued")
+
+
 class QueueService:
     """Everything a client or a transport can do with the queue."""
 
@@ -270,35 +273,40 @@ class QueueService:
         self._check_target(target)
         content = self._check_text(message, "message")
         digest = content_hash(content)
-        for _ in range(_ENQUEUE_ATTEMPTS):
+        uses_outbox = self._policies[target].uses_outbox
+
+        async def insert(tx: StoreTransaction) -> Task:
             now = self._clock()
+            task = await tx.insert_task(
+                NewTask(
+                    id=str(uuid.uuid4()),
+                    target=target,
+                    content=content,
+                    content_hash=digest,
+                    created_at=now,
+                    urgent=urgent,
+                )
+            )
+            if uses_outbox:
+                await tx.insert_outbox(
+                    message_id=task.id,
+                    kind=OutboxKind.TASK,
+                    body=content,
+                    reply_to_telegram_id=None,
+                    at=now,
+                )
+            await tx.insert_update(
+                message_id=task.id,
+                kind=UpdateKind.STATUS,
+                status=TaskStatus.PENDING,
+                content=_QUEUED_LINE,
+                at=now,
+            )
+            return task
+
+        for _ in range(_ENQUEUE_ATTEMPTS):
             try:
-                async with self._store.write() as tx:
-                    task = await tx.insert_task(
-                        NewTask(
-                            id=str(uuid.uuid4()),
-                            target=target,
-                            content=content,
-                            content_hash=digest,
-                            created_at=now,
-                            urgent=urgent,
-                        )
-                    )
-                    if self._policies[target].uses_outbox:
-                        await tx.insert_outbox(
-                            message_id=task.id,
-                            kind=OutboxKind.TASK,
-                            body=content,
-                            reply_to_telegram_id=None,
-                            at=now,
-                        )
-                    await tx.insert_update(
-                        message_id=task.id,
-                        kind=UpdateKind.STATUS,
-                        status=TaskStatus.PENDING,
-                        content=_status_line(None, TaskStatus.PENDING, "queued"),
-                        at=now,
-                    )
+                task = await self._store.commit(insert)
             except DuplicateTask:
                 async with self._store.read() as tx:
                     existing = await tx.open_task_with_hash(target, digest)

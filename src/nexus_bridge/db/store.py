@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, Unpack
 
 from sqlalchemy import (
     Insert,
@@ -29,12 +29,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
 
 from nexus_bridge.constants import SHORT_ID_CHARS
-from nexus_bridge.db.engine import WRITE_OPTION
+from nexus_bridge.db.engine import WRITE_OPTION, create_writer_engine, sqlite_file
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
     agent_presence,
@@ -51,6 +53,7 @@ from nexus_bridge.db.models import (
     updates,
 )
 from nexus_bridge.db.types import UTCDateTime
+from nexus_bridge.db.writer import SqliteWriter
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
@@ -75,11 +78,20 @@ from nexus_bridge.errors import (
     TaskNotFound,
 )
 
+T = TypeVar("T")
+
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
 _PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
 # What a task id (a UUID) or its prefix can be made of; anything else matches no task.
 _ID_CHARS: Final = re.compile(rf"[0-9A-Za-z-]{{1,{MAX_ID_CHARS}}}")
+
+
+# The statements of the hottest writes, built once: their values come as parameters, so a call
+# costs a compiled-cache hit, not a statement construction.
+_INSERT_TASK: Final = insert(messages)
+_INSERT_UPDATE: Final = insert(updates)
+_INSERT_OUTBOX: Final = insert(outbox)
 
 
 def _timestamp(value: datetime) -> Any:
@@ -152,10 +164,27 @@ class NewTask:
     urgent: bool = False
 
 
-class StoreTransaction:
-    """The queries of one transaction. Obtain it from :meth:`Store.read` or :meth:`Store.write`."""
+class ImmediateConnection:
+    """A synchronous connection behind :class:`StoreTransaction`'s awaits: every ``execute``
+    returns at once, so a write runs whole in the writer's thread (see :mod:`.writer`)."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    __slots__ = ("_conn", "dialect")
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+        self.dialect = connection.dialect
+
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[Unpack[tuple[Any, ...]]]:
+        return self._conn.execute(statement, parameters)
+
+
+class StoreTransaction:
+    """The queries of one transaction. Obtain it from :meth:`Store.read`, :meth:`Store.write`
+    or :meth:`Store.commit`."""
+
+    def __init__(self, connection: AsyncConnection | ImmediateConnection) -> None:
         self._conn = connection
         self._dialect = connection.dialect.name
 
@@ -185,7 +214,7 @@ class StoreTransaction:
             "updated_at": new.created_at,
         }
         try:
-            await self._conn.execute(insert(messages).values(**values))
+            await self._conn.execute(_INSERT_TASK, values)
         except IntegrityError as exc:
             if _is_open_content_violation(exc):
                 raise DuplicateTask() from exc
@@ -403,13 +432,14 @@ class StoreTransaction:
         status: TaskStatus | None = None,
     ) -> Update:
         result = await self._conn.execute(
-            insert(updates).values(
-                message_id=message_id,
-                kind=kind.value,
-                status=status.value if status else None,
-                content=content,
-                created_at=at,
-            )
+            _INSERT_UPDATE,
+            {
+                "message_id": message_id,
+                "kind": kind.value,
+                "status": status.value if status else None,
+                "content": content,
+                "created_at": at,
+            },
         )
         # The primary key comes back without a RETURNING fetch on SQLite (lastrowid).
         key = result.inserted_primary_key
@@ -495,17 +525,18 @@ class StoreTransaction:
         at: datetime,
     ) -> int:
         result = await self._conn.execute(
-            insert(outbox).values(
-                message_id=message_id,
-                kind=kind.value,
-                body=body,
-                reply_to_telegram_id=reply_to_telegram_id,
-                state=OutboxState.PENDING.value,
-                attempts=0,
-                parts_sent=0,
-                next_attempt_at=at,
-                created_at=at,
-            )
+            _INSERT_OUTBOX,
+            {
+                "message_id": message_id,
+                "kind": kind.value,
+                "body": body,
+                "reply_to_telegram_id": reply_to_telegram_id,
+                "state": OutboxState.PENDING.value,
+                "attempts": 0,
+                "parts_sent": 0,
+                "next_attempt_at": at,
+                "created_at": at,
+            },
         )
         key = result.inserted_primary_key
         if key is None:  # pragma: no cover - every supported driver reports it
@@ -1206,6 +1237,40 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._is_postgres = engine.dialect.name == "postgresql"
+        self._writer: SqliteWriter | None = None
+        self._writes_in_thread = sqlite_file(str(engine.url)) is not None
+
+    async def commit(self, body: Callable[[StoreTransaction], Coroutine[Any, Any, T]]) -> T:
+        """Run ``body`` in a write transaction; its result once the transaction is committed
+        (on disk). Raising in ``body`` rolls back only what ``body`` wrote.
+
+        On SQLite ``body`` runs whole in the store's writer thread, grouped with the writes that
+        arrive meanwhile (:class:`~nexus_bridge.db.writer.SqliteWriter`): it must only run
+        statements on its transaction, never wait on anything else, and never touch the event
+        loop's objects. On PostgreSQL it runs in a :meth:`write` transaction.
+
+        Raises:
+            DatabaseBusy: another process held the write lock past the busy timeout.
+            DatabaseUnreachable: the database cannot be opened.
+        """
+        if not self._writes_in_thread:
+            async with self.write() as tx:
+                return await body(tx)
+        if self._writer is None:
+            self._writer = SqliteWriter(
+                create_writer_engine(self.engine),
+                connect_error=lambda exc: DatabaseUnreachable(_reason(exc)),
+            )
+
+        def job(connection: Connection) -> Coroutine[Any, Any, T]:
+            return body(StoreTransaction(ImmediateConnection(connection)))
+
+        try:
+            return await self._writer.run(job)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if _is_busy(exc):
+                raise DatabaseBusy from exc
+            raise
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
@@ -1263,6 +1328,9 @@ class Store:
             raise
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
         await self.engine.dispose()
 
 

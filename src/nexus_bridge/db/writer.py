@@ -1,0 +1,218 @@
+"""The single writer of a SQLite database: one thread, one connection, group commit.
+
+A write is a coroutine function over a synchronous connection whose awaits never wait; the
+thread runs it whole (one trip from the event loop per write transaction, not one per
+statement). Writes that arrive while a transaction is being committed are committed together in
+the next one, each in its own savepoint: one fsync for many writes, and a write that fails (a
+duplicate caught by a unique index, or anything else) rolls back only itself. Its caller's
+future resolves after the COMMIT returned, so whatever a write answers is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+
+from nexus_bridge.constants import MAX_WRITES_PER_COMMIT
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteJob = Callable[[Connection], Coroutine[Any, Any, T]]
+
+
+class WriteWaited(RuntimeError):
+    """A write awaited something that waits (not a statement); it must only run statements."""
+
+
+@dataclass(slots=True, eq=False)
+class _Pending(Generic[T]):
+    job: WriteJob[T]
+    future: asyncio.Future[T]
+    loop: asyncio.AbstractEventLoop
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends, here and now."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise WriteWaited(WriteWaited.__doc__)
+
+
+def _settle(batch: list[_Pending[Any]]) -> None:
+    """On the caller's loop: hand every write its outcome (a cancelled caller gets nothing)."""
+    for item in batch:
+        if item.future.done():
+            continue
+        if item.error is not None:
+            item.future.set_exception(item.error)
+        else:
+            item.future.set_result(item.result)
+
+
+class SqliteWriter:
+    """Runs write transactions in its own thread, on its own connection of ``engine``.
+
+    ``connect_error`` turns a failure to open the connection into the error its callers get.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        connect_error: Callable[[Exception], Exception],
+        max_batch: int = MAX_WRITES_PER_COMMIT,
+    ) -> None:
+        self._engine = engine
+        self._connect_error = connect_error
+        self._max_batch = max_batch
+        self._inbox: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    async def run(self, job: WriteJob[T]) -> T:
+        """Run ``job`` in a write transaction and return its result once that is committed.
+
+        Raises:
+            whatever ``job`` raised (its savepoint was rolled back), or the error that failed
+            the transaction's BEGIN or COMMIT (nothing of it was written).
+        """
+        loop = asyncio.get_running_loop()
+        pending: _Pending[T] = _Pending(job, loop.create_future(), loop)
+        self._ensure_thread()
+        self._inbox.put(pending)
+        return await pending.future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="nexus-bridge-writer", daemon=True
+                )
+                self._thread.start()
+
+    async def close(self) -> None:
+        """Finish the writes already submitted, then stop the thread and close the connection."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._inbox.put(None)
+            await asyncio.to_thread(thread.join)
+
+    # --- the writer thread -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        connection: Connection | None = None
+        try:
+            while True:
+                batch, stop = self._take()
+                batch = [item for item in batch if not item.future.cancelled()]
+                if batch:
+                    try:
+                        connection = self._commit(connection, batch)
+                    except BaseException as exc:  # never leave a caller waiting
+                        for item in batch:
+                            item.error = item.error or exc
+                        _discard(connection)
+                        connection = None
+                    self._answer(batch)
+                if stop:
+                    return
+        finally:
+            _discard(connection)
+
+    def _take(self) -> tuple[list[_Pending[Any]], bool]:
+        """The next batch: wait for one write, then take every write already waiting."""
+        first = self._inbox.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _commit(
+        self, connection: Connection | None, batch: list[_Pending[Any]]
+    ) -> Connection | None:
+        """One ``BEGIN IMMEDIATE … COMMIT`` for the whole batch; the connection to use next."""
+        if connection is None:
+            try:
+                connection = self._engine.connect()
+            except Exception as exc:
+                error = self._connect_error(exc)
+                for item in batch:
+                    item.error = error
+                return None
+        try:
+            with connection.begin():
+                if len(batch) == 1:
+                    only = batch[0]
+                    try:
+                        only.result = _run_to_end(only.job(connection))
+                    except Exception as exc:
+                        only.error = exc
+                        raise
+                else:
+                    # Straight to sqlite3: SQLAlchemy's savepoints would compile two statements
+                    # per write, and it has no part in them (the transaction is ours).
+                    driver = connection.connection.driver_connection
+                    if driver is None:  # pragma: no cover - an open connection has its driver
+                        raise RuntimeError("no sqlite3 connection to write on")
+                    for item in batch:
+                        driver.execute("SAVEPOINT write")
+                        try:
+                            item.result = _run_to_end(item.job(connection))
+                        except Exception as exc:
+                            item.error = exc
+                            driver.execute("ROLLBACK TO write")
+                        driver.execute("RELEASE write")
+        except Exception as exc:
+            if len(batch) == 1 and batch[0].error is exc:
+                return connection  # the one write failed and was rolled back: nothing else to do
+            # BEGIN, a savepoint or COMMIT failed: nothing of the batch is on disk.
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+            _discard(connection)
+            return None
+        return connection
+
+    @staticmethod
+    def _answer(batch: list[_Pending[Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending[Any]]] = {}
+        for item in batch:
+            by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+                logger.debug("a write finished after its event loop closed")
+
+
+def _discard(connection: Connection | None) -> None:
+    """Close a connection that may be broken; the next batch opens a fresh one."""
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - it is being thrown away either way
+            logger.debug("closing the writer's connection failed", exc_info=True)
