@@ -124,7 +124,7 @@ class SqliteWriter:
                 if batch:
                     try:
                         connection = self._commit(connection, batch)
-                    except BaseException as exc:  # never leave a caller waiting
+                    except BaseException as exc:  # noqa: BLE001 - never leave a caller waiting
                         for item in batch:
                             item.error = item.error or exc
                         _discard(connection)
@@ -158,7 +158,7 @@ class SqliteWriter:
         if connection is None:
             try:
                 connection = self._engine.connect()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every caller gets it, as connect_error says
                 error = self._connect_error(exc)
                 for item in batch:
                     item.error = error
@@ -175,18 +175,16 @@ class SqliteWriter:
                 else:
                     # Straight to sqlite3: SQLAlchemy's savepoints would compile two statements
                     # per write, and it has no part in them (the transaction is ours).
-                    driver = connection.connection.driver_connection
-                    if driver is None:  # pragma: no cover - an open connection has its driver
-                        raise RuntimeError("no sqlite3 connection to write on")
+                    driver = _sqlite3_connection(connection)
                     for item in batch:
                         driver.execute("SAVEPOINT write")
                         try:
                             item.result = _run_to_end(item.job(connection))
-                        except Exception as exc:
+                        except Exception as exc:  # noqa: BLE001 - it is its caller's to handle
                             item.error = exc
                             driver.execute("ROLLBACK TO write")
                         driver.execute("RELEASE write")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - each caller gets its write's outcome
             if len(batch) == 1 and batch[0].error is exc:
                 return connection  # the one write failed and was rolled back: nothing else to do
             # BEGIN, a savepoint or COMMIT failed: nothing of the batch is on disk.
@@ -214,5 +212,12 @@ def _discard(connection: Connection | None) -> None:
     if connection is not None:
         try:
             connection.close()
-        except Exception:  # noqa: BLE001 - it is being thrown away either way
+        except Exception:
             logger.debug("closing the writer's connection failed", exc_info=True)
+
+
+def _sqlite3_connection(connection: Connection) -> Any:
+    driver = connection.connection.driver_connection
+    if driver is None:  # pragma: no cover - an open connection has its driver
+        raise RuntimeError("no sqlite3 connection to write on")
+    return driver
