@@ -344,7 +344,8 @@ class QueueService:
         """
         check_task_id(task_id, "id")
         content = self._check_text(text, "text")
-        async with self._store.write() as tx:
+
+        async def answer(tx: StoreTransaction) -> Task:
             task = await tx.get_task(task_id)
             if task.status is not TaskStatus.INPUT_REQUIRED:
                 raise IllegalTransition(
@@ -368,7 +369,9 @@ class QueueService:
                     at=now,
                 )
             # An agent-API agent reads the answer with get_replies instead.
-            resumed = await self._apply(tx, task, TaskStatus.IN_PROGRESS, "answered")
+            return await self._apply(tx, task, TaskStatus.IN_PROGRESS, "answered")
+
+        resumed = await self._store.commit(answer)
         self.signal.notify()
         return resumed
 
@@ -383,9 +386,11 @@ class QueueService:
         """
         check_task_id(task_id, "id")
         reason = _check_reason(reason)
-        async with self._store.write() as tx:
-            task = await tx.get_task(task_id)
-            moved = await self._apply(tx, task, new_status, reason)
+
+        async def move(tx: StoreTransaction) -> Task:
+            return await self._apply(tx, await tx.get_task(task_id), new_status, reason)
+
+        moved = await self._store.commit(move)
         self.signal.notify()
         return moved
 
@@ -398,7 +403,8 @@ class QueueService:
         """
         check_task_id(task_id, "id")
         reason = _check_reason(reason)
-        async with self._store.write() as tx:
+
+        async def cancel(tx: StoreTransaction) -> Task:
             task = await tx.get_task(task_id)
             cancelled = await self._apply(tx, task, TaskStatus.CANCELLED, reason)
             posted = await tx.telegram_ids_of_task(task.id, direction="out")
@@ -410,6 +416,9 @@ class QueueService:
                     reply_to_telegram_id=posted[0],
                     at=self._clock(),
                 )
+            return cancelled
+
+        cancelled = await self._store.commit(cancel)
         self.signal.notify()
         return cancelled
 
@@ -454,11 +463,14 @@ class QueueService:
         """
         if not content.strip():
             raise InvalidInput("an agent update needs text")
-        async with self._store.write() as tx:
+
+        async def record(tx: StoreTransaction) -> Update:
             message_id = (await tx.get_task(task_id)).id if task_id else None
-            update = await tx.insert_update(
+            return await tx.insert_update(
                 message_id=message_id, kind=UpdateKind.AGENT, content=content, at=self._clock()
             )
+
+        update = await self._store.commit(record)
         self.signal.notify()
         return update
 
@@ -929,23 +941,26 @@ class QueueService:
         policy = self.policy(target)
         if policy.uses_outbox:
             raise InvalidInput(f"target {target!r} takes its tasks over Telegram, not next_task")
-        async with self._store.write() as tx:
+
+        async def claim(tx: StoreTransaction) -> tuple[Task | None, list[Task]]:
             now = self._clock()
             await tx.touch_presence(target, at=now)
             expired = await self._expire_claims(tx, now, target)
             if policy.one_at_a_time and await tx.count_handed_over(target, excluding=None) > 0:
-                task = None
-            else:
-                task = await tx.oldest_pending(target)
-            claimed = None
-            if task is not None:
-                claimed = await self._apply(
-                    tx,
-                    task,
-                    TaskStatus.ACKNOWLEDGED,
-                    "claimed by the agent",
-                    lease_seconds=self._claim_seconds,
-                )
+                return None, expired
+            task = await tx.oldest_pending(target)
+            if task is None:
+                return None, expired
+            claimed = await self._apply(
+                tx,
+                task,
+                TaskStatus.ACKNOWLEDGED,
+                "claimed by the agent",
+                lease_seconds=self._claim_seconds,
+            )
+            return claimed, expired
+
+        claimed, expired = await self._store.commit(claim)
         if claimed is not None or expired:
             self.signal.notify()
         return claimed
@@ -1036,21 +1051,30 @@ class QueueService:
         check_task_id(task_id, field)
         if session is not None:
             check_agent_session(session)
-        async with self._store.write() as tx:
-            now = self._clock()
-            await tx.touch_presence(target, at=now)
-            task = await tx.task_of_target(target, task_id)
-            if task is None:
-                raise TaskNotFound(task_id)
-            changed = False
-            if task.claim_expires_at is not None:
-                await tx.renew_claim(task.id, until=now + timedelta(seconds=self._claim_seconds))
-                changed = True
-            if session is not None and session != task.agent_session:
-                await tx.set_agent_session(task.id, session)
-                changed = True
-            if changed:
-                task = await tx.get_task(task.id)
+
+        async def touch(tx: StoreTransaction) -> Task:
+            return await self._agent_task(tx, target, task_id, session=session)
+
+        return await self._store.commit(touch)
+
+    async def _agent_task(
+        self, tx: StoreTransaction, target: str, task_id: str, *, session: str | None = None
+    ) -> Task:
+        """:meth:`agent_task` inside a write transaction."""
+        now = self._clock()
+        await tx.touch_presence(target, at=now)
+        task = await tx.task_of_target(target, task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        changed = False
+        if task.claim_expires_at is not None:
+            await tx.renew_claim(task.id, until=now + timedelta(seconds=self._claim_seconds))
+            changed = True
+        if session is not None and session != task.agent_session:
+            await tx.set_agent_session(task.id, session)
+            changed = True
+        if changed:
+            task = await tx.get_task(task.id)
         return task
 
     async def agent_report(
@@ -1072,9 +1096,10 @@ class QueueService:
                 (not claimed, or its claim expired and it went back to the queue).
         """
         content = self._check_text(text, field) if text is not None else None
-        task = await self.agent_task(target, task_id)
-        async with self._store.write() as tx:
-            task = await tx.get_task(task.id)
+        check_task_id(task_id, "id")
+
+        async def report(tx: StoreTransaction) -> Task:
+            task = await self._agent_task(tx, target, task_id)
             if task.status is TaskStatus.PENDING and not self.policy(target).uses_outbox:
                 raise IllegalTransition(
                     f"task {task.id} is pending: it is not yours (never claimed, or its claim "
@@ -1088,6 +1113,9 @@ class QueueService:
                 )
             if status is not None:
                 task = await self._apply(tx, task, status, reason)
+            return task
+
+        task = await self._store.commit(report)
         self.signal.notify()
         return task
 
