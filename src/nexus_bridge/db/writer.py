@@ -81,6 +81,10 @@ class SqliteWriter:
         self._inbox: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Written by the writer thread only: how many transactions committed, holding how many
+        # writes that succeeded (more writes than commits: group commit at work).
+        self.commits = 0
+        self.committed_writes = 0
 
     async def run(self, job: WriteJob[T]) -> T:
         """Run ``job`` in a write transaction and return its result once that is committed.
@@ -193,6 +197,11 @@ class SqliteWriter:
                     item.error = exc
             _discard(connection)
             return None
+        written = sum(item.error is None for item in batch)
+        self.commits += 1
+        self.committed_writes += written
+        if len(batch) > 1:
+            logger.debug("committed %d writes of %d in one transaction", written, len(batch))
         return connection
 
     @staticmethod
