@@ -268,3 +268,31 @@ async def test_a_failing_service_write_in_a_batch_fails_only_its_caller(store: S
     assert isinstance(results[1], TaskNotFound)
     contents = {t.content for t in (await queue.list_tasks(limit=10)).tasks}
     assert contents == {"warm the writer up", "first", "second"}
+
+
+async def test_a_long_cold_write_makes_hot_writes_wait_their_turn_not_fail_busy(
+    migrated_sqlite_url: str,
+) -> None:
+    """``Store.write`` (the statement-by-statement kind) runs on the writer's own connection:
+    writes of this process queue behind it instead of racing it for SQLite's lock (which, past
+    the busy timeout, fails them with DatabaseBusy)."""
+    store = Store(create_engine(migrated_sqlite_url, busy_timeout_ms=20))
+    queue = QueueService(store)
+    try:
+        await queue.enqueue("warm the writer up")
+        holding = asyncio.Event()
+
+        async def cold() -> None:
+            async with store.write() as tx:
+                holding.set()
+                for _ in range(3):
+                    await tx.touch_presence("default", at=queue.now())
+                    await asyncio.sleep(0.05)  # a slow transaction: longer than the busy timeout
+
+        slow = asyncio.ensure_future(cold())
+        await asyncio.wait_for(holding.wait(), DEADLINE_SECONDS)
+        results = await asyncio.gather(*(queue.enqueue(f"hot {n}") for n in range(8)))
+        await slow
+    finally:
+        await store.dispose()
+    assert all(r.queued for r in results)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import (
     Insert,
@@ -53,7 +53,7 @@ from nexus_bridge.db.models import (
     updates,
 )
 from nexus_bridge.db.types import UTCDateTime
-from nexus_bridge.db.writer import SqliteWriter
+from nexus_bridge.db.writer import SqliteWriter, WriteSession
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
@@ -236,11 +236,37 @@ class ImmediateConnection:
             raise DBAPIError.instance(compiled.sql, parameters, exc, sqlite3.Error) from exc
 
 
+class SessionConnection:
+    """The writer's connection, reached from the event loop one statement at a time (a
+    :class:`~nexus_bridge.db.writer.WriteSession`), behind :class:`StoreTransaction`."""
+
+    __slots__ = ("_session", "dialect")
+
+    def __init__(self, session: WriteSession, dialect: Dialect) -> None:
+        self._session = session
+        self.dialect = dialect
+
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        def run(connection: Connection) -> CursorResult[*tuple[Any, ...]]:
+            result = connection.execute(statement, parameters)
+            if result.returns_rows:
+                # Read every row here, in the writer's thread; the caller gets them buffered
+                # (a Result with the same row API; rowcount and keys matter only without rows).
+                return cast("CursorResult[*tuple[Any, ...]]", result.freeze()())
+            return result
+
+        return await self._session.run(run)
+
+
 class StoreTransaction:
     """The queries of one transaction. Obtain it from :meth:`Store.read`, :meth:`Store.write`
     or :meth:`Store.commit`."""
 
-    def __init__(self, connection: AsyncConnection | ImmediateConnection) -> None:
+    def __init__(
+        self, connection: AsyncConnection | ImmediateConnection | SessionConnection
+    ) -> None:
         self._conn = connection
         self._dialect = connection.dialect.name
 
@@ -1311,24 +1337,31 @@ class Store:
             DatabaseBusy: another process held the write lock past the busy timeout.
             DatabaseUnreachable: the database cannot be opened.
         """
-        if not self._writes_in_thread:
+        writer = self._sqlite_writer()
+        if writer is None:
             async with self.write() as tx:
                 return await body(tx)
-        if self._writer is None:
-            self._writer = SqliteWriter(
-                create_writer_engine(self.engine),
-                connect_error=lambda exc: DatabaseUnreachable(_reason(exc)),
-            )
 
         def job(connection: Connection) -> Coroutine[Any, Any, T]:
             return body(StoreTransaction(ImmediateConnection(connection)))
 
         try:
-            return await self._writer.run(job)
+            return await writer.run(job)
         except (OperationalError, sqlite3.OperationalError) as exc:
             if _is_busy(exc):
                 raise DatabaseBusy from exc
             raise
+
+    def _sqlite_writer(self) -> SqliteWriter | None:
+        """The writer thread of a SQLite file (started on first use); None on PostgreSQL."""
+        if not self._writes_in_thread:
+            return None
+        if self._writer is None:
+            self._writer = SqliteWriter(
+                create_writer_engine(self.engine),
+                connect_error=lambda exc: DatabaseUnreachable(_reason(exc)),
+            )
+        return self._writer
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
@@ -1368,11 +1401,23 @@ class Store:
         """A write transaction: committed when the block ends, rolled back if it raises.
 
         Keep it short and never wait on the network inside it: on SQLite it holds the one
-        write lock, and every other writer waits for it (then fails with DatabaseBusy).
+        write lock, and every other writer waits for it (then fails with DatabaseBusy). On a
+        SQLite file it runs on the writer thread's connection, statement by statement, so it
+        never contends with this process's :meth:`commit` writes for the lock.
 
         Raises:
             DatabaseBusy: another process held the write lock past the busy timeout.
         """
+        writer = self._sqlite_writer()
+        if writer is not None:
+            try:
+                async with writer.session() as session:
+                    yield StoreTransaction(SessionConnection(session, self.engine.dialect))
+            except (OperationalError, sqlite3.OperationalError) as exc:
+                if _is_busy(exc):
+                    raise DatabaseBusy from exc
+                raise
+            return
         try:
             async with self._connect() as conn:
                 conn = await conn.execution_options(**{WRITE_OPTION: True})

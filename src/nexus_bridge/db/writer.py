@@ -14,7 +14,8 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -39,6 +40,60 @@ class _Pending(Generic[T]):
     loop: asyncio.AbstractEventLoop
     result: Any = None
     error: BaseException | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Step:
+    """One statement of a session, or (``action`` None) its end: commit or roll back."""
+
+    action: Callable[[Connection], Any] | None
+    future: asyncio.Future[Any]
+    commit: bool = False
+
+
+class WriteSession:
+    """A write transaction on the writer's connection, driven statement by statement from the
+    event loop (one trip each, as on any async driver): for writes that cannot be one body.
+    While it is open the writer does nothing else, so keep it short."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started: asyncio.Future[None] = loop.create_future()
+        self.steps: queue.SimpleQueue[_Step] = queue.SimpleQueue()
+
+    async def run(self, action: Callable[[Connection], T]) -> T:
+        """``action(connection)`` in the writer's thread, inside this session's transaction."""
+        step = _Step(action, self.loop.create_future())
+        self.steps.put(step)
+        return await step.future  # type: ignore[no-any-return]
+
+    async def end(self, *, commit: bool) -> None:
+        """Commit (or roll back) and give the writer back. Raises what COMMIT raised."""
+        step = _Step(None, self.loop.create_future(), commit=commit)
+        self.steps.put(step)
+        await asyncio.shield(step.future)
+
+
+def _notify(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    """From the writer thread: resolve ``future`` on its loop (if that still runs)."""
+    try:
+        loop.call_soon_threadsafe(_resolve, future, result, error)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        logger.debug("a session step finished after its event loop closed")
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -78,7 +133,7 @@ class SqliteWriter:
         self._engine = engine
         self._connect_error = connect_error
         self._max_batch = max_batch
-        self._inbox: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Pending[Any] | WriteSession | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         # Written by the writer thread only: how many transactions committed, holding how many
@@ -98,6 +153,29 @@ class SqliteWriter:
         self._ensure_thread()
         self._inbox.put(pending)
         return await pending.future
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[WriteSession]:
+        """A :class:`WriteSession`: committed when the block ends, rolled back if it raises.
+
+        Raises:
+            the error that failed its BEGIN or its COMMIT.
+        """
+        session = WriteSession(asyncio.get_running_loop())
+        self._ensure_thread()
+        self._inbox.put(session)
+        try:
+            await session.started
+        except BaseException:
+            # Cancelled while waiting its turn: the writer will start it, and must end it at once.
+            session.steps.put(_Step(None, session.loop.create_future(), commit=False))
+            raise
+        try:
+            yield session
+        except BaseException:
+            await session.end(commit=False)
+            raise
+        await session.end(commit=True)
 
     def _ensure_thread(self) -> None:
         if self._thread is not None:
@@ -123,7 +201,7 @@ class SqliteWriter:
         connection: Connection | None = None
         try:
             while True:
-                batch, stop = self._take()
+                batch, session, stop = self._take()
                 batch = [item for item in batch if not item.future.cancelled()]
                 if batch:
                     try:
@@ -134,16 +212,21 @@ class SqliteWriter:
                         _discard(connection)
                         connection = None
                     self._answer(batch)
+                if session is not None:
+                    connection = self._serve_session(connection, session)
                 if stop:
                     return
         finally:
             _discard(connection)
 
-    def _take(self) -> tuple[list[_Pending[Any]], bool]:
-        """The next batch: wait for one write, then take every write already waiting."""
+    def _take(self) -> tuple[list[_Pending[Any]], WriteSession | None, bool]:
+        """The next batch: wait for one write, then take every write already waiting, up to
+        a session (which runs alone, after the batch)."""
         first = self._inbox.get()
         if first is None:
-            return [], True
+            return [], None, True
+        if isinstance(first, WriteSession):
+            return [], first, False
         batch = [first]
         while len(batch) < self._max_batch:
             try:
@@ -151,9 +234,52 @@ class SqliteWriter:
             except queue.Empty:
                 break
             if item is None:
-                return batch, True
+                return batch, None, True
+            if isinstance(item, WriteSession):
+                return batch, item, False
             batch.append(item)
-        return batch, False
+        return batch, None, False
+
+    def _serve_session(
+        self, connection: Connection | None, session: WriteSession
+    ) -> Connection | None:
+        """Begin, run the session's statements as they come, end as it says; the connection to
+        use next."""
+        loop = session.loop
+        if connection is None:
+            try:
+                connection = self._engine.connect()
+            except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+                _notify(loop, session.started, None, self._connect_error(exc))
+                return None
+        try:
+            transaction = connection.begin()
+        except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+            _notify(loop, session.started, None, exc)
+            _discard(connection)
+            return None
+        _notify(loop, session.started, None, None)
+        while True:
+            step = session.steps.get()
+            if step.action is not None:
+                try:
+                    result, error = step.action(connection), None
+                except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+                    result, error = None, exc
+                _notify(loop, step.future, result, error)
+                continue
+            try:
+                if step.commit:
+                    transaction.commit()
+                    self.commits += 1
+                else:
+                    transaction.rollback()
+            except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+                _notify(loop, step.future, None, exc)
+                _discard(connection)
+                return None
+            _notify(loop, step.future, None, None)
+            return connection
 
     def _commit(
         self, connection: Connection | None, batch: list[_Pending[Any]]
