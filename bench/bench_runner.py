@@ -11,7 +11,7 @@ Per task (sequential; the runner long-polls ``next_task`` between them):
   an update: the runner reading it, ``post_update``, the bridge waking the pull.
 
 Baseline, alternating with the tasks: the bridge's own wake-up latency, a client waiting in
-``pull_updates`` woken by ``QueueService.add_agent_update`` on the same server (as in 4).
+``pull_updates`` woken by ``QueueService.agent_report`` on the same server (as in 4).
 Targets, absolute (the ratio column is p99 / baseline p99): claimed → started p99 < 500 ms (two
 MCP calls, ``next_task``'s answer and ``start_task``, both write transactions, then a fork),
 output line → visible p99 < 250 ms (one ``post_update``).
@@ -127,8 +127,9 @@ class _Bench:
             )
         )
         await _deadline(self.waiting.event.wait(), "the pull to wait")
+        target = (await self.queue.get(task_id)).task.target
         start = time.perf_counter()
-        await self.queue.add_agent_update(task_id, "baseline wake-up")
+        await self.queue.agent_report(target, task_id, text="baseline wake-up")
         result = await _deadline(pull, "the woken pull")
         elapsed = time.perf_counter() - start
         self.cursor = str((result.structured_content or {})["next_cursor"])
@@ -205,7 +206,7 @@ async def run(report: Report, database: Path, scratch: Path, *, tasks: int, warm
                 section="6",
                 name=f"{name} vs bridge wake-up",
                 measured=_describe(sample),
-                baseline=f"add_agent_update {_describe(wake_s)}",
+                baseline=f"agent_report {_describe(wake_s)}",
                 ratio=sample.p99 / wake_s.p99,
                 target_text=f"p99 < {fmt_seconds(target)}",
                 passed=sample.p99 < target,
@@ -218,7 +219,7 @@ async def run(report: Report, database: Path, scratch: Path, *, tasks: int, warm
         "server in this process; claimed = the bridge's claim_next returns (instrumented), "
         "started = the command's first `date +%s%N`; the line carries its own `date +%s%N` and "
         "is timed until a client waiting in pull_updates has it; baseline = a waiting "
-        "pull_updates woken by QueueService.add_agent_update; ratio = p99 / baseline p99; "
+        "pull_updates woken by QueueService.agent_report; ratio = p99 / baseline p99; "
         "the targets are absolute."
     )
 

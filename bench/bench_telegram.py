@@ -16,7 +16,7 @@ One task is sent over MCP, delivered to the fake chat and moved to ``in_progress
    * measured: the fake injects the agent's reply (a Telegram reply to the task's message);
      the poller's pending ``getUpdates`` answers at once, the transport journals the message
      and turns it into an update, which wakes the pull;
-   * baseline: ``QueueService.add_agent_update`` on the same server's queue (one write
+   * baseline: ``QueueService.agent_report`` on the same server's queue (one write
      transaction, then the in-process wake-up).
 
 The two kinds alternate (the order flips every round). Target: p99 of the measured path under
@@ -165,8 +165,9 @@ class _Replies:
             start = time.perf_counter()
             fake.inject_message(CHAT, AGENT, text, reply_to_message_id=self._task_message)
         else:
+            target = (await self._queue.get(self._task_id)).task.target
             start = time.perf_counter()
-            await self._queue.add_agent_update(self._task_id, text)
+            await self._queue.agent_report(target, self._task_id, text=text)
         result = await pull
         elapsed = time.perf_counter() - start
         self._check(result, text)
@@ -265,7 +266,7 @@ async def run(report: Report, database: Path, *, replies: int, warmup: int) -> N
             section="4",
             name="Telegram reply -> waiting pull_updates vs service-layer insert",
             measured=_describe(telegram),
-            baseline=f"add_agent_update {_describe(service)}",
+            baseline=f"agent_report {_describe(service)}",
             ratio=telegram.p99 / service.p99,
             target_text=f"p99 < {fmt_seconds(TARGET_P99)}",
             passed=telegram.p99 < TARGET_P99,
@@ -275,12 +276,12 @@ async def run(report: Report, database: Path, *, replies: int, warmup: int) -> N
         "4: one MCP client waits in pull_updates(cursor, wait_seconds="
         f"{WAIT_SECONDS}) and is woken by an agent reply injected into the fake Bot API "
         f"(getUpdates long polling, timeout {POLL_TIMEOUT}s, poller parked) or, baseline, by "
-        "QueueService.add_agent_update on the same server; time from the wake-up to the tool's "
+        "QueueService.agent_report on the same server; time from the wake-up to the tool's "
         "return; kinds alternate; ratio = Telegram p99 / baseline p99 "
         f"(p50s: {telegram.p50 / service.p50:.2f}x); the target is absolute, not a ratio."
     )
     progress(f"  Telegram reply {_describe(telegram)}")
-    progress(f"  add_agent_update {_describe(service)}")
+    progress(f"  agent_report {_describe(service)}")
     progress(f"  {polls} getUpdates calls in all")
 
 

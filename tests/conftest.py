@@ -25,6 +25,7 @@ from nexus_bridge.db import migrate
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.queue import QueueService
+from nexus_bridge.relay import TelegramRelay
 
 # python-telegram-bot warns (an error under filterwarnings=error) when it builds RetryAfter with
 # an int; opting in to its timedelta form, which the transport handles, keeps 429s as RetryAfter.
@@ -101,6 +102,12 @@ async def store(migrated_url: str) -> AsyncIterator[Store]:
 @pytest.fixture
 async def queue(store: Store) -> QueueService:
     return QueueService(store, max_message_chars=1_000, max_wait_seconds=5)
+
+
+@pytest.fixture
+def relay(store: Store, queue: QueueService) -> TelegramRelay:
+    """The Telegram relay beside the ``queue`` fixture (same targets, clock and signal)."""
+    return TelegramRelay(store, queue)
 
 
 async def wait_for(

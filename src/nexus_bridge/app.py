@@ -53,7 +53,7 @@ from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.metrics import METRICS_PATH, metrics_endpoint
 from nexus_bridge.oauth import CONSENT_PATH, BridgeOAuthProvider, OAuthPolicy, RegistrationsFull
-from nexus_bridge.queue import QueueService
+from nexus_bridge.relay import TelegramRelay
 from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
 from nexus_bridge.targets import Transport
 from nexus_bridge.transports.telegram import (
@@ -123,7 +123,7 @@ class Bridge(Runtime):
         self._background.clear()
 
     async def transport_report(self) -> TransportReport:
-        return await report_transport(self.queue, self.transport)
+        return await report_transport(self.relay, self.transport)
 
     async def close(self) -> None:
         await self.stop_background()
@@ -133,7 +133,7 @@ class Bridge(Runtime):
 
 
 async def report_transport(
-    queue: QueueService, transport: TelegramTransport | None
+    relay: TelegramRelay, transport: TelegramTransport | None
 ) -> TransportReport:
     """The transport's state in this process, and which process holds the poller lease.
 
@@ -143,7 +143,7 @@ async def report_transport(
     if transport is None:
         return TransportReport(name="telegram", state=TransportState.NOT_CONFIGURED)
     status = transport.status
-    lease = await queue.lease(POLLER_LEASE)
+    lease = await relay.lease(POLLER_LEASE)
     polling_here = lease is not None and lease.holder == status.holder_id
     source = status if polling_here or lease is None else lease
     return TransportReport(
@@ -168,7 +168,7 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
     telegram = settings.telegram()
     routes = telegram_routes(runtime, telegram)
     transport = (
-        TelegramTransport(runtime.queue, telegram, routes=routes) if telegram and routes else None
+        TelegramTransport(runtime.relay, telegram, routes=routes) if telegram and routes else None
     )
     static = (
         StaticTokenVerifier([t.get_secret_value() for t in settings.auth_tokens])
@@ -199,7 +199,7 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
         token_verifier=verifier,
         auth_server_provider=provider,
         auth=auth,
-        transport_report=functools.partial(report_transport, runtime.queue, transport),
+        transport_report=functools.partial(report_transport, runtime.relay, transport),
     )
     agent_verifier = AgentTokenVerifier(agent_tokens(runtime, create_default=http))
     agent_server = create_agent_server(

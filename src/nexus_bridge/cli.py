@@ -33,7 +33,7 @@ from nexus_bridge.domain import (
 from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, TaskNotFound
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
-from nexus_bridge.runtime import open_runtime
+from nexus_bridge.runtime import Runtime, open_runtime
 from nexus_bridge.views import TaskOut, UpdateOut, queue_figures, target_row
 
 logger = logging.getLogger("nexus_bridge")
@@ -67,14 +67,19 @@ def _format_task(task: Task) -> str:
     return f"{task.id}  {when}Z  {task.status.value:<12} {task.target:<10} {summary}"
 
 
-async def _with_queue(settings: Settings, work: Callable[[QueueService], Awaitable[T]]) -> T:
-    """Run ``work`` on the queue service of a migrated database (no MCP: starts fast)."""
+async def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run ``work`` on the services of a migrated database (no MCP: starts fast)."""
     runtime = open_runtime(settings)
     try:
         await runtime.check_schema()
-        return await work(runtime.queue)
+        return await work(runtime)
     finally:
         await runtime.close()
+
+
+async def _with_queue(settings: Settings, work: Callable[[QueueService], Awaitable[T]]) -> T:
+    """Run ``work`` on the queue service of a migrated database."""
+    return await _with_runtime(settings, lambda runtime: work(runtime.queue))
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -358,14 +363,14 @@ def _check_server_agrees(settings: Settings, target: str) -> None:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(queue: QueueService) -> tuple[Any, list[Any], Lease | None]:
-        counts = await queue.status(args.target)
-        summaries = await queue.target_summaries()
-        lease = await queue.lease_row(config.POLLER_LEASE)
+    async def work(runtime: Runtime) -> tuple[Any, list[Any], Lease | None]:
+        counts = await runtime.queue.status(args.target)
+        summaries = await runtime.queue.target_summaries()
+        lease = await runtime.relay.lease_row(config.POLLER_LEASE)
         mine = [s for s in summaries if args.target in (None, s.policy.name)]
         return counts, mine, lease
 
-    counts, summaries, lease = asyncio.run(_with_queue(settings, work))
+    counts, summaries, lease = asyncio.run(_with_runtime(settings, work))
     data = queue_figures(counts, summaries)
     targets = [target_row(s) for s in summaries]
     telegram = _telegram_health(lease)

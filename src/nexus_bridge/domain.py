@@ -97,6 +97,22 @@ def check_transition(current: TaskStatus, new: TaskStatus, *, by_bridge: bool = 
         )
 
 
+# Which timestamp of a task a status change stamps, the first time the task reaches it.
+STATUS_STAMPS: Final[Mapping[TaskStatus, str]] = {
+    TaskStatus.ACKNOWLEDGED: "acknowledged_at",
+    TaskStatus.IN_PROGRESS: "started_at",
+    TaskStatus.COMPLETE: "ended_at",
+    TaskStatus.ERROR: "ended_at",
+    TaskStatus.CANCELLED: "ended_at",
+}
+
+
+def status_line(old: TaskStatus | None, new: TaskStatus, reason: str | None) -> str:
+    """The text of the ``status`` update that records a change (``old`` None: a new task)."""
+    line = f"status: {new.value}" if old is None else f"status: {old.value} → {new.value}"
+    return f"{line} ({reason})" if reason else line
+
+
 def normalize_content(text: str) -> str:
     """The task text as stored: outer whitespace trimmed, inner text verbatim."""
     return text.strip()

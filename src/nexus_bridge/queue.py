@@ -21,9 +21,6 @@ from nexus_bridge.db.store import NewTask, Store, StoreTransaction
 from nexus_bridge.domain import (
     CLAIM_EXPIRED_REASON,
     EnqueueResult,
-    InboundMessage,
-    Lease,
-    OutboxItem,
     OutboxKind,
     OutboxState,
     PruneReport,
@@ -33,41 +30,26 @@ from nexus_bridge.domain import (
     TaskStatus,
     Update,
     UpdateKind,
-    can_transition,
     check_agent_session,
     check_storable,
     check_task_id,
     check_transition,
     content_hash,
-    first_line,
     normalize_content,
     parse_instant,
     shown,
+    status_line,
     utc_now,
 )
 from nexus_bridge.errors import DuplicateTask, IllegalTransition, InvalidInput, TaskNotFound
-from nexus_bridge.protocol import AgentMessage, parse_agent_message
+from nexus_bridge.transition import apply_transition
 
 logger = logging.getLogger(__name__)
 
 _ENQUEUE_ATTEMPTS: Final = 5
+_QUEUED_LINE: Final = status_line(None, TaskStatus.PENDING, "queued")
 # Tasks deleted per write transaction by a prune: small enough that a writer waits little.
 PRUNE_BATCH: Final = 200
-_MIN_QUOTE_CHARS: Final = 12  # a shorter quoted first line must match exactly
-# Tags looked up per agent message: a message stuffed with tags costs a bounded number of queries.
-_MAX_TAG_LOOKUPS: Final = 16
-# A reply to a message the journal does not know yet (the bridge's own post, whose journal commit
-# is still to come) waits this long for it before it is correlated without it.
-REPLY_TARGET_WAIT_SECONDS: Final = 30.0
-
-# Which timestamp column a status change stamps (the first time it is reached).
-_STAMPS: Final = {
-    TaskStatus.ACKNOWLEDGED: "acknowledged_at",
-    TaskStatus.IN_PROGRESS: "started_at",
-    TaskStatus.COMPLETE: "ended_at",
-    TaskStatus.ERROR: "ended_at",
-    TaskStatus.CANCELLED: "ended_at",
-}
 
 
 class UpdateSignal:
@@ -166,32 +148,6 @@ class QueueMetrics:
     oldest_pending_seconds: dict[str, float]
     deliveries_due: dict[str, int]
     deliveries_failed: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """An outbox entry that is due, with its task: what the delivery worker posts next."""
-
-    item: OutboxItem
-    task: Task
-
-
-@dataclass(frozen=True, slots=True)
-class InboundResult:
-    """What a message from the agent did: which task it joined, and any status it applied."""
-
-    task_id: str | None
-    status: TaskStatus | None
-    applied: bool
-    deferred: bool = False  # not acted on yet: it answers a message not journaled yet
-
-
-def _status_line(old: TaskStatus | None, new: TaskStatus, reason: str | None) -> str:
-    line = f"status: {new.value}" if old is None else f"status: {old.value} → {new.value}"
-    return f"{line} ({reason})" if reason else line
-
-
-_QUEUED_LINE: Final = _status_line(None, TaskStatus.PENDING, "queued")
 
 
 class QueueService:
@@ -369,30 +325,13 @@ class QueueService:
                     at=now,
                 )
             # An agent-API agent reads the answer with get_replies instead.
-            return await self._apply(tx, task, TaskStatus.IN_PROGRESS, "answered")
+            return await apply_transition(
+                tx, task, TaskStatus.IN_PROGRESS, "answered", now=self._clock()
+            )
 
         resumed = await self._store.commit(answer)
         self.signal.notify()
         return resumed
-
-    async def transition(
-        self, task_id: str, new_status: TaskStatus, *, reason: str | None = None
-    ) -> Task:
-        """Move a task to ``new_status`` and record the change as a ``status`` update.
-
-        Raises:
-            TaskNotFound: no task has that id.
-            IllegalTransition: the transition table forbids it (TaskAlreadyEnded if it ended).
-        """
-        check_task_id(task_id, "id")
-        reason = _check_reason(reason)
-
-        async def move(tx: StoreTransaction) -> Task:
-            return await self._apply(tx, await tx.get_task(task_id), new_status, reason)
-
-        moved = await self._store.commit(move)
-        self.signal.notify()
-        return moved
 
     async def cancel(self, task_id: str, reason: str | None = None) -> Task:
         """Cancel an open task; if it already reached the agent's chat, tell the agent to stop.
@@ -406,7 +345,9 @@ class QueueService:
 
         async def cancel(tx: StoreTransaction) -> Task:
             task = await tx.get_task(task_id)
-            cancelled = await self._apply(tx, task, TaskStatus.CANCELLED, reason)
+            cancelled = await apply_transition(
+                tx, task, TaskStatus.CANCELLED, reason, now=self._clock()
+            )
             posted = await tx.telegram_ids_of_task(task.id, direction="out")
             if posted:
                 await tx.insert_outbox(
@@ -421,58 +362,6 @@ class QueueService:
         cancelled = await self._store.commit(cancel)
         self.signal.notify()
         return cancelled
-
-    async def _apply(
-        self,
-        tx: StoreTransaction,
-        task: Task,
-        new_status: TaskStatus,
-        reason: str | None,
-        *,
-        by_bridge: bool = False,
-        lease_seconds: float | None = None,
-    ) -> Task:
-        """Move ``task`` and record it; ``lease_seconds``: the move is a claim with that lease."""
-        check_transition(task.status, new_status, by_bridge=by_bridge)
-        now = self._clock()
-        claim_until = now + timedelta(seconds=lease_seconds) if lease_seconds is not None else None
-        stamps: dict[str, datetime] = {}
-        column = _STAMPS.get(new_status)
-        if column is not None and getattr(task, column) is None:
-            stamps[column] = now
-        if not await tx.set_status(
-            task, new_status, at=now, reason=reason, stamps=stamps, claim_expires_at=claim_until
-        ):
-            # Inside a write transaction the row cannot change under us; this is a safety net.
-            raise IllegalTransition(f"task {task.id} changed concurrently; try again")
-        await tx.insert_update(
-            message_id=task.id,
-            kind=UpdateKind.STATUS,
-            status=new_status,
-            content=_status_line(task.status, new_status, reason),
-            at=now,
-        )
-        return await tx.get_task(task.id)
-
-    async def add_agent_update(self, task_id: str | None, content: str) -> Update:
-        """Record text from the agent, linked to a task when one is known.
-
-        Raises:
-            TaskNotFound: ``task_id`` names no task.
-            InvalidInput: the text is empty.
-        """
-        if not content.strip():
-            raise InvalidInput("an agent update needs text")
-
-        async def record(tx: StoreTransaction) -> Update:
-            message_id = (await tx.get_task(task_id)).id if task_id else None
-            return await tx.insert_update(
-                message_id=message_id, kind=UpdateKind.AGENT, content=content, at=self._clock()
-            )
-
-        update = await self._store.commit(record)
-        self.signal.notify()
-        return update
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -621,313 +510,6 @@ class QueueService:
             )
         return min(float(wait_seconds), self._max_wait_seconds)
 
-    # --- delivery (the outbox) --------------------------------------------------------------
-
-    async def next_delivery(self) -> Delivery | None:
-        """The next due outbox entry. Entries whose task ended before delivery are skipped; a
-        one-at-a-time target's next task waits while another of its tasks is with the agent."""
-        while True:
-            # A read first: the worker looks after every update, and most need no delivery.
-            async with self._store.read() as tx:
-                candidates = await tx.due_outbox(self._clock(), limit=50)
-                chosen: Delivery | None = None
-                for item in candidates:
-                    task = await tx.get_task(item.message_id)
-                    ended = item.kind is not OutboxKind.CANCEL and task.status.is_terminal
-                    if ended and item.parts_sent == 0:
-                        chosen = Delivery(item=item, task=task)  # to be skipped below
-                        break
-                    if (
-                        item.kind is OutboxKind.TASK
-                        and item.parts_sent == 0
-                        and (await self._target_busy(tx, task))
-                    ):
-                        continue
-                    chosen = Delivery(item=item, task=task)
-                    break
-            if chosen is None:
-                return None
-            notice = chosen.item.kind is OutboxKind.CANCEL
-            if notice or not chosen.task.status.is_terminal or chosen.item.parts_sent > 0:
-                return chosen
-            async with self._store.write() as tx:
-                await tx.update_outbox(
-                    chosen.item.id,
-                    state=OutboxState.SKIPPED.value,
-                    last_error=f"the task was {chosen.task.status.value} before delivery",
-                )
-
-    async def _target_busy(self, tx: StoreTransaction, task: Task) -> bool:
-        """Whether a one-at-a-time target has another task with its agent right now."""
-        policy = self._policies.get(task.target)
-        if policy is None or not policy.one_at_a_time:
-            return False
-        return await tx.count_handed_over(task.target, excluding=task.id) > 0
-
-    async def next_delivery_due_at(self) -> datetime | None:
-        """When the earliest pending delivery is due (maybe already), or None if none is pending."""
-        async with self._store.read() as tx:
-            return await tx.earliest_pending_outbox()
-
-    async def record_part_sent(
-        self,
-        delivery: Delivery,
-        *,
-        part: int,
-        chat_id: int,
-        telegram_message_id: int,
-        lease_epoch: int | None = None,
-    ) -> list[int | None]:
-        """Journal one posted part; a restart resumes after it, so no part is posted twice.
-
-        Returns the lease epochs under which the same part had already been journaled: empty,
-        unless two holders of the poller lease both posted it (then it is logged as doubled).
-        """
-        now = self._clock()
-        async with self._store.write() as tx:
-            earlier = await tx.epochs_of_part(delivery.item.id, part)
-            await tx.journal_telegram_message(
-                chat_id=chat_id,
-                telegram_message_id=telegram_message_id,
-                direction="out",
-                accepted=True,
-                at=now,
-                message_id=delivery.task.id,
-                outbox_id=delivery.item.id,
-                part=part,
-                processed_at=now,
-                lease_epoch=lease_epoch,
-            )
-            await tx.update_outbox(delivery.item.id, parts_sent=part + 1)
-        if earlier:
-            logger.warning(
-                "task %s: part %d was posted twice (Telegram message %d under lease epoch %s; "
-                "already posted under epoch %s)",
-                delivery.task.id,
-                part,
-                telegram_message_id,
-                lease_epoch,
-                ", ".join(str(e) for e in earlier),
-            )
-        return earlier
-
-    async def mark_delivered(self, delivery: Delivery) -> None:
-        async with self._store.write() as tx:
-            await tx.update_outbox(
-                delivery.item.id,
-                state=OutboxState.DELIVERED.value,
-                attempts=delivery.item.attempts + 1,
-                delivered_at=self._clock(),
-                last_error=None,
-            )
-
-    async def mark_retry(self, delivery: Delivery, *, error: str, delay_seconds: float) -> None:
-        """Try again after ``delay_seconds``; the error stays visible in get_message."""
-        async with self._store.write() as tx:
-            await tx.update_outbox(
-                delivery.item.id,
-                attempts=delivery.item.attempts + 1,
-                last_error=error,
-                next_attempt_at=self._clock() + timedelta(seconds=delay_seconds),
-            )
-
-    async def postpone(self, delivery: Delivery, *, reason: str, until: datetime) -> None:
-        """Not tried now (Telegram asked the whole chat to wait): no attempt is counted."""
-        async with self._store.write() as tx:
-            await tx.update_outbox(delivery.item.id, last_error=reason, next_attempt_at=until)
-
-    async def mark_failed(self, delivery: Delivery, *, error: str) -> None:
-        """A permanent refusal: the delivery fails and the task ends in error, saying why."""
-        async with self._store.write() as tx:
-            await tx.update_outbox(
-                delivery.item.id,
-                state=OutboxState.FAILED.value,
-                attempts=delivery.item.attempts + 1,
-                last_error=error,
-            )
-            task = await tx.get_task(delivery.task.id)
-            if not task.status.is_terminal:
-                what = "the task" if delivery.item.kind is OutboxKind.TASK else "the answer"
-                await self._apply(tx, task, TaskStatus.ERROR, f"Telegram refused {what}: {error}")
-        self.signal.notify()
-
-    # --- inbound (the agent's messages) ------------------------------------------------------
-
-    async def journal_inbound(
-        self,
-        *,
-        chat_id: int,
-        telegram_message_id: int,
-        from_id: int | None,
-        text: str | None,
-        reply_to_telegram_id: int | None,
-        accepted: bool,
-    ) -> int | None:
-        """Journal a received message before anything acts on it; None if already journaled.
-
-        Messages that are not accepted are kept without their text, only to be counted.
-        """
-        async with self._store.write() as tx:
-            return await tx.journal_telegram_message(
-                chat_id=chat_id,
-                telegram_message_id=telegram_message_id,
-                direction="in",
-                accepted=accepted,
-                at=self._clock(),
-                from_id=from_id,
-                reply_to_telegram_id=reply_to_telegram_id,
-                text=text if accepted else None,
-            )
-
-    async def unprocessed_inbound(self) -> list[tuple[int, int]]:
-        """Journaled messages (id, chat) not yet acted on (a crash between journal and acting)."""
-        async with self._store.read() as tx:
-            return await tx.unprocessed_inbound()
-
-    async def process_inbound(self, journal_id: int, *, target: str) -> InboundResult:
-        """Turn a journaled agent message into an update, and a status change if it asks for one.
-
-        The task is found by, first match wins: a reply to one of the task's messages; a task
-        tag; a ``[Responding to: <first line>]`` announcement; the target's task in progress.
-        Only ``target``'s tasks are ever found: another target's task is as good as unknown to
-        this agent, on every path. A status change the transition table forbids is recorded as
-        text only.
-        """
-        # The text is parsed outside the write transaction: however long parsing takes, it
-        # never holds the database's write lock.
-        async with self._store.read() as tx:
-            inbound = await tx.inbound_message(journal_id)
-            replied = inbound.reply_to_telegram_id
-            unknown = replied is not None and not await tx.is_journaled(inbound.chat_id, replied)
-        if unknown and inbound.created_at is not None:
-            age = (self._clock() - inbound.created_at).total_seconds()
-            if age < REPLY_TARGET_WAIT_SECONDS:
-                # An answer can overtake the journal entry of the post it answers (a fast agent,
-                # a stalled poster): act on it once the post is journaled, or after the wait.
-                return InboundResult(task_id=None, status=None, applied=False, deferred=True)
-        text = inbound.text or ""
-        parsed = parse_agent_message(text)
-        async with self._store.write() as tx:
-            if (await tx.inbound_message(journal_id)).processed_at is not None:
-                # Already acted on (by a recovery pass, or another process): once only.
-                return InboundResult(task_id=None, status=None, applied=False)
-            task = await self._correlate(tx, inbound, parsed, target)
-            now = self._clock()
-            await tx.insert_update(
-                message_id=task.id if task else None,
-                kind=UpdateKind.AGENT,
-                content=text,
-                at=now,
-            )
-            applied = False
-            if task is not None and parsed.status is not None:
-                if can_transition(task.status, parsed.status):
-                    await self._apply(tx, task, parsed.status, None)
-                    applied = True
-                else:
-                    logger.info(
-                        "agent asked to move task %s from %s to %s: not allowed, kept as text",
-                        task.id,
-                        task.status.value,
-                        parsed.status.value,
-                    )
-            await tx.mark_inbound_processed(
-                journal_id, message_id=task.id if task else None, at=now
-            )
-        self.signal.notify()
-        return InboundResult(
-            task_id=task.id if task else None, status=parsed.status, applied=applied
-        )
-
-    async def _correlate(
-        self,
-        tx: StoreTransaction,
-        inbound: InboundMessage,
-        parsed: AgentMessage,
-        target: str,
-    ) -> Task | None:
-        if inbound.reply_to_telegram_id is not None:
-            task_id = await tx.task_of_telegram_message(
-                inbound.chat_id, inbound.reply_to_telegram_id
-            )
-            if task_id is not None:
-                replied = await tx.task_of_target(target, task_id)
-                if replied is not None:
-                    return replied
-        for tag in parsed.task_tags[:_MAX_TAG_LOOKUPS]:
-            try:
-                tagged = await tx.task_of_target(target, tag)
-            except InvalidInput:  # a short id several of the target's tasks share
-                continue
-            if tagged is not None:
-                return tagged
-        open_tasks = await tx.open_tasks(target)
-        if parsed.responding_to:
-            wanted = parsed.responding_to.casefold().rstrip(".…")
-            for task in open_tasks:
-                line = first_line(task.content, 10_000).casefold()
-                # Equal, or one a prefix of the other (an agent may shorten or run on) when the
-                # shorter side is long enough to mean something.
-                shorter = min(len(line), len(wanted))
-                prefix = line.startswith(wanted) or wanted.startswith(line)
-                if wanted and (line == wanted or (prefix and shorter >= _MIN_QUOTE_CHARS)):
-                    return task
-        in_progress = [t for t in open_tasks if t.status is TaskStatus.IN_PROGRESS]
-        return in_progress[0] if in_progress else None
-
-    # --- leases -----------------------------------------------------------------------------
-
-    async def acquire_lease(
-        self, name: str, holder: str, *, seconds: float, replacing: str | None = None
-    ) -> int | None:
-        """Take or renew a lease: its epoch, or None while another live holder has it.
-
-        ``replacing`` names a holder known to be dead, whose lease is taken before it expires.
-        """
-        now = self._clock()
-        async with self._store.write() as tx:
-            return await tx.acquire_lease(
-                name, holder, now=now, until=now + timedelta(seconds=seconds), replacing=replacing
-            )
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        async with self._store.write() as tx:
-            await tx.release_lease(name, holder, now=self._clock())
-
-    async def record_lease_health(
-        self,
-        name: str,
-        holder: str,
-        *,
-        health: str,
-        last_ok_at: datetime | None,
-        last_error: str | None,
-        error_since: datetime | None,
-    ) -> None:
-        """What the lease's holder reports about the service it talks to (for other processes)."""
-        async with self._store.write() as tx:
-            await tx.record_lease_health(
-                name,
-                holder,
-                health=health,
-                last_ok_at=last_ok_at,
-                last_error=last_error,
-                error_since=error_since,
-            )
-
-    async def lease_row(self, name: str) -> Lease | None:
-        """The lease as recorded, expired or not (whose it was, its epoch, its holder's report)."""
-        async with self._store.read() as tx:
-            return await tx.get_lease(name)
-
-    async def lease(self, name: str) -> Lease | None:
-        """The lease if it is held and has not expired."""
-        async with self._store.read() as tx:
-            lease = await tx.get_lease(name)
-        if lease is None or lease.expires_at < self._clock():
-            return None
-        return lease
-
     # --- the direct agent API ------------------------------------------------------------------
 
     async def claim_next(self, target: str) -> Task | None:
@@ -951,11 +533,12 @@ class QueueService:
             task = await tx.oldest_pending(target)
             if task is None:
                 return None, expired
-            claimed = await self._apply(
+            claimed = await apply_transition(
                 tx,
                 task,
                 TaskStatus.ACKNOWLEDGED,
                 "claimed by the agent",
+                now=now,
                 lease_seconds=self._claim_seconds,
             )
             return claimed, expired
@@ -1000,8 +583,8 @@ class QueueService:
         returned = []
         for task in await tx.expired_claims(now, target=target):
             returned.append(
-                await self._apply(
-                    tx, task, TaskStatus.PENDING, CLAIM_EXPIRED_REASON, by_bridge=True
+                await apply_transition(
+                    tx, task, TaskStatus.PENDING, CLAIM_EXPIRED_REASON, now=now, by_bridge=True
                 )
             )
             logger.info(
@@ -1112,7 +695,7 @@ class QueueService:
                     message_id=task.id, kind=UpdateKind.AGENT, content=content, at=self._clock()
                 )
             if status is not None:
-                task = await self._apply(tx, task, status, reason)
+                task = await apply_transition(tx, task, status, reason, now=self._clock())
             return task
 
         task = await self._store.commit(report)

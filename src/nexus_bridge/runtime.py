@@ -20,6 +20,7 @@ from nexus_bridge.db.store import Store
 from nexus_bridge.domain import TargetPolicy
 from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.queue import QueueService
+from nexus_bridge.relay import TelegramRelay
 from nexus_bridge.targets import Dispatch, Target, Transport, load_targets
 
 TOKEN_FILE_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKEN_FILE"
@@ -32,6 +33,7 @@ class Runtime:
     settings: Settings
     store: Store
     queue: QueueService
+    relay: TelegramRelay
     heads: tuple[str, ...]
     targets: tuple[Target, ...]
 
@@ -77,7 +79,12 @@ def open_runtime(settings: Settings) -> Runtime:
         claim_seconds=settings.agent_claim_seconds,
     )
     return Runtime(
-        settings=settings, store=store, queue=queue, heads=head_revisions(), targets=targets
+        settings=settings,
+        store=store,
+        queue=queue,
+        relay=TelegramRelay(store, queue),
+        heads=head_revisions(),
+        targets=targets,
     )
 
 

@@ -19,6 +19,7 @@ from nexus_bridge.config import Settings
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.queue import QueueService
+from nexus_bridge.relay import TelegramRelay
 from tests.conftest import mcp_client, running_server, subprocess_env, wait_for
 from tests.e2e.test_http import call, call_error
 from tests.e2e.test_telegram import (
@@ -220,7 +221,7 @@ async def test_a_journaled_but_unprocessed_reply_is_acted_on_without_a_takeover(
             task_id, message_id = await send_and_deliver(client, fake, "journaled only")
             store = Store(create_engine(settings.database_url))
             try:
-                journaled = await QueueService(store).journal_inbound(
+                journaled = await TelegramRelay(store, QueueService(store)).journal_inbound(
                     chat_id=CHAT,
                     telegram_message_id=message_id + 100,
                     from_id=AGENT,

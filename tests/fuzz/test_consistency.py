@@ -45,9 +45,9 @@ async def a_busy_queue(queue: QueueService) -> dict[str, str]:
     ids = {}
     for name in ("done", "asked", "cancelled", "pending"):
         ids[name] = (await queue.enqueue(f"{name} task", "homelab")).task.id
-    await queue.transition(ids["done"], TaskStatus.IN_PROGRESS)
-    await queue.transition(ids["done"], TaskStatus.COMPLETE)
-    await queue.transition(ids["asked"], TaskStatus.INPUT_REQUIRED)
+    await queue.agent_report("homelab", ids["done"], status=TaskStatus.IN_PROGRESS)
+    await queue.agent_report("homelab", ids["done"], status=TaskStatus.COMPLETE)
+    await queue.agent_report("homelab", ids["asked"], status=TaskStatus.INPUT_REQUIRED)
     await queue.reply(ids["asked"], "yes")
     await queue.cancel(ids["cancelled"], "no longer needed")
     ids["agent"] = (await queue.enqueue("agent task", "felt")).task.id

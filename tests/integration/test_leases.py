@@ -12,7 +12,8 @@ from sqlalchemy import text
 
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import OutboxKind
-from nexus_bridge.queue import Delivery, QueueService
+from nexus_bridge.queue import QueueService
+from nexus_bridge.relay import Delivery, TelegramRelay
 
 LEASE = "telegram-poller"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
@@ -35,12 +36,17 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def leases(store: Store, clock: Clock) -> QueueService:
+def service(store: Store, clock: Clock) -> QueueService:
     return QueueService(store, clock=clock)
 
 
+@pytest.fixture
+def leases(store: Store, service: QueueService) -> TelegramRelay:
+    return TelegramRelay(store, service)
+
+
 async def test_the_epoch_grows_only_when_another_holder_takes_the_lease(
-    leases: QueueService, clock: Clock
+    leases: TelegramRelay, clock: Clock
 ) -> None:
     assert await leases.acquire_lease(LEASE, "a", seconds=10) == 1
     clock.advance(3)
@@ -54,7 +60,7 @@ async def test_the_epoch_grows_only_when_another_holder_takes_the_lease(
 
 
 async def test_a_dead_holder_is_replaced_at_once_but_only_by_one_process(
-    leases: QueueService,
+    leases: TelegramRelay,
 ) -> None:
     assert await leases.acquire_lease(LEASE, "dead", seconds=60) == 1
     assert await leases.acquire_lease(LEASE, "b", seconds=60, replacing="dead") == 2
@@ -66,7 +72,7 @@ async def test_a_dead_holder_is_replaced_at_once_but_only_by_one_process(
 
 
 async def test_acquired_at_is_stored_as_iso_8601_utc_with_offset_on_takeover(
-    leases: QueueService, store: Store, clock: Clock
+    leases: TelegramRelay, store: Store, clock: Clock
 ) -> None:
     await leases.acquire_lease(LEASE, "a", seconds=1)
     clock.advance(2)
@@ -81,9 +87,9 @@ async def test_acquired_at_is_stored_as_iso_8601_utc_with_offset_on_takeover(
 
 
 async def test_a_part_posted_under_two_epochs_is_detected_and_logged(
-    leases: QueueService, caplog: pytest.LogCaptureFixture
+    leases: TelegramRelay, service: QueueService, caplog: pytest.LogCaptureFixture
 ) -> None:
-    task = (await leases.enqueue("posted twice")).task
+    task = (await service.enqueue("posted twice")).task
     delivery = await leases.next_delivery()
     assert delivery is not None
     assert delivery.item.kind is OutboxKind.TASK
@@ -92,7 +98,7 @@ async def test_a_part_posted_under_two_epochs_is_detected_and_logged(
     )
     assert first == []
     stale = Delivery(item=delivery.item, task=task)  # the stalled holder's copy
-    with caplog.at_level(logging.WARNING, logger="nexus_bridge.queue"):
+    with caplog.at_level(logging.WARNING, logger="nexus_bridge.relay"):
         second = await leases.record_part_sent(
             stale, part=0, chat_id=-1, telegram_message_id=11, lease_epoch=2
         )
@@ -103,9 +109,10 @@ async def test_a_part_posted_under_two_epochs_is_detected_and_logged(
 
 
 async def test_a_journaled_message_is_acted_on_once_however_often_it_is_processed(
-    leases: QueueService,
+    leases: TelegramRelay,
+    service: QueueService,
 ) -> None:
-    task = (await leases.enqueue("process me once")).task
+    task = (await service.enqueue("process me once")).task
     journal_id = await leases.journal_inbound(
         chat_id=-1,
         telegram_message_id=5,
@@ -119,7 +126,7 @@ async def test_a_journaled_message_is_acted_on_once_however_often_it_is_processe
     again = await leases.process_inbound(journal_id, target=task.target)
     assert (first.task_id, first.applied) == (task.id, True)
     assert (again.task_id, again.applied) == (None, False)
-    detail = await leases.get(task.id)
+    detail = await service.get(task.id)
     assert [u.content for u in detail.recent_updates if u.kind.value == "agent"] == [
         f"[Done] #{task.id[:8]}"
     ]
@@ -127,9 +134,9 @@ async def test_a_journaled_message_is_acted_on_once_however_often_it_is_processe
 
 
 async def test_a_reply_that_overtakes_the_journal_entry_of_its_post_waits_for_it(
-    leases: QueueService, clock: Clock
+    leases: TelegramRelay, service: QueueService, clock: Clock
 ) -> None:
-    task = (await leases.enqueue("answered very fast")).task
+    task = (await service.enqueue("answered very fast")).task
     delivery = await leases.next_delivery()
     assert delivery is not None
     # The agent's answer to Telegram message 10 is journaled before the post itself is.
@@ -151,9 +158,9 @@ async def test_a_reply_that_overtakes_the_journal_entry_of_its_post_waits_for_it
 
 
 async def test_a_reply_to_an_unknown_message_is_correlated_without_it_after_a_while(
-    leases: QueueService, clock: Clock
+    leases: TelegramRelay, service: QueueService, clock: Clock
 ) -> None:
-    task = (await leases.enqueue("tagged answer")).task
+    task = (await service.enqueue("tagged answer")).task
     reply = await leases.journal_inbound(
         chat_id=-1,
         telegram_message_id=11,

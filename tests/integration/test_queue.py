@@ -17,7 +17,6 @@ from nexus_bridge.errors import (
     TaskAlreadyEnded,
     TaskNotFound,
 )
-from nexus_bridge.protocol import AgentMessage
 from nexus_bridge.queue import QueueService
 
 
@@ -41,7 +40,7 @@ async def test_an_identical_open_task_is_rejected_with_its_id_and_status(
     queue: QueueService,
 ) -> None:
     first = await queue.enqueue("restart jellyfin")
-    await queue.transition(first.task.id, TaskStatus.IN_PROGRESS)
+    await queue.agent_report("homelab", first.task.id, status=TaskStatus.IN_PROGRESS)
     again = await queue.enqueue("\trestart jellyfin  ")
     assert not again.queued
     assert again.task.id == first.task.id
@@ -56,7 +55,7 @@ async def test_the_same_text_can_be_queued_again_once_the_task_ended(
     queue: QueueService, ending: TaskStatus
 ) -> None:
     first = await queue.enqueue("rotate the backups")
-    await queue.transition(first.task.id, ending)
+    await queue.agent_report("homelab", first.task.id, status=ending)
     second = await queue.enqueue("rotate the backups")
     assert second.queued
     assert second.task.id != first.task.id
@@ -111,10 +110,12 @@ async def test_an_unknown_target_is_refused_naming_the_known_ones(queue: QueueSe
 
 async def test_every_transition_is_recorded_and_stamped(queue: QueueService) -> None:
     task = (await queue.enqueue("upgrade proxmox")).task
-    await queue.transition(task.id, TaskStatus.ACKNOWLEDGED)
-    await queue.transition(task.id, TaskStatus.IN_PROGRESS)
-    await queue.add_agent_update(task.id, "[Step 1] apt update ✅")
-    done = await queue.transition(task.id, TaskStatus.COMPLETE, reason="all green")
+    await queue.agent_report("homelab", task.id, status=TaskStatus.ACKNOWLEDGED)
+    await queue.agent_report("homelab", task.id, status=TaskStatus.IN_PROGRESS)
+    await queue.agent_report("homelab", task.id, text="[Step 1] apt update ✅")
+    done = await queue.agent_report(
+        "homelab", task.id, status=TaskStatus.COMPLETE, reason="all green"
+    )
     assert done.status is TaskStatus.COMPLETE
     assert done.status_reason == "all green"
     assert done.acknowledged_at is not None
@@ -135,16 +136,16 @@ async def test_every_transition_is_recorded_and_stamped(queue: QueueService) -> 
 
 async def test_an_agent_that_says_it_is_done_is_done(queue: QueueService) -> None:
     task = (await queue.enqueue("quick one")).task
-    done = await queue.transition(task.id, TaskStatus.COMPLETE)
+    done = await queue.agent_report("homelab", task.id, status=TaskStatus.COMPLETE)
     assert done.status is TaskStatus.COMPLETE
     assert done.acknowledged_at is None
 
 
 async def test_illegal_transitions_are_refused_and_change_nothing(queue: QueueService) -> None:
     task = (await queue.enqueue("backwards")).task
-    await queue.transition(task.id, TaskStatus.IN_PROGRESS)
+    await queue.agent_report("homelab", task.id, status=TaskStatus.IN_PROGRESS)
     with pytest.raises(IllegalTransition, match="cannot go from in_progress to acknowledged"):
-        await queue.transition(task.id, TaskStatus.ACKNOWLEDGED)
+        await queue.agent_report("homelab", task.id, status=TaskStatus.ACKNOWLEDGED)
     detail = await queue.get(task.id)
     assert detail.task.status is TaskStatus.IN_PROGRESS
     assert len(detail.recent_updates) == 2
@@ -212,7 +213,7 @@ async def test_pull_since_a_time_returns_only_later_updates(queue: QueueService)
 async def test_pull_for_one_task_returns_its_history(queue: QueueService) -> None:
     a = (await queue.enqueue("a")).task
     await queue.enqueue("b")
-    await queue.add_agent_update(a.id, "working on a")
+    await queue.agent_report("homelab", a.id, text="working on a")
     page = await queue.pull("x", message_id=a.id)
     assert [u.kind for u in page.updates] == [UpdateKind.STATUS, UpdateKind.AGENT]
     assert {u.message_id for u in page.updates} == {a.id}
@@ -287,8 +288,8 @@ async def test_status_counts_and_names_the_current_task(queue: QueueService) -> 
     a = (await queue.enqueue("first")).task
     b = (await queue.enqueue("second")).task
     await queue.enqueue("third")
-    await queue.transition(b.id, TaskStatus.IN_PROGRESS)
-    await queue.transition(a.id, TaskStatus.COMPLETE)
+    await queue.agent_report("homelab", b.id, status=TaskStatus.IN_PROGRESS)
+    await queue.agent_report("homelab", a.id, status=TaskStatus.COMPLETE)
     status = await queue.status()
     assert status.by_status[TaskStatus.PENDING] == 1
     assert status.by_status[TaskStatus.IN_PROGRESS] == 1
@@ -296,31 +297,6 @@ async def test_status_counts_and_names_the_current_task(queue: QueueService) -> 
     assert status.current_task is not None
     assert status.current_task.id == b.id
     assert status.total_updates == 5
-
-
-async def test_responding_to_matches_first_lines_without_loose_short_prefixes(
-    queue: QueueService,
-) -> None:
-    short = (await queue.enqueue("Fix")).task
-    long = (await queue.enqueue("Fix the DNS record for nexus\nand check TTLs")).task
-
-    async def correlate(text: str, message_id: int) -> str | None:
-        journal_id = await queue.journal_inbound(
-            chat_id=-1,
-            telegram_message_id=message_id,
-            from_id=7,
-            text=text,
-            reply_to_telegram_id=None,
-            accepted=True,
-        )
-        assert journal_id is not None
-        return (await queue.process_inbound(journal_id, target="homelab")).task_id
-
-    # "Fix t" is too short to claim the long task by prefix, and is not "Fix" exactly (and no
-    # task is in progress yet to fall back on).
-    assert await correlate("[Responding to: Fix t]", 1) is None
-    assert await correlate("[Responding to: Fix the DNS record]", 2) == long.id
-    assert await correlate("[Responding to: fix]", 3) == short.id
 
 
 async def test_an_agent_api_task_is_never_put_in_the_telegram_outbox(store: Store) -> None:
@@ -340,173 +316,3 @@ async def test_an_agent_api_task_is_never_put_in_the_telegram_outbox(store: Stor
     ]
     with pytest.raises(InvalidInput, match="takes its tasks over Telegram"):
         await queue.claim_next("homelab")
-
-
-# --- an agent touches only its own target's tasks ------------------------------------------------
-
-HOMELAB_CHAT = -1
-
-
-class AgentChat:
-    """The homelab agent's chat: each message is journaled, then processed for ``homelab``."""
-
-    def __init__(self, queue: QueueService) -> None:
-        self.queue = queue
-        self.next_message_id = 100
-
-    async def says(self, text: str, *, reply_to: int | None = None) -> str | None:
-        self.next_message_id += 1
-        journal_id = await self.queue.journal_inbound(
-            chat_id=HOMELAB_CHAT,
-            telegram_message_id=self.next_message_id,
-            from_id=7,
-            text=text,
-            reply_to_telegram_id=reply_to,
-            accepted=True,
-        )
-        assert journal_id is not None
-        return (await self.queue.process_inbound(journal_id, target="homelab")).task_id
-
-
-def three_targets(store: Store) -> QueueService:
-    from nexus_bridge.domain import TargetPolicy
-
-    return QueueService(
-        store,
-        targets=[
-            TargetPolicy("homelab"),
-            TargetPolicy("lab2"),
-            TargetPolicy("felt", transport="agent"),
-        ],
-    )
-
-
-async def test_an_agent_message_never_moves_another_targets_task_on_any_path(
-    store: Store,
-) -> None:
-    queue = three_targets(store)
-    felt = (await queue.enqueue("Re-index the felt catalogue", "felt")).task
-    assert await queue.claim_next("felt") is not None
-    lab2 = (await queue.enqueue("Rotate the lab2 backups", "lab2")).task
-    await queue.transition(lab2.id, TaskStatus.IN_PROGRESS)
-    # A chat message linked to felt's task (as the tag path used to link one): replying to it.
-    async with store.write() as tx:
-        await tx.journal_telegram_message(
-            chat_id=HOMELAB_CHAT,
-            telegram_message_id=50,
-            direction="in",
-            accepted=True,
-            at=queue.now(),
-            message_id=felt.id,
-            text="[Working] on it",
-        )
-    chat = AgentChat(queue)
-
-    for message in (
-        f"[Done] #{felt.id[:8]} finished",
-        f"[task {felt.id[:8]}] [Error] failed",
-        f"[Done] #{lab2.id[:8]}",
-        f"[Error] [TASK {lab2.id[:8].upper()}]",
-        "[Responding to: Rotate the lab2 backups]",
-        "[Done] all good",  # no link at all: lab2's task in progress is not homelab's
-    ):
-        assert await chat.says(message) is None, message
-    assert await chat.says("[Done] replied", reply_to=50) is None
-
-    assert (await queue.get(felt.id)).task.status is TaskStatus.ACKNOWLEDGED
-    assert (await queue.get(lab2.id)).task.status is TaskStatus.IN_PROGRESS
-    for task in (felt, lab2):
-        updates = (await queue.get(task.id, recent=50)).recent_updates
-        assert [u for u in updates if u.kind is UpdateKind.AGENT] == []
-
-    # The same paths still find homelab's own task.
-    own = (await queue.enqueue("Rotate the homelab backups", "homelab")).task
-    assert await chat.says(f"[Received] #{own.id[:8]}") == own.id
-    assert await chat.says("[Responding to: Rotate the homelab backups]") == own.id
-    assert await chat.says("[Step 1] untagged") == own.id
-    assert (await queue.get(own.id)).task.status is TaskStatus.IN_PROGRESS
-
-
-async def insert_twins(store: Store, queue: QueueService, ids: dict[str, str]) -> None:
-    """One pending task per target, with the ids given (sharing their first 8 characters)."""
-    from nexus_bridge.db.store import NewTask
-    from nexus_bridge.domain import content_hash
-
-    async with store.write() as tx:
-        for target, task_id in ids.items():
-            await tx.insert_task(
-                NewTask(
-                    id=task_id,
-                    target=target,
-                    content=f"{target} job",
-                    content_hash=content_hash(f"{target} job"),
-                    created_at=queue.now(),
-                    urgent=False,
-                )
-            )
-
-
-async def test_a_tag_shared_with_another_targets_task_still_finds_the_own_task(
-    store: Store,
-) -> None:
-    queue = three_targets(store)
-    ids = {"homelab": "0badc0de-0000-4000-8000-000000000001", "lab2": "0badc0de-ffff-4000-8000-0"}
-    await insert_twins(store, queue, ids)
-    assert await AgentChat(queue).says("[Received] #0badc0de") == ids["homelab"]
-    assert (await queue.get(ids["homelab"])).task.status is TaskStatus.ACKNOWLEDGED
-    assert (await queue.get(ids["lab2"])).task.status is TaskStatus.PENDING
-
-
-async def test_an_api_agent_finds_its_task_by_a_short_id_another_target_shares(
-    store: Store,
-) -> None:
-    queue = three_targets(store)
-    ids = {"felt": "0badc0de-0000-4000-8000-000000000001", "homelab": "0badc0de-ffff-4000-8000-0"}
-    await insert_twins(store, queue, ids)
-    claimed = await queue.claim_next("felt")
-    assert claimed is not None
-    assert claimed.id == ids["felt"]
-    started = await queue.agent_report("felt", "0badc0de", status=TaskStatus.IN_PROGRESS)
-    assert started.id == ids["felt"]
-    for other in (ids["homelab"], "0badc0de-ffff"):  # by full id or a longer prefix
-        with pytest.raises(TaskNotFound):
-            await queue.agent_report("felt", other, text="mine now")
-    assert (await queue.get(ids["homelab"])).task.status is TaskStatus.PENDING
-    assert (await queue.get(ids["homelab"], recent=50)).recent_updates == []
-
-
-async def test_an_agent_message_is_parsed_while_the_database_stays_writable(
-    migrated_sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # However long the grammar takes on some input, it must not hold the write lock meanwhile:
-    # another process (the CLI, a second server) writes while a message is being read.
-    import sqlite3
-
-    import nexus_bridge.queue
-    from nexus_bridge.db.engine import create_engine
-
-    path = migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///")
-    real_parse = nexus_bridge.queue.parse_agent_message
-    writable: list[bool] = []
-
-    def parse_and_probe(text: str) -> AgentMessage:
-        other = sqlite3.connect(path, timeout=0)  # no busy wait: a held write lock fails at once
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            other.rollback()
-            writable.append(True)
-        except sqlite3.OperationalError:
-            writable.append(False)
-        finally:
-            other.close()
-        return real_parse(text)
-
-    monkeypatch.setattr(nexus_bridge.queue, "parse_agent_message", parse_and_probe)
-    store = Store(create_engine(migrated_sqlite_url))
-    try:
-        queue = QueueService(store)
-        task = (await queue.enqueue("Rotate the backups")).task
-        assert await AgentChat(queue).says(f"[Done] #{task.id[:8]}") == task.id
-    finally:
-        await store.dispose()
-    assert writable == [True]

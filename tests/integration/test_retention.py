@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from nexus_bridge.db import migrate
 from nexus_bridge.db.models import messages, outbox, telegram_messages
 from nexus_bridge.db.store import Store
-from nexus_bridge.domain import OutboxKind, PruneReport, TaskStatus
+from nexus_bridge.domain import OutboxKind, PruneReport, TaskStatus, UpdateKind
 from nexus_bridge.queue import QueueService
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -50,10 +50,10 @@ async def ended(queue: QueueService, text: str, status: TaskStatus) -> str:
     if status is TaskStatus.CANCELLED:
         await queue.cancel(task.id, "no longer needed")
     else:
-        await queue.transition(task.id, TaskStatus.ACKNOWLEDGED)
-        await queue.transition(task.id, TaskStatus.IN_PROGRESS)
-        await queue.add_agent_update(task.id, f"working on {text}")
-        await queue.transition(task.id, status)
+        await queue.agent_report("homelab", task.id, status=TaskStatus.ACKNOWLEDGED)
+        await queue.agent_report("homelab", task.id, status=TaskStatus.IN_PROGRESS)
+        await queue.agent_report("homelab", task.id, text=f"working on {text}")
+        await queue.agent_report("homelab", task.id, status=status)
     return task.id
 
 
@@ -82,11 +82,16 @@ async def test_prune_removes_old_ended_tasks_with_their_rows_and_never_an_open_t
     await with_delivery_and_journal(store, old_done, clock.now, 10)
     old_open = (await aged_queue.enqueue("old but still pending")).task.id
     old_working = (await aged_queue.enqueue("old and in progress")).task.id
-    await aged_queue.transition(old_working, TaskStatus.ACKNOWLEDGED)
-    await aged_queue.transition(old_working, TaskStatus.IN_PROGRESS)
+    await aged_queue.agent_report("homelab", old_working, status=TaskStatus.ACKNOWLEDGED)
+    await aged_queue.agent_report("homelab", old_working, status=TaskStatus.IN_PROGRESS)
     await with_delivery_and_journal(store, old_open, clock.now, 20)
-    await aged_queue.add_agent_update(None, "an old message that named no task")
     async with store.write() as tx:  # an old message from a stranger, and one not yet acted on
+        await tx.insert_update(  # and an old agent message that named no task
+            message_id=None,
+            kind=UpdateKind.AGENT,
+            content="an old message that named no task",
+            at=clock.now,
+        )
         await tx.journal_telegram_message(
             chat_id=-100, telegram_message_id=30, direction="in", accepted=False, at=clock.now
         )

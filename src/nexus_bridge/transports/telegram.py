@@ -41,7 +41,7 @@ from nexus_bridge.holders import holder_is_dead, lease_clock, make_holder_id
 from nexus_bridge.logs import quiet_noisy_loggers
 from nexus_bridge.metrics import METRICS
 from nexus_bridge.protocol import render_cancel, render_reply, render_task
-from nexus_bridge.queue import Delivery, QueueService
+from nexus_bridge.relay import Delivery, TelegramRelay
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +107,13 @@ class TelegramTransport:
 
     def __init__(
         self,
-        queue: QueueService,
+        relay: TelegramRelay,
         settings: TelegramSettings,
         *,
         routes: Sequence[TelegramRoute] | None = None,
         holder_id: str | None = None,
     ) -> None:
-        self._queue = queue
+        self._relay = relay
         self._settings = settings
         if routes is None:
             if settings.chat_id is None:
@@ -168,7 +168,7 @@ class TelegramTransport:
 
     def _call_ok(self) -> None:
         """A Bot API call succeeded."""
-        self._last_ok_at = self._queue.now()
+        self._last_ok_at = self._relay.now()
         if self._error_since is not None:
             logger.info("telegram transport: the Bot API answers again")
         self._health, self._last_error, self._error_since = TransportState.POLLING, None, None
@@ -180,7 +180,7 @@ class TelegramTransport:
         self._last_error = f"{what}: {reason}"
         self._health = TransportState.DEGRADED if refused else TransportState.UNREACHABLE
         if self._error_since is None:
-            self._error_since = self._queue.now()
+            self._error_since = self._relay.now()
             self._wake.set()  # record it for `nexus-bridge status` without waiting a renewal
 
     async def _record_health(self) -> None:
@@ -190,7 +190,7 @@ class TelegramTransport:
         if values == self._health_recorded:
             return
         try:
-            await self._queue.record_lease_health(
+            await self._relay.record_lease_health(
                 POLLER_LEASE,
                 self.holder_id,
                 health=health,
@@ -318,7 +318,7 @@ class TelegramTransport:
             self._fence_until = 0.0
             await self._cancel(workers)
             with contextlib.suppress(Exception):
-                await self._queue.release_lease(POLLER_LEASE, self.holder_id)
+                await self._relay.release_lease(POLLER_LEASE, self.holder_id)
             with contextlib.suppress(Exception):
                 await self._application.shutdown()
             # An application whose getMe failed (a rejected token) was never initialised, so its
@@ -361,7 +361,7 @@ class TelegramTransport:
 
     async def _report_standby(self) -> None:
         try:
-            lease = await self._queue.lease(POLLER_LEASE)
+            lease = await self._relay.lease(POLLER_LEASE)
         except Exception:
             logger.exception("telegram transport: could not read the poller lease")
             return
@@ -375,15 +375,15 @@ class TelegramTransport:
         began = lease_clock()
         seconds = self._settings.lease_seconds
         try:
-            epoch = await self._queue.acquire_lease(POLLER_LEASE, self.holder_id, seconds=seconds)
+            epoch = await self._relay.acquire_lease(POLLER_LEASE, self.holder_id, seconds=seconds)
             if epoch is None:
-                lease = await self._queue.lease_row(POLLER_LEASE)
+                lease = await self._relay.lease_row(POLLER_LEASE)
                 if lease is not None and holder_is_dead(lease.holder):
                     logger.info(
                         "telegram transport: the poller %s is no longer running; taking over",
                         lease.holder,
                     )
-                    epoch = await self._queue.acquire_lease(
+                    epoch = await self._relay.acquire_lease(
                         POLLER_LEASE, self.holder_id, seconds=seconds, replacing=lease.holder
                     )
         except Exception:
@@ -541,7 +541,7 @@ class TelegramTransport:
         route = self._by_chat.get(message.chat.id)
         accepted = route is not None and sender in route.agent_ids
         try:
-            journal_id = await self._queue.journal_inbound(
+            journal_id = await self._relay.journal_inbound(
                 chat_id=message.chat.id,
                 telegram_message_id=message.message_id,
                 from_id=sender,
@@ -572,8 +572,8 @@ class TelegramTransport:
 
     async def _process(self, journal_id: int, target: str) -> None:
         try:
-            await self._queue.touch_presence(target)
-            result = await self._queue.process_inbound(journal_id, target=target)
+            await self._relay.touch_presence(target)
+            result = await self._relay.process_inbound(journal_id, target=target)
         except Exception:
             # Journaled but not acted on: the poll loop retries it before its next getUpdates.
             logger.exception("telegram transport: could not process journaled message")
@@ -599,7 +599,7 @@ class TelegramTransport:
             logger.exception("telegram transport: could not look for unprocessed messages")
 
     async def _recover_inbound(self) -> None:
-        for journal_id, chat_id in await self._queue.unprocessed_inbound():
+        for journal_id, chat_id in await self._relay.unprocessed_inbound():
             route = self._by_chat.get(chat_id)
             if route is not None:
                 await self._process(journal_id, route.target)
@@ -612,16 +612,16 @@ class TelegramTransport:
 
     async def _delivery_loop(self) -> None:
         while True:
-            generation = self._queue.signal.generation()
-            delivery = await self._queue.next_delivery()
+            generation = self._relay.signal.generation()
+            delivery = await self._relay.next_delivery()
             if delivery is not None:
                 await self._deliver(delivery)
                 continue
-            due = await self._queue.next_delivery_due_at()
+            due = await self._relay.next_delivery_due_at()
             wait = IDLE_DELIVERY_CHECK_SECONDS
             if due is not None:
-                wait = max(0.0, min(wait, (due - self._queue.now()).total_seconds()))
-            await self._queue.signal.wait(generation, wait)
+                wait = max(0.0, min(wait, (due - self._relay.now()).total_seconds()))
+            await self._relay.signal.wait(generation, wait)
 
     def _render(self, delivery: Delivery, route: TelegramRoute) -> list[str]:
         if delivery.item.kind is OutboxKind.CANCEL:
@@ -656,7 +656,7 @@ class TelegramTransport:
     async def _deliver(self, delivery: Delivery) -> None:
         route = self._by_target.get(delivery.task.target)
         if route is None:  # pragma: no cover - the queue only makes outbox rows for our targets
-            await self._queue.mark_failed(delivery, error="no Telegram chat for this target")
+            await self._relay.mark_failed(delivery, error="no Telegram chat for this target")
             return
         parts = self._render(delivery, route)
         bot = self._application.bot
@@ -666,10 +666,10 @@ class TelegramTransport:
             if blocked > 0:
                 # Telegram asked this chat (or the bot) to wait: every send now would be
                 # refused again. Wait with the whole chat, without calling Telegram.
-                await self._queue.postpone(
+                await self._relay.postpone(
                     delivery,
                     reason=f"Telegram asked the chat to wait {blocked:.0f} s",
-                    until=self._queue.now() + timedelta(seconds=blocked),
+                    until=self._relay.now() + timedelta(seconds=blocked),
                 )
                 return
             reply_to = delivery.item.reply_to_telegram_id if index == 0 else None
@@ -696,7 +696,7 @@ class TelegramTransport:
                     route.chat_id,
                     wait,
                 )
-                await self._queue.mark_retry(
+                await self._relay.mark_retry(
                     delivery, error=f"Telegram asked to wait {wait:g} s", delay_seconds=wait
                 )
                 return
@@ -709,7 +709,7 @@ class TelegramTransport:
                     _describe(exc),
                     extra={"task_id": delivery.task.id, "target": delivery.task.target},
                 )
-                await self._queue.mark_failed(delivery, error=_describe(exc))
+                await self._relay.mark_failed(delivery, error=_describe(exc))
                 return
             except InvalidToken:
                 raise
@@ -724,17 +724,17 @@ class TelegramTransport:
                     delay,
                     extra={"task_id": delivery.task.id, "target": delivery.task.target},
                 )
-                await self._queue.mark_retry(delivery, error=_describe(exc), delay_seconds=delay)
+                await self._relay.mark_retry(delivery, error=_describe(exc), delay_seconds=delay)
                 return
             self._call_ok()
-            await self._queue.record_part_sent(
+            await self._relay.record_part_sent(
                 delivery,
                 part=index,
                 chat_id=sent.chat.id,
                 telegram_message_id=sent.message_id,
                 lease_epoch=self._epoch,
             )
-        await self._queue.mark_delivered(delivery)
+        await self._relay.mark_delivered(delivery)
 
     async def _pace(self) -> None:
         """About one message a second into a chat, as Telegram asks."""
