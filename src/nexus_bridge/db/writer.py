@@ -213,7 +213,13 @@ class SqliteWriter:
                         connection = None
                     self._answer(batch)
                 if session is not None:
-                    connection = self._serve_session(connection, session)
+                    try:
+                        connection = self._serve_session(connection, session)
+                    except BaseException as exc:  # the thread must go on
+                        logger.exception("a write session failed in the writer thread")
+                        _notify(session.loop, session.started, None, exc)
+                        _discard(connection)
+                        connection = None
                 if stop:
                     return
         finally:
