@@ -67,12 +67,21 @@ dist: uv
 
 NODE_STAMP := tests/ts/node_modules/.installed
 
-# The official TypeScript SDK client, used by one end-to-end test (skipped only where npm is absent).
+# The official TypeScript SDK client, used by one end-to-end test, and axe-core, which checks the
+# console's pages in Chromium (those tests skip where npm is absent).
 $(NODE_STAMP): tests/ts/package.json tests/ts/package-lock.json
 	@if command -v npm >/dev/null; then cd tests/ts && npm ci --silent --no-audit --no-fund && touch node_modules/.installed; \
-	else echo "npm not found: the TypeScript client test will be skipped"; fi
+	else echo "npm not found: the TypeScript client and console accessibility tests will be skipped"; fi
 
-node-deps: $(if $(wildcard tests/ts/package.json),$(NODE_STAMP))
+CARD_HOST_STAMP := tests/card-host/node_modules/.installed
+
+# The official MCP Apps host helpers (AppBridge) and esbuild, which bundles them into the test host
+# page of the task card's browser test (that variant is skipped only where npm is absent).
+$(CARD_HOST_STAMP): tests/card-host/package.json tests/card-host/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/card-host && npm ci --silent --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: the task card test in the ext-apps host will be skipped"; fi
+
+node-deps: $(if $(wildcard tests/ts/package.json),$(NODE_STAMP)) $(if $(wildcard tests/card-host/package.json),$(CARD_HOST_STAMP))
 
 migrate: install-runtime
 	$(BIN)/nexus-bridge db upgrade

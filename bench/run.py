@@ -15,6 +15,11 @@ Every figure is compared with a baseline measured in the same run, on the same m
 6. The agent runner (``nexus-bridge agent run``, a subprocess): task claimed -> command started,
    and command output line -> visible to a waiting ``pull_updates``, each vs the bridge's own
    wake-up latency in the same run (targets: p99 < 500 ms and < 250 ms on loopback).
+7. The live task card (MCP Apps): its size vs the same client's ``tools/list`` answer (target
+   < 64 KiB), and its tool calls per minute while the task is idle, in Chromium, vs a plain
+   ``pull_updates`` long-poll loop over the same minute (target <= 1.5x).
+9. The console's task page (signed in, over HTTP) for a task with 10,000 updates vs one with 10
+   (target <= 2x: only a window of the history is rendered).
 
 ``--only N`` (repeatable) runs only the numbered benchmarks. The exit status is 1 when a target
 is missed.
@@ -39,6 +44,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_card
+import bench_console
 import bench_enqueue
 import bench_grammar
 import bench_pull
@@ -64,6 +71,9 @@ class Sizes:
     grammar_warmup: int
     runner_tasks: int
     runner_warmup: int
+    card_idle_seconds: float
+    console_iterations: int
+    console_warmup: int
 
 
 FULL = Sizes(
@@ -81,6 +91,9 @@ FULL = Sizes(
     grammar_warmup=10,
     runner_tasks=100,
     runner_warmup=5,
+    card_idle_seconds=61,
+    console_iterations=200,
+    console_warmup=20,
 )
 QUICK = Sizes(
     roundtrip_iterations=60,
@@ -97,10 +110,13 @@ QUICK = Sizes(
     grammar_warmup=2,
     runner_tasks=10,
     runner_warmup=2,
+    card_idle_seconds=21,
+    console_iterations=20,
+    console_warmup=3,
 )
 
 
-SECTIONS = ("1", "2", "3", "4", "5", "6")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "9")
 
 
 def _label(rows: int) -> str:
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         metavar="N",
-        help="run only benchmark N (1-6); repeat for several",
+        help="run only benchmark N; repeat for several",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -190,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nexus-bridge-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"{'quick' if args.quick else 'full'} run; scratch directory {scratch}")
-        if chosen & {"1", "2", "3", "4", "6"}:
+        if chosen & {"1", "2", "3", "4", "6", "7", "9"}:
             progress("migrating a template database (alembic upgrade head)")
             template = migrated_template(scratch)
         if "1" in chosen:
@@ -240,6 +256,20 @@ def main(argv: list[str] | None = None) -> int:
                     scratch,
                     tasks=sizes.runner_tasks,
                     warmup=sizes.runner_warmup,
+                )
+            )
+
+        if "7" in chosen:
+            card_db = copy_database(template, scratch / "card.db")
+            asyncio.run(bench_card.run(report, card_db, idle_seconds=sizes.card_idle_seconds))
+        if "9" in chosen:
+            console_db = copy_database(template, scratch / "console.db")
+            asyncio.run(
+                bench_console.run(
+                    report,
+                    console_db,
+                    iterations=sizes.console_iterations,
+                    warmup=sizes.console_warmup,
                 )
             )
 

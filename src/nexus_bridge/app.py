@@ -34,8 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from nexus_bridge import config
 from nexus_bridge.agent_tools import agent_auth_settings, create_agent_server
 from nexus_bridge.auth import AgentTokenVerifier, StaticTokenVerifier
-from nexus_bridge.config import Settings, TelegramSettings
+from nexus_bridge.config import Settings
 from nexus_bridge.consent import consent_routes
+from nexus_bridge.console import console_deps, console_routes
 from nexus_bridge.constants import (
     AGENT_MCP_PATH,
     AUTH_SERVER_METADATA_PATH,
@@ -55,10 +56,9 @@ from nexus_bridge.metrics import METRICS_PATH, metrics_endpoint
 from nexus_bridge.oauth import CONSENT_PATH, BridgeOAuthProvider, OAuthPolicy, RegistrationsFull
 from nexus_bridge.relay import TelegramRelay
 from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
-from nexus_bridge.targets import Transport
+from nexus_bridge.targets import Configuration
 from nexus_bridge.transports.telegram import (
     POLLER_LEASE,
-    TelegramRoute,
     TelegramTransport,
     TransportState,
 )
@@ -158,15 +158,20 @@ async def report_transport(
     )
 
 
-def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Bridge:
+def build_bridge(
+    configuration: Configuration | Settings, *, default_identity: str, http: bool
+) -> Bridge:
     """Wire the parts together; nothing connects until first use.
 
+    Given settings rather than a loaded configuration, loads it (once) first.
+
     Raises:
-        ConfigError: the Telegram settings are incomplete.
+        ConfigError: the configuration is wrong (the message names the file, line and key).
     """
-    runtime = open_runtime(settings)
-    telegram = settings.telegram()
-    routes = telegram_routes(runtime, telegram)
+    runtime = open_runtime(configuration)
+    settings = runtime.settings
+    telegram = runtime.configuration.telegram
+    routes = runtime.configuration.routes
     transport = (
         TelegramTransport(runtime.relay, telegram, routes=routes) if telegram and routes else None
     )
@@ -221,32 +226,6 @@ def build_bridge(settings: Settings, *, default_identity: str, http: bool) -> Br
         oauth=provider,
         server_lock=lock,
     )
-
-
-def telegram_routes(runtime: Runtime, telegram: TelegramSettings | None) -> list[TelegramRoute]:
-    """One route per Telegram target: its own chat and agents, or the settings'."""
-    if telegram is None:
-        return []
-    routes = [
-        TelegramRoute(
-            target=t.name,
-            chat_id=t.chat_id if t.chat_id is not None else telegram.chat_id,  # type: ignore[arg-type]
-            agent_ids=t.agent_ids or telegram.agent_ids,
-            agent_username=t.agent_username or telegram.agent_username,
-        )
-        for t in runtime.targets
-        if t.transport is Transport.TELEGRAM
-    ]
-    seen: dict[int, str] = {}
-    for route in routes:
-        if route.chat_id in seen:
-            # A message in that chat could not be told apart: which target's agent sent it?
-            raise ConfigError(
-                f"targets {seen[route.chat_id]!r} and {route.target!r} use the same Telegram "
-                f"chat {route.chat_id}; give each Telegram target its own chat_id"
-            )
-        seen[route.chat_id] = route.target
-    return routes
 
 
 def oauth_provider(
@@ -553,6 +532,15 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
     app.router.routes.append(targets_route(bridge, mcp_route))
     if bridge.transport is not None and bridge.transport.webhook_secret is not None:
         app.router.routes.append(webhook_route(bridge.transport))
+    # The owner's console (/console): its own sign-in with the owner passphrase.
+    console = console_deps(
+        settings,
+        store=bridge.store,
+        queue=bridge.queue,
+        oauth=bridge.oauth,
+        transport_report=bridge.transport_report,
+    )
+    app.router.routes.extend(console_routes(console))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -624,9 +612,10 @@ def mcp_url(settings: Settings, port: int | None = None) -> str:
 
 
 def make_server(
-    settings: Settings, on_listening: Callable[[str], None] | None = None
+    configuration: Configuration | Settings, on_listening: Callable[[str], None] | None = None
 ) -> BridgeServer:
-    bridge = build_bridge(settings, default_identity="anonymous", http=True)
+    bridge = build_bridge(configuration, default_identity="anonymous", http=True)
+    settings = bridge.settings
     app = create_app(settings, bridge)
     uv_config = uvicorn.Config(
         app,

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nexus_bridge import __version__, config, ops
 from nexus_bridge.config import Settings, load_settings
@@ -26,6 +26,7 @@ from nexus_bridge.constants import (
 from nexus_bridge.domain import (
     Lease,
     Task,
+    Transport,
     Update,
     first_line,
     utc_now,
@@ -34,7 +35,11 @@ from nexus_bridge.errors import ConfigError, InvalidInput, NexusBridgeError, Tas
 from nexus_bridge.logs import configure_logging
 from nexus_bridge.queue import QueueService
 from nexus_bridge.runtime import Runtime, open_runtime
+from nexus_bridge.targets import Configuration, load_configuration
 from nexus_bridge.views import TaskOut, UpdateOut, queue_figures, target_row
+
+if TYPE_CHECKING:  # oauth imports the MCP SDK: loaded only by the auth commands
+    from nexus_bridge.oauth import BridgeOAuthProvider
 
 logger = logging.getLogger("nexus_bridge")
 
@@ -67,9 +72,11 @@ def _format_task(task: Task) -> str:
     return f"{task.id}  {when}Z  {task.status.value:<12} {task.target:<10} {summary}"
 
 
-async def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
+async def _with_runtime(
+    configuration: Configuration | Settings, work: Callable[[Runtime], Awaitable[T]]
+) -> T:
     """Run ``work`` on the services of a migrated database (no MCP: starts fast)."""
-    runtime = open_runtime(settings)
+    runtime = open_runtime(configuration)
     try:
         await runtime.check_schema()
         return await work(runtime)
@@ -77,9 +84,11 @@ async def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[
         await runtime.close()
 
 
-async def _with_queue(settings: Settings, work: Callable[[QueueService], Awaitable[T]]) -> T:
+async def _with_queue(
+    configuration: Configuration | Settings, work: Callable[[QueueService], Awaitable[T]]
+) -> T:
     """Run ``work`` on the queue service of a migrated database."""
-    return await _with_runtime(settings, lambda runtime: work(runtime.queue))
+    return await _with_runtime(configuration, lambda runtime: work(runtime.queue))
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -95,17 +104,19 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigError(f"--port must be between 0 and {config.MAX_PORT}, got {args.port}")
         settings = settings.model_copy(update={"port": args.port})
 
+    configuration = load_configuration(settings)  # the one read of every configuration file
     if args.stdio:
-        return asyncio.run(_serve_stdio(settings))
+        return asyncio.run(_serve_stdio(configuration))
 
     settings.check_serve_security()
     _check_listen_address(settings.host, settings.port)
-    asyncio.run(_with_queue(settings, _noop))  # refuse to start on an unmigrated database
+    asyncio.run(_with_queue(configuration, _noop))  # refuse to start on an unmigrated database
     # The generated agent token is shown once, on the start that creates it; after that the
     # banner (which ends up in journald) names only its file.
     new_token = not settings.agent_token_file.exists()
     server = make_server(
-        settings, on_listening=lambda url: _print_banner(settings, url, show_token=new_token)
+        configuration,
+        on_listening=lambda url: _print_banner(configuration, url, show_token=new_token),
     )
     if not settings.auth_tokens and settings.public_url is None:
         logger.warning(
@@ -154,7 +165,8 @@ async def _noop(_queue: QueueService) -> None:
     return None
 
 
-def _print_banner(settings: Settings, url: str, *, show_token: bool) -> None:
+def _print_banner(configuration: Configuration, url: str, *, show_token: bool) -> None:
+    settings = configuration.settings
     header = ' --header "Authorization: Bearer $TOKEN"' if settings.auth_tokens else ""
     lines = [
         f"nexus-bridge {__version__}",
@@ -165,17 +177,18 @@ def _print_banner(settings: Settings, url: str, *, show_token: bool) -> None:
         f"    Inspector     npx @modelcontextprotocol/inspector  (Streamable HTTP, {url})",
         "    health        curl -s " + url.removesuffix(MCP_PATH) + READYZ_PATH,
     ]
-    lines += _agent_banner(settings, url.removesuffix(MCP_PATH), show_token=show_token)
+    lines += _agent_banner(configuration, url.removesuffix(MCP_PATH), show_token=show_token)
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _agent_banner(settings: Settings, base_url: str, *, show_token: bool) -> list[str]:
+def _agent_banner(configuration: Configuration, base_url: str, *, show_token: bool) -> list[str]:
     """How the default agent takes its tasks, when it uses the direct agent API."""
     import shlex
 
     from nexus_bridge.runtime import read_or_create_token
 
-    if settings.config_file is not None or settings.telegram() is not None:
+    settings = configuration.settings
+    if settings.config_file is not None or configuration.telegram is not None:
         return []
     if settings.agent_tokens:  # homelab has tokens of its own; the file's is not used
         return []
@@ -218,10 +231,10 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-async def _serve_stdio(settings: Settings) -> int:
+async def _serve_stdio(configuration: Configuration) -> int:
     from nexus_bridge.app import build_bridge
 
-    bridge = build_bridge(settings, default_identity="stdio", http=False)
+    bridge = build_bridge(configuration, default_identity="stdio", http=False)
     try:
         await bridge.check_schema()
         bridge.start_background()
@@ -289,9 +302,10 @@ async def _check_connection(database_url: str) -> None:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    _check_server_agrees(settings, args.target)
+    configuration = load_configuration(settings)
+    _check_server_agrees(configuration, args.target)
     result = asyncio.run(
-        _with_queue(settings, lambda q: q.enqueue(args.text, args.target, urgent=args.urgent))
+        _with_queue(configuration, lambda q: q.enqueue(args.text, args.target, urgent=args.urgent))
     )
     if args.json:
         _print_json({"queued": result.queued, "id": result.task.id, "status": result.task.status})
@@ -308,7 +322,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 SERVER_CHECK_TIMEOUT_SECONDS: Final = 3.0
 
 
-def _check_server_agrees(settings: Settings, target: str) -> None:
+def _check_server_agrees(configuration: Configuration, target: str) -> None:
     """Refuse to queue for ``target`` when the bridge running at ``URL`` delivers it differently
     from how this command's configuration says (a CLI run with another configuration would
     queue a task the server never delivers). Nothing running, or nothing to compare: go ahead.
@@ -319,9 +333,9 @@ def _check_server_agrees(settings: Settings, target: str) -> None:
     import httpx
 
     from nexus_bridge.app import TARGETS_PATH
-    from nexus_bridge.targets import load_targets
 
-    mine = {t.name: t.transport.value for t in load_targets(settings)}
+    settings = configuration.settings
+    mine = {t.name: t.transport.value for t in configuration.targets}
     url = settings.bridge_url.rstrip("/")
     headers = (
         {"Authorization": f"Bearer {settings.auth_tokens[0].get_secret_value()}"}
@@ -587,29 +601,32 @@ environment `NEXUS_BRIDGE_TASK_ID` (the task's id), `NEXUS_BRIDGE_TASK_TAG` (its
 def cmd_agent_prompt(settings: Settings, args: argparse.Namespace) -> int:
     from nexus_bridge.protocol import agent_prompt
 
+    configuration: Configuration | None = None
     if args.target is not None:
-        runtime = open_runtime(settings)
-        target = next((t for t in runtime.targets if t.name == args.target), None)
+        configuration = load_configuration(settings)
+        target = configuration.target(args.target)
         if target is None:
-            known = ", ".join(t.name for t in runtime.targets)
+            known = ", ".join(t.name for t in configuration.targets)
             raise ConfigError(f"unknown target {args.target!r}; known targets: {known}")
-        if target.transport.value == "agent":
+        if target.transport is Transport.AGENT:
             print(agent_api_prompt(target.name, settings.bridge_url))
             return 0
         if args.agent_username is None and target.agent_username:
             args.agent_username = target.agent_username
     username = args.agent_username
     if username is None:
-        try:
-            telegram = settings.telegram()
-        except NexusBridgeError:
-            telegram = None
+        if configuration is None:
+            try:
+                configuration = load_configuration(settings)
+            except NexusBridgeError:
+                configuration = None
+        telegram = configuration.telegram if configuration is not None else None
         username = telegram.agent_username if telegram else None
     print(agent_prompt(agent_username=username, bridge_username=args.bridge_username))
     return 0
 
 
-def _oauth_provider(settings: Settings) -> tuple[Any, Any]:
+def _oauth_provider(settings: Settings) -> tuple[Runtime, BridgeOAuthProvider]:
     from nexus_bridge.oauth import BridgeOAuthProvider, OAuthPolicy
 
     runtime = open_runtime(settings)
@@ -624,7 +641,7 @@ def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
         runtime, provider = _oauth_provider(settings)
         try:
             await runtime.check_schema()
-            return await _auth_action(runtime, provider, args)
+            return await _auth_action(provider, args)
         finally:
             await runtime.close()
 
@@ -660,70 +677,41 @@ def _read_new_passphrase(from_stdin: bool) -> str:
     return passphrase
 
 
-async def _auth_action(runtime: Any, provider: Any, args: argparse.Namespace) -> int:
-    from nexus_bridge.domain import utc_now
+async def _auth_action(provider: BridgeOAuthProvider, args: argparse.Namespace) -> int:
+    from nexus_bridge.oauth import UnknownClientOrFamily
+    from nexus_bridge.views import oauth_client_row, token_family_row
 
     if args.auth_command == "set-passphrase":
         await provider.set_passphrase(_read_new_passphrase(args.stdin))
         print("passphrase set; the consent page accepts it from now on", file=sys.stderr)
         return 0
-    async with runtime.store.read() as tx:
-        clients = await tx.oauth_clients()
-        tokens = await tx.oauth_tokens()
-    now = utc_now()
     if args.auth_command == "clients":
-        rows = [
-            {
-                "client_id": c.client_id,
-                "name": c.client_name,
-                "registered": c.created_at.isoformat(),
-                "revoked": c.revoked_at.isoformat() if c.revoked_at else None,
-            }
-            for c in clients
-        ]
+        clients = [oauth_client_row(c) for c in await provider.clients()]
         if args.json:
-            _print_json(rows)
-        elif not rows:
+            _print_json(clients)
+        elif not clients:
             print("no clients registered")
-        for row in [] if args.json else rows:
+        for row in [] if args.json else clients:
             state = f"revoked {row['revoked']}" if row["revoked"] else "active"
             print(f"{row['client_id']}  {row['name'] or '-':<24} {row['registered']}  {state}")
         return 0
     if args.auth_command == "tokens":
-        families: dict[str, dict[str, Any]] = {}
-        for t in tokens:
-            live = t.revoked_at is None and t.expires_at > now and t.used_at is None
-            family = families.setdefault(
-                t.family_id,
-                {"family_id": t.family_id, "client_id": t.client_id, "issued": 0, "live": 0},
-            )
-            family["issued"] += 1
-            family["live"] += int(live)
-            family["last_issued"] = t.created_at.isoformat()
-        rows = list(families.values())
+        families = [token_family_row(f) for f in await provider.token_families()]
         if args.json:
-            _print_json(rows)
-        elif not rows:
+            _print_json(families)
+        elif not families:
             print("no tokens issued")
-        for row in [] if args.json else rows:
+        for row in [] if args.json else families:
             print(
                 f"{row['family_id']}  client {row['client_id']}  {row['live']} live of "
                 f"{row['issued']} issued, last {row['last_issued']}"
             )
         return 0
-    # revoke: a client id (the client and all its tokens) or a token family id
-    async with runtime.store.write() as tx:
-        if any(c.client_id == args.id for c in clients):
-            await tx.oauth_revoke_client(args.id, at=now)
-            what = f"client {args.id} and all its tokens"
-        elif any(t.family_id == args.id for t in tokens):
-            await tx.oauth_revoke_family(args.id, at=now)
-            what = f"token family {args.id}"
-        else:
-            raise ConfigError(
-                f"no client or token family {args.id!r}; see: nexus-bridge auth clients"
-            )
-    print(f"revoked {what}")
+    try:  # revoke: a client id (the client and all its tokens) or a token family id
+        revocation = await provider.revoke(args.id)
+    except UnknownClientOrFamily as exc:
+        raise ConfigError(f"{exc}; see: nexus-bridge auth clients") from exc
+    print(f"revoked {revocation.description}")
     return 0
 
 

@@ -171,6 +171,8 @@ class Settings(BaseSettings):
         extra="ignore",
         # "inf" would make a wait, a lease or a grace period endless (and int(inf) raises).
         allow_inf_nan=False,
+        # Read once at start and never changed: a variant is a model_copy (serve --port).
+        frozen=True,
     )
 
     database_url: str = Field(default_factory=default_database_url)
@@ -324,81 +326,10 @@ class Settings(BaseSettings):
                 "authenticates every request"
             )
 
-    def telegram(self) -> TelegramSettings | None:
-        """The Telegram transport's settings, or None when no bot token is configured.
-
-        Values from the environment win over ``TELEGRAM_CREDENTIALS_FILE``.
-
-        Raises:
-            ConfigError: a token without a chat or agent ids, or an unreadable credentials file.
-        """
-        found: dict[str, str] = {}
-        warnings: list[str] = []
-        if self.telegram_credentials_file is not None:
-            found, warnings = read_credentials_file(self.telegram_credentials_file)
-        token = (
-            self.telegram_bot_token.get_secret_value()
-            if self.telegram_bot_token
-            else found.get("bot_token")
-        )
-        if not token:
-            return None
-        chat = self.telegram_chat_id
-        if chat is None and "chat_id" in found:
-            chat = _int(found["chat_id"], "chat_id", self.telegram_credentials_file)
-        per_target = self.config_file is not None  # targets may name their own chats
-        if chat is None and not per_target:
-            raise ConfigError(
-                f"{ENV_PREFIX}TELEGRAM_CHAT_ID is required with a bot token: the chat where the "
-                "agent's bot listens (see docs/telegram.md, step 3)"
-            )
-        agents = list(self.telegram_agent_ids)
-        if not agents and "agent_ids" in found:
-            agents = [
-                _int(v, "agent_ids", self.telegram_credentials_file)
-                for v in found["agent_ids"].split(",")
-                if v.strip()
-            ]
-        if not agents and not per_target:
-            raise ConfigError(
-                f"{ENV_PREFIX}TELEGRAM_AGENT_IDS is required with a bot token: the Telegram user "
-                "ids whose messages count as the agent's (the agent bot, optionally you)"
-            )
-        username = self.telegram_agent_username or found.get("agent_username")
-        webhook_secret = (
-            self.telegram_webhook_secret.get_secret_value()
-            if self.telegram_webhook_secret
-            else None
-        )
-        if self.telegram_webhook_url and not webhook_secret:
-            raise ConfigError(
-                f"{ENV_PREFIX}TELEGRAM_WEBHOOK_SECRET is required with TELEGRAM_WEBHOOK_URL: "
-                "Telegram sends it with every update, so nobody else can post to the webhook"
-            )
-        if webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", webhook_secret):
-            raise ConfigError(
-                f"{ENV_PREFIX}TELEGRAM_WEBHOOK_SECRET must be 16-256 characters of A-Z, a-z, "
-                "0-9, _ and -"
-            )
-        return TelegramSettings(
-            token=token,
-            chat_id=chat,
-            agent_ids=frozenset(agents),
-            agent_username=username.lstrip("@") if username else None,
-            base_url=self.telegram_base_url,
-            poll_timeout=self.telegram_poll_timeout,
-            lease_seconds=self.telegram_lease_seconds,
-            min_send_interval=self.telegram_min_send_interval,
-            request_timeout=self.telegram_request_timeout,
-            retry_base_seconds=self.telegram_retry_base_seconds,
-            retry_max_seconds=self.telegram_retry_max_seconds,
-            webhook_url=self.telegram_webhook_url or None,
-            webhook_secret=webhook_secret,
-            warnings=tuple(warnings),
-        )
-
     def secrets(self) -> list[str]:
-        """Every secret value configured, so logging can redact them wherever they appear."""
+        """Every secret value set in the environment or an env file, so logging can redact them
+        wherever they appear (a bot token from the credentials file is added by
+        ``targets.Configuration.secrets``)."""
         values = [t.get_secret_value() for t in self.auth_tokens]
         values += [t.get_secret_value().rpartition(":")[2] for t in self.agent_tokens]
         if self.agent_token is not None:
@@ -409,12 +340,6 @@ class Settings(BaseSettings):
             values.append(self.metrics_token.get_secret_value())
         if self.telegram_webhook_secret is not None:
             values.append(self.telegram_webhook_secret.get_secret_value())
-        try:
-            telegram = self.telegram()  # the token may come from the credentials file
-        except ConfigError:
-            telegram = None
-        if telegram is not None:
-            values.append(telegram.token)
         return sorted({v for v in values if v})
 
 
@@ -438,43 +363,144 @@ class TelegramSettings:
     warnings: tuple[str, ...] = ()
 
 
-def _int(value: str, key: str, path: Path | None) -> int:
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise ConfigError(f"{path}: {key} must be a number, got {value!r}") from None
+def resolve_telegram(settings: Settings) -> TelegramSettings | None:
+    """The Telegram transport's settings, or None when no bot token is configured.
 
-
-def read_credentials_file(path: Path) -> tuple[dict[str, str], list[str]]:
-    """Read ``key=value`` lines (``token=...``, ``chat_id=...``) as the homelab setup keeps them.
-
-    Returns the known keys found and warnings (a file readable by others).
+    Reads ``TELEGRAM_CREDENTIALS_FILE`` (values from the environment win over it). Called once,
+    by ``targets.load_configuration``; everything else reads ``Configuration.telegram``.
 
     Raises:
-        ConfigError: the file cannot be read.
+        ConfigError: a token without a chat or agent ids (naming the variable), or a
+            credentials file that cannot be read or holds a bad value (naming file, line, key).
+    """
+    found: dict[str, Credential] = {}
+    warnings: list[str] = []
+    if settings.telegram_credentials_file is not None:
+        found, warnings = read_credentials_file(settings.telegram_credentials_file)
+    token = (
+        settings.telegram_bot_token.get_secret_value()
+        if settings.telegram_bot_token
+        else _value(found, "bot_token")
+    )
+    if not token:
+        return None
+    chat = settings.telegram_chat_id
+    if chat is None and "chat_id" in found:
+        chat = found["chat_id"].integer()
+    per_target = settings.config_file is not None  # targets may name their own chats
+    if chat is None and not per_target:
+        raise ConfigError(
+            f"{ENV_PREFIX}TELEGRAM_CHAT_ID is required with a bot token: the chat where the "
+            "agent's bot listens (see docs/telegram.md, step 3)"
+        )
+    agents = list(settings.telegram_agent_ids)
+    if not agents and "agent_ids" in found:
+        agents = found["agent_ids"].integers()
+    if not agents and not per_target:
+        raise ConfigError(
+            f"{ENV_PREFIX}TELEGRAM_AGENT_IDS is required with a bot token: the Telegram user "
+            "ids whose messages count as the agent's (the agent bot, optionally you)"
+        )
+    username = settings.telegram_agent_username or _value(found, "agent_username")
+    webhook_secret = (
+        settings.telegram_webhook_secret.get_secret_value()
+        if settings.telegram_webhook_secret
+        else None
+    )
+    if settings.telegram_webhook_url and not webhook_secret:
+        raise ConfigError(
+            f"{ENV_PREFIX}TELEGRAM_WEBHOOK_SECRET is required with TELEGRAM_WEBHOOK_URL: "
+            "Telegram sends it with every update, so nobody else can post to the webhook"
+        )
+    if webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", webhook_secret):
+        raise ConfigError(
+            f"{ENV_PREFIX}TELEGRAM_WEBHOOK_SECRET must be 16-256 characters of A-Z, a-z, "
+            "0-9, _ and -"
+        )
+    return TelegramSettings(
+        token=token,
+        chat_id=chat,
+        agent_ids=frozenset(agents),
+        agent_username=username.lstrip("@") if username else None,
+        base_url=settings.telegram_base_url,
+        poll_timeout=settings.telegram_poll_timeout,
+        lease_seconds=settings.telegram_lease_seconds,
+        min_send_interval=settings.telegram_min_send_interval,
+        request_timeout=settings.telegram_request_timeout,
+        retry_base_seconds=settings.telegram_retry_base_seconds,
+        retry_max_seconds=settings.telegram_retry_max_seconds,
+        webhook_url=settings.telegram_webhook_url or None,
+        webhook_secret=webhook_secret,
+        warnings=tuple(warnings),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One value of the credentials file, and where it was written (for error messages)."""
+
+    value: str = field(repr=False)
+    path: Path
+    line: int
+    key: str  # as written in the file, e.g. chat_id or TELEGRAM_CHAT_ID
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}:{self.line}: {self.key}: {message}")
+
+    def integer(self) -> int:
+        try:
+            return int(self.value.strip())
+        except ValueError:
+            raise self.error(f"must be a number, got {self.value!r}") from None
+
+    def integers(self) -> list[int]:
+        try:
+            return [int(v) for v in self.value.split(",") if v.strip()]
+        except ValueError:
+            raise self.error(f"must be numbers separated by commas, got {self.value!r}") from None
+
+
+def _value(found: dict[str, Credential], name: str) -> str | None:
+    credential = found.get(name)
+    return credential.value if credential is not None else None
+
+
+def read_credentials_file(path: Path) -> tuple[dict[str, Credential], list[str]]:
+    """Read ``key=value`` lines (``token=...``, ``chat_id=...``) as the homelab setup keeps them.
+
+    Returns the known keys found, each with its line, and warnings (a file readable by others).
+
+    Raises:
+        ConfigError: the file cannot be read, or is not UTF-8 text.
     """
     try:
-        text = path.expanduser().read_text(encoding="utf-8")
+        data = path.expanduser().read_bytes()
         mode = path.expanduser().stat().st_mode
     except OSError as exc:
         raise ConfigError(
             f"cannot read {ENV_PREFIX}TELEGRAM_CREDENTIALS_FILE {path}: {exc.strerror}"
         ) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{where}: not UTF-8 text ({exc.reason})") from None
     warnings = []
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append(
             f"{path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
             f"it holds a bot token: chmod 600 {path}"
         )
-    found: dict[str, str] = {}
-    for raw in text.splitlines():
+    found: dict[str, Credential] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
-        known = CREDENTIAL_KEYS.get(key.strip().lower().removeprefix("export ").strip())
+        written = key.strip().removeprefix("export ").strip()
+        known = CREDENTIAL_KEYS.get(written.lower())
         if known:
-            found[known] = value.strip().strip("\"'")
+            found[known] = Credential(value.strip().strip("\"'"), path, number, written)
     return found, warnings
 
 

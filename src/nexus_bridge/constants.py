@@ -37,3 +37,7 @@ GENERATE_TOKEN_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token
 # Group commit: a SQLite write transaction takes at most this many waiting writes (each in its
 # own savepoint) before it commits; the rest go into the next one. Bounds one transaction's time.
 MAX_WRITES_PER_COMMIT: Final = 256
+
+# The owner's console (the web pages under this path), and how long one sign-in lasts.
+CONSOLE_PATH: Final = "/console"
+CONSOLE_SESSION_SECONDS: Final = 12 * 3600

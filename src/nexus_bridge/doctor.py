@@ -19,10 +19,10 @@ from nexus_bridge import config
 from nexus_bridge.config import Settings, TelegramSettings
 from nexus_bridge.constants import AUTH_SERVER_METADATA_PATH, READYZ_PATH
 from nexus_bridge.db.engine import sqlite_file
-from nexus_bridge.domain import utc_now
+from nexus_bridge.domain import Transport, utc_now
 from nexus_bridge.errors import ConfigError, DatabaseNotReady, NexusBridgeError
 from nexus_bridge.runtime import Runtime, open_runtime, read_or_create_token
-from nexus_bridge.targets import Target, Transport
+from nexus_bridge.targets import Target
 
 DOCTOR_HTTP_TIMEOUT_SECONDS: Final = 10.0
 MIN_FREE_DISK_BYTES: Final = 100 * 1024 * 1024  # below this a write may fail: fail
@@ -321,11 +321,11 @@ async def _check_telegram_target(
     from telegram.error import InvalidToken, TelegramError
     from telegram.request import HTTPXRequest
 
-    telegram = runtime.settings.telegram()
+    telegram = runtime.configuration.telegram
     assert telegram is not None  # a Telegram target exists only with a token
     name = f"target {target.name}"
-    chat_id = target.chat_id if target.chat_id is not None else telegram.chat_id
-    agent_ids = sorted(target.agent_ids or telegram.agent_ids)
+    chat_id = target.chat_id  # resolved: the target's own, else the Telegram settings'
+    agent_ids = sorted(target.agent_ids)
     # Our own request object, so it is closed even when getMe fails (Bot.shutdown closes only
     # a bot whose getMe succeeded).
     request = HTTPXRequest(
@@ -546,7 +546,7 @@ async def _check_passphrase(report: Report, runtime: Runtime, database_ok: bool)
         report.add("public-url.passphrase", Status.SKIP, "the database cannot be read")
         return
     async with runtime.store.read() as tx:
-        owner = await tx.owner()
+        owner = await tx.oauth.owner()
     if owner is None or not owner.passphrase_hash:
         report.add(
             "public-url.passphrase",

@@ -327,18 +327,32 @@ class QueueCounts:
     ignored_messages: int = 0
 
 
+class Transport(enum.StrEnum):
+    """How tasks reach a target's agent."""
+
+    TELEGRAM = "telegram"  # posted through the outbox to the target's chat
+    AGENT = "agent"  # claimed by the agent over the direct agent API
+
+
 @dataclass(frozen=True, slots=True)
 class TargetPolicy:
-    """What the queue needs to know about a target: how its tasks leave, and how fast."""
+    """What the queue needs to know about a target: how its tasks leave, and how fast.
+
+    Configuration builds it (``targets.Target.policy``); the domain only defines it.
+    """
 
     name: str
-    transport: str = "telegram"  # "telegram": posted through the outbox; "agent": claimed
+    transport: Transport = Transport.TELEGRAM
     one_at_a_time: bool = False  # hand over the next task only when the current one ended
     description: str = ""
 
+    def __post_init__(self) -> None:
+        # A plain "telegram"/"agent" becomes the enum member; anything else is refused here.
+        object.__setattr__(self, "transport", Transport(self.transport))
+
     @property
     def uses_outbox(self) -> bool:
-        return self.transport == "telegram"
+        return self.transport is Transport.TELEGRAM
 
 
 HANDED_OVER_STATUSES: Final = frozenset(

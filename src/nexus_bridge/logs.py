@@ -43,6 +43,9 @@ class RedactSecrets(logging.Filter):
         super().__init__()
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    def add(self, secrets: Iterable[str]) -> None:
+        self._secrets = sorted({*self._secrets, *(s for s in secrets if s)}, key=len, reverse=True)
+
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
@@ -111,11 +114,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# The filters configure_logging installed, so secrets learnt later are redacted too.
+_INSTALLED: Final[list[RedactSecrets]] = []
+
+
+def redact_also(secrets: Iterable[str]) -> None:
+    """From now on redact ``secrets`` too: those known only once the configuration is loaded
+    (a bot token read from the Telegram credentials file)."""
+    for redact in _INSTALLED:
+        redact.add(secrets)
+
+
 def configure_logging(level: str, secrets: Iterable[str] = (), log_format: str = "text") -> None:
     """Log to stderr (stdout belongs to command output, and to MCP under --stdio), as readable
     lines or, with ``log_format="json"``, one JSON object per line."""
     logging.basicConfig(level=level, stream=sys.stderr, format=TEXT_FORMAT)
     redact = RedactSecrets(secrets)
+    _INSTALLED.append(redact)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)
         if log_format == "json":

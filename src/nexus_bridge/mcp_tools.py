@@ -12,12 +12,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from typing import Annotated, Any, Final, Literal, ParamSpec, TypeVar
 
+from mcp.server.apps import client_supports_apps
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import OAuthAuthorizationServerProvider, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, Icon, InputRequiredResult, ToolAnnotations
+from mcp_types import (
+    CallToolResult,
+    Icon,
+    InputRequiredResult,
+    ListResourcesResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    ToolAnnotations,
+)
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from nexus_bridge import __version__, config
@@ -27,6 +37,13 @@ from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.mcp_http import client_gone
 from nexus_bridge.metrics import METRICS
 from nexus_bridge.queue import DeliveryInfo, QueueService
+from nexus_bridge.task_card import (
+    CARD_ONLY_TOOLS,
+    TASK_CARD_META,
+    resources_for_client,
+    task_card_extension,
+    tools_for_client,
+)
 from nexus_bridge.views import (
     StatusName,
     TargetOut,
@@ -216,7 +233,9 @@ def register_tools(
     read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
     targets: Sequence[str] = queue.targets
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=True))
+    @server.tool(
+        annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=True), meta=TASK_CARD_META
+    )
     @tool_errors
     async def send_message(
         message: Annotated[
@@ -372,7 +391,7 @@ def register_tools(
         """
         return TaskOut.of(await queue.reply(id, text))
 
-    @server.tool(annotations=read_only)
+    @server.tool(annotations=read_only, meta=TASK_CARD_META)
     @tool_errors
     async def get_message(id: TaskIdArg) -> MessageDetail:
         """Look up one task: its text, status, timestamps, how it was delivered to the agent,
@@ -438,6 +457,16 @@ def register_tools(
         cancelled."""
         return TaskOut.of(await queue.cancel(id, reason))
 
+    # Listed only to clients that render the card (task_card.CARD_ONLY_TOOLS).
+    @server.tool(annotations=read_only, meta=TASK_CARD_META)
+    @tool_errors
+    async def watch_task(id: TaskIdArg) -> MessageDetail:
+        """Show the live card of a task in the conversation: its status, the agent's updates as
+        they arrive, a box to answer the agent's question and a cancel button. The card follows
+        the task by itself, so you need not call pull_updates to watch it. Returns the task as
+        get_message does."""
+        return await get_message(id)
+
 
 def _one_line(tool: str, error: ValidationError) -> str:
     parts = []
@@ -476,9 +505,15 @@ class BridgeMCPServer(MCPServer[Any]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        # A tool that exists only for the card is unknown to a client that did not negotiate it.
+        hidden = (
+            name in CARD_ONLY_TOOLS and context is not None and not client_supports_apps(context)
+        )
         # Only known tools get their own label: a client cannot grow the metrics with names.
-        label = name if self._tool_manager.get_tool(name) is not None else "unknown"
-        with METRICS.tool_call(label) as outcome:
+        known = self._tool_manager.get_tool(name) is not None and not hidden
+        with METRICS.tool_call(name if known else "unknown") as outcome:
+            if hidden:
+                raise ToolError(f"Unknown tool: {name}")
             try:
                 result = await super().call_tool(name, arguments, context)
             except ToolError as exc:
@@ -488,6 +523,22 @@ class BridgeMCPServer(MCPServer[Any]):
             if getattr(result, "is_error", False):
                 outcome[0] = "error"
             return result
+
+    # The task card (task_card.py): a client that did not negotiate MCP Apps sees the tools and
+    # resources as they were before the card, and cannot call a tool that exists only for it.
+    async def _handle_list_tools(
+        self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        listed = await super()._handle_list_tools(ctx, params)
+        tools = tools_for_client(listed.tools, renders_card=client_supports_apps(ctx))
+        return listed.model_copy(update={"tools": tools})
+
+    async def _handle_list_resources(
+        self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        listed = await super()._handle_list_resources(ctx, params)
+        shown = resources_for_client(listed.resources, renders_card=client_supports_apps(ctx))
+        return listed.model_copy(update={"resources": shown})
 
 
 def create_mcp_server(
@@ -508,6 +559,7 @@ def create_mcp_server(
         token_verifier=token_verifier,
         auth_server_provider=auth_server_provider,
         auth=auth,
+        extensions=[task_card_extension()],
     )
     register_tools(
         server, queue, default_identity=default_identity, transport_report=transport_report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import hashlib
 import hmac
 import json
@@ -17,6 +18,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -37,7 +39,8 @@ from pydantic import AnyUrl
 
 from nexus_bridge.auth import StaticTokenVerifier
 from nexus_bridge.constants import LOOPBACK_HOSTNAMES
-from nexus_bridge.db.store import Store, StoreTransaction
+from nexus_bridge.db.oauth_store import OAuthStore, TokenKind, TokenRecord
+from nexus_bridge.db.store import Store
 from nexus_bridge.domain import utc_now
 from nexus_bridge.errors import NexusBridgeError
 from nexus_bridge.metrics import METRICS
@@ -61,6 +64,7 @@ MAX_SCOPE_CHARS: Final = 1024  # the requested scopes (each one registered, but 
 S256_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
 MAX_PENDING_REQUESTS_PER_CLIENT: Final = 10  # older consent requests of the client are dropped
 UNUSED_CLIENT_SECONDS: Final = 3600  # then a client that got no code or token is forgotten
+MAX_OAUTH_ID_CHARS: Final = 64  # the longest client id or token family id stored
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
@@ -84,6 +88,57 @@ class RegistrationsFull(NexusBridgeError):
 
 class NoPassphrase(NexusBridgeError):
     """The owner has not set a passphrase yet: run nexus-bridge auth set-passphrase"""
+
+
+class UnknownClientOrFamily(NexusBridgeError):
+    """No client or token family has that id."""
+
+    def __init__(self, client_or_family_id: str) -> None:
+        super().__init__(f"no client or token family {client_or_family_id!r}")
+        self.client_or_family_id = client_or_family_id
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFamilyView:
+    """The tokens grown from one consent: how many were issued, how many can still be used."""
+
+    family_id: str
+    client_id: str
+    issued: int
+    live: int  # neither revoked, expired nor (a refresh token) rotated
+    last_issued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClientView:
+    """A registered client as its owner sees it, with the token families it holds."""
+
+    client_id: str
+    name: str | None
+    registered_at: datetime
+    revoked_at: datetime | None
+    families: tuple[TokenFamilyView, ...]
+
+
+class RevokedKind(enum.StrEnum):
+    """What :meth:`BridgeOAuthProvider.revoke` revoked."""
+
+    CLIENT = "client"  # the client and every token of it; it has to register again
+    FAMILY = "family"  # the tokens of one consent only
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """What a revocation revoked."""
+
+    kind: RevokedKind
+    id: str
+
+    @property
+    def description(self) -> str:
+        if self.kind is RevokedKind.CLIENT:
+            return f"client {self.id} and all its tokens"
+        return f"token family {self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +260,110 @@ def authorization_refused(
     return None
 
 
+class OwnerGate:
+    """The owner's passphrase and its wrong-guess lockout, one for every page that asks for it
+    (the consent page and the console): the attempts count against the same owner row."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_failed_attempts: int,
+        lockout_seconds: int,
+        failure_delay_seconds: float,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self.max_failed_attempts = max_failed_attempts
+        self.lockout_seconds = lockout_seconds
+        self.failure_delay_seconds = failure_delay_seconds
+        self._now = clock
+
+    async def has_passphrase(self) -> bool:
+        async with self._store.read() as tx:
+            owner = await tx.oauth.owner()
+        return owner is not None and bool(owner.passphrase_hash)
+
+    async def check(self, passphrase: str) -> None:
+        """Pass if ``passphrase`` is the owner's; a success clears the count of wrong ones.
+
+        Raises:
+            NoPassphrase: none has been set.
+            OwnerLockedOut: too many wrong attempts lately.
+            ConsentRefused: wrong passphrase (the page never says more).
+        """
+        now = self._now()
+        # Count the attempt before checking it, in one serialised write: parallel guesses
+        # cannot all slip in under the limit.
+        async with self._store.write() as tx:
+            owner = await tx.oauth.owner()
+            if owner is None or not owner.passphrase_hash:
+                raise NoPassphrase()
+            if owner.locked_until is not None and owner.locked_until > now:
+                METRICS.oauth_refusals.labels("locked_out").inc()
+                raise OwnerLockedOut()
+            attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
+            locked_until = None
+            if attempts >= self.max_failed_attempts:
+                locked_until = now + timedelta(seconds=self.lockout_seconds)
+            await tx.oauth.save_owner_attempts(
+                failed_attempts=attempts, locked_until=locked_until, at=now
+            )
+            stored_hash = owner.passphrase_hash
+        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
+        if not ok:
+            METRICS.oauth_refusals.labels("wrong_passphrase").inc()
+            await asyncio.sleep(self.failure_delay_seconds)  # throttle guessing
+            if locked_until is not None:
+                logger.warning(
+                    "owner passphrase: locked for %s s after wrong passphrases",
+                    self.lockout_seconds,
+                )
+                raise OwnerLockedOut()
+            raise ConsentRefused()
+        async with self._store.write() as tx:
+            await tx.oauth.save_owner_attempts(failed_attempts=0, locked_until=None, at=now)
+
+    def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
+        """Wrong passphrases still counted: failures decay. They count only within a window of
+        ``lockout_seconds`` from the last one, and a lockout that has run out ends for good (a
+        single wrong guess after it does not lock again; it takes the full count anew)."""
+        if failures >= self.max_failed_attempts:
+            return 0  # the lockout these earned is over (check() saw locked_until)
+        if now - last_change >= timedelta(seconds=self.lockout_seconds):
+            return 0
+        return failures
+
+    async def set_passphrase(self, passphrase: str) -> None:
+        hashed = await asyncio.to_thread(hash_passphrase, passphrase)
+        async with self._store.write() as tx:
+            await tx.oauth.save_owner_passphrase(passphrase_hash=hashed, at=self._now())
+            # A new passphrase ends every console session signed in with the old one.
+            await tx.console_end_all_sessions()
+
+
 def _epoch(value: datetime) -> int:
     return int(value.timestamp())
+
+
+def _is_live(token: TokenRecord, now: datetime) -> bool:
+    return token.revoked_at is None and token.expires_at > now and token.used_at is None
+
+
+def token_families(tokens: Iterable[TokenRecord], now: datetime) -> list[TokenFamilyView]:
+    """The families of these tokens (oldest first), in the order each family's first token
+    was issued, counting the tokens still live at ``now``."""
+    families: dict[str, TokenFamilyView] = {}
+    for token in tokens:
+        seen = families.get(token.family_id)
+        families[token.family_id] = TokenFamilyView(
+            family_id=token.family_id,
+            client_id=token.client_id,
+            issued=(seen.issued if seen else 0) + 1,
+            live=(seen.live if seen else 0) + int(_is_live(token, now)),
+            last_issued_at=token.created_at,
+        )
+    return list(families.values())
 
 
 class BridgeOAuthProvider:
@@ -223,12 +380,19 @@ class BridgeOAuthProvider:
         self.policy = policy
         self._static = static_tokens
         self._now = utc_now
+        self.owner_gate = OwnerGate(
+            store,
+            max_failed_attempts=policy.max_failed_attempts,
+            lockout_seconds=policy.lockout_seconds,
+            failure_delay_seconds=policy.failure_delay_seconds,
+            clock=lambda: self._now(),
+        )
 
     # --- clients -------------------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
         async with self._store.read() as tx:
-            row = await tx.oauth_client(client_id)
+            row = await tx.oauth.client(client_id)
         if row is None or row.revoked_at is not None:
             return None
         return OAuthClientInformationFull.model_validate_json(row.info)
@@ -252,13 +416,13 @@ class BridgeOAuthProvider:
         now = self._now()
         async with self._store.write() as tx:
             # Registering is open: forget clients that never got a token, and cap how many wait.
-            await tx.oauth_prune_unused_clients(
+            await tx.oauth.prune_unused_clients(
                 registered_before=now - timedelta(seconds=UNUSED_CLIENT_SECONDS), now=now
             )
-            if await tx.oauth_count_unused_clients() >= self.policy.max_unused_clients:
+            if await tx.oauth.count_unused_clients() >= self.policy.max_unused_clients:
                 logger.warning("oauth: refused a registration: too many clients without a token")
                 raise RegistrationsFull()
-            await tx.oauth_insert_client(
+            await tx.oauth.insert_client(
                 client_id=client_info.client_id,
                 client_name=client_info.client_name,
                 info=client_info.model_dump_json(),
@@ -283,11 +447,11 @@ class BridgeOAuthProvider:
         now = self._now()
         async with self._store.write() as tx:
             # Anyone can start an authorization: keep the tables from growing without bound.
-            await tx.oauth_prune(now=now, keep_after=now - timedelta(days=PRUNE_AFTER_DAYS))
-            await tx.oauth_keep_newest_requests(
+            await tx.oauth.prune(now=now, keep_after=now - timedelta(days=PRUNE_AFTER_DAYS))
+            await tx.oauth.keep_newest_requests(
                 client.client_id, keep=MAX_PENDING_REQUESTS_PER_CLIENT - 1
             )
-            await tx.oauth_insert_request(
+            await tx.oauth.insert_request(
                 id_hash=token_hash(request_id),
                 client_id=client.client_id,
                 params=params.model_dump_json(),
@@ -305,7 +469,7 @@ class BridgeOAuthProvider:
             ConsentExpired: unknown, used or expired.
         """
         async with self._store.read() as tx:
-            row = await tx.oauth_request(token_hash(request_id))
+            row = await tx.oauth.request(token_hash(request_id))
         if row is None or row.expires_at < self._now():
             raise ConsentExpired()
         client = await self.get_client(row.client_id)
@@ -317,7 +481,7 @@ class BridgeOAuthProvider:
         """The owner said no: the redirect back to the client with access_denied."""
         _client, params = await self.pending_request(request_id)
         async with self._store.write() as tx:
-            await tx.oauth_delete_request(token_hash(request_id))
+            await tx.oauth.delete_request(token_hash(request_id))
         METRICS.oauth_refusals.labels("declined").inc()
         query = {"error": "access_denied", "error_description": "the owner declined"}
         if params.state is not None:
@@ -334,53 +498,23 @@ class BridgeOAuthProvider:
             ConsentRefused: wrong passphrase (the page never says more).
         """
         client, params = await self.pending_request(request_id)
+        await self.owner_gate.check(passphrase)
         now = self._now()
-        # Count the attempt before checking it, in one serialised write: parallel guesses
-        # cannot all slip in under the limit.
-        async with self._store.write() as tx:
-            owner = await tx.owner()
-            if owner is None or not owner.passphrase_hash:
-                raise NoPassphrase()
-            if owner.locked_until is not None and owner.locked_until > now:
-                METRICS.oauth_refusals.labels("locked_out").inc()
-                raise OwnerLockedOut()
-            attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
-            values: dict[str, object] = {
-                "failed_attempts": attempts,
-                "locked_until": None,
-                "updated_at": now,
-            }
-            if attempts >= self.policy.max_failed_attempts:
-                values["locked_until"] = now + timedelta(seconds=self.policy.lockout_seconds)
-            await tx.save_owner(**values)
-            stored_hash = owner.passphrase_hash
-        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
-        if not ok:
-            METRICS.oauth_refusals.labels("wrong_passphrase").inc()
-            await asyncio.sleep(self.policy.failure_delay_seconds)  # throttle guessing
-            if values["locked_until"] is not None:
-                logger.warning(
-                    "oauth: consent locked for %s s after wrong passphrases",
-                    self.policy.lockout_seconds,
-                )
-                raise OwnerLockedOut()
-            raise ConsentRefused()
         code = secrets.token_urlsafe(32)
         async with self._store.write() as tx:
-            if not await tx.oauth_delete_request(token_hash(request_id)):
+            if not await tx.oauth.delete_request(token_hash(request_id)):
                 raise ConsentExpired()  # approved twice at once: only one wins
-            await tx.save_owner(failed_attempts=0, locked_until=None, updated_at=now)
-            await tx.oauth_insert_code(
+            await tx.oauth.insert_code(
                 code_hash=token_hash(code),
                 client_id=client.client_id,
                 family_id=str(uuid.uuid4()),
                 redirect_uri=str(params.redirect_uri),
                 redirect_uri_explicit=params.redirect_uri_provided_explicitly,
                 code_challenge=params.code_challenge,
-                scopes=" ".join(params.scopes or []),
+                scopes=params.scopes or [],
                 resource=params.resource,
                 expires_at=now + timedelta(seconds=self.policy.code_seconds),
-                created_at=now,
+                at=now,
             )
         METRICS.oauth_logins.inc()
         logger.info("oauth: the owner approved client %s", client.client_id)
@@ -389,22 +523,8 @@ class BridgeOAuthProvider:
             query["state"] = params.state
         return _with_query(str(params.redirect_uri), query)
 
-    def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
-        """Wrong passphrases still counted: failures decay. They count only within a window of
-        ``lockout_seconds`` from the last one, and a lockout that has run out ends for good (a
-        single wrong guess after it does not lock again; it takes the full count anew)."""
-        if failures >= self.policy.max_failed_attempts:
-            return 0  # the lockout these earned is over (approve() checked locked_until)
-        if now - last_change >= timedelta(seconds=self.policy.lockout_seconds):
-            return 0
-        return failures
-
     async def set_passphrase(self, passphrase: str) -> None:
-        hashed = await asyncio.to_thread(hash_passphrase, passphrase)
-        async with self._store.write() as tx:
-            await tx.save_owner(
-                passphrase_hash=hashed, failed_attempts=0, locked_until=None, updated_at=self._now()
-            )
+        await self.owner_gate.set_passphrase(passphrase)
 
     # --- codes and tokens ----------------------------------------------------------------------
 
@@ -412,17 +532,17 @@ class BridgeOAuthProvider:
         self, client: OAuthClientInformationFull, authorization_code: str
     ) -> AuthorizationCode | None:
         async with self._store.write() as tx:
-            row = await tx.oauth_code(token_hash(authorization_code))
+            row = await tx.oauth.code(token_hash(authorization_code))
             if row is None or row.client_id != client.client_id:
                 return None
             if row.used_at is not None:
                 # A replayed code: whatever it produced is compromised (RFC 6749 §4.1.2).
-                revoked = await tx.oauth_revoke_family(row.family_id, at=self._now())
+                revoked = await tx.oauth.revoke_family(row.family_id, at=self._now())
                 logger.warning("oauth: a used code was presented again; revoked %s tokens", revoked)
                 return None
         return AuthorizationCode(
             code=authorization_code,
-            scopes=row.scopes.split() if row.scopes else [],
+            scopes=list(row.scopes),
             expires_at=row.expires_at.timestamp(),
             client_id=row.client_id,
             code_challenge=row.code_challenge,
@@ -441,10 +561,10 @@ class BridgeOAuthProvider:
         # The SDK's errors are frozen dataclasses, which cannot pass through the transaction's
         # context manager (it sets their __traceback__): decide inside, raise once committed.
         async with self._store.write() as tx:
-            row = await tx.oauth_code(hashed)
-            if row is not None and await tx.oauth_use_code(hashed, at=self._now()):
+            row = await tx.oauth.code(hashed)
+            if row is not None and await tx.oauth.use_code(hashed, at=self._now()):
                 return await self._issue(
-                    tx,
+                    tx.oauth,
                     client_id=row.client_id,
                     family_id=row.family_id,
                     scopes=authorization_code.scopes,
@@ -456,14 +576,18 @@ class BridgeOAuthProvider:
         self, client: OAuthClientInformationFull, refresh_token: str
     ) -> RefreshToken | None:
         async with self._store.write() as tx:
-            row = await tx.oauth_token(token_hash(refresh_token))
-            if row is None or row.kind != "refresh" or row.client_id != client.client_id:
+            row = await tx.oauth.token(token_hash(refresh_token))
+            if (
+                row is None
+                or row.kind is not TokenKind.REFRESH
+                or row.client_id != client.client_id
+            ):
                 return None
             if row.revoked_at is not None or row.client_revoked_at is not None:
                 return None
             if row.used_at is not None:
                 # Reuse of a rotated refresh token: someone has a copy. End the whole family.
-                revoked = await tx.oauth_revoke_family(row.family_id, at=self._now())
+                revoked = await tx.oauth.revoke_family(row.family_id, at=self._now())
                 logger.warning(
                     "oauth: a rotated refresh token was reused; revoked its family (%s tokens)",
                     revoked,
@@ -472,7 +596,7 @@ class BridgeOAuthProvider:
         return RefreshToken(
             token=refresh_token,
             client_id=row.client_id,
-            scopes=row.scopes.split() if row.scopes else [],
+            scopes=list(row.scopes),
             expires_at=_epoch(row.expires_at),
             resource=row.resource,
         )
@@ -485,22 +609,22 @@ class BridgeOAuthProvider:
             raise TokenError(error="invalid_target", error_description=refused)
         hashed = token_hash(refresh_token.token)
         async with self._store.write() as tx:  # raise only once committed: see above
-            row = await tx.oauth_token(hashed)
-            if row is not None and await tx.oauth_use_token(hashed, at=self._now()):
+            row = await tx.oauth.token(hashed)
+            if row is not None and await tx.oauth.use_token(hashed, at=self._now()):
                 return await self._issue(
-                    tx,
+                    tx.oauth,
                     client_id=row.client_id,
                     family_id=row.family_id,
                     scopes=scopes,
                     resource=refresh_token.resource,
                 )
             if row is not None:  # used twice at once: the family is compromised
-                await tx.oauth_revoke_family(row.family_id, at=self._now())
+                await tx.oauth.revoke_family(row.family_id, at=self._now())
         raise TokenError(error="invalid_grant", error_description="refresh token reused")
 
     async def _issue(
         self,
-        tx: StoreTransaction,
+        oauth: OAuthStore,
         *,
         client_id: str,
         family_id: str,
@@ -511,18 +635,18 @@ class BridgeOAuthProvider:
         access = "nba_" + secrets.token_urlsafe(32)
         refresh = "nbr_" + secrets.token_urlsafe(32)
         for token, kind, seconds in (
-            (access, "access", self.policy.access_token_seconds),
-            (refresh, "refresh", self.policy.refresh_token_seconds),
+            (access, TokenKind.ACCESS, self.policy.access_token_seconds),
+            (refresh, TokenKind.REFRESH, self.policy.refresh_token_seconds),
         ):
-            await tx.oauth_insert_token(
+            await oauth.insert_token(
                 token_hash=token_hash(token),
                 kind=kind,
                 client_id=client_id,
                 family_id=family_id,
-                scopes=" ".join(scopes),
+                scopes=scopes,
                 resource=resource,
                 expires_at=now + timedelta(seconds=seconds),
-                created_at=now,
+                at=now,
             )
         return OAuthToken(
             access_token=access,
@@ -538,8 +662,8 @@ class BridgeOAuthProvider:
             if static is not None:
                 return static
         async with self._store.read() as tx:
-            row = await tx.oauth_token(token_hash(token))
-        if row is None or row.kind != "access":
+            row = await tx.oauth.token(token_hash(token))
+        if row is None or row.kind is not TokenKind.ACCESS:
             return None
         if row.revoked_at is not None or row.client_revoked_at is not None:
             return None
@@ -550,16 +674,61 @@ class BridgeOAuthProvider:
         return AccessToken(
             token=token,
             client_id=row.client_id,
-            scopes=row.scopes.split() if row.scopes else [],
+            scopes=list(row.scopes),
             expires_at=_epoch(row.expires_at),
             resource=row.resource,
         )
 
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
         async with self._store.write() as tx:
-            row = await tx.oauth_token(token_hash(token.token))
+            row = await tx.oauth.token(token_hash(token.token))
             if row is not None:
-                await tx.oauth_revoke_family(row.family_id, at=self._now())
+                await tx.oauth.revoke_family(row.family_id, at=self._now())
+
+    # --- the owner's view: clients, token families, revocation -------------------------------
+
+    async def clients(self) -> list[OAuthClientView]:
+        """Every registered client, oldest first, each with its token families."""
+        async with self._store.read() as tx:
+            clients = await tx.oauth.clients()
+            families = token_families(await tx.oauth.tokens(), self._now())
+        return [
+            OAuthClientView(
+                client_id=c.client_id,
+                name=c.client_name,
+                registered_at=c.created_at,
+                revoked_at=c.revoked_at,
+                families=tuple(f for f in families if f.client_id == c.client_id),
+            )
+            for c in clients
+        ]
+
+    async def token_families(self) -> list[TokenFamilyView]:
+        """Every token family, in the order each was first issued."""
+        async with self._store.read() as tx:
+            tokens = await tx.oauth.tokens()
+        return token_families(tokens, self._now())
+
+    async def revoke(self, client_or_family_id: str) -> Revocation:
+        """Revoke a client and all its tokens, or, given a family's id, the tokens of that one
+        consent. Takes effect on the next request of any process on the database.
+
+        Raises:
+            UnknownClientOrFamily: neither a client nor a token family has that id.
+        """
+        if len(client_or_family_id) > MAX_OAUTH_ID_CHARS or "\x00" in client_or_family_id:
+            raise UnknownClientOrFamily(client_or_family_id)  # never sent to the database
+        now = self._now()
+        async with self._store.write() as tx:
+            if await tx.oauth.client(client_or_family_id) is not None:
+                await tx.oauth.revoke_client(client_or_family_id, at=now)
+                revocation = Revocation(RevokedKind.CLIENT, client_or_family_id)
+            elif await tx.oauth.family_exists(client_or_family_id):
+                await tx.oauth.revoke_family(client_or_family_id, at=now)
+                revocation = Revocation(RevokedKind.FAMILY, client_or_family_id)
+            else:
+                raise UnknownClientOrFamily(client_or_family_id)
+        return revocation
 
     async def exchange_identity_assertion(self, *args: object, **kwargs: object) -> OAuthToken:
         raise TokenError(error="unsupported_grant_type", error_description="not supported")

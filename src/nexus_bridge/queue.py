@@ -365,8 +365,15 @@ class QueueService:
 
     # --- queries ---------------------------------------------------------------------------
 
-    async def get(self, task_id: str, *, recent: int = config.RECENT_UPDATES_IN_GET) -> TaskDetail:
-        """A task and its most recent updates (oldest first).
+    async def get(
+        self,
+        task_id: str,
+        *,
+        recent: int = config.RECENT_UPDATES_IN_GET,
+        before_seq: int | None = None,
+    ) -> TaskDetail:
+        """A task and its most recent updates (oldest first); with ``before_seq``, the most
+        recent of those before that seq (a window further back in a long history).
 
         Raises:
             TaskNotFound: no task has that id.
@@ -374,7 +381,9 @@ class QueueService:
         check_task_id(task_id, "id")
         async with self._store.read() as tx:
             task = await tx.get_task(task_id)
-            latest = await tx.list_updates(message_id=task.id, limit=recent, newest_first=True)
+            latest = await tx.list_updates(
+                message_id=task.id, limit=recent, newest_first=True, before_seq=before_seq
+            )
             deliveries = await tx.outbox_for_task(task.id)
             posted = await tx.telegram_ids_of_task(task.id, direction="out")
         delivery = None
@@ -744,6 +753,14 @@ class QueueService:
             if idle is not None:
                 found[task.id] = idle
         return found
+
+    async def stalled_seconds(self, task: Task) -> float | None:
+        """:meth:`stall` of one task, at a cost that does not grow with its history."""
+        if task.status not in (TaskStatus.ACKNOWLEDGED, TaskStatus.IN_PROGRESS):
+            return None
+        async with self._store.read() as tx:
+            latest = await tx.latest_agent_update_at(task.id)
+        return self.stall(task, latest)
 
     async def target_summaries(self) -> list[TargetSummary]:
         """Every target with its queue counts, when its agent was last seen, and stalled tasks."""

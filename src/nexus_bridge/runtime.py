@@ -1,4 +1,5 @@
-"""The store and queue service of one process, built from settings; no MCP, HTTP or Telegram.
+"""The store and queue service of one process, built from its configuration; no MCP, HTTP or
+Telegram.
 
 The CLI uses this alone (fast start-up); the server adds the MCP adapter in ``app.py``.
 """
@@ -17,11 +18,11 @@ from nexus_bridge.constants import MIN_TOKEN_CHARS, PRIVATE_FILE_MODE
 from nexus_bridge.db.engine import DATA_DIRECTORY_MODE, create_engine
 from nexus_bridge.db.migrate import head_revisions
 from nexus_bridge.db.store import Store
-from nexus_bridge.domain import TargetPolicy
+from nexus_bridge.domain import Transport
 from nexus_bridge.errors import ConfigError, DatabaseNotReady
 from nexus_bridge.queue import QueueService
 from nexus_bridge.relay import TelegramRelay
-from nexus_bridge.targets import Dispatch, Target, Transport, load_targets
+from nexus_bridge.targets import Configuration, Target, configuration_of
 
 TOKEN_FILE_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKEN_FILE"
 
@@ -30,12 +31,19 @@ TOKEN_FILE_VARIABLE: Final = f"{ENV_PREFIX}AGENT_TOKEN_FILE"
 class Runtime:
     """The running parts every entry point shares."""
 
-    settings: Settings
+    configuration: Configuration
     store: Store
     queue: QueueService
     relay: TelegramRelay
     heads: tuple[str, ...]
-    targets: tuple[Target, ...]
+
+    @property
+    def settings(self) -> Settings:
+        return self.configuration.settings
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return self.configuration.targets
 
     async def check_schema(self) -> None:
         """Raises DatabaseNotReady unless the database is reachable and migrated to head."""
@@ -52,39 +60,33 @@ class Runtime:
         await self.store.dispose()
 
 
-def open_runtime(settings: Settings) -> Runtime:
+def open_runtime(configuration: Configuration | Settings) -> Runtime:
     """Wire the store and the queue service; nothing connects until first use.
+
+    Given settings rather than a loaded configuration, loads it (once) first.
 
     Raises:
         ConfigError: the targets file or the Telegram settings are wrong.
     """
-    targets = tuple(load_targets(settings))
+    configuration = configuration_of(configuration)
+    settings = configuration.settings
     store = Store(
         create_engine(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     )
     queue = QueueService(
         store,
-        targets=[
-            TargetPolicy(
-                name=t.name,
-                transport=t.transport.value,
-                one_at_a_time=t.dispatch is Dispatch.ONE_AT_A_TIME,
-                description=t.description,
-            )
-            for t in targets
-        ],
+        targets=configuration.policies,
         max_message_chars=settings.max_message_chars,
         max_wait_seconds=settings.max_wait_seconds,
         stall_seconds=settings.stall_seconds,
         claim_seconds=settings.agent_claim_seconds,
     )
     return Runtime(
-        settings=settings,
+        configuration=configuration,
         store=store,
         queue=queue,
         relay=TelegramRelay(store, queue),
         heads=head_revisions(),
-        targets=targets,
     )
 
 
@@ -92,15 +94,7 @@ def agent_tokens(runtime: Runtime, *, create_default: bool) -> dict[str, str]:
     """Every agent token and its target. With no file and no tokens configured, the default
     homelab agent gets one, kept (0600) in ``AGENT_TOKEN_FILE`` so it survives restarts."""
     tokens = {token: t.name for t in runtime.targets for token in t.agent_tokens}
-    if runtime.settings.config_file is not None:
-        silent = [
-            t.name for t in runtime.targets if t.transport is Transport.AGENT and not t.agent_tokens
-        ]
-        if silent:
-            raise ConfigError(
-                f"{runtime.settings.config_file}: agent target(s) {', '.join(silent)} have no "
-                "agent_tokens, so no agent could ever take their tasks"
-            )
+    # (load_configuration has refused a targets file with an agent target that has no tokens.)
     default = [
         t
         for t in runtime.targets

@@ -1,8 +1,12 @@
-"""Targets: the agents nexus-bridge dispatches to, declared in the ``NEXUS_BRIDGE_CONFIG`` file.
+"""The whole configuration, resolved once: :class:`Configuration` (settings, Telegram
+credentials and targets), built by :func:`load_configuration` when a command starts.
 
+Targets are the agents nexus-bridge dispatches to, declared in the ``NEXUS_BRIDGE_CONFIG`` file.
 Without that file there is one target, ``homelab``. With it, every ``[targets.NAME]`` table is a
-target. Every mistake in the file is a ConfigError naming the file, the line and the key, so
-the bridge refuses to start rather than guess.
+target. Every mistake in the file is a ConfigError naming the file, the line and the key (and a
+mistake in the environment names the variable), so the bridge refuses to start rather than
+guess. Each per-target view (the queue's :class:`~nexus_bridge.domain.TargetPolicy`, the Telegram
+transport's :class:`TelegramRoute`) is derived from the one :class:`Target`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
 
-from nexus_bridge.config import DEFAULT_TARGET, ENV_PREFIX, Settings, TelegramSettings
+from nexus_bridge.config import (
+    DEFAULT_TARGET,
+    ENV_PREFIX,
+    Settings,
+    TelegramSettings,
+    resolve_telegram,
+)
 from nexus_bridge.constants import GENERATE_TOKEN_COMMAND as GENERATE_COMMAND
 from nexus_bridge.constants import MIN_TOKEN_CHARS
+from nexus_bridge.domain import TargetPolicy, Transport
 from nexus_bridge.errors import ConfigError
+from nexus_bridge.logs import redact_also
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +57,6 @@ _Fail: TypeAlias = Callable[[str, str], ConfigError]  # (key, message) -> the er
 _Choice = TypeVar("_Choice", bound=enum.StrEnum)
 
 
-class Transport(enum.StrEnum):
-    """How tasks reach a target's agent."""
-
-    TELEGRAM = "telegram"
-    AGENT = "agent"
-
-
 class Dispatch(enum.StrEnum):
     """When a target's agent is given the next task."""
 
@@ -72,9 +77,158 @@ class Target:
     agent_username: str | None
     agent_tokens: tuple[str, ...] = field(default=(), repr=False)
 
+    @property
+    def policy(self) -> TargetPolicy:
+        """What the queue service needs to know of this target."""
+        return TargetPolicy(
+            name=self.name,
+            transport=self.transport,
+            one_at_a_time=self.dispatch is Dispatch.ONE_AT_A_TIME,
+            description=self.description,
+        )
+
+    @property
+    def route(self) -> TelegramRoute | None:
+        """What the Telegram transport needs of this target; None for a direct-agent target (or
+        a Telegram target whose chat is not resolved: ``load_targets`` alone leaves it unset)."""
+        if self.transport is not Transport.TELEGRAM or self.chat_id is None:
+            return None
+        return TelegramRoute(self.name, self.chat_id, self.agent_ids, self.agent_username)
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramRoute:
+    """One target on this bot: its chat, whose messages count as its agent's, whom to mention."""
+
+    target: str
+    chat_id: int
+    agent_ids: frozenset[int]
+    agent_username: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """Everything configured, read and checked once at start; never changes afterwards.
+
+    ``targets`` are resolved: a Telegram target's chat, agents and username are its own or,
+    where the file leaves them out, the Telegram settings'.
+    """
+
+    settings: Settings
+    telegram: TelegramSettings | None
+    targets: tuple[Target, ...]
+
+    @property
+    def policies(self) -> tuple[TargetPolicy, ...]:
+        """The queue service's view of every target."""
+        return tuple(target.policy for target in self.targets)
+
+    @property
+    def routes(self) -> tuple[TelegramRoute, ...]:
+        """The Telegram transport's view of every Telegram target."""
+        return tuple(route for target in self.targets if (route := target.route) is not None)
+
+    def target(self, name: str) -> Target | None:
+        return next((target for target in self.targets if target.name == name), None)
+
+    def secrets(self) -> list[str]:
+        """Every secret configured, including a bot token read from the credentials file."""
+        values = set(self.settings.secrets())
+        if self.telegram is not None:
+            values.add(self.telegram.token)
+        return sorted(values)
+
+
+def load_configuration(settings: Settings) -> Configuration:
+    """Resolve the whole configuration once: the Telegram settings (reading the credentials
+    file), the targets (reading the ``NEXUS_BRIDGE_CONFIG`` file) and the checks that span
+    them. Every command that needs targets or Telegram calls this once, at its start.
+
+    Raises:
+        ConfigError: any mistake; the message names the file, line and key, or the variable.
+    """
+    telegram = _Telegram(settings)
+    targets, source = _load(settings, telegram)
+    resolved = telegram.get()
+    if resolved is not None:
+        targets = [_with_telegram_defaults(target, resolved) for target in targets]
+    if source is not None:
+        _check_agent_targets_have_tokens(source, targets)
+        _check_one_chat_per_target(source, targets)
+    configuration = Configuration(settings=settings, telegram=resolved, targets=tuple(targets))
+    redact_also(configuration.secrets())  # the credentials file's bot token, from now on
+    return configuration
+
+
+def configuration_of(value: Configuration | Settings) -> Configuration:
+    """``value`` itself, or the configuration loaded from those settings."""
+    return value if isinstance(value, Configuration) else load_configuration(value)
+
+
+def _with_telegram_defaults(target: Target, telegram: TelegramSettings) -> Target:
+    if target.transport is not Transport.TELEGRAM:
+        return target
+    return dataclasses.replace(
+        target,
+        chat_id=target.chat_id if target.chat_id is not None else telegram.chat_id,
+        agent_ids=target.agent_ids or telegram.agent_ids,
+        agent_username=target.agent_username or telegram.agent_username,
+    )
+
+
+def _check_agent_targets_have_tokens(source: _Source, targets: list[Target]) -> None:
+    """A direct-agent target without a token could never have its tasks taken."""
+    silent = [t.name for t in targets if t.transport is Transport.AGENT and not t.agent_tokens]
+    if silent:
+        raise source.error(
+            ("targets", silent[0], "agent_tokens"),
+            f"agent target(s) {', '.join(silent)} have no agent_tokens, so no agent could ever "
+            f"take their tasks; add agent_tokens here or {AGENT_TOKENS_VARIABLE}="
+            f"{silent[0]}:TOKEN",
+        )
+
+
+def _check_one_chat_per_target(source: _Source, targets: list[Target]) -> None:
+    """A message in a chat two targets share could not be told apart: whose agent sent it?"""
+    seen: dict[int, str] = {}
+    for target in targets:
+        if (route := target.route) is None:
+            continue
+        other = seen.setdefault(route.chat_id, target.name)
+        if other != target.name:
+            raise source.error(
+                ("targets", target.name, "chat_id"),
+                f"targets {other!r} and {target.name!r} use the same Telegram chat "
+                f"{route.chat_id}; give each Telegram target its own chat_id",
+            )
+
+
+class _Telegram:
+    """The Telegram settings, resolved at most once (the credentials file is read once), and
+    only when asked for: an agent-only targets file needs none."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._done = False
+        self._value: TelegramSettings | None = None
+        self._problem: ConfigError | None = None
+
+    def get(self) -> TelegramSettings | None:
+        """Raises ConfigError when the Telegram settings cannot be resolved."""
+        if not self._done:
+            self._done = True
+            try:
+                self._value = resolve_telegram(self._settings)
+            except ConfigError as exc:
+                self._problem = exc
+        if self._problem is not None:
+            raise self._problem
+        return self._value
+
 
 def load_targets(settings: Settings) -> list[Target]:
-    """The targets, from the ``NEXUS_BRIDGE_CONFIG`` file or, without one, the single default.
+    """The targets as declared: from the ``NEXUS_BRIDGE_CONFIG`` file or, without one, the
+    single default (``load_configuration`` fills in the Telegram defaults and checks more).
 
     The default target is ``homelab``; it uses Telegram when a bot token is configured and the
     direct agent API otherwise. ``NEXUS_BRIDGE_AGENT_TOKENS`` entries (``target:token``; the
@@ -84,23 +238,28 @@ def load_targets(settings: Settings) -> list[Target]:
         ConfigError: the file is missing or invalid (the message names the file, line and key),
             or an agent token is unknown, too short or shared by two targets.
     """
+    return _load(settings, _Telegram(settings))[0]
+
+
+def _load(settings: Settings, telegram: _Telegram) -> tuple[list[Target], _Source | None]:
+    """The declared targets, and the file they come from (None: the default target)."""
     config_file: Path | None = getattr(settings, "config_file", None)
     if config_file is None:
-        telegram = settings.telegram()
         default = Target(
             name=DEFAULT_TARGET,
-            transport=Transport.TELEGRAM if telegram is not None else Transport.AGENT,
+            transport=Transport.TELEGRAM if telegram.get() is not None else Transport.AGENT,
             description=DEFAULT_DESCRIPTION,
             dispatch=Dispatch.IMMEDIATE,
             chat_id=None,
             agent_ids=frozenset(),
             agent_username=None,
         )
-        return _add_env_tokens(
+        targets = _add_env_tokens(
             settings, [default], {}, f"without a {CONFIG_VARIABLE} file the only target is"
         )
+        return targets, None
     source = _Source.read(Path(config_file))
-    targets, owners = _parse_file(source, settings)
+    targets, owners = _parse_file(source, settings, telegram)
     if owners and source.mode & (stat.S_IRWXG | stat.S_IRWXO):
         logger.warning(
             "%s holds agent tokens and is readable by other users (mode %o): chmod 600 %s",
@@ -108,7 +267,7 @@ def load_targets(settings: Settings) -> list[Target]:
             source.mode,
             source.path,
         )
-    return _add_env_tokens(settings, targets, owners, f"{source.path} declares")
+    return _add_env_tokens(settings, targets, owners, f"{source.path} declares"), source
 
 
 class _Source:
@@ -145,7 +304,9 @@ class _Source:
         return ConfigError(f"{self.path}:{_line_of(self.text, keys)}: {_dotted(keys)}: {message}")
 
 
-def _parse_file(source: _Source, settings: Settings) -> tuple[list[Target], dict[str, str]]:
+def _parse_file(
+    source: _Source, settings: Settings, telegram: _Telegram
+) -> tuple[list[Target], dict[str, str]]:
     """The file's targets, and which target each of the file's agent tokens belongs to."""
     document = source.parse()
     for key in document:
@@ -168,7 +329,9 @@ def _parse_file(source: _Source, settings: Settings) -> tuple[list[Target], dict
                 ("targets", name),
                 f"duplicate target name: {name!r} and {other!r} differ only in case",
             )
-    targets = [_parse_target(source, settings, name, table) for name, table in tables.items()]
+    targets = [
+        _parse_target(source, settings, telegram, name, table) for name, table in tables.items()
+    ]
     owners: dict[str, str] = {}
     for target in targets:
         for token in target.agent_tokens:
@@ -181,7 +344,9 @@ def _parse_file(source: _Source, settings: Settings) -> tuple[list[Target], dict
     return targets, owners
 
 
-def _parse_target(source: _Source, settings: Settings, name: str, table: object) -> Target:
+def _parse_target(
+    source: _Source, settings: Settings, telegram: _Telegram, name: str, table: object
+) -> Target:
     here = ("targets", name)
     if not TARGET_NAME.fullmatch(name):
         raise source.error(
@@ -223,7 +388,7 @@ def _parse_target(source: _Source, settings: Settings, name: str, table: object)
             if key in table:
                 raise fail(key, "only telegram targets take this key; this target uses agent")
     else:
-        _check_telegram(settings, fail, chat_id, agent_ids)
+        _check_telegram(settings, telegram, fail, chat_id, agent_ids)
     return Target(
         name=name,
         transport=transport,
@@ -237,13 +402,17 @@ def _parse_target(source: _Source, settings: Settings, name: str, table: object)
 
 
 def _check_telegram(
-    settings: Settings, fail: _Fail, chat_id: int | None, agent_ids: frozenset[int]
+    settings: Settings,
+    resolver: _Telegram,
+    fail: _Fail,
+    chat_id: int | None,
+    agent_ids: frozenset[int],
 ) -> None:
     """A telegram target needs a bot token, a chat and agent ids (its own or the settings')."""
     telegram: TelegramSettings | None = None
     problem: ConfigError | None = None
     try:
-        telegram = settings.telegram()
+        telegram = resolver.get()
     except ConfigError as exc:
         problem = exc
     if telegram is None and problem is None:

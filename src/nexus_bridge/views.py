@@ -1,14 +1,18 @@
-"""The wire shapes of tasks, updates, targets, the transport and the queue figures: one view per
-shape, shared by the MCP tools, the CLI (its --json output and its lines) and ``/readyz``."""
+"""The wire shapes of tasks, updates, targets, the transport, the queue figures and the OAuth
+clients and token families: one view per shape, shared by the MCP tools, the CLI (its --json
+output and its lines) and ``/readyz``."""
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
 from nexus_bridge.db.types import format_timestamp
 from nexus_bridge.domain import QueueCounts, Task, TaskStatus, TransportReport, Update
 from nexus_bridge.queue import TargetSummary
+
+if TYPE_CHECKING:  # oauth imports the MCP SDK, which the CLI loads only for its auth commands
+    from nexus_bridge.oauth import OAuthClientView, TokenFamilyView
 
 StatusName = Literal[
     "pending", "acknowledged", "in_progress", "input_required", "complete", "error", "cancelled"
@@ -199,4 +203,25 @@ def target_row(summary: TargetSummary) -> dict[str, Any]:
         "with_agent": out.acknowledged + out.in_progress + out.input_required,
         "stalled": out.stalled,
         "last_seen_at": summary.last_seen_at.isoformat() if summary.last_seen_at else None,
+    }
+
+
+def oauth_client_row(client: "OAuthClientView") -> dict[str, Any]:
+    """A registered OAuth client as ``nexus-bridge auth clients`` shows it."""
+    return {
+        "client_id": client.client_id,
+        "name": client.name,
+        "registered": client.registered_at.isoformat(),
+        "revoked": client.revoked_at.isoformat() if client.revoked_at else None,
+    }
+
+
+def token_family_row(family: "TokenFamilyView") -> dict[str, Any]:
+    """A token family as ``nexus-bridge auth tokens`` shows it."""
+    return {
+        "family_id": family.family_id,
+        "client_id": family.client_id,
+        "issued": family.issued,
+        "live": family.live,
+        "last_issued": family.last_issued_at.isoformat(),
     }

@@ -852,6 +852,20 @@ ROUTES = [
     ("POST", "/revoke"),
     ("POST", "/telegram/webhook"),
     ("GET", "/targets"),
+    # The owner's console (tests/e2e/test_console.py checks each refuses without a session).
+    ("GET", "/console"),
+    ("GET", "/console/sign-in"),
+    ("POST", "/console/sign-in"),
+    ("POST", "/console/sign-out"),
+    ("GET", "/console/tasks"),
+    ("POST", "/console/tasks"),
+    ("GET", "/console/tasks/{task_id}"),
+    ("GET", "/console/tasks/{task_id}/events"),
+    ("POST", "/console/tasks/{task_id}/reply"),
+    ("POST", "/console/tasks/{task_id}/cancel"),
+    ("GET", "/console/access"),
+    ("POST", "/console/access/revoke"),
+    ("GET", "/console/static/{name}"),
 ]
 
 

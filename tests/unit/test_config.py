@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from nexus_bridge.config import Settings, load_settings
+from nexus_bridge.config import Settings, load_settings, resolve_telegram
 from nexus_bridge.errors import ConfigError
+from nexus_bridge.targets import load_configuration
 
 TOKEN = "t" * 32
 
@@ -105,16 +106,18 @@ def test_loopback_or_authenticated_or_opted_out_may_start(values: dict[str, obje
 
 
 def test_without_a_bot_token_the_telegram_transport_is_off() -> None:
-    assert settings().telegram() is None
+    assert resolve_telegram(settings()) is None
 
 
 def test_telegram_settings_come_from_the_environment() -> None:
-    telegram = settings(
-        telegram_bot_token="123:abc",
-        telegram_chat_id=-1001,
-        telegram_agent_ids="42, 43",
-        telegram_agent_username="@agent_bot",
-    ).telegram()
+    telegram = resolve_telegram(
+        settings(
+            telegram_bot_token="123:abc",
+            telegram_chat_id=-1001,
+            telegram_agent_ids="42, 43",
+            telegram_agent_username="@agent_bot",
+        )
+    )
     assert telegram is not None
     assert telegram.token == "123:abc"
     assert telegram.chat_id == -1001
@@ -134,7 +137,7 @@ def test_a_token_without_chat_or_agents_is_a_clear_error(
     values: dict[str, object], missing: str
 ) -> None:
     with pytest.raises(ConfigError, match=missing):
-        settings(telegram_bot_token="123:abc", **values).telegram()
+        resolve_telegram(settings(telegram_bot_token="123:abc", **values))
 
 
 def test_the_homelab_credentials_file_is_read_and_loose_permissions_warned(
@@ -143,14 +146,14 @@ def test_the_homelab_credentials_file_is_read_and_loose_permissions_warned(
     creds = tmp_path / "credentials"
     creds.write_text("# homelab bot\ntoken=999:file-token\nchat_id = -1002\nagent_ids=7\n")
     creds.chmod(0o644)
-    telegram = settings(telegram_credentials_file=creds).telegram()
+    telegram = resolve_telegram(settings(telegram_credentials_file=creds))
     assert telegram is not None
     assert telegram.token == "999:file-token"
     assert telegram.chat_id == -1002
     assert telegram.agent_ids == frozenset({7})
     assert any("chmod 600" in w for w in telegram.warnings)
     creds.chmod(0o600)
-    quiet = settings(telegram_credentials_file=creds).telegram()
+    quiet = resolve_telegram(settings(telegram_credentials_file=creds))
     assert quiet is not None
     assert quiet.warnings == ()
 
@@ -159,16 +162,16 @@ def test_the_environment_wins_over_the_credentials_file(tmp_path: Path) -> None:
     creds = tmp_path / "credentials"
     creds.write_text("token=999:file-token\nchat_id=-1002\n")
     creds.chmod(0o600)
-    telegram = settings(
-        telegram_credentials_file=creds, telegram_chat_id=-5, telegram_agent_ids="1"
-    ).telegram()
+    telegram = resolve_telegram(
+        settings(telegram_credentials_file=creds, telegram_chat_id=-5, telegram_agent_ids="1")
+    )
     assert telegram is not None
     assert telegram.chat_id == -5
 
 
 def test_an_unreadable_credentials_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TELEGRAM_CREDENTIALS_FILE"):
-        settings(telegram_credentials_file=tmp_path / "nope").telegram()
+        resolve_telegram(settings(telegram_credentials_file=tmp_path / "nope"))
 
 
 def test_secrets_lists_every_token() -> None:
@@ -180,7 +183,8 @@ def test_a_token_from_the_credentials_file_is_a_secret_too(tmp_path: Path) -> No
     creds = tmp_path / "credentials"
     creds.write_text("token=999:file-token\nchat_id=-1002\nagent_ids=7\n")
     creds.chmod(0o600)
-    assert "999:file-token" in settings(telegram_credentials_file=creds).secrets()
+    loaded = load_configuration(settings(telegram_credentials_file=creds))
+    assert "999:file-token" in loaded.secrets()
 
 
 @pytest.mark.parametrize(
@@ -197,7 +201,7 @@ def test_webhook_mode_needs_a_proper_secret(secret: str | None, error: str) -> N
     if secret is not None:
         values["telegram_webhook_secret"] = secret
     with pytest.raises(ConfigError, match=error):
-        settings(**values).telegram()
+        resolve_telegram(settings(**values))
 
 
 @pytest.mark.parametrize(

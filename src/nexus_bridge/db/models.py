@@ -304,6 +304,18 @@ class AgentPresenceRow(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class ConsoleSessionRow(Base):
+    """A signed-in session of the owner's console: only the SHA-256 of its cookie is stored."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_console_sessions_expires_at", "expires_at"),)
+
+
 messages = cast(Table, MessageRow.__table__)
 updates = cast(Table, UpdateRow.__table__)
 pull_cursors = cast(Table, PullCursorRow.__table__)
@@ -316,3 +328,4 @@ oauth_codes = cast(Table, OAuthCodeRow.__table__)
 oauth_tokens = cast(Table, OAuthTokenRow.__table__)
 owner = cast(Table, OwnerRow.__table__)
 agent_presence = cast(Table, AgentPresenceRow.__table__)
+console_sessions = cast(Table, ConsoleSessionRow.__table__)

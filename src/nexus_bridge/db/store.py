@@ -1,4 +1,5 @@
-"""The one place that issues SQL. Driver errors are translated to domain errors here."""
+"""The one place that issues SQL (its OAuth half is oauth_store.py, reached as ``tx.oauth``).
+Driver errors are translated to domain errors here."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from sqlalchemy import (
     and_,
     case,
     delete,
-    exists,
     func,
     insert,
     literal,
@@ -40,18 +40,15 @@ from nexus_bridge.db.engine import WRITE_OPTION, create_writer_engine, sqlite_fi
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
     agent_presence,
+    console_sessions,
     leases,
     messages,
-    oauth_clients,
-    oauth_codes,
-    oauth_requests,
-    oauth_tokens,
     outbox,
-    owner,
     pull_cursors,
     telegram_messages,
     updates,
 )
+from nexus_bridge.db.oauth_store import OAuthStore
 from nexus_bridge.db.types import UTCDateTime
 from nexus_bridge.db.writer import SqliteWriter, WriteSession
 from nexus_bridge.domain import (
@@ -269,6 +266,9 @@ class StoreTransaction:
     ) -> None:
         self._conn = connection
         self._dialect = connection.dialect.name
+        # OAuthStore only awaits execute(), which every kind of connection here offers alike.
+        self.oauth: Final = OAuthStore(cast("AsyncConnection", connection))
+        """The OAuth clients, consent requests, codes, tokens and owner (``db/oauth_store.py``)."""
 
     async def _insert(self, hot: HotInsert, values: Mapping[str, Any]) -> int:
         """Insert one row; its integer primary key (a text key: whatever the driver reports)."""
@@ -544,10 +544,13 @@ class StoreTransaction:
         message_id: str | None = None,
         limit: int,
         newest_first: bool = False,
+        before_seq: int | None = None,
     ) -> list[Update]:
         query = select(updates)
         if after_seq is not None:
             query = query.where(updates.c.seq > after_seq)
+        if before_seq is not None:
+            query = query.where(updates.c.seq < before_seq)
         if since is not None:
             # Start from the first seq after `since`, found on the created_at index, so the cost
             # does not grow with the history before it. Exact because writers are serialised and
@@ -711,6 +714,20 @@ class StoreTransaction:
             .group_by(updates.c.message_id)
         )
         return {row.message_id: row.latest for row in rows.all()}
+
+    async def latest_agent_update_at(self, task_id: str) -> datetime | None:
+        """The time of one task's latest agent update: read backwards along its (message_id,
+        seq) index, so a long history costs no more than a short one (writers are serialised
+        and stamp rows in seq order, so the latest seq is the latest time)."""
+        row = (
+            await self._conn.execute(
+                select(updates.c.created_at)
+                .where(updates.c.message_id == task_id, updates.c.kind == UpdateKind.AGENT.value)
+                .order_by(updates.c.seq.desc())
+                .limit(1)
+            )
+        ).first()
+        return row.created_at if row is not None else None
 
     async def earliest_pending_outbox(self) -> datetime | None:
         value = (
@@ -966,190 +983,34 @@ class StoreTransaction:
         )
         return [r[0] for r in rows.all()]
 
-    # --- oauth -----------------------------------------------------------------------------
+    # --- console sessions --------------------------------------------------------------------
 
-    async def oauth_insert_client(
-        self,
-        *,
-        client_id: str,
-        client_name: str | None,
-        info: str,
-        at: datetime,
+    async def console_insert_session(
+        self, id_hash: str, *, at: datetime, expires_at: datetime
     ) -> None:
+        """Store a new console session, forgetting the ones that have expired."""
         await self._conn.execute(
-            insert(oauth_clients).values(
-                client_id=client_id,
-                client_name=client_name,
-                info=info,
-                created_at=at,
-            )
-        )
-
-    async def oauth_client(self, client_id: str) -> Row[Any] | None:
-        return (
-            await self._conn.execute(
-                select(oauth_clients).where(oauth_clients.c.client_id == client_id)
-            )
-        ).first()
-
-    async def oauth_clients(self) -> list[Row[Any]]:
-        return list(
-            (
-                await self._conn.execute(select(oauth_clients).order_by(oauth_clients.c.created_at))
-            ).all()
-        )
-
-    async def oauth_revoke_client(self, client_id: str, *, at: datetime) -> bool:
-        result = await self._conn.execute(
-            update(oauth_clients)
-            .where(oauth_clients.c.client_id == client_id, oauth_clients.c.revoked_at.is_(None))
-            .values(revoked_at=at)
+            delete(console_sessions).where(console_sessions.c.expires_at <= at)
         )
         await self._conn.execute(
-            update(oauth_tokens)
-            .where(oauth_tokens.c.client_id == client_id, oauth_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=at)
+            insert(console_sessions).values(id_hash=id_hash, created_at=at, expires_at=expires_at)
         )
-        return bool(result.rowcount)
 
-    async def oauth_insert_request(
-        self, *, id_hash: str, client_id: str, params: str, expires_at: datetime, at: datetime
-    ) -> None:
+    async def console_session_valid(self, id_hash: str, *, now: datetime) -> bool:
+        found = await self._conn.execute(
+            select(console_sessions.c.id_hash).where(
+                console_sessions.c.id_hash == id_hash, console_sessions.c.expires_at > now
+            )
+        )
+        return found.first() is not None
+
+    async def console_end_session(self, id_hash: str) -> None:
         await self._conn.execute(
-            insert(oauth_requests).values(
-                id_hash=id_hash,
-                client_id=client_id,
-                params=params,
-                expires_at=expires_at,
-                created_at=at,
-            )
+            delete(console_sessions).where(console_sessions.c.id_hash == id_hash)
         )
 
-    async def oauth_prune(self, *, now: datetime, keep_after: datetime) -> None:
-        """Forget consents and codes that have expired, and tokens expired before keep_after."""
-        await self._conn.execute(delete(oauth_requests).where(oauth_requests.c.expires_at < now))
-        await self._conn.execute(delete(oauth_codes).where(oauth_codes.c.expires_at < keep_after))
-        await self._conn.execute(delete(oauth_tokens).where(oauth_tokens.c.expires_at < keep_after))
-
-    async def oauth_prune_unused_clients(
-        self, *, registered_before: datetime, now: datetime
-    ) -> int:
-        """Forget clients registered before then that never got a code or token and have no
-        consent request open (their rows cascade)."""
-        no_token = ~exists().where(oauth_tokens.c.client_id == oauth_clients.c.client_id)
-        no_code = ~exists().where(oauth_codes.c.client_id == oauth_clients.c.client_id)
-        no_request = ~exists().where(
-            oauth_requests.c.client_id == oauth_clients.c.client_id,
-            oauth_requests.c.expires_at >= now,
-        )
-        result = await self._conn.execute(
-            delete(oauth_clients).where(
-                oauth_clients.c.created_at < registered_before,
-                oauth_clients.c.revoked_at.is_(None),
-                no_token,
-                no_code,
-                no_request,
-            )
-        )
-        return int(result.rowcount)
-
-    async def oauth_count_unused_clients(self) -> int:
-        """Clients (not revoked) that have never been issued a token."""
-        no_token = ~exists().where(oauth_tokens.c.client_id == oauth_clients.c.client_id)
-        query = select(func.count()).where(oauth_clients.c.revoked_at.is_(None), no_token)
-        return int((await self._conn.execute(query.select_from(oauth_clients))).scalar_one())
-
-    async def oauth_keep_newest_requests(self, client_id: str, *, keep: int) -> None:
-        """Drop all but the client's newest ``keep`` consent requests."""
-        newest = (
-            select(oauth_requests.c.id_hash)
-            .where(oauth_requests.c.client_id == client_id)
-            .order_by(oauth_requests.c.created_at.desc())
-            .limit(keep)
-        )
-        await self._conn.execute(
-            delete(oauth_requests).where(
-                oauth_requests.c.client_id == client_id,
-                oauth_requests.c.id_hash.not_in(newest.scalar_subquery()),
-            )
-        )
-
-    async def oauth_request(self, id_hash: str) -> Row[Any] | None:
-        return (
-            await self._conn.execute(
-                select(oauth_requests).where(oauth_requests.c.id_hash == id_hash)
-            )
-        ).first()
-
-    async def oauth_delete_request(self, id_hash: str) -> bool:
-        result = await self._conn.execute(
-            delete(oauth_requests).where(oauth_requests.c.id_hash == id_hash)
-        )
-        return bool(result.rowcount)
-
-    async def oauth_insert_code(self, **values: Any) -> None:
-        await self._conn.execute(insert(oauth_codes).values(**values))
-
-    async def oauth_code(self, code_hash: str) -> Row[Any] | None:
-        return (
-            await self._conn.execute(
-                select(oauth_codes).where(oauth_codes.c.code_hash == code_hash)
-            )
-        ).first()
-
-    async def oauth_use_code(self, code_hash: str, *, at: datetime) -> bool:
-        """Mark a code used; False if it already was (a replay)."""
-        result = await self._conn.execute(
-            update(oauth_codes)
-            .where(oauth_codes.c.code_hash == code_hash, oauth_codes.c.used_at.is_(None))
-            .values(used_at=at)
-        )
-        return bool(result.rowcount == 1)
-
-    async def oauth_insert_token(self, **values: Any) -> None:
-        await self._conn.execute(insert(oauth_tokens).values(**values))
-
-    async def oauth_token(self, token_hash: str) -> Row[Any] | None:
-        return (
-            await self._conn.execute(
-                select(oauth_tokens, oauth_clients.c.revoked_at.label("client_revoked_at"))
-                .join(oauth_clients, oauth_clients.c.client_id == oauth_tokens.c.client_id)
-                .where(oauth_tokens.c.token_hash == token_hash)
-            )
-        ).first()
-
-    async def oauth_use_token(self, token_hash: str, *, at: datetime) -> bool:
-        """Mark a refresh token used (rotated); False if it already was (a reuse)."""
-        result = await self._conn.execute(
-            update(oauth_tokens)
-            .where(oauth_tokens.c.token_hash == token_hash, oauth_tokens.c.used_at.is_(None))
-            .values(used_at=at)
-        )
-        return bool(result.rowcount == 1)
-
-    async def oauth_revoke_family(self, family_id: str, *, at: datetime) -> int:
-        result = await self._conn.execute(
-            update(oauth_tokens)
-            .where(oauth_tokens.c.family_id == family_id, oauth_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=at)
-        )
-        return int(result.rowcount)
-
-    async def oauth_tokens(self) -> list[Row[Any]]:
-        return list(
-            (
-                await self._conn.execute(select(oauth_tokens).order_by(oauth_tokens.c.created_at))
-            ).all()
-        )
-
-    async def owner(self) -> Row[Any] | None:
-        return (await self._conn.execute(select(owner).where(owner.c.id == 1))).first()
-
-    async def save_owner(self, **values: Any) -> None:
-        """Create or update the single owner row."""
-        changed = await self._conn.execute(update(owner).where(owner.c.id == 1).values(**values))
-        if changed.rowcount == 0:
-            await self._conn.execute(insert(owner).values(id=1, **values))
+    async def console_end_all_sessions(self) -> None:
+        await self._conn.execute(delete(console_sessions))
 
     # --- metrics ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from telegram.error import (
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
 from telegram.request import HTTPXRequest
 
-from nexus_bridge.config import DEFAULT_TARGET, POLLER_LEASE, TelegramSettings
+from nexus_bridge.config import POLLER_LEASE, TelegramSettings
 from nexus_bridge.domain import OutboxKind
 from nexus_bridge.errors import InvalidInput
 from nexus_bridge.holders import holder_is_dead, lease_clock, make_holder_id
@@ -42,6 +42,7 @@ from nexus_bridge.logs import quiet_noisy_loggers
 from nexus_bridge.metrics import METRICS
 from nexus_bridge.protocol import render_cancel, render_reply, render_task
 from nexus_bridge.relay import Delivery, TelegramRelay
+from nexus_bridge.targets import TelegramRoute
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +79,6 @@ class LeaseLost(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class TelegramRoute:
-    """One target on this bot: its chat, whose messages count as its agent's, whom to mention."""
-
-    target: str
-    chat_id: int
-    agent_ids: frozenset[int]
-    agent_username: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class TransportStatus:
     name: str
     state: str
@@ -110,19 +101,12 @@ class TelegramTransport:
         relay: TelegramRelay,
         settings: TelegramSettings,
         *,
-        routes: Sequence[TelegramRoute] | None = None,
+        routes: Sequence[TelegramRoute],
         holder_id: str | None = None,
     ) -> None:
+        """``routes``: one per Telegram target, as ``Configuration.routes`` derives them."""
         self._relay = relay
         self._settings = settings
-        if routes is None:
-            if settings.chat_id is None:
-                raise ValueError("a chat id is needed: in the settings or in routes")
-            routes = [
-                TelegramRoute(
-                    DEFAULT_TARGET, settings.chat_id, settings.agent_ids, settings.agent_username
-                )
-            ]
         self._by_chat = {route.chat_id: route for route in routes}
         self._by_target = {route.target: route for route in routes}
         self.holder_id = holder_id or make_holder_id()
