@@ -121,10 +121,12 @@ async def measure(
 
 @dataclass
 class Row:
-    """One line of the final table. ``ratio`` is always measured time / baseline time.
+    """One line of the final table. ``ratio`` is measured time / baseline time, or, in a row
+    with ``at_least``, measured rate / baseline rate (its name says "rate").
 
-    A row is judged either by its ratio (``target``: pass when ratio <= target) or, for an
-    absolute limit, by ``passed`` with ``target_text`` saying what the limit is.
+    A row is judged either by its ratio (``target``: pass when ratio <= target; ``at_least``:
+    pass when ratio >= at_least) or, for an absolute limit, by ``passed`` with ``target_text``
+    saying what the limit is.
     """
 
     section: str
@@ -133,6 +135,7 @@ class Row:
     baseline: str
     ratio: float | None
     target: float | None = None  # pass when ratio <= target; None: informational
+    at_least: float | None = None  # pass when ratio >= at_least (a rate ratio)
     target_text: str | None = None  # an absolute target, shown as is (e.g. "p99 < 100 ms")
     passed: bool | None = None  # the verdict on target_text
 
@@ -144,14 +147,18 @@ class Row:
     def result(self) -> str:
         if self.passed is not None:
             return "PASS" if self.passed else "FAIL"
-        if self.target is None or self.ratio is None:
+        if self.ratio is None or (self.target is None and self.at_least is None):
             return "info"
-        return "PASS" if self.ratio <= self.target else "FAIL"
+        if self.at_least is not None and self.ratio < self.at_least:
+            return "FAIL"
+        return "PASS" if self.target is None or self.ratio <= self.target else "FAIL"
 
     @property
     def target_cell(self) -> str:
         if self.target_text is not None:
             return self.target_text
+        if self.at_least is not None:
+            return f">= {self.at_least:.2f}x"
         return "-" if self.target is None else f"<= {self.target:.2f}x"
 
 

@@ -47,6 +47,7 @@ from nexus_bridge.transition import apply_transition
 logger = logging.getLogger(__name__)
 
 _ENQUEUE_ATTEMPTS: Final = 5
+_QUEUED_LINE: Final = status_line(None, TaskStatus.PENDING, "queued")
 # Tasks deleted per write transaction by a prune: small enough that a writer waits little.
 PRUNE_BATCH: Final = 200
 
@@ -228,35 +229,40 @@ class QueueService:
         self._check_target(target)
         content = self._check_text(message, "message")
         digest = content_hash(content)
-        for _ in range(_ENQUEUE_ATTEMPTS):
+        uses_outbox = self._policies[target].uses_outbox
+
+        async def insert(tx: StoreTransaction) -> Task:
             now = self._clock()
+            task = await tx.insert_task(
+                NewTask(
+                    id=str(uuid.uuid4()),
+                    target=target,
+                    content=content,
+                    content_hash=digest,
+                    created_at=now,
+                    urgent=urgent,
+                )
+            )
+            if uses_outbox:
+                await tx.insert_outbox(
+                    message_id=task.id,
+                    kind=OutboxKind.TASK,
+                    body=content,
+                    reply_to_telegram_id=None,
+                    at=now,
+                )
+            await tx.insert_update(
+                message_id=task.id,
+                kind=UpdateKind.STATUS,
+                status=TaskStatus.PENDING,
+                content=_QUEUED_LINE,
+                at=now,
+            )
+            return task
+
+        for _ in range(_ENQUEUE_ATTEMPTS):
             try:
-                async with self._store.write() as tx:
-                    task = await tx.insert_task(
-                        NewTask(
-                            id=str(uuid.uuid4()),
-                            target=target,
-                            content=content,
-                            content_hash=digest,
-                            created_at=now,
-                            urgent=urgent,
-                        )
-                    )
-                    if self._policies[target].uses_outbox:
-                        await tx.insert_outbox(
-                            message_id=task.id,
-                            kind=OutboxKind.TASK,
-                            body=content,
-                            reply_to_telegram_id=None,
-                            at=now,
-                        )
-                    await tx.insert_update(
-                        message_id=task.id,
-                        kind=UpdateKind.STATUS,
-                        status=TaskStatus.PENDING,
-                        content=status_line(None, TaskStatus.PENDING, "queued"),
-                        at=now,
-                    )
+                task = await self._store.commit(insert)
             except DuplicateTask:
                 async with self._store.read() as tx:
                     existing = await tx.open_task_with_hash(target, digest)
@@ -294,7 +300,8 @@ class QueueService:
         """
         check_task_id(task_id, "id")
         content = self._check_text(text, "text")
-        async with self._store.write() as tx:
+
+        async def answer(tx: StoreTransaction) -> Task:
             task = await tx.get_task(task_id)
             if task.status is not TaskStatus.INPUT_REQUIRED:
                 raise IllegalTransition(
@@ -318,9 +325,11 @@ class QueueService:
                     at=now,
                 )
             # An agent-API agent reads the answer with get_replies instead.
-            resumed = await apply_transition(
+            return await apply_transition(
                 tx, task, TaskStatus.IN_PROGRESS, "answered", now=self._clock()
             )
+
+        resumed = await self._store.commit(answer)
         self.signal.notify()
         return resumed
 
@@ -333,7 +342,8 @@ class QueueService:
         """
         check_task_id(task_id, "id")
         reason = _check_reason(reason)
-        async with self._store.write() as tx:
+
+        async def cancel(tx: StoreTransaction) -> Task:
             task = await tx.get_task(task_id)
             cancelled = await apply_transition(
                 tx, task, TaskStatus.CANCELLED, reason, now=self._clock()
@@ -347,6 +357,9 @@ class QueueService:
                     reply_to_telegram_id=posted[0],
                     at=self._clock(),
                 )
+            return cancelled
+
+        cancelled = await self._store.commit(cancel)
         self.signal.notify()
         return cancelled
 
@@ -519,24 +532,27 @@ class QueueService:
         policy = self.policy(target)
         if policy.uses_outbox:
             raise InvalidInput(f"target {target!r} takes its tasks over Telegram, not next_task")
-        async with self._store.write() as tx:
+
+        async def claim(tx: StoreTransaction) -> tuple[Task | None, list[Task]]:
             now = self._clock()
             await tx.touch_presence(target, at=now)
             expired = await self._expire_claims(tx, now, target)
             if policy.one_at_a_time and await tx.count_handed_over(target, excluding=None) > 0:
-                task = None
-            else:
-                task = await tx.oldest_pending(target)
-            claimed = None
-            if task is not None:
-                claimed = await apply_transition(
-                    tx,
-                    task,
-                    TaskStatus.ACKNOWLEDGED,
-                    "claimed by the agent",
-                    now=now,
-                    lease_seconds=self._claim_seconds,
-                )
+                return None, expired
+            task = await tx.oldest_pending(target)
+            if task is None:
+                return None, expired
+            claimed = await apply_transition(
+                tx,
+                task,
+                TaskStatus.ACKNOWLEDGED,
+                "claimed by the agent",
+                now=now,
+                lease_seconds=self._claim_seconds,
+            )
+            return claimed, expired
+
+        claimed, expired = await self._store.commit(claim)
         if claimed is not None or expired:
             self.signal.notify()
         return claimed
@@ -627,21 +643,30 @@ class QueueService:
         check_task_id(task_id, field)
         if session is not None:
             check_agent_session(session)
-        async with self._store.write() as tx:
-            now = self._clock()
-            await tx.touch_presence(target, at=now)
-            task = await tx.task_of_target(target, task_id)
-            if task is None:
-                raise TaskNotFound(task_id)
-            changed = False
-            if task.claim_expires_at is not None:
-                await tx.renew_claim(task.id, until=now + timedelta(seconds=self._claim_seconds))
-                changed = True
-            if session is not None and session != task.agent_session:
-                await tx.set_agent_session(task.id, session)
-                changed = True
-            if changed:
-                task = await tx.get_task(task.id)
+
+        async def touch(tx: StoreTransaction) -> Task:
+            return await self._agent_task(tx, target, task_id, session=session)
+
+        return await self._store.commit(touch)
+
+    async def _agent_task(
+        self, tx: StoreTransaction, target: str, task_id: str, *, session: str | None = None
+    ) -> Task:
+        """:meth:`agent_task` inside a write transaction."""
+        now = self._clock()
+        await tx.touch_presence(target, at=now)
+        task = await tx.task_of_target(target, task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        changed = False
+        if task.claim_expires_at is not None:
+            await tx.renew_claim(task.id, until=now + timedelta(seconds=self._claim_seconds))
+            changed = True
+        if session is not None and session != task.agent_session:
+            await tx.set_agent_session(task.id, session)
+            changed = True
+        if changed:
+            task = await tx.get_task(task.id)
         return task
 
     async def agent_report(
@@ -663,9 +688,10 @@ class QueueService:
                 (not claimed, or its claim expired and it went back to the queue).
         """
         content = self._check_text(text, field) if text is not None else None
-        task = await self.agent_task(target, task_id)
-        async with self._store.write() as tx:
-            task = await tx.get_task(task.id)
+        check_task_id(task_id, "id")
+
+        async def report(tx: StoreTransaction) -> Task:
+            task = await self._agent_task(tx, target, task_id)
             if task.status is TaskStatus.PENDING and not self.policy(target).uses_outbox:
                 raise IllegalTransition(
                     f"task {task.id} is pending: it is not yours (never claimed, or its claim "
@@ -679,6 +705,9 @@ class QueueService:
                 )
             if status is not None:
                 task = await apply_transition(tx, task, status, reason, now=self._clock())
+            return task
+
+        task = await self._store.commit(report)
         self.signal.notify()
         return task
 

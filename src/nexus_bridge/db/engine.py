@@ -6,12 +6,16 @@ import fcntl
 import logging
 import os
 import stat
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only as await_
 
 from nexus_bridge.constants import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
@@ -134,6 +138,32 @@ class ServerLock:
         self._fd = None
 
 
+@dataclass(frozen=True, slots=True)
+class SqliteOptions:
+    """What every SQLite connection of an engine is set up with (see :func:`create_engine`)."""
+
+    busy_timeout_ms: int
+    foreign_keys: bool
+
+
+# The options each SQLite engine was made with, so the store's writer opens its own connection
+# the same way (keyed by the async engine's sync engine; gone with it).
+_SQLITE_OPTIONS: weakref.WeakKeyDictionary[Engine, SqliteOptions] = weakref.WeakKeyDictionary()
+
+
+def _set_pragmas(engine: Engine, options: SqliteOptions) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so we can choose the BEGIN mode below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if options.foreign_keys else 'OFF'}")
+        cursor.execute(f"PRAGMA busy_timeout={int(options.busy_timeout_ms)}")
+        cursor.close()
+
+
 def create_engine(
     database_url: str, *, busy_timeout_ms: int = 5_000, foreign_keys: bool = True
 ) -> AsyncEngine:
@@ -148,18 +178,10 @@ def create_engine(
         return create_async_engine(url, pool_pre_ping=True)
 
     prepare_sqlite_file(database_url)
+    options = SqliteOptions(busy_timeout_ms=busy_timeout_ms, foreign_keys=foreign_keys)
     engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver so we can choose the BEGIN mode below.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.close()
+    _set_pragmas(engine.sync_engine, options)
+    _SQLITE_OPTIONS[engine.sync_engine] = options
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
@@ -171,3 +193,27 @@ def create_engine(
         await_(driver.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
 
     return engine
+
+
+def create_writer_engine(engine: AsyncEngine) -> Engine:
+    """A synchronous (``sqlite3``) engine on the same SQLite file as ``engine``, with the same
+    pragmas, for the store's single writer thread. Every transaction on it begins with ``BEGIN
+    IMMEDIATE``: it only ever writes."""
+    options = _SQLITE_OPTIONS.get(engine.sync_engine) or SqliteOptions(
+        busy_timeout_ms=5_000, foreign_keys=True
+    )
+    writer = sqlalchemy.create_engine(
+        engine.url.set(drivername="sqlite"),
+        connect_args={"timeout": options.busy_timeout_ms / 1000, "check_same_thread": False},
+        poolclass=NullPool,
+    )
+    _set_pragmas(writer, options)
+
+    @event.listens_for(writer, "begin")
+    def _on_begin(connection: Connection) -> None:
+        driver = connection.connection.driver_connection
+        if driver is None:  # pragma: no cover - a pooled connection always has its driver
+            raise RuntimeError("no sqlite3 connection to begin a transaction on")
+        driver.execute("BEGIN IMMEDIATE")
+
+    return writer

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import (
     Insert,
@@ -30,11 +30,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
 
 from nexus_bridge.constants import SHORT_ID_CHARS
-from nexus_bridge.db.engine import WRITE_OPTION
+from nexus_bridge.db.engine import WRITE_OPTION, create_writer_engine, sqlite_file
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
     agent_presence,
@@ -50,6 +52,7 @@ from nexus_bridge.db.models import (
 from nexus_bridge.db.oauth_store import OAuthStore
 from nexus_bridge.db.types import UTCDateTime
 from nexus_bridge.db.wakeups import ChangeFeed, change_feed
+from nexus_bridge.db.writer import SqliteWriter, WriteSession
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
@@ -74,6 +77,8 @@ from nexus_bridge.errors import (
     TaskNotFound,
 )
 
+T = TypeVar("T")
+
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
 _PG_WRITE_LOCK: Final = 0x6E6578  # "nex"
@@ -83,6 +88,55 @@ COUNT_UPDATES: Final = "updates"
 COUNT_IGNORED: Final = "ignored"
 # What a task id (a UUID) or its prefix can be made of; anything else matches no task.
 _ID_CHARS: Final = re.compile(rf"[0-9A-Za-z-]{{1,{MAX_ID_CHARS}}}")
+
+
+class HotInsert:
+    """An INSERT of a whole row, built once from the model and compiled once per dialect.
+
+    In the writer's thread it runs straight on the ``sqlite3`` cursor with the columns' own bind
+    processors (a few µs, where SQLAlchemy's per-call execution costs ~40 µs); elsewhere it is an
+    ordinary Core statement.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.statement = insert(table)
+        self._compiled: dict[tuple[str, tuple[str, ...]], _CompiledInsert] = {}
+
+    def compiled(self, dialect: Dialect, keys: tuple[str, ...]) -> _CompiledInsert:
+        found = self._compiled.get((dialect.name, keys))
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
+            order = tuple(compiled.positiontup or ())
+            if set(order) != set(keys):  # pragma: no cover - a whole-row insert names them all
+                raise RuntimeError(f"cannot prepare {self.table.name} insert for {keys}")
+            processors = tuple(
+                self.table.c[key].type._cached_bind_processor(dialect) for key in order
+            )
+            found = _CompiledInsert(str(compiled), order, processors)
+            self._compiled[(dialect.name, keys)] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledInsert:
+    sql: str
+    keys: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def parameters(self, values: Mapping[str, Any]) -> list[Any]:
+        return [
+            value if process is None else process(value)
+            for process, value in zip(
+                self.processors, map(values.__getitem__, self.keys), strict=True
+            )
+        ]
+
+
+# The hottest writes (enqueue, reply, cancel, an agent's report).
+_INSERT_TASK: Final = HotInsert(messages)
+_INSERT_UPDATE: Final = HotInsert(updates)
+_INSERT_OUTBOX: Final = HotInsert(outbox)
 
 
 def _timestamp(value: datetime) -> Any:
@@ -155,14 +209,83 @@ class NewTask:
     urgent: bool = False
 
 
-class StoreTransaction:
-    """The queries of one transaction. Obtain it from :meth:`Store.read` or :meth:`Store.write`."""
+class ImmediateConnection:
+    """A synchronous connection behind :class:`StoreTransaction`'s awaits: every ``execute``
+    returns at once, so a write runs whole in the writer's thread (see :mod:`.writer`)."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    __slots__ = ("_conn", "_driver", "dialect")
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+        driver = connection.connection.driver_connection
+        if driver is None:  # pragma: no cover - an open connection has its driver
+            raise RuntimeError("no sqlite3 connection to write on")
+        self._driver: sqlite3.Connection = driver
+        self.dialect = connection.dialect
+
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        return self._conn.execute(statement, parameters)
+
+    def insert(self, hot: HotInsert, values: Mapping[str, Any]) -> int:
+        """Run ``hot`` on the sqlite3 cursor; the new row's rowid. Driver errors come wrapped
+        as SQLAlchemy's, as from :meth:`execute`."""
+        compiled = hot.compiled(self.dialect, tuple(values))
+        parameters = compiled.parameters(values)
+        try:
+            return self._driver.execute(compiled.sql, parameters).lastrowid or 0
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(compiled.sql, parameters, exc, sqlite3.Error) from exc
+
+
+class SessionConnection:
+    """The writer's connection, reached from the event loop one statement at a time (a
+    :class:`~nexus_bridge.db.writer.WriteSession`), behind :class:`StoreTransaction`."""
+
+    __slots__ = ("_session", "dialect")
+
+    def __init__(self, session: WriteSession, dialect: Dialect) -> None:
+        self._session = session
+        self.dialect = dialect
+
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        def run(connection: Connection) -> CursorResult[*tuple[Any, ...]]:
+            result = connection.execute(statement, parameters)
+            if result.returns_rows:
+                # Read every row here, in the writer's thread; the caller gets them buffered
+                # (a Result with the same row API; rowcount and keys matter only without rows).
+                return cast("CursorResult[*tuple[Any, ...]]", result.freeze()())
+            return result
+
+        return await self._session.run(run)
+
+
+class StoreTransaction:
+    """The queries of one transaction. Obtain it from :meth:`Store.read`, :meth:`Store.write`
+    or :meth:`Store.commit`."""
+
+    def __init__(
+        self, connection: AsyncConnection | ImmediateConnection | SessionConnection
+    ) -> None:
         self._conn = connection
         self._dialect = connection.dialect.name
-        self.oauth: Final = OAuthStore(connection)
+        # OAuthStore only awaits execute(), which every kind of connection here offers alike.
+        self.oauth: Final = OAuthStore(cast("AsyncConnection", connection))
         """The OAuth clients, consent requests, codes, tokens and owner (``db/oauth_store.py``)."""
+
+    async def _insert(self, hot: HotInsert, values: Mapping[str, Any]) -> int:
+        """Insert one row; its integer primary key (a text key: whatever the driver reports)."""
+        if isinstance(self._conn, ImmediateConnection):
+            return self._conn.insert(hot, values)
+        result = await self._conn.execute(hot.statement, values)
+        # The primary key comes back without a RETURNING fetch on SQLite (lastrowid).
+        key = result.inserted_primary_key
+        if key is None:  # pragma: no cover - every supported driver reports it
+            raise RuntimeError(f"the database did not report the new {hot.table.name} row's key")
+        return key[0]  # type: ignore[no-any-return]
 
     def _insert_ignoring_duplicates(self, table: Table) -> Insert:
         """INSERT ... ON CONFLICT DO NOTHING, which keeps a PostgreSQL transaction usable."""
@@ -190,7 +313,7 @@ class StoreTransaction:
             "updated_at": new.created_at,
         }
         try:
-            await self._conn.execute(insert(messages).values(**values))
+            await self._insert(_INSERT_TASK, values)
         except IntegrityError as exc:
             if _is_open_content_violation(exc):
                 raise DuplicateTask() from exc
@@ -414,20 +537,16 @@ class StoreTransaction:
         at: datetime,
         status: TaskStatus | None = None,
     ) -> Update:
-        result = await self._conn.execute(
-            insert(updates).values(
-                message_id=message_id,
-                kind=kind.value,
-                status=status.value if status else None,
-                content=content,
-                created_at=at,
-            )
+        seq = await self._insert(
+            _INSERT_UPDATE,
+            {
+                "message_id": message_id,
+                "kind": kind.value,
+                "status": status.value if status else None,
+                "content": content,
+                "created_at": at,
+            },
         )
-        # The primary key comes back without a RETURNING fetch on SQLite (lastrowid).
-        key = result.inserted_primary_key
-        if key is None:  # pragma: no cover - every supported driver reports it
-            raise RuntimeError("the database did not report the new update's seq")
-        seq = int(key[0])
         return Update(seq=seq, message_id=message_id, kind=kind, content=content, created_at=at)
 
     async def list_updates(
@@ -513,23 +632,20 @@ class StoreTransaction:
         reply_to_telegram_id: int | None,
         at: datetime,
     ) -> int:
-        result = await self._conn.execute(
-            insert(outbox).values(
-                message_id=message_id,
-                kind=kind.value,
-                body=body,
-                reply_to_telegram_id=reply_to_telegram_id,
-                state=OutboxState.PENDING.value,
-                attempts=0,
-                parts_sent=0,
-                next_attempt_at=at,
-                created_at=at,
-            )
+        return await self._insert(
+            _INSERT_OUTBOX,
+            {
+                "message_id": message_id,
+                "kind": kind.value,
+                "body": body,
+                "reply_to_telegram_id": reply_to_telegram_id,
+                "state": OutboxState.PENDING.value,
+                "attempts": 0,
+                "parts_sent": 0,
+                "next_attempt_at": at,
+                "created_at": at,
+            },
         )
-        key = result.inserted_primary_key
-        if key is None:  # pragma: no cover - every supported driver reports it
-            raise RuntimeError("the database did not report the new outbox id")
-        return int(key[0])
 
     async def due_outbox(self, now: datetime, *, limit: int) -> list[OutboxItem]:
         """Pending deliveries that are due: urgent tasks first, then oldest first."""
@@ -1076,6 +1192,47 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._is_postgres = engine.dialect.name == "postgresql"
+        self._writer: SqliteWriter | None = None
+        self._writes_in_thread = sqlite_file(str(engine.url)) is not None
+
+    async def commit(self, body: Callable[[StoreTransaction], Coroutine[Any, Any, T]]) -> T:
+        """Run ``body`` in a write transaction; its result once the transaction is committed
+        (on disk). Raising in ``body`` rolls back only what ``body`` wrote.
+
+        On SQLite ``body`` runs whole in the store's writer thread, grouped with the writes that
+        arrive meanwhile (:class:`~nexus_bridge.db.writer.SqliteWriter`): it must only run
+        statements on its transaction, never wait on anything else, and never touch the event
+        loop's objects. On PostgreSQL it runs in a :meth:`write` transaction.
+
+        Raises:
+            DatabaseBusy: another process held the write lock past the busy timeout.
+            DatabaseUnreachable: the database cannot be opened.
+        """
+        writer = self._sqlite_writer()
+        if writer is None:
+            async with self.write() as tx:
+                return await body(tx)
+
+        def job(connection: Connection) -> Coroutine[Any, Any, T]:
+            return body(StoreTransaction(ImmediateConnection(connection)))
+
+        try:
+            return await writer.run(job)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if _is_busy(exc):
+                raise DatabaseBusy from exc
+            raise
+
+    def _sqlite_writer(self) -> SqliteWriter | None:
+        """The writer thread of a SQLite file (started on first use); None on PostgreSQL."""
+        if not self._writes_in_thread:
+            return None
+        if self._writer is None:
+            self._writer = SqliteWriter(
+                create_writer_engine(self.engine),
+                connect_error=lambda exc: DatabaseUnreachable(_reason(exc)),
+            )
+        return self._writer
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
@@ -1115,11 +1272,23 @@ class Store:
         """A write transaction: committed when the block ends, rolled back if it raises.
 
         Keep it short and never wait on the network inside it: on SQLite it holds the one
-        write lock, and every other writer waits for it (then fails with DatabaseBusy).
+        write lock, and every other writer waits for it (then fails with DatabaseBusy). On a
+        SQLite file it runs on the writer thread's connection, statement by statement, so it
+        never contends with this process's :meth:`commit` writes for the lock.
 
         Raises:
             DatabaseBusy: another process held the write lock past the busy timeout.
         """
+        writer = self._sqlite_writer()
+        if writer is not None:
+            try:
+                async with writer.session() as session:
+                    yield StoreTransaction(SessionConnection(session, self.engine.dialect))
+            except (OperationalError, sqlite3.OperationalError) as exc:
+                if _is_busy(exc):
+                    raise DatabaseBusy from exc
+                raise
+            return
         try:
             async with self._connect() as conn:
                 conn = await conn.execution_options(**{WRITE_OPTION: True})
@@ -1137,6 +1306,9 @@ class Store:
         return change_feed(self.engine)
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
         await self.engine.dispose()
 
 

@@ -1,0 +1,364 @@
+"""The single writer of a SQLite database: one thread, one connection, group commit.
+
+A write is a coroutine function over a synchronous connection whose awaits never wait; the
+thread runs it whole (one trip from the event loop per write transaction, not one per
+statement). Writes that arrive while a transaction is being committed are committed together in
+the next one, each in its own savepoint: one fsync for many writes, and a write that fails (a
+duplicate caught by a unique index, or anything else) rolls back only itself. Its caller's
+future resolves after the COMMIT returned, so whatever a write answers is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+
+from nexus_bridge.constants import MAX_WRITES_PER_COMMIT
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteJob = Callable[[Connection], Coroutine[Any, Any, T]]
+
+
+class WriteWaited(RuntimeError):
+    """A write awaited something that waits (not a statement); it must only run statements."""
+
+
+@dataclass(slots=True, eq=False)
+class _Pending(Generic[T]):
+    job: WriteJob[T]
+    future: asyncio.Future[T]
+    loop: asyncio.AbstractEventLoop
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Step:
+    """One statement of a session, or (``action`` None) its end: commit or roll back."""
+
+    action: Callable[[Connection], Any] | None
+    future: asyncio.Future[Any]
+    commit: bool = False
+
+
+class WriteSession:
+    """A write transaction on the writer's connection, driven statement by statement from the
+    event loop (one trip each, as on any async driver): for writes that cannot be one body.
+    While it is open the writer does nothing else, so keep it short."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started: asyncio.Future[None] = loop.create_future()
+        self.steps: queue.SimpleQueue[_Step] = queue.SimpleQueue()
+
+    async def run(self, action: Callable[[Connection], T]) -> T:
+        """``action(connection)`` in the writer's thread, inside this session's transaction."""
+        step = _Step(action, self.loop.create_future())
+        self.steps.put(step)
+        return await step.future  # type: ignore[no-any-return]
+
+    async def end(self, *, commit: bool) -> None:
+        """Commit (or roll back) and give the writer back. Raises what COMMIT raised."""
+        step = _Step(None, self.loop.create_future(), commit=commit)
+        self.steps.put(step)
+        await asyncio.shield(step.future)
+
+
+def _notify(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    """From the writer thread: resolve ``future`` on its loop (if that still runs)."""
+    try:
+        loop.call_soon_threadsafe(_resolve, future, result, error)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        logger.debug("a session step finished after its event loop closed")
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends, here and now."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise WriteWaited(WriteWaited.__doc__)
+
+
+def _settle(batch: list[_Pending[Any]]) -> None:
+    """On the caller's loop: hand every write its outcome (a cancelled caller gets nothing)."""
+    for item in batch:
+        if item.future.done():
+            continue
+        if item.error is not None:
+            item.future.set_exception(item.error)
+        else:
+            item.future.set_result(item.result)
+
+
+class SqliteWriter:
+    """Runs write transactions in its own thread, on its own connection of ``engine``.
+
+    ``connect_error`` turns a failure to open the connection into the error its callers get.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        connect_error: Callable[[Exception], Exception],
+        max_batch: int = MAX_WRITES_PER_COMMIT,
+    ) -> None:
+        self._engine = engine
+        self._connect_error = connect_error
+        self._max_batch = max_batch
+        self._inbox: queue.SimpleQueue[_Pending[Any] | WriteSession | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        # Written by the writer thread only: how many transactions committed, holding how many
+        # writes that succeeded (more writes than commits: group commit at work).
+        self.commits = 0
+        self.committed_writes = 0
+
+    async def run(self, job: WriteJob[T]) -> T:
+        """Run ``job`` in a write transaction and return its result once that is committed.
+
+        Raises:
+            whatever ``job`` raised (its savepoint was rolled back), or the error that failed
+            the transaction's BEGIN or COMMIT (nothing of it was written).
+        """
+        loop = asyncio.get_running_loop()
+        pending: _Pending[T] = _Pending(job, loop.create_future(), loop)
+        self._ensure_thread()
+        self._inbox.put(pending)
+        return await pending.future
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[WriteSession]:
+        """A :class:`WriteSession`: committed when the block ends, rolled back if it raises.
+
+        Raises:
+            the error that failed its BEGIN or its COMMIT.
+        """
+        session = WriteSession(asyncio.get_running_loop())
+        self._ensure_thread()
+        self._inbox.put(session)
+        try:
+            await session.started
+        except BaseException:
+            # Cancelled while waiting its turn: the writer will start it, and must end it at once.
+            session.steps.put(_Step(None, session.loop.create_future(), commit=False))
+            raise
+        try:
+            yield session
+        except BaseException:
+            await session.end(commit=False)
+            raise
+        await session.end(commit=True)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="nexus-bridge-writer", daemon=True
+                )
+                self._thread.start()
+
+    async def close(self) -> None:
+        """Finish the writes already submitted, then stop the thread and close the connection."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._inbox.put(None)
+            await asyncio.to_thread(thread.join)
+
+    # --- the writer thread -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        connection: Connection | None = None
+        try:
+            while True:
+                batch, session, stop = self._take()
+                batch = [item for item in batch if not item.future.cancelled()]
+                if batch:
+                    try:
+                        connection = self._commit(connection, batch)
+                    except BaseException as exc:  # noqa: BLE001 - never leave a caller waiting
+                        for item in batch:
+                            item.error = item.error or exc
+                        _discard(connection)
+                        connection = None
+                    self._answer(batch)
+                if session is not None:
+                    try:
+                        connection = self._serve_session(connection, session)
+                    except BaseException as exc:  # the thread must go on
+                        logger.exception("a write session failed in the writer thread")
+                        _notify(session.loop, session.started, None, exc)
+                        _discard(connection)
+                        connection = None
+                if stop:
+                    return
+        finally:
+            _discard(connection)
+
+    def _take(self) -> tuple[list[_Pending[Any]], WriteSession | None, bool]:
+        """The next batch: wait for one write, then take every write already waiting, up to
+        a session (which runs alone, after the batch)."""
+        first = self._inbox.get()
+        if first is None:
+            return [], None, True
+        if isinstance(first, WriteSession):
+            return [], first, False
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, None, True
+            if isinstance(item, WriteSession):
+                return batch, item, False
+            batch.append(item)
+        return batch, None, False
+
+    def _serve_session(
+        self, connection: Connection | None, session: WriteSession
+    ) -> Connection | None:
+        """Begin, run the session's statements as they come, end as it says; the connection to
+        use next."""
+        loop = session.loop
+        if connection is None:
+            try:
+                connection = self._engine.connect()
+            except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+                _notify(loop, session.started, None, self._connect_error(exc))
+                return None
+        try:
+            transaction = connection.begin()
+        except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+            _notify(loop, session.started, None, exc)
+            _discard(connection)
+            return None
+        _notify(loop, session.started, None, None)
+        while True:
+            step = session.steps.get()
+            if step.action is not None:
+                try:
+                    result, error = step.action(connection), None
+                except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+                    result, error = None, exc
+                _notify(loop, step.future, result, error)
+                continue
+            try:
+                if step.commit:
+                    transaction.commit()
+                    self.commits += 1
+                else:
+                    transaction.rollback()
+            except Exception as exc:  # noqa: BLE001 - the session's caller gets it
+                _notify(loop, step.future, None, exc)
+                _discard(connection)
+                return None
+            _notify(loop, step.future, None, None)
+            return connection
+
+    def _commit(
+        self, connection: Connection | None, batch: list[_Pending[Any]]
+    ) -> Connection | None:
+        """One ``BEGIN IMMEDIATE … COMMIT`` for the whole batch; the connection to use next."""
+        if connection is None:
+            try:
+                connection = self._engine.connect()
+            except Exception as exc:  # noqa: BLE001 - every caller gets it, as connect_error says
+                error = self._connect_error(exc)
+                for item in batch:
+                    item.error = error
+                return None
+        try:
+            with connection.begin():
+                if len(batch) == 1:
+                    only = batch[0]
+                    try:
+                        only.result = _run_to_end(only.job(connection))
+                    except Exception as exc:
+                        only.error = exc
+                        raise
+                else:
+                    # Straight to sqlite3: SQLAlchemy's savepoints would compile two statements
+                    # per write, and it has no part in them (the transaction is ours).
+                    driver = _sqlite3_connection(connection)
+                    for item in batch:
+                        driver.execute("SAVEPOINT write")
+                        try:
+                            item.result = _run_to_end(item.job(connection))
+                        except Exception as exc:  # noqa: BLE001 - it is its caller's to handle
+                            item.error = exc
+                            driver.execute("ROLLBACK TO write")
+                        driver.execute("RELEASE write")
+        except Exception as exc:  # noqa: BLE001 - each caller gets its write's outcome
+            if len(batch) == 1 and batch[0].error is exc:
+                return connection  # the one write failed and was rolled back: nothing else to do
+            # BEGIN, a savepoint or COMMIT failed: nothing of the batch is on disk.
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+            _discard(connection)
+            return None
+        written = sum(item.error is None for item in batch)
+        self.commits += 1
+        self.committed_writes += written
+        if len(batch) > 1:
+            logger.debug("committed %d writes of %d in one transaction", written, len(batch))
+        return connection
+
+    @staticmethod
+    def _answer(batch: list[_Pending[Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending[Any]]] = {}
+        for item in batch:
+            by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+                logger.debug("a write finished after its event loop closed")
+
+
+def _discard(connection: Connection | None) -> None:
+    """Close a connection that may be broken; the next batch opens a fresh one."""
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:
+            logger.debug("closing the writer's connection failed", exc_info=True)
+
+
+def _sqlite3_connection(connection: Connection) -> Any:
+    driver = connection.connection.driver_connection
+    if driver is None:  # pragma: no cover - an open connection has its driver
+        raise RuntimeError("no sqlite3 connection to write on")
+    return driver

@@ -1,0 +1,298 @@
+"""The SQLite writer thread: one hop per write, group commit with a savepoint per write.
+
+Every test holds the writer inside one write (a body that blocks its thread on a
+``threading.Event``) while the others are submitted, so that those others are committed together
+in the next transaction: the batch is made on purpose, not by luck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from nexus_bridge.db.engine import create_engine, create_writer_engine
+from nexus_bridge.db.store import Store, StoreTransaction
+from nexus_bridge.db.writer import SqliteWriter, WriteWaited
+from nexus_bridge.errors import DatabaseUnreachable, TaskNotFound
+from nexus_bridge.queue import QueueService
+from tests.conftest import DEADLINE_SECONDS, wait_for
+
+BATCH = 16
+
+
+def _path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite+aiosqlite:///"))
+
+
+@pytest.fixture
+async def writer(migrated_sqlite_url: str) -> AsyncIterator[SqliteWriter]:
+    engine = create_engine(migrated_sqlite_url)
+    writer = SqliteWriter(
+        create_writer_engine(engine), connect_error=lambda exc: DatabaseUnreachable(str(exc))
+    )
+    yield writer
+    await writer.close()
+    await engine.dispose()
+
+
+class Gate:
+    """A write that holds the writer thread until :meth:`open`; the writes submitted meanwhile
+    wait in its inbox and make the next batch."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self._released = threading.Event()
+
+    async def body(self, _connection: Any) -> None:
+        self.entered.set()
+        self._released.wait(DEADLINE_SECONDS)  # blocks the writer thread, on purpose
+
+    def open(self) -> None:
+        self._released.set()
+
+
+async def batched(
+    submit: Callable[[Any], Awaitable[Any]], bodies: list[Any], queued: Callable[[], int]
+) -> list[Any]:
+    """Run ``bodies`` (through ``submit``) as one batch: the writer is held in a gate until all
+    of them are waiting in its inbox (``queued()`` counts them). Results or exceptions."""
+    gate = Gate()
+    held = asyncio.ensure_future(submit(gate.body))
+    await wait_for(gate.entered.is_set, what="the writer to enter the gate")
+    calls = [asyncio.ensure_future(submit(body)) for body in bodies]
+    await wait_for(lambda: queued() >= len(bodies), what="every write to wait in the inbox")
+    gate.open()
+    await held
+    return await asyncio.gather(*calls, return_exceptions=True)
+
+
+def _insert_agent_update(content: str) -> Callable[[Connection], Any]:
+    async def body(connection: Connection) -> int:
+        result = connection.execute(
+            text(
+                "INSERT INTO updates (message_id, kind, content, created_at) "
+                "VALUES (NULL, 'agent', :content, '2026-11-29T00:00:00.000000+00:00')"
+            ),
+            {"content": content},
+        )
+        return int(result.lastrowid or 0)
+
+    return body
+
+
+def _contents(url: str) -> list[str]:
+    with sqlite3.connect(_path(url)) as conn:
+        return [str(r[0]) for r in conn.execute("SELECT content FROM updates ORDER BY seq")]
+
+
+async def test_writes_that_wait_meanwhile_are_committed_together_in_one_transaction(
+    writer: SqliteWriter, migrated_sqlite_url: str
+) -> None:
+    bodies = [_insert_agent_update(f"write {i}") for i in range(BATCH)]
+    results = await batched(writer.run, bodies, writer._inbox.qsize)
+
+    assert all(isinstance(r, int) for r in results), results
+    assert writer.commits == 2  # the gate's own transaction, then all the others at once
+    assert writer.committed_writes == 1 + BATCH
+    assert _contents(migrated_sqlite_url) == [f"write {i}" for i in range(BATCH)]
+
+
+async def test_a_failing_write_in_a_batch_fails_only_its_caller_and_leaves_nothing_behind(
+    writer: SqliteWriter, migrated_sqlite_url: str
+) -> None:
+    async def half_then_fail(connection: Connection) -> None:
+        await _insert_agent_update("half-written")(connection)
+        raise ValueError("the write changed its mind")
+
+    async def violates_a_check(connection: Connection) -> None:
+        connection.execute(
+            text(
+                "INSERT INTO updates (message_id, kind, content, created_at) "
+                "VALUES (NULL, 'no-such-kind', 'x', '2026-11-29T00:00:00.000000+00:00')"
+            )
+        )
+
+    bodies = [
+        _insert_agent_update("before"),
+        half_then_fail,
+        violates_a_check,
+        _insert_agent_update("after"),
+    ]
+    results = await batched(writer.run, bodies, writer._inbox.qsize)
+
+    assert isinstance(results[0], int)
+    assert isinstance(results[1], ValueError)
+    assert isinstance(results[2], IntegrityError)
+    assert isinstance(results[3], int)
+    assert writer.commits == 2
+    assert _contents(migrated_sqlite_url) == ["before", "after"]
+
+
+async def test_a_write_that_waits_on_something_is_refused_and_rolled_back(
+    writer: SqliteWriter, migrated_sqlite_url: str
+) -> None:
+    async def waits(connection: Connection) -> None:
+        await _insert_agent_update("never")(connection)
+        await asyncio.sleep(0)  # suspends: a write must only run statements
+
+    bodies = [_insert_agent_update("kept"), waits]
+    results = await batched(writer.run, bodies, writer._inbox.qsize)
+
+    assert isinstance(results[0], int)
+    assert isinstance(results[1], WriteWaited)
+    assert _contents(migrated_sqlite_url) == ["kept"]
+    # Alone in its transaction too.
+    with pytest.raises(WriteWaited):
+        await writer.run(waits)
+    assert _contents(migrated_sqlite_url) == ["kept"]
+
+
+async def test_when_the_commit_fails_every_write_of_the_batch_gets_the_error(
+    writer: SqliteWriter, migrated_sqlite_url: str
+) -> None:
+    async def orphan_delivery_checked_at_commit(connection: Connection) -> None:
+        # A deferred foreign key is checked by COMMIT: the batch's COMMIT fails.
+        connection.execute(text("PRAGMA defer_foreign_keys = ON"))
+        connection.execute(
+            text(
+                "INSERT INTO outbox (message_id, kind, body, state, attempts, parts_sent, "
+                "next_attempt_at, created_at) VALUES ('no-such-task', 'task', 'x', 'pending', "
+                "0, 0, '2026-11-29T00:00:00.000000+00:00', '2026-11-29T00:00:00.000000+00:00')"
+            )
+        )
+
+    bodies = [
+        _insert_agent_update("lost with the batch"),
+        orphan_delivery_checked_at_commit,
+        _insert_agent_update("lost too"),
+    ]
+    results = await batched(writer.run, bodies, writer._inbox.qsize)
+
+    assert all(isinstance(r, IntegrityError) for r in results), results
+    assert all("FOREIGN KEY" in str(r) for r in results)
+    assert _contents(migrated_sqlite_url) == []
+    # The writer goes on with a fresh connection.
+    assert isinstance(await writer.run(_insert_agent_update("next")), int)
+    assert _contents(migrated_sqlite_url) == ["next"]
+
+
+async def test_a_write_whose_caller_was_cancelled_before_its_turn_is_not_run(
+    writer: SqliteWriter, migrated_sqlite_url: str
+) -> None:
+    gate = Gate()
+    held = asyncio.ensure_future(writer.run(gate.body))
+    await wait_for(gate.entered.is_set, what="the writer to enter the gate")
+    dropped = asyncio.ensure_future(writer.run(_insert_agent_update("dropped")))
+    kept = asyncio.ensure_future(writer.run(_insert_agent_update("kept")))
+    await wait_for(lambda: writer._inbox.qsize() >= 2, what="both writes to wait")
+    dropped.cancel()
+    gate.open()
+    await held
+    assert isinstance(await kept, int)
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert _contents(migrated_sqlite_url) == ["kept"]
+
+
+@pytest.fixture
+async def store(migrated_sqlite_url: str) -> AsyncIterator[Store]:
+    store = Store(create_engine(migrated_sqlite_url))
+    yield store
+    await store.dispose()
+
+
+def _store_inbox(store: Store) -> Callable[[], int]:
+    def queued() -> int:
+        writer = store._writer
+        return 0 if writer is None else writer._inbox.qsize()
+
+    return queued
+
+
+async def _store_gate(store: Store, gate_body: Callable[[Any], Awaitable[None]]) -> None:
+    async def body(_tx: StoreTransaction) -> None:
+        await gate_body(None)
+
+    await store.commit(body)
+
+
+async def test_identical_sends_in_one_batch_queue_exactly_one_task(store: Store) -> None:
+    """The unique partial index decides, inside the batch: one send queues the task, every other
+    gets the duplicate answer with its id."""
+    queue = QueueService(store)
+    sends = 24
+
+    def submit(body: Any) -> Awaitable[Any]:
+        if isinstance(body, str):
+            return queue.enqueue(body)
+        return _store_gate(store, body)
+
+    await queue.enqueue("warm the writer up")  # so that store._writer exists
+    results = await batched(submit, ["the same task"] * sends, _store_inbox(store))
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    queued = [r for r in results if r.queued]
+    assert len(queued) == 1
+    assert {r.task.id for r in results} == {queued[0].task.id}
+    assert store._writer is not None
+    assert store._writer.commits >= 3  # the warm-up, the gate, the batch (+ duplicate look-ups)
+    tasks = await queue.list_tasks(limit=100)
+    assert sorted(t.content for t in tasks.tasks) == ["the same task", "warm the writer up"]
+
+
+async def test_a_failing_service_write_in_a_batch_fails_only_its_caller(store: Store) -> None:
+    queue = QueueService(store)
+    await queue.enqueue("warm the writer up")
+
+    def submit(body: Any) -> Awaitable[Any]:
+        if body == "cancel a task that does not exist":
+            return queue.cancel("0" * 36)
+        if isinstance(body, str):
+            return queue.enqueue(body)
+        return _store_gate(store, body)
+
+    bodies = ["first", "cancel a task that does not exist", "second"]
+    results = await batched(submit, bodies, _store_inbox(store))
+
+    assert results[0].queued
+    assert results[2].queued
+    assert isinstance(results[1], TaskNotFound)
+    contents = {t.content for t in (await queue.list_tasks(limit=10)).tasks}
+    assert contents == {"warm the writer up", "first", "second"}
+
+
+async def test_a_long_cold_write_makes_hot_writes_wait_their_turn_not_fail_busy(
+    migrated_sqlite_url: str,
+) -> None:
+    """``Store.write`` (the statement-by-statement kind) runs on the writer's own connection:
+    writes of this process queue behind it instead of racing it for SQLite's lock (which, past
+    the busy timeout, fails them with DatabaseBusy)."""
+    store = Store(create_engine(migrated_sqlite_url, busy_timeout_ms=20))
+    queue = QueueService(store)
+    try:
+        await queue.enqueue("warm the writer up")
+        holding = asyncio.Event()
+
+        async def cold() -> None:
+            async with store.write() as tx:
+                holding.set()
+                for _ in range(3):
+                    await tx.touch_presence("default", at=queue.now())
+                    await asyncio.sleep(0.05)  # a slow transaction: longer than the busy timeout
+
+        slow = asyncio.ensure_future(cold())
+        await asyncio.wait_for(holding.wait(), DEADLINE_SECONDS)
+        results = await asyncio.gather(*(queue.enqueue(f"hot {n}") for n in range(8)))
+        await slow
+    finally:
+        await store.dispose()
+    assert all(r.queued for r in results)
