@@ -44,7 +44,7 @@ def _add_updates(path: Path, task_id: str, count: int) -> None:
         conn.execute(
             """
             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
-            INSERT INTO updates (message_id, kind, status, content, created_at)
+            INSERT INTO updates (task_id, kind, status, content, created_at)
             SELECT :task, 'agent', NULL,
                    'bench: step ' || i || ' of the task, as the agent reported it',
                    strftime('%Y-%m-%dT%H:%M:%S', '2026-01-01', '+' || (i / 20) || ' seconds')

@@ -78,19 +78,19 @@ class _RawWriter:
             now = format_timestamp(datetime.now(UTC))
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
-                "INSERT INTO messages (id, target, content, content_hash, status, status_reason, "
+                "INSERT INTO tasks (id, target, content, content_hash, status, status_reason, "
                 "urgent, created_at, updated_at) VALUES (?, 'default', ?, ?, 'pending', NULL, 0, "
                 "?, ?)",
                 (task_id, content, digest, now, now),
             )
             conn.execute(
-                "INSERT INTO outbox (message_id, kind, body, reply_to_telegram_id, state, "
+                "INSERT INTO outbox (task_id, kind, body, reply_to_telegram_id, state, "
                 "attempts, parts_sent, next_attempt_at, created_at) VALUES (?, 'task', ?, NULL, "
                 "'pending', 0, 0, ?, ?)",
                 (task_id, content, now, now),
             )
             conn.execute(
-                "INSERT INTO updates (message_id, kind, status, content, created_at) "
+                "INSERT INTO updates (task_id, kind, status, content, created_at) "
                 "VALUES (?, 'status', 'pending', 'status: pending (queued)', ?)",
                 (task_id, now),
             )

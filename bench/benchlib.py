@@ -240,7 +240,7 @@ def fill_updates(path: Path, count: int) -> None:
         conn.execute(
             """
             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
-            INSERT INTO updates (message_id, kind, status, content, created_at)
+            INSERT INTO updates (task_id, kind, status, content, created_at)
             SELECT NULL, 'agent', NULL,
                    'bench: progress report number ' || i || ' from the agent',
                    strftime('%Y-%m-%dT%H:%M:%S', :epoch, '+' || (i / 20) || ' seconds')

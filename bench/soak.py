@@ -233,7 +233,7 @@ async def main(seconds: float) -> int:
                 with contextlib.closing(sqlite3.connect(path)) as conn:
                     unlinked, unprocessed = conn.execute(
                         "SELECT (SELECT count(*) FROM updates WHERE kind = 'agent' "
-                        "AND message_id IS NULL), (SELECT count(*) FROM telegram_messages "
+                        "AND task_id IS NULL), (SELECT count(*) FROM telegram_messages "
                         "WHERE direction = 'in' AND processed_at IS NULL)"
                     ).fetchone()
             finally:

@@ -26,8 +26,8 @@ from nexus_bridge.constants import (
 from nexus_bridge.domain import (
     Lease,
     Task,
+    TaskUpdate,
     Transport,
-    Update,
     first_line,
     utc_now,
 )
@@ -56,12 +56,12 @@ def _task_json(task: Task, idle_seconds: float | None = None) -> dict[str, Any]:
     return TaskOut.of(task, idle_seconds).model_dump()
 
 
-def _update_json(update: Update) -> dict[str, Any]:
+def _update_json(update: TaskUpdate) -> dict[str, Any]:
     return UpdateOut.of(update).model_dump()
 
 
-def _format_update(update: Update) -> str:
-    task = update.message_id[:SHORT_ID_CHARS] if update.message_id else "-" * SHORT_ID_CHARS
+def _format_update(update: TaskUpdate) -> str:
+    task = update.task_id[:SHORT_ID_CHARS] if update.task_id else "-" * SHORT_ID_CHARS
     when = update.created_at.strftime("%Y-%m-%d %H:%M:%S")
     return f"#{update.seq:<6} {when}Z [{task}] {update.kind.value:<6} {update.content}"
 
@@ -441,7 +441,7 @@ def cmd_updates(settings: Settings, args: argparse.Namespace) -> int:
                 CLI_IDENTITY,
                 since=since,
                 cursor=None if durable else cursor,
-                message_id=args.message_id,
+                task_id=args.message_id,
                 limit=args.limit,
             )
             for update in page.updates:

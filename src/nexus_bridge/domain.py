@@ -264,7 +264,7 @@ class OutboxItem:
     """One thing to post to the agent, with its delivery state."""
 
     id: int
-    message_id: str
+    task_id: str
     kind: OutboxKind
     body: str
     reply_to_telegram_id: int | None
@@ -307,11 +307,11 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
-class Update:
+class TaskUpdate:
     """One entry of the update stream; ``seq`` is its cursor position."""
 
     seq: int
-    message_id: str | None
+    task_id: str | None
     kind: UpdateKind
     content: str
     created_at: datetime

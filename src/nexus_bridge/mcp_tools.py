@@ -330,7 +330,7 @@ def register_tools(
                 current_identity(default_identity),
                 since=since,
                 cursor=cursor,
-                message_id=message_id,
+                task_id=message_id,
                 limit=limit,
                 wait_seconds=wait_seconds,
                 stop=client_gone(),

@@ -28,7 +28,7 @@ from nexus_bridge.domain import (
     TargetPolicy,
     Task,
     TaskStatus,
-    Update,
+    TaskUpdate,
     UpdateKind,
     check_agent_session,
     check_storable,
@@ -102,7 +102,7 @@ class UpdateSignal:
 
 @dataclass(frozen=True, slots=True)
 class UpdatePage:
-    updates: Sequence[Update]
+    updates: Sequence[TaskUpdate]
     next_cursor: str
     has_more: bool
 
@@ -127,7 +127,7 @@ class DeliveryInfo:
 @dataclass(frozen=True, slots=True)
 class TaskDetail:
     task: Task
-    recent_updates: Sequence[Update]
+    recent_updates: Sequence[TaskUpdate]
     delivery: DeliveryInfo | None = None
 
 
@@ -219,7 +219,7 @@ class QueueService:
     # --- commands --------------------------------------------------------------------------
 
     async def enqueue(
-        self, message: str, target: str = config.DEFAULT_TARGET, *, urgent: bool = False
+        self, text: str, target: str = config.DEFAULT_TARGET, *, urgent: bool = False
     ) -> EnqueueResult:
         """Queue a task (and its delivery), or return the open task it duplicates.
 
@@ -227,7 +227,7 @@ class QueueService:
             InvalidInput: empty text, text over the size limit, or an unknown target.
         """
         self._check_target(target)
-        content = self._check_text(message, "message")
+        content = self._check_text(text, "message")
         digest = content_hash(content)
         uses_outbox = self._policies[target].uses_outbox
 
@@ -245,14 +245,14 @@ class QueueService:
             )
             if uses_outbox:
                 await tx.insert_outbox(
-                    message_id=task.id,
+                    task_id=task.id,
                     kind=OutboxKind.TASK,
                     body=content,
                     reply_to_telegram_id=None,
                     at=now,
                 )
             await tx.insert_update(
-                message_id=task.id,
+                task_id=task.id,
                 kind=UpdateKind.STATUS,
                 status=TaskStatus.PENDING,
                 content=_QUEUED_LINE,
@@ -309,16 +309,14 @@ class QueueService:
                     "reply_to_task answers a task in input_required"
                 )
             now = self._clock()
-            await tx.insert_update(
-                message_id=task.id, kind=UpdateKind.CLIENT, content=content, at=now
-            )
+            await tx.insert_update(task_id=task.id, kind=UpdateKind.CLIENT, content=content, at=now)
             policy = self._policies.get(task.target)
             if policy is None or policy.uses_outbox:
                 questions = await tx.telegram_ids_of_task(task.id, direction="in")
                 posted = await tx.telegram_ids_of_task(task.id, direction="out")
                 reply_to = questions[-1] if questions else (posted[0] if posted else None)
                 await tx.insert_outbox(
-                    message_id=task.id,
+                    task_id=task.id,
                     kind=OutboxKind.REPLY,
                     body=content,
                     reply_to_telegram_id=reply_to,
@@ -351,7 +349,7 @@ class QueueService:
             posted = await tx.telegram_ids_of_task(task.id, direction="out")
             if posted:
                 await tx.insert_outbox(
-                    message_id=task.id,
+                    task_id=task.id,
                     kind=OutboxKind.CANCEL,
                     body=reason or "",
                     reply_to_telegram_id=posted[0],
@@ -382,7 +380,7 @@ class QueueService:
         async with self._store.read() as tx:
             task = await tx.get_task(task_id)
             latest = await tx.list_updates(
-                message_id=task.id, limit=recent, newest_first=True, before_seq=before_seq
+                task_id=task.id, limit=recent, newest_first=True, before_seq=before_seq
             )
             deliveries = await tx.outbox_for_task(task.id)
             posted = await tx.telegram_ids_of_task(task.id, direction="out")
@@ -450,7 +448,7 @@ class QueueService:
         *,
         since: str | None = None,
         cursor: str | None = None,
-        message_id: str | None = None,
+        task_id: str | None = None,
         limit: int = config.DEFAULT_PULL_LIMIT,
         wait_seconds: float = 0,
         stop: asyncio.Event | None = None,
@@ -473,13 +471,13 @@ class QueueService:
         wait = self._check_wait(wait_seconds)
         since_at = parse_instant(since, field="since") if since is not None else None
         after = _parse_cursor(cursor) if cursor is not None else None
-        if message_id is not None:
-            check_task_id(message_id, "message_id")
-        durable = since is None and cursor is None and message_id is None
+        if task_id is not None:
+            check_task_id(task_id, "message_id")
+        durable = since is None and cursor is None and task_id is None
 
         async with self._store.read() as tx:
-            if message_id is not None:
-                message_id = (await tx.get_task(message_id)).id
+            if task_id is not None:
+                task_id = (await tx.get_task(task_id)).id
                 if since is None and cursor is None:
                     after = 0
             if durable:
@@ -491,7 +489,7 @@ class QueueService:
             generation = self.signal.generation()
             async with self._store.read() as tx:
                 rows = await tx.list_updates(
-                    after_seq=after, since=since_at, message_id=message_id, limit=limit + 1
+                    after_seq=after, since=since_at, task_id=task_id, limit=limit + 1
                 )
                 floor = after if after is not None else await tx.last_seq()
             remaining = deadline - loop.time()
@@ -701,7 +699,7 @@ class QueueService:
                 check_transition(task.status, status)
             if content is not None:
                 await tx.insert_update(
-                    message_id=task.id, kind=UpdateKind.AGENT, content=content, at=self._clock()
+                    task_id=task.id, kind=UpdateKind.AGENT, content=content, at=self._clock()
                 )
             if status is not None:
                 task = await apply_transition(tx, task, status, reason, now=self._clock())
@@ -717,7 +715,7 @@ class QueueService:
         task = await self.agent_task(target, task_id)
         async with self._store.read() as tx:
             rows = await tx.list_updates(
-                after_seq=after, message_id=task.id, limit=config.MAX_PULL_LIMIT
+                after_seq=after, task_id=task.id, limit=config.MAX_PULL_LIMIT
             )
         answers = [u for u in rows if u.kind is UpdateKind.CLIENT]
         position = rows[-1].seq if rows else after

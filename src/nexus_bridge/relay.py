@@ -95,7 +95,7 @@ class TelegramRelay:
                 candidates = await tx.due_outbox(self._clock(), limit=50)
                 chosen: Delivery | None = None
                 for item in candidates:
-                    task = await tx.get_task(item.message_id)
+                    task = await tx.get_task(item.task_id)
                     ended = item.kind is not OutboxKind.CANCEL and task.status.is_terminal
                     if ended and item.parts_sent == 0:
                         chosen = Delivery(item=item, task=task)  # to be skipped below
@@ -155,7 +155,7 @@ class TelegramRelay:
                 direction="out",
                 accepted=True,
                 at=now,
-                message_id=delivery.task.id,
+                task_id=delivery.task.id,
                 outbox_id=delivery.item.id,
                 part=part,
                 processed_at=now,
@@ -283,7 +283,7 @@ class TelegramRelay:
             task = await self._correlate(tx, inbound, parsed, target)
             now = self._clock()
             await tx.insert_update(
-                message_id=task.id if task else None,
+                task_id=task.id if task else None,
                 kind=UpdateKind.AGENT,
                 content=text,
                 at=now,
@@ -300,9 +300,7 @@ class TelegramRelay:
                         task.status.value,
                         parsed.status.value,
                     )
-            await tx.mark_inbound_processed(
-                journal_id, message_id=task.id if task else None, at=now
-            )
+            await tx.mark_inbound_processed(journal_id, task_id=task.id if task else None, at=now)
         self.signal.notify()
         return InboundResult(
             task_id=task.id if task else None, status=parsed.status, applied=applied

@@ -50,7 +50,7 @@ async def apply_transition(
         # Inside a write transaction the row cannot change under us; this is a safety net.
         raise IllegalTransition(f"task {task.id} changed concurrently; try again")
     await tx.insert_update(
-        message_id=task.id,
+        task_id=task.id,
         kind=UpdateKind.STATUS,
         status=new_status,
         content=status_line(task.status, new_status, reason),

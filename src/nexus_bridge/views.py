@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydantic import BaseModel, Field
 
 from nexus_bridge.db.types import format_timestamp
-from nexus_bridge.domain import QueueCounts, Task, TaskStatus, TransportReport, Update
+from nexus_bridge.domain import QueueCounts, Task, TaskStatus, TaskUpdate, TransportReport
 from nexus_bridge.queue import TargetSummary
 
 if TYPE_CHECKING:  # oauth imports the MCP SDK, which the CLI loads only for its auth commands
@@ -38,10 +38,10 @@ class UpdateOut(BaseModel):
     created_at: str = Field(description="ISO-8601 UTC time with offset.")
 
     @classmethod
-    def of(cls, update: Update) -> Self:
+    def of(cls, update: TaskUpdate) -> Self:
         return cls(
             seq=update.seq,
-            message_id=update.message_id,
+            message_id=update.task_id,
             kind=update.kind.value,
             content=update.content,
             created_at=format_timestamp(update.created_at),

@@ -41,7 +41,7 @@ async def run_async(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def task_ids(path: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        return {str(row[0]) for row in conn.execute("SELECT id FROM messages")}
+        return {str(row[0]) for row in conn.execute("SELECT id FROM tasks")}
 
 
 async def test_backup_during_a_stream_of_sends_then_restore_keeps_every_acknowledged_task(
@@ -153,7 +153,7 @@ def test_restore_moves_aside_a_stale_wal_and_upgrades_an_older_backup(
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute(
-        "INSERT INTO messages (id, target, content, content_hash, status, urgent, created_at, "
+        "INSERT INTO tasks (id, target, content, content_hash, status, urgent, created_at, "
         "updated_at) VALUES ('x', 'homelab', 'in the wal', 'h', 'pending', 0, "
         "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')"
     )

@@ -120,7 +120,7 @@ def read_database(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """``PRAGMA integrity_check``, and every (id, content) in ``messages``, read from the file."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
         integrity = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
-        rows = [(str(i), str(c)) for i, c in conn.execute("SELECT id, content FROM messages")]
+        rows = [(str(i), str(c)) for i, c in conn.execute("SELECT id, content FROM tasks")]
     return integrity, rows
 
 

@@ -64,12 +64,12 @@ def problems(
 def _task_problems(
     db: sqlite3.Connection, targets: dict[str, str], max_message_chars: int
 ) -> Iterable[str]:
-    statuses = {row["id"]: row for row in db.execute("SELECT * FROM messages")}
+    statuses = {row["id"]: row for row in db.execute("SELECT * FROM tasks")}
     history: dict[str, list[sqlite3.Row]] = {}
     for row in db.execute(
-        "SELECT * FROM updates WHERE message_id IS NOT NULL AND kind = 'status' ORDER BY seq"
+        "SELECT * FROM updates WHERE task_id IS NOT NULL AND kind = 'status' ORDER BY seq"
     ):
-        history.setdefault(row["message_id"], []).append(row)
+        history.setdefault(row["task_id"], []).append(row)
     open_keys: dict[tuple[str, str], str] = {}
     for task_id, task in statuses.items():
         where = f"messages {task_id}"
@@ -117,16 +117,16 @@ def _task_problems(
 
 def _update_problems(db: sqlite3.Connection) -> Iterable[str]:
     for row in db.execute(
-        "SELECT u.seq, u.kind, u.status, u.content, u.message_id, m.id AS task"
-        " FROM updates u LEFT JOIN messages m ON m.id = u.message_id"
+        "SELECT u.seq, u.kind, u.status, u.content, u.task_id, m.id AS task"
+        " FROM updates u LEFT JOIN tasks m ON m.id = u.task_id"
     ):
         where = f"updates {row['seq']}"
-        if row["message_id"] is not None and row["task"] is None:
-            yield f"{where}: names task {row['message_id']} that does not exist"
+        if row["task_id"] is not None and row["task"] is None:
+            yield f"{where}: names task {row['task_id']} that does not exist"
         kind = UpdateKind(row["kind"])
         if (kind is UpdateKind.STATUS) != (row["status"] is not None):
             yield f"{where}: kind {kind.value} with status {row['status']!r}"
-        if kind is not UpdateKind.AGENT and row["message_id"] is None:
+        if kind is not UpdateKind.AGENT and row["task_id"] is None:
             yield f"{where}: a {kind.value} update without a task"
         if kind is UpdateKind.CLIENT and not row["content"].strip():
             yield f"{where}: an empty client answer"
@@ -135,12 +135,11 @@ def _update_problems(db: sqlite3.Connection) -> Iterable[str]:
 def _outbox_problems(db: sqlite3.Connection, targets: dict[str, str]) -> Iterable[str]:
     per_task: dict[str, int] = {}
     for row in db.execute(
-        "SELECT o.*, m.id AS task, m.target"
-        " FROM outbox o LEFT JOIN messages m ON m.id = o.message_id"
+        "SELECT o.*, m.id AS task, m.target FROM outbox o LEFT JOIN tasks m ON m.id = o.task_id"
     ):
         where = f"outbox {row['id']}"
         if row["task"] is None:
-            yield f"{where}: names task {row['message_id']} that does not exist"
+            yield f"{where}: names task {row['task_id']} that does not exist"
             continue
         if targets.get(row["target"]) != "telegram":
             yield f"{where}: a {row['kind']} delivery for {row['target']}, not a Telegram target"
@@ -149,8 +148,8 @@ def _outbox_problems(db: sqlite3.Connection, targets: dict[str, str]) -> Iterabl
         if (row["state"] == "delivered") != (row["delivered_at"] is not None):
             yield f"{where}: state {row['state']} but delivered_at={row['delivered_at']}"
         if row["kind"] == "task":
-            per_task[row["message_id"]] = per_task.get(row["message_id"], 0) + 1
-    for row in db.execute("SELECT id, target FROM messages"):
+            per_task[row["task_id"]] = per_task.get(row["task_id"], 0) + 1
+    for row in db.execute("SELECT id, target FROM tasks"):
         expected = 1 if targets.get(row["target"]) == "telegram" else 0
         if per_task.get(row["id"], 0) != expected:
             yield (
@@ -162,11 +161,11 @@ def _outbox_problems(db: sqlite3.Connection, targets: dict[str, str]) -> Iterabl
 def _journal_problems(db: sqlite3.Connection, chats: dict[int, str]) -> Iterable[str]:
     for row in db.execute(
         "SELECT j.*, m.id AS task, m.target, o.id AS delivery FROM telegram_messages j"
-        " LEFT JOIN messages m ON m.id = j.message_id LEFT JOIN outbox o ON o.id = j.outbox_id"
+        " LEFT JOIN tasks m ON m.id = j.task_id LEFT JOIN outbox o ON o.id = j.outbox_id"
     ):
         where = f"telegram_messages {row['id']}"
-        if row["message_id"] is not None and row["task"] is None:
-            yield f"{where}: names task {row['message_id']} that does not exist"
+        if row["task_id"] is not None and row["task"] is None:
+            yield f"{where}: names task {row['task_id']} that does not exist"
         if row["task"] is not None and row["target"] != chats.get(row["chat_id"]):
             # An agent may only ever touch tasks of its own target (issue 8, finding 1).
             yield (

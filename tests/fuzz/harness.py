@@ -192,7 +192,7 @@ class LiveBridge:
             return list(db.execute(sql, params))
 
     def task_ids(self, target: str | None = None) -> list[str]:
-        sql = "SELECT id FROM messages" + (" WHERE target = ?" if target else "") + " ORDER BY id"
+        sql = "SELECT id FROM tasks" + (" WHERE target = ?" if target else "") + " ORDER BY id"
         return [row[0] for row in self.query(sql, *([target] if target else []))]
 
     def inject(self, text: str, *, sender: int, reply_to: int | None) -> tuple[int, int]:

@@ -54,7 +54,7 @@ async def a_busy_queue(queue: QueueService) -> dict[str, str]:
     claimed = await queue.claim_next("felt")
     assert claimed is not None
     await queue.agent_report("felt", claimed.id, text="looking", status=TaskStatus.IN_PROGRESS)
-    await queue.pull("client:a", since=None, cursor=None, message_id=None, limit=10, wait_seconds=0)
+    await queue.pull("client:a", since=None, cursor=None, task_id=None, limit=10, wait_seconds=0)
     return ids
 
 
@@ -68,25 +68,25 @@ async def test_what_the_queue_writes_is_consistent(
 @pytest.mark.parametrize(
     ("statement", "expected"),
     [
-        ("DELETE FROM updates WHERE message_id = '{pending}'", "no initial 'pending'"),
-        ("UPDATE messages SET ended_at = NULL WHERE id = '{done}'", "but ended_at=None"),
-        ("UPDATE messages SET status = 'complete' WHERE id = '{pending}'", "last status update"),
-        ("UPDATE messages SET content = ' x' WHERE id = '{pending}'", "not normalized"),
-        ("UPDATE messages SET started_at = NULL WHERE id = '{agent}'", "started_at is not set"),
-        ("DELETE FROM outbox WHERE message_id = '{pending}'", "0 task deliveries"),
+        ("DELETE FROM updates WHERE task_id = '{pending}'", "no initial 'pending'"),
+        ("UPDATE tasks SET ended_at = NULL WHERE id = '{done}'", "but ended_at=None"),
+        ("UPDATE tasks SET status = 'complete' WHERE id = '{pending}'", "last status update"),
+        ("UPDATE tasks SET content = ' x' WHERE id = '{pending}'", "not normalized"),
+        ("UPDATE tasks SET started_at = NULL WHERE id = '{agent}'", "started_at is not set"),
+        ("DELETE FROM outbox WHERE task_id = '{pending}'", "0 task deliveries"),
         ("UPDATE pull_cursors SET position = 10000", "outside"),
         (
-            "INSERT INTO updates (message_id, kind, status, content, created_at)"
+            "INSERT INTO updates (task_id, kind, status, content, created_at)"
             " VALUES ('{done}', 'status', 'in_progress', 'x', '2026-01-01T00:00:00.000000+00:00')",
             "illegal move complete -> in_progress",
         ),
         (
-            "INSERT INTO updates (message_id, kind, content, created_at)"
+            "INSERT INTO updates (task_id, kind, content, created_at)"
             " VALUES ('gone', 'agent', 'x', '2026-01-01T00:00:00.000000+00:00')",
             "does not exist",
         ),
         (
-            "INSERT INTO telegram_messages (chat_id, telegram_message_id, direction, message_id,"
+            "INSERT INTO telegram_messages (chat_id, telegram_message_id, direction, task_id,"
             " accepted, created_at) VALUES (-1, 99, 'in', '{agent}', 1,"
             " '2026-01-01T00:00:00.000000+00:00')",
             "in the chat of 'homelab' was linked to task",

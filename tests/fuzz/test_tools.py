@@ -165,7 +165,7 @@ def test_an_agent_tool_answers_any_arguments_with_a_result_or_one_line_error(
 def _protocol_pieces(bridge: LiveBridge) -> list[str]:
     """Tags and quotes of real tasks (of every target), so correlation paths are exercised."""
     pieces = []
-    for task_id, content in bridge.query("SELECT id, content FROM messages ORDER BY id"):
+    for task_id, content in bridge.query("SELECT id, content FROM tasks ORDER BY id"):
         pieces += [f"#{task_id[:8]}", f"[task {task_id[:8]}]", f"[Responding to: {content[:60]}]"]
     return pieces
 
@@ -182,7 +182,7 @@ def test_any_agent_message_in_the_chat_is_recorded_whole_and_moves_only_its_targ
         label="reply_to",
     )
     sender = data.draw(st.sampled_from([AGENT_ID, AGENT_ID, STRANGER_ID]), label="sender")
-    others = "SELECT id, status, updated_at FROM messages WHERE target != ? ORDER BY id"
+    others = "SELECT id, status, updated_at FROM tasks WHERE target != ? ORDER BY id"
     before = bridge.query(others, TELEGRAM_TARGET)
     chat, message_id = bridge.inject(text, sender=sender, reply_to=reply_to)
     bridge.processed(chat, message_id)

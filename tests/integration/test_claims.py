@@ -153,7 +153,7 @@ async def test_a_waiting_pull_whose_caller_went_away_marks_nothing_read(
     assert (await asyncio.wait_for(waiter, timeout=5)).updates == []
     task = (await agents.enqueue("two", "felt")).task
     assert (await agents.pull("client", stop=gone)).updates == []
-    assert [u.message_id for u in (await agents.pull("client")).updates] == [task.id]
+    assert [u.task_id for u in (await agents.pull("client")).updates] == [task.id]
 
 
 @pytest.mark.parametrize("wait", [float("nan"), float("inf"), float("-inf"), -1.0])
@@ -175,7 +175,7 @@ async def test_a_wait_that_is_not_a_finite_number_is_refused(
         ({"since": "0001-01-01T00:00:00+14:00"}, "since is out of range"),
         ({"since": "9999-12-31T23:59:59-14:00"}, "since is out of range"),
         ({"since": "2026" * 20_000}, "since must be an ISO-8601 time"),
-        ({"message_id": "a" * 50_000}, "message_id must be a task id"),
+        ({"task_id": "a" * 50_000}, "message_id must be a task id"),
     ],
 )
 async def test_malformed_pull_arguments_are_one_line_errors_naming_the_field(

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from nexus_bridge.db import migrate
 from nexus_bridge.db.engine import create_engine
-from nexus_bridge.db.models import messages, telegram_messages, updates
+from nexus_bridge.db.models import tasks, telegram_messages, updates
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import TaskStatus, UpdateKind
 from nexus_bridge.queue import QueueCounts, QueueService
@@ -34,9 +34,7 @@ async def scanned(store: Store) -> tuple[dict[TaskStatus, int], int, int]:
     """The counts queue_status used to compute: a count over every row."""
     async with store.engine.connect() as conn:
         by_status = {status: 0 for status in TaskStatus}
-        rows = await conn.execute(
-            select(messages.c.status, func.count()).group_by(messages.c.status)
-        )
+        rows = await conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
         for status, n in rows.all():
             by_status[TaskStatus(status)] = int(n)
         total = (await conn.execute(select(func.count()).select_from(updates))).scalar_one()
@@ -74,7 +72,7 @@ async def test_queue_status_matches_a_count_of_the_rows_after_every_kind_of_chan
     await queue.enqueue("still waiting")
     async with store.write() as tx:  # an agent message that joined no task
         await tx.insert_update(
-            message_id=None, kind=UpdateKind.AGENT, content="a message about no task", at=clock()
+            task_id=None, kind=UpdateKind.AGENT, content="a message about no task", at=clock()
         )
     relay = TelegramRelay(store, queue)
     for telegram_id in (1, 1, 2):  # a redelivered message is journaled (and counted) once

@@ -103,8 +103,8 @@ async def test_upgrading_from_0001_keeps_tasks_and_their_history(database_url: s
 
     engine = create_engine(database_url)
     async with engine.connect() as conn:
-        task = (await conn.execute(text("SELECT status, urgent FROM messages"))).one()
-        history = (await conn.execute(text("SELECT message_id, content FROM updates"))).all()
+        task = (await conn.execute(text("SELECT status, urgent FROM tasks"))).one()
+        history = (await conn.execute(text("SELECT task_id, content FROM updates"))).all()
     await engine.dispose()
     assert task.status == "in_progress"
     assert not task.urgent

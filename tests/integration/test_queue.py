@@ -30,7 +30,7 @@ async def test_enqueue_stores_a_pending_task_and_records_it_as_a_status_update(
     assert result.task.target == "homelab"
     detail = await queue.get(result.task.id)
     assert detail.task == result.task
-    assert [(u.kind, u.message_id) for u in detail.recent_updates] == [
+    assert [(u.kind, u.task_id) for u in detail.recent_updates] == [
         (UpdateKind.STATUS, result.task.id)
     ]
     assert detail.task.created_at.utcoffset() == timedelta(0)
@@ -77,9 +77,9 @@ async def test_the_database_enforces_dedup_even_for_a_direct_insert(store: Store
         async with store.engine.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO messages (id, target, content, content_hash, status, "
+                    "INSERT INTO tasks (id, target, content, content_hash, status, "
                     "created_at, updated_at) SELECT 'x', target, content, content_hash, "
-                    "'acknowledged', created_at, updated_at FROM messages WHERE id = :id"
+                    "'acknowledged', created_at, updated_at FROM tasks WHERE id = :id"
                 ),
                 {"id": row.id},
             )
@@ -177,12 +177,12 @@ async def test_pull_without_cursor_continues_from_this_clients_previous_pull(
 ) -> None:
     a = (await queue.enqueue("a")).task
     first = await queue.pull("client:alice")
-    assert [u.message_id for u in first.updates] == [a.id]
+    assert [u.task_id for u in first.updates] == [a.id]
     assert (await queue.pull("client:alice")).updates == []
     b = (await queue.enqueue("b")).task
-    assert [u.message_id for u in (await queue.pull("client:alice")).updates] == [b.id]
+    assert [u.task_id for u in (await queue.pull("client:alice")).updates] == [b.id]
     # Another identity has its own cursor and sees everything.
-    assert [u.message_id for u in (await queue.pull("client:bob")).updates] == [a.id, b.id]
+    assert [u.task_id for u in (await queue.pull("client:bob")).updates] == [a.id, b.id]
 
 
 async def test_pull_by_cursor_pages_through_everything_once(queue: QueueService) -> None:
@@ -205,18 +205,18 @@ async def test_pull_since_a_time_returns_only_later_updates(queue: QueueService)
     early = (await queue.enqueue("early")).task
     late = (await queue.enqueue("late")).task
     page = await queue.pull("x", since=early.created_at.isoformat())
-    assert [u.message_id for u in page.updates] == [late.id]
+    assert [u.task_id for u in page.updates] == [late.id]
     naive = early.created_at.replace(tzinfo=None).isoformat()
-    assert [u.message_id for u in (await queue.pull("x", since=naive)).updates] == [late.id]
+    assert [u.task_id for u in (await queue.pull("x", since=naive)).updates] == [late.id]
 
 
 async def test_pull_for_one_task_returns_its_history(queue: QueueService) -> None:
     a = (await queue.enqueue("a")).task
     await queue.enqueue("b")
     await queue.agent_report("homelab", a.id, text="working on a")
-    page = await queue.pull("x", message_id=a.id)
+    page = await queue.pull("x", task_id=a.id)
     assert [u.kind for u in page.updates] == [UpdateKind.STATUS, UpdateKind.AGENT]
-    assert {u.message_id for u in page.updates} == {a.id}
+    assert {u.task_id for u in page.updates} == {a.id}
 
 
 @pytest.mark.parametrize(
@@ -243,7 +243,7 @@ async def test_a_waiting_pull_returns_as_soon_as_an_update_lands(queue: QueueSer
     started = time.monotonic()
     task = (await queue.enqueue("wake up")).task
     page = await asyncio.wait_for(waiter, timeout=5)
-    assert [u.message_id for u in page.updates] == [task.id]
+    assert [u.task_id for u in page.updates] == [task.id]
     assert time.monotonic() - started < 2
 
 

@@ -19,10 +19,10 @@ async def test_responding_to_matches_first_lines_without_loose_short_prefixes(
     short = (await queue.enqueue("Fix")).task
     long = (await queue.enqueue("Fix the DNS record for nexus\nand check TTLs")).task
 
-    async def correlate(text: str, message_id: int) -> str | None:
+    async def correlate(text: str, task_id: int) -> str | None:
         journal_id = await relay.journal_inbound(
             chat_id=-1,
-            telegram_message_id=message_id,
+            telegram_message_id=task_id,
             from_id=7,
             text=text,
             reply_to_telegram_id=None,
@@ -93,7 +93,7 @@ async def test_an_agent_message_never_moves_another_targets_task_on_any_path(
             direction="in",
             accepted=True,
             at=queue.now(),
-            message_id=felt.id,
+            task_id=felt.id,
             text="[Working] on it",
         )
     chat = AgentChat(store, queue)

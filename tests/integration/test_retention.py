@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from nexus_bridge.db import migrate
-from nexus_bridge.db.models import messages, outbox, telegram_messages
+from nexus_bridge.db.models import outbox, tasks, telegram_messages
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import OutboxKind, PruneReport, TaskStatus, UpdateKind
 from nexus_bridge.queue import QueueService
@@ -60,16 +60,16 @@ async def ended(queue: QueueService, text: str, status: TaskStatus) -> str:
 async def with_delivery_and_journal(store: Store, task_id: str, at: datetime, n: int) -> None:
     async with store.write() as tx:
         outbox_id = await tx.insert_outbox(
-            message_id=task_id, kind=OutboxKind.TASK, body="b", reply_to_telegram_id=None, at=at
+            task_id=task_id, kind=OutboxKind.TASK, body="b", reply_to_telegram_id=None, at=at
         )
         await tx.journal_telegram_message(
             chat_id=-100, telegram_message_id=n, direction="out", accepted=True, at=at,
-            message_id=task_id, outbox_id=outbox_id,
+            task_id=task_id, outbox_id=outbox_id,
         )  # fmt: skip
         # An agent message that named the task, journaled, and its outbox-only echo.
         await tx.journal_telegram_message(
             chat_id=-100, telegram_message_id=n + 1, direction="in", accepted=True, at=at,
-            message_id=task_id, processed_at=at,
+            task_id=task_id, processed_at=at,
         )  # fmt: skip
 
 
@@ -87,7 +87,7 @@ async def test_prune_removes_old_ended_tasks_with_their_rows_and_never_an_open_t
     await with_delivery_and_journal(store, old_open, clock.now, 20)
     async with store.write() as tx:  # an old message from a stranger, and one not yet acted on
         await tx.insert_update(  # and an old agent message that named no task
-            message_id=None,
+            task_id=None,
             kind=UpdateKind.AGENT,
             content="an old message that named no task",
             at=clock.now,
@@ -108,7 +108,7 @@ async def test_prune_removes_old_ended_tasks_with_their_rows_and_never_an_open_t
     # each task's own delivery (the default target is on Telegram) and the added one; the
     # added journal rows and the stranger's message.
     assert expected == PruneReport(tasks=3, updates=13, deliveries=4, journal=3)
-    assert await count(store, messages) == 6  # a dry run deletes nothing
+    assert await count(store, tasks) == 6  # a dry run deletes nothing
 
     assert await aged_queue.prune(RETENTION, batch_size=2) == expected
     async with store.read() as tx:
@@ -116,7 +116,7 @@ async def test_prune_removes_old_ended_tasks_with_their_rows_and_never_an_open_t
     assert left == {old_open, old_working, recent}
     for gone in (old_done, old_failed, old_cancelled):
         async with store.read() as tx:
-            assert await tx.list_updates(message_id=gone, limit=10) == []
+            assert await tx.list_updates(task_id=gone, limit=10) == []
     assert await count(store, outbox) == outbox_before - 4  # the open tasks' stay
     assert await count(store, telegram_messages) == 3  # the open task's two and the unprocessed
     assert (await aged_queue.get(old_open)).task.status is TaskStatus.PENDING
@@ -128,7 +128,7 @@ async def test_a_cursor_into_pruned_history_continues_at_the_next_surviving_upda
 ) -> None:
     first = await ended(aged_queue, "pruned one", TaskStatus.COMPLETE)
     async with store.read() as tx:
-        into_pruned = (await tx.list_updates(message_id=first, limit=10))[1].seq
+        into_pruned = (await tx.list_updates(task_id=first, limit=10))[1].seq
     durable = await aged_queue.pull("claude", limit=2)  # the durable cursor stops in there too
     await ended(aged_queue, "pruned two", TaskStatus.COMPLETE)
     clock.now = NOW
@@ -137,10 +137,10 @@ async def test_a_cursor_into_pruned_history_continues_at_the_next_surviving_upda
     await aged_queue.prune(RETENTION)
 
     page = await aged_queue.pull("someone", cursor=str(into_pruned))
-    assert [u.message_id for u in page.updates] == [survivor]
+    assert [u.task_id for u in page.updates] == [survivor]
     after_durable = await aged_queue.pull("claude")
     assert int(durable.next_cursor) < after_durable.updates[0].seq
-    assert [u.message_id for u in after_durable.updates] == [survivor]
+    assert [u.task_id for u in after_durable.updates] == [survivor]
 
 
 async def test_pruning_the_newest_updates_never_reuses_their_seq(
@@ -154,7 +154,7 @@ async def test_pruning_the_newest_updates_never_reuses_their_seq(
     held = await aged_queue.pull("claude", cursor=str(last))
     fresh = (await aged_queue.enqueue("after the prune")).task.id
     page = await aged_queue.pull("claude", cursor=held.next_cursor)
-    assert [u.message_id for u in page.updates] == [fresh]
+    assert [u.task_id for u in page.updates] == [fresh]
     assert page.updates[0].seq > last
 
 
@@ -180,7 +180,7 @@ def test_migration_0008_keeps_every_update_and_never_reuses_a_seq(tmp_path: Path
         kept = [r[0] for r in conn.execute("SELECT content FROM updates ORDER BY seq")]
         conn.execute("DELETE FROM updates WHERE seq >= 4")  # the newest go (a prune)
         conn.execute(
-            "INSERT INTO updates (message_id, kind, content, created_at) "
+            "INSERT INTO updates (task_id, kind, content, created_at) "
             "VALUES ('t', 'status', 'new', '2026-01-02 00:00:00.000000')"
         )
         (new_seq,) = conn.execute("SELECT seq FROM updates WHERE content = 'new'").fetchone()

@@ -43,7 +43,7 @@ async def test_timestamps_read_well_and_sort_in_the_sqlite3_cli(migrated_sqlite_
     await store.dispose()
     path = Path(migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///"))
     with sqlite3.connect(path) as raw:
-        rows = raw.execute("SELECT id, created_at FROM messages ORDER BY created_at").fetchall()
+        rows = raw.execute("SELECT id, created_at FROM tasks ORDER BY created_at").fetchall()
     assert [r[0] for r in rows] == ids
     for _, created in rows:
         assert len(created) == 32

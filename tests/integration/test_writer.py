@@ -79,7 +79,7 @@ def _insert_agent_update(content: str) -> Callable[[Connection], Any]:
     async def body(connection: Connection) -> int:
         result = connection.execute(
             text(
-                "INSERT INTO updates (message_id, kind, content, created_at) "
+                "INSERT INTO updates (task_id, kind, content, created_at) "
                 "VALUES (NULL, 'agent', :content, '2026-11-29T00:00:00.000000+00:00')"
             ),
             {"content": content},
@@ -116,7 +116,7 @@ async def test_a_failing_write_in_a_batch_fails_only_its_caller_and_leaves_nothi
     async def violates_a_check(connection: Connection) -> None:
         connection.execute(
             text(
-                "INSERT INTO updates (message_id, kind, content, created_at) "
+                "INSERT INTO updates (task_id, kind, content, created_at) "
                 "VALUES (NULL, 'no-such-kind', 'x', '2026-11-29T00:00:00.000000+00:00')"
             )
         )
@@ -164,7 +164,7 @@ async def test_when_the_commit_fails_every_write_of_the_batch_gets_the_error(
         connection.execute(text("PRAGMA defer_foreign_keys = ON"))
         connection.execute(
             text(
-                "INSERT INTO outbox (message_id, kind, body, state, attempts, parts_sent, "
+                "INSERT INTO outbox (task_id, kind, body, state, attempts, parts_sent, "
                 "next_attempt_at, created_at) VALUES ('no-such-task', 'task', 'x', 'pending', "
                 "0, 0, '2026-11-29T00:00:00.000000+00:00', '2026-11-29T00:00:00.000000+00:00')"
             )

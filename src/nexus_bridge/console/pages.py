@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from nexus_bridge.console.sessions import CSRF_FIELD
 from nexus_bridge.constants import CONSOLE_PATH
 from nexus_bridge.db.types import format_timestamp
-from nexus_bridge.domain import TaskStatus, Update, UpdateKind
+from nexus_bridge.domain import TaskStatus, TaskUpdate, UpdateKind
 from nexus_bridge.views import TargetOut, TaskOut, TransportOut
 
 if TYPE_CHECKING:  # the OAuth server is loaded only with PUBLIC_URL (cold start)
@@ -330,7 +330,7 @@ def task_page(
     csrf: str,
     task: TaskOut,
     delivery: DeliveryShown | None,
-    updates: Sequence[Update],
+    updates: Sequence[TaskUpdate],
     earlier_before: int | None,
     window_before: int | None,
     events_url: str | None,
@@ -434,7 +434,7 @@ _KIND_LABELS: Final = {
 }
 
 
-def timeline_item(u: Update) -> str:
+def timeline_item(u: TaskUpdate) -> str:
     """One update of the timeline (built from the domain value: a long page renders many)."""
     kind = u.kind.value
     return (

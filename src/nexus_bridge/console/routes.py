@@ -415,7 +415,7 @@ class Console:
             try:
                 page = await queue.pull(
                     SSE_IDENTITY,
-                    message_id=task_id,
+                    task_id=task_id,
                     cursor=str(cursor),
                     limit=EVENTS_BATCH,
                     wait_seconds=queue.max_wait_seconds,

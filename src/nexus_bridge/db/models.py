@@ -40,7 +40,7 @@ def _sql_list(values: tuple[str, ...] | list[str]) -> str:
 OPEN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in OPEN_STATUSES])})"
 KNOWN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in TaskStatus])})"
 KNOWN_KIND_SQL: Final = f"kind IN ({_sql_list([k.value for k in UpdateKind])})"
-OPEN_CONTENT_INDEX: Final = "uq_messages_open_content"
+OPEN_CONTENT_INDEX: Final = "uq_tasks_open_content"
 
 OUTBOX_KINDS: Final = ("task", "reply", "cancel")
 OUTBOX_STATES: Final = ("pending", "delivered", "failed", "skipped")
@@ -50,10 +50,10 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class MessageRow(Base):
+class TaskRow(Base):
     """A task queued for an agent."""
 
-    __tablename__ = "messages"
+    __tablename__ = "tasks"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     target: Mapped[str] = mapped_column(String(100))
@@ -85,10 +85,10 @@ class MessageRow(Base):
         ),
         # created_at too: a target's tasks in one status come newest (or oldest) first off the
         # index, without sorting that status's whole history.
-        Index("ix_messages_target_status_created_at", "target", "status", "created_at"),
-        Index("ix_messages_created_at", "created_at"),
-        Index("ix_messages_claim_expires_at", "claim_expires_at"),
-        Index("ix_messages_status_created_at", "status", "created_at"),
+        Index("ix_tasks_target_status_created_at", "target", "status", "created_at"),
+        Index("ix_tasks_created_at", "created_at"),
+        Index("ix_tasks_claim_expires_at", "claim_expires_at"),
+        Index("ix_tasks_status_created_at", "status", "created_at"),
     )
 
 
@@ -98,8 +98,8 @@ class UpdateRow(Base):
     __tablename__ = "updates"
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    message_id: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("messages.id", ondelete="CASCADE")
+    task_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("tasks.id", ondelete="CASCADE")
     )
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str | None] = mapped_column(String(20))
@@ -108,7 +108,7 @@ class UpdateRow(Base):
 
     __table_args__ = (
         CheckConstraint(KNOWN_KIND_SQL, name="kind_known"),
-        Index("ix_updates_message_id_seq", "message_id", "seq"),
+        Index("ix_updates_task_id_seq", "task_id", "seq"),
         Index("ix_updates_created_at", "created_at"),
         # AUTOINCREMENT: a seq is never reused, even after rows are deleted, so cursors stay valid.
         {"sqlite_autoincrement": True},
@@ -135,9 +135,7 @@ class OutboxRow(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    message_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("messages.id", ondelete="CASCADE")
-    )
+    task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
     body: Mapped[str] = mapped_column(Text)
     reply_to_telegram_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -153,7 +151,7 @@ class OutboxRow(Base):
         CheckConstraint(f"kind IN ({_sql_list(OUTBOX_KINDS)})", name="kind_known"),
         CheckConstraint(f"state IN ({_sql_list(OUTBOX_STATES)})", name="state_known"),
         Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
-        Index("ix_outbox_message_id", "message_id"),
+        Index("ix_outbox_task_id", "task_id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -171,8 +169,8 @@ class TelegramMessageRow(Base):
     chat_id: Mapped[int] = mapped_column(BigInteger)
     telegram_message_id: Mapped[int] = mapped_column(BigInteger)
     direction: Mapped[str] = mapped_column(String(8))
-    message_id: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("messages.id", ondelete="SET NULL")
+    task_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("tasks.id", ondelete="SET NULL")
     )
     outbox_id: Mapped[int | None] = mapped_column(
         Integer, ForeignKey("outbox.id", ondelete="SET NULL")
@@ -189,7 +187,7 @@ class TelegramMessageRow(Base):
     __table_args__ = (
         CheckConstraint("direction IN ('out', 'in')", name="direction_known"),
         UniqueConstraint("chat_id", "telegram_message_id"),
-        Index("ix_telegram_messages_message_id", "message_id"),
+        Index("ix_telegram_messages_task_id", "task_id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -336,7 +334,7 @@ class QueueCountRow(Base):
     n: Mapped[int] = mapped_column(BigInteger)
 
 
-messages = cast(Table, MessageRow.__table__)
+tasks = cast(Table, TaskRow.__table__)
 updates = cast(Table, UpdateRow.__table__)
 pull_cursors = cast(Table, PullCursorRow.__table__)
 outbox = cast(Table, OutboxRow.__table__)

@@ -42,10 +42,10 @@ from nexus_bridge.db.models import (
     agent_presence,
     console_sessions,
     leases,
-    messages,
     outbox,
     pull_cursors,
     queue_counts,
+    tasks,
     telegram_messages,
     updates,
 )
@@ -66,7 +66,7 @@ from nexus_bridge.domain import (
     PruneReport,
     Task,
     TaskStatus,
-    Update,
+    TaskUpdate,
     UpdateKind,
 )
 from nexus_bridge.errors import (
@@ -134,7 +134,7 @@ class _CompiledInsert:
 
 
 # The hottest writes (enqueue, reply, cancel, an agent's report).
-_INSERT_TASK: Final = HotInsert(messages)
+_INSERT_TASK: Final = HotInsert(tasks)
 _INSERT_UPDATE: Final = HotInsert(updates)
 _INSERT_OUTBOX: Final = HotInsert(outbox)
 
@@ -166,7 +166,7 @@ def _task(row: Row[Any]) -> Task:
 def _outbox(row: Row[Any]) -> OutboxItem:
     return OutboxItem(
         id=row.id,
-        message_id=row.message_id,
+        task_id=row.task_id,
         kind=OutboxKind(row.kind),
         body=row.body,
         reply_to_telegram_id=row.reply_to_telegram_id,
@@ -180,10 +180,10 @@ def _outbox(row: Row[Any]) -> OutboxItem:
     )
 
 
-def _update(row: Row[Any]) -> Update:
-    return Update(
+def _update(row: Row[Any]) -> TaskUpdate:
+    return TaskUpdate(
         seq=row.seq,
-        message_id=row.message_id,
+        task_id=row.task_id,
         kind=UpdateKind(row.kind),
         content=row.content,
         created_at=row.created_at,
@@ -193,7 +193,7 @@ def _update(row: Row[Any]) -> Update:
 def _is_open_content_violation(exc: IntegrityError) -> bool:
     text_of = str(exc.orig).lower()
     return OPEN_CONTENT_INDEX in text_of or (
-        "unique" in text_of and "messages.target" in text_of and "content_hash" in text_of
+        "unique" in text_of and "tasks.target" in text_of and "content_hash" in text_of
     )
 
 
@@ -335,10 +335,10 @@ class StoreTransaction:
     async def open_task_with_hash(self, target: str, content_hash: str) -> Task | None:
         row = (
             await self._conn.execute(
-                select(messages).where(
-                    messages.c.target == target,
-                    messages.c.content_hash == content_hash,
-                    messages.c.status.in_([s.value for s in OPEN_STATUSES]),
+                select(tasks).where(
+                    tasks.c.target == target,
+                    tasks.c.content_hash == content_hash,
+                    tasks.c.status.in_([s.value for s in OPEN_STATUSES]),
                 )
             )
         ).first()
@@ -354,16 +354,16 @@ class StoreTransaction:
         if not _ID_CHARS.fullmatch(task_id):
             # Never sent to the database: no giant LIKE pattern, no NUL that PostgreSQL refuses.
             raise TaskNotFound(task_id)
-        row = (await self._conn.execute(select(messages).where(messages.c.id == task_id))).first()
+        row = (await self._conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
         if row is not None:
             return _task(row)
         if len(task_id) >= SHORT_ID_CHARS and "%" not in task_id and "_" not in task_id:
-            query = select(messages).where(messages.c.id.like(f"{task_id}%"))
+            query = select(tasks).where(tasks.c.id.like(f"{task_id}%"))
             if self._dialect == "sqlite":
                 # The same rows as a range of the primary key (every id character sorts below
                 # DEL), so SQLite seeks instead of scanning every task; PostgreSQL's collations
                 # need not sort byte-wise, so there the LIKE alone decides.
-                query = query.where(messages.c.id >= task_id, messages.c.id < f"{task_id}\x7f")
+                query = query.where(tasks.c.id >= task_id, tasks.c.id < f"{task_id}\x7f")
             rows = (await self._conn.execute(query.limit(2))).all()
             if len(rows) == 1:
                 return _task(rows[0])
@@ -382,9 +382,9 @@ class StoreTransaction:
         """
         if not _ID_CHARS.fullmatch(task_id):
             return None  # never sent to the database, as in get_task
-        of_target = messages.c.target == target
+        of_target = tasks.c.target == target
         row = (
-            await self._conn.execute(select(messages).where(messages.c.id == task_id, of_target))
+            await self._conn.execute(select(tasks).where(tasks.c.id == task_id, of_target))
         ).first()
         if row is not None:
             return _task(row)
@@ -392,7 +392,7 @@ class StoreTransaction:
             return None
         rows = (
             await self._conn.execute(
-                select(messages).where(messages.c.id.like(f"{task_id}%"), of_target).limit(2)
+                select(tasks).where(tasks.c.id.like(f"{task_id}%"), of_target).limit(2)
             )
         ).all()
         if len(rows) > 1:
@@ -414,8 +414,8 @@ class StoreTransaction:
         The claim's lease is set to ``claim_expires_at`` (cleared by every other move).
         """
         result = await self._conn.execute(
-            update(messages)
-            .where(messages.c.id == task.id, messages.c.status == task.status.value)
+            update(tasks)
+            .where(tasks.c.id == task.id, tasks.c.status == task.status.value)
             .values(
                 status=new_status.value,
                 status_reason=reason,
@@ -429,11 +429,11 @@ class StoreTransaction:
     async def renew_claim(self, task_id: str, *, until: datetime) -> bool:
         """Extend the lease of a claimed (acknowledged) task; False if it holds no lease."""
         result = await self._conn.execute(
-            update(messages)
+            update(tasks)
             .where(
-                messages.c.id == task_id,
-                messages.c.status == TaskStatus.ACKNOWLEDGED.value,
-                messages.c.claim_expires_at.is_not(None),
+                tasks.c.id == task_id,
+                tasks.c.status == TaskStatus.ACKNOWLEDGED.value,
+                tasks.c.claim_expires_at.is_not(None),
             )
             .values(claim_expires_at=until)
         )
@@ -442,19 +442,19 @@ class StoreTransaction:
     async def set_agent_session(self, task_id: str, session: str) -> None:
         """Record the agent's session for the task (replacing any earlier one)."""
         await self._conn.execute(
-            update(messages).where(messages.c.id == task_id).values(agent_session=session)
+            update(tasks).where(tasks.c.id == task_id).values(agent_session=session)
         )
 
     async def expired_claims(self, now: datetime, *, target: str | None = None) -> list[Task]:
         """Claimed (acknowledged) tasks whose lease ran out before ``now``, oldest first."""
-        query = select(messages).where(
-            messages.c.status == TaskStatus.ACKNOWLEDGED.value,
-            messages.c.claim_expires_at.is_not(None),
-            messages.c.claim_expires_at <= now,
+        query = select(tasks).where(
+            tasks.c.status == TaskStatus.ACKNOWLEDGED.value,
+            tasks.c.claim_expires_at.is_not(None),
+            tasks.c.claim_expires_at <= now,
         )
         if target is not None:
-            query = query.where(messages.c.target == target)
-        rows = await self._conn.execute(query.order_by(messages.c.created_at, messages.c.id))
+            query = query.where(tasks.c.target == target)
+        rows = await self._conn.execute(query.order_by(tasks.c.created_at, tasks.c.id))
         return [_task(row) for row in rows.all()]
 
     async def list_tasks(
@@ -466,26 +466,26 @@ class StoreTransaction:
         before: Task | None,
     ) -> list[Task]:
         """Newest first; ``before`` continues after that task."""
-        query = select(messages)
+        query = select(tasks)
         if status is not None:
-            query = query.where(messages.c.status == status.value)
+            query = query.where(tasks.c.status == status.value)
         if target is not None:
-            query = query.where(messages.c.target == target)
+            query = query.where(tasks.c.target == target)
         if before is not None:
             query = query.where(
                 or_(
-                    messages.c.created_at < before.created_at,
-                    and_(messages.c.created_at == before.created_at, messages.c.id < before.id),
+                    tasks.c.created_at < before.created_at,
+                    and_(tasks.c.created_at == before.created_at, tasks.c.id < before.id),
                 )
             )
-        query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
+        query = query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
         return [_task(row) for row in (await self._conn.execute(query)).all()]
 
     async def tasks_with_status(self, target: str, statuses: Sequence[TaskStatus]) -> list[Task]:
         rows = await self._conn.execute(
-            select(messages).where(
-                messages.c.target == target,
-                messages.c.status.in_([s.value for s in statuses]),
+            select(tasks).where(
+                tasks.c.target == target,
+                tasks.c.status.in_([s.value for s in statuses]),
             )
         )
         return [_task(row) for row in rows.all()]
@@ -493,12 +493,12 @@ class StoreTransaction:
     async def open_tasks(self, target: str) -> list[Task]:
         """The target's open tasks, oldest first."""
         rows = await self._conn.execute(
-            select(messages)
+            select(tasks)
             .where(
-                messages.c.target == target,
-                messages.c.status.in_([s.value for s in OPEN_STATUSES]),
+                tasks.c.target == target,
+                tasks.c.status.in_([s.value for s in OPEN_STATUSES]),
             )
-            .order_by(messages.c.created_at, messages.c.id)
+            .order_by(tasks.c.created_at, tasks.c.id)
         )
         return [_task(row) for row in rows.all()]
 
@@ -518,11 +518,11 @@ class StoreTransaction:
 
     async def current_task(self, target: str | None) -> Task | None:
         """The oldest in-progress task: what the agent is working on."""
-        query = select(messages).where(messages.c.status == TaskStatus.IN_PROGRESS.value)
+        query = select(tasks).where(tasks.c.status == TaskStatus.IN_PROGRESS.value)
         if target is not None:
-            query = query.where(messages.c.target == target)
+            query = query.where(tasks.c.target == target)
         row = (
-            await self._conn.execute(query.order_by(messages.c.created_at, messages.c.id).limit(1))
+            await self._conn.execute(query.order_by(tasks.c.created_at, tasks.c.id).limit(1))
         ).first()
         return _task(row) if row else None
 
@@ -531,34 +531,34 @@ class StoreTransaction:
     async def insert_update(
         self,
         *,
-        message_id: str | None,
+        task_id: str | None,
         kind: UpdateKind,
         content: str,
         at: datetime,
         status: TaskStatus | None = None,
-    ) -> Update:
+    ) -> TaskUpdate:
         seq = await self._insert(
             _INSERT_UPDATE,
             {
-                "message_id": message_id,
+                "task_id": task_id,
                 "kind": kind.value,
                 "status": status.value if status else None,
                 "content": content,
                 "created_at": at,
             },
         )
-        return Update(seq=seq, message_id=message_id, kind=kind, content=content, created_at=at)
+        return TaskUpdate(seq=seq, task_id=task_id, kind=kind, content=content, created_at=at)
 
     async def list_updates(
         self,
         *,
         after_seq: int | None = None,
         since: datetime | None = None,
-        message_id: str | None = None,
+        task_id: str | None = None,
         limit: int,
         newest_first: bool = False,
         before_seq: int | None = None,
-    ) -> list[Update]:
+    ) -> list[TaskUpdate]:
         query = select(updates)
         if after_seq is not None:
             query = query.where(updates.c.seq > after_seq)
@@ -576,8 +576,8 @@ class StoreTransaction:
                 .scalar_subquery()
             )
             query = query.where(updates.c.seq >= first, updates.c.created_at > since)
-        if message_id is not None:
-            query = query.where(updates.c.message_id == message_id)
+        if task_id is not None:
+            query = query.where(updates.c.task_id == task_id)
         order = updates.c.seq.desc() if newest_first else updates.c.seq
         rows = (await self._conn.execute(query.order_by(order).limit(limit))).all()
         return [_update(row) for row in rows]
@@ -626,7 +626,7 @@ class StoreTransaction:
     async def insert_outbox(
         self,
         *,
-        message_id: str,
+        task_id: str,
         kind: OutboxKind,
         body: str,
         reply_to_telegram_id: int | None,
@@ -635,7 +635,7 @@ class StoreTransaction:
         return await self._insert(
             _INSERT_OUTBOX,
             {
-                "message_id": message_id,
+                "task_id": task_id,
                 "kind": kind.value,
                 "body": body,
                 "reply_to_telegram_id": reply_to_telegram_id,
@@ -651,12 +651,12 @@ class StoreTransaction:
         """Pending deliveries that are due: urgent tasks first, then oldest first."""
         rows = await self._conn.execute(
             select(outbox)
-            .join(messages, messages.c.id == outbox.c.message_id)
+            .join(tasks, tasks.c.id == outbox.c.task_id)
             .where(
                 outbox.c.state == OutboxState.PENDING.value,
                 outbox.c.next_attempt_at <= now,
             )
-            .order_by(messages.c.urgent.desc(), outbox.c.id)
+            .order_by(tasks.c.urgent.desc(), outbox.c.id)
             .limit(limit)
         )
         return [_outbox(row) for row in rows.all()]
@@ -664,37 +664,37 @@ class StoreTransaction:
     async def count_handed_over(self, target: str, *, excluding: str | None) -> int:
         """Open tasks of ``target`` that its agent has: past pending, or already posted to it."""
         handed = [s.value for s in HANDED_OVER_STATUSES]
-        posted = select(outbox.c.message_id).where(
+        posted = select(outbox.c.task_id).where(
             outbox.c.kind == OutboxKind.TASK.value,
             or_(outbox.c.state == OutboxState.DELIVERED.value, outbox.c.parts_sent > 0),
         )
         query = (
             select(func.count())
-            .select_from(messages)
+            .select_from(tasks)
             .where(
-                messages.c.target == target,
+                tasks.c.target == target,
                 or_(
-                    messages.c.status.in_(handed),
+                    tasks.c.status.in_(handed),
                     and_(
-                        messages.c.status == TaskStatus.PENDING.value,
-                        messages.c.id.in_(posted),
+                        tasks.c.status == TaskStatus.PENDING.value,
+                        tasks.c.id.in_(posted),
                     ),
                 ),
             )
         )
         if excluding is not None:
-            query = query.where(messages.c.id != excluding)
+            query = query.where(tasks.c.id != excluding)
         return int((await self._conn.execute(query)).scalar_one())
 
     async def oldest_pending(self, target: str) -> Task | None:
         row = (
             await self._conn.execute(
-                select(messages)
+                select(tasks)
                 .where(
-                    messages.c.target == target,
-                    messages.c.status == TaskStatus.PENDING.value,
+                    tasks.c.target == target,
+                    tasks.c.status == TaskStatus.PENDING.value,
                 )
-                .order_by(messages.c.urgent.desc(), messages.c.created_at, messages.c.id)
+                .order_by(tasks.c.urgent.desc(), tasks.c.created_at, tasks.c.id)
                 .limit(1)
             )
         ).first()
@@ -721,25 +721,25 @@ class StoreTransaction:
             return {}
         rows = await self._conn.execute(
             select(
-                updates.c.message_id,
+                updates.c.task_id,
                 func.max(updates.c.created_at, type_=UTCDateTime()).label("latest"),
             )
             .where(
-                updates.c.message_id.in_(list(task_ids)),
+                updates.c.task_id.in_(list(task_ids)),
                 updates.c.kind == UpdateKind.AGENT.value,
             )
-            .group_by(updates.c.message_id)
+            .group_by(updates.c.task_id)
         )
-        return {row.message_id: row.latest for row in rows.all()}
+        return {row.task_id: row.latest for row in rows.all()}
 
     async def latest_agent_update_at(self, task_id: str) -> datetime | None:
-        """The time of one task's latest agent update: read backwards along its (message_id,
+        """The time of one task's latest agent update: read backwards along its (task_id,
         seq) index, so a long history costs no more than a short one (writers are serialised
         and stamp rows in seq order, so the latest seq is the latest time)."""
         row = (
             await self._conn.execute(
                 select(updates.c.created_at)
-                .where(updates.c.message_id == task_id, updates.c.kind == UpdateKind.AGENT.value)
+                .where(updates.c.task_id == task_id, updates.c.kind == UpdateKind.AGENT.value)
                 .order_by(updates.c.seq.desc())
                 .limit(1)
             )
@@ -756,9 +756,9 @@ class StoreTransaction:
         ).scalar()
         return value if isinstance(value, datetime) else None
 
-    async def outbox_for_task(self, message_id: str) -> list[OutboxItem]:
+    async def outbox_for_task(self, task_id: str) -> list[OutboxItem]:
         rows = await self._conn.execute(
-            select(outbox).where(outbox.c.message_id == message_id).order_by(outbox.c.id)
+            select(outbox).where(outbox.c.task_id == task_id).order_by(outbox.c.id)
         )
         return [_outbox(row) for row in rows.all()]
 
@@ -776,7 +776,7 @@ class StoreTransaction:
         direction: str,
         accepted: bool,
         at: datetime,
-        message_id: str | None = None,
+        task_id: str | None = None,
         outbox_id: int | None = None,
         part: int | None = None,
         from_id: int | None = None,
@@ -791,7 +791,7 @@ class StoreTransaction:
                 chat_id=chat_id,
                 telegram_message_id=telegram_message_id,
                 direction=direction,
-                message_id=message_id,
+                task_id=task_id,
                 outbox_id=outbox_id,
                 part=part,
                 from_id=from_id,
@@ -845,12 +845,12 @@ class StoreTransaction:
         return [(int(r[0]), int(r[1])) for r in rows.all()]
 
     async def mark_inbound_processed(
-        self, journal_id: int, *, message_id: str | None, at: datetime
+        self, journal_id: int, *, task_id: str | None, at: datetime
     ) -> None:
         await self._conn.execute(
             update(telegram_messages)
             .where(telegram_messages.c.id == journal_id)
-            .values(message_id=message_id, processed_at=at)
+            .values(task_id=task_id, processed_at=at)
         )
 
     async def is_journaled(self, chat_id: int, telegram_message_id: int) -> bool:
@@ -866,7 +866,7 @@ class StoreTransaction:
     async def task_of_telegram_message(self, chat_id: int, telegram_message_id: int) -> str | None:
         value = (
             await self._conn.execute(
-                select(telegram_messages.c.message_id).where(
+                select(telegram_messages.c.task_id).where(
                     telegram_messages.c.chat_id == chat_id,
                     telegram_messages.c.telegram_message_id == telegram_message_id,
                 )
@@ -874,11 +874,11 @@ class StoreTransaction:
         ).scalar()
         return None if value is None else str(value)
 
-    async def telegram_ids_of_task(self, message_id: str, *, direction: str) -> list[int]:
+    async def telegram_ids_of_task(self, task_id: str, *, direction: str) -> list[int]:
         rows = await self._conn.execute(
             select(telegram_messages.c.telegram_message_id)
             .where(
-                telegram_messages.c.message_id == message_id,
+                telegram_messages.c.task_id == task_id,
                 telegram_messages.c.direction == direction,
             )
             .order_by(telegram_messages.c.id)
@@ -1027,9 +1027,9 @@ class StoreTransaction:
     async def oldest_pending_by_target(self) -> dict[str, datetime]:
         """When each target's oldest pending task was queued."""
         rows = await self._conn.execute(
-            select(messages.c.target, func.min(messages.c.created_at, type_=UTCDateTime()))
-            .where(messages.c.status == TaskStatus.PENDING.value)
-            .group_by(messages.c.target)
+            select(tasks.c.target, func.min(tasks.c.created_at, type_=UTCDateTime()))
+            .where(tasks.c.status == TaskStatus.PENDING.value)
+            .group_by(tasks.c.target)
         )
         return {str(r[0]): r[1] for r in rows.all()}
 
@@ -1038,10 +1038,10 @@ class StoreTransaction:
     ) -> dict[str, int]:
         """Deliveries in ``state`` per target (only those due by ``due_at``, if given)."""
         query = (
-            select(messages.c.target, func.count())
-            .select_from(outbox.join(messages, messages.c.id == outbox.c.message_id))
+            select(tasks.c.target, func.count())
+            .select_from(outbox.join(tasks, tasks.c.id == outbox.c.task_id))
             .where(outbox.c.state == state.value)
-            .group_by(messages.c.target)
+            .group_by(tasks.c.target)
         )
         if due_at is not None:
             query = query.where(outbox.c.next_attempt_at <= due_at)
@@ -1053,15 +1053,15 @@ class StoreTransaction:
     def _ended_before(cutoff: datetime) -> Any:
         """Ended tasks whose end (or, for rows from before ended_at, last change) is older."""
         return and_(
-            messages.c.status.in_([s.value for s in TERMINAL_STATUSES]),
-            func.coalesce(messages.c.ended_at, messages.c.updated_at) < cutoff,
+            tasks.c.status.in_([s.value for s in TERMINAL_STATUSES]),
+            func.coalesce(tasks.c.ended_at, tasks.c.updated_at) < cutoff,
         )
 
     @staticmethod
     def _old_unattached_journal(cutoff: datetime) -> Any:
         """Journal rows of no task that are done with: ignored, or processed, and old."""
         return and_(
-            telegram_messages.c.message_id.is_(None),
+            telegram_messages.c.task_id.is_(None),
             telegram_messages.c.created_at < cutoff,
             or_(
                 telegram_messages.c.accepted.is_(False),
@@ -1072,9 +1072,9 @@ class StoreTransaction:
     async def ended_task_ids(self, cutoff: datetime, *, limit: int) -> list[str]:
         """Up to ``limit`` ids of tasks that ended before ``cutoff``, oldest first."""
         rows = await self._conn.execute(
-            select(messages.c.id)
+            select(tasks.c.id)
             .where(self._ended_before(cutoff))
-            .order_by(messages.c.created_at, messages.c.id)
+            .order_by(tasks.c.created_at, tasks.c.id)
             .limit(limit)
         )
         return [str(r[0]) for r in rows.all()]
@@ -1082,25 +1082,25 @@ class StoreTransaction:
     async def delete_ended_tasks(self, task_ids: Sequence[str], cutoff: datetime) -> PruneReport:
         """Delete these tasks (re-checked: still ended before ``cutoff``, so an open task is
         never touched) with their updates, deliveries and journal rows."""
-        ids = select(messages.c.id).where(messages.c.id.in_(task_ids), self._ended_before(cutoff))
-        their_outbox = select(outbox.c.id).where(outbox.c.message_id.in_(ids))
+        ids = select(tasks.c.id).where(tasks.c.id.in_(task_ids), self._ended_before(cutoff))
+        their_outbox = select(outbox.c.id).where(outbox.c.task_id.in_(ids))
         journal = await self._conn.execute(
             delete(telegram_messages).where(
                 or_(
-                    telegram_messages.c.message_id.in_(ids),
+                    telegram_messages.c.task_id.in_(ids),
                     telegram_messages.c.outbox_id.in_(their_outbox),
                 )
             )
         )
-        deliveries = await self._conn.execute(delete(outbox).where(outbox.c.message_id.in_(ids)))
+        deliveries = await self._conn.execute(delete(outbox).where(outbox.c.task_id.in_(ids)))
         removed_updates = await self._conn.execute(
-            delete(updates).where(updates.c.message_id.in_(ids))
+            delete(updates).where(updates.c.task_id.in_(ids))
         )
-        tasks = await self._conn.execute(
-            delete(messages).where(messages.c.id.in_(task_ids), self._ended_before(cutoff))
+        removed_tasks = await self._conn.execute(
+            delete(tasks).where(tasks.c.id.in_(task_ids), self._ended_before(cutoff))
         )
         return PruneReport(
-            tasks=int(tasks.rowcount),
+            tasks=int(removed_tasks.rowcount),
             updates=int(removed_updates.rowcount),
             deliveries=int(deliveries.rowcount),
             journal=int(journal.rowcount),
@@ -1111,7 +1111,7 @@ class StoreTransaction:
         no task (agent messages no task claimed, messages from strangers)."""
         old_updates = (
             select(updates.c.seq)
-            .where(updates.c.message_id.is_(None), updates.c.created_at < cutoff)
+            .where(updates.c.task_id.is_(None), updates.c.created_at < cutoff)
             .order_by(updates.c.seq)
             .limit(limit)
         )
@@ -1133,27 +1133,27 @@ class StoreTransaction:
 
     async def count_prunable(self, cutoff: datetime) -> PruneReport:
         """What a prune at ``cutoff`` would delete."""
-        ids = select(messages.c.id).where(self._ended_before(cutoff))
-        their_outbox = select(outbox.c.id).where(outbox.c.message_id.in_(ids))
+        ids = select(tasks.c.id).where(self._ended_before(cutoff))
+        their_outbox = select(outbox.c.id).where(outbox.c.task_id.in_(ids))
 
         async def count(table: Table, *where: Any) -> int:
             query = select(func.count()).select_from(table).where(*where)
             return int((await self._conn.execute(query)).scalar_one())
 
         return PruneReport(
-            tasks=await count(messages, self._ended_before(cutoff)),
+            tasks=await count(tasks, self._ended_before(cutoff)),
             updates=await count(
                 updates,
                 or_(
-                    updates.c.message_id.in_(ids),
-                    and_(updates.c.message_id.is_(None), updates.c.created_at < cutoff),
+                    updates.c.task_id.in_(ids),
+                    and_(updates.c.task_id.is_(None), updates.c.created_at < cutoff),
                 ),
             ),
-            deliveries=await count(outbox, outbox.c.message_id.in_(ids)),
+            deliveries=await count(outbox, outbox.c.task_id.in_(ids)),
             journal=await count(
                 telegram_messages,
                 or_(
-                    telegram_messages.c.message_id.in_(ids),
+                    telegram_messages.c.task_id.in_(ids),
                     telegram_messages.c.outbox_id.in_(their_outbox),
                     self._old_unattached_journal(cutoff),
                 ),
@@ -1369,7 +1369,14 @@ def sqlite_check(path: Path) -> SqliteFileCheck:
             revisions = tuple(
                 str(row[0]) for row in conn.execute("SELECT version_num FROM alembic_version")
             )
-            tasks = int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+            # A backup older than migration 0012 keeps its tasks in the table "messages".
+            names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+            count = (
+                "SELECT count(*) FROM tasks"
+                if "tasks" in names
+                else "SELECT count(*) FROM messages"
+            )
+            tasks = int(conn.execute(count).fetchone()[0])
         except sqlite3.OperationalError:  # no such table: not a nexus-bridge database
             revisions, tasks = (), 0
     return SqliteFileCheck(integrity=integrity, revisions=revisions, tasks=tasks)
