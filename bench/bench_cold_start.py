@@ -110,7 +110,7 @@ def run(report: Report, database: Path, scratch: Path, *, rounds: int) -> None:
         )
     )
     report.notes.append(
-        f"8: fresh processes, interleaved; /readyz asked every {fmt_seconds(ASK_EVERY)} from "
+        f"10: fresh processes, interleaved; /readyz asked every {fmt_seconds(ASK_EVERY)} from "
         "exec; no Telegram target, no PUBLIC_URL; RSS of the server once ready (largest seen)."
     )
     progress(f"  serve {served.describe()}; SDK import {imported.describe()}")

@@ -115,7 +115,7 @@ async def run(report: Report, path: Path, *, iterations: int, warmup: int) -> No
         )
     )
     report.notes.append(
-        f"7: the page shows the latest {TIMELINE_WINDOW} updates of the history (older ones a "
+        f"9: the page shows the latest {TIMELINE_WINDOW} updates of the history (older ones a "
         "link away), so the long task's page renders 100 of its 10,000 and the short one all 10; "
         "ratio = median long / median short."
     )

@@ -164,7 +164,7 @@ async def run(report: Report, database: Path, *, samples: int, warmup: int) -> N
         )
     )
     report.notes.append(
-        "7: the server's fallback poll is 1 s (the default); a second Python process queues each "
+        "8: the server's fallback poll is 1 s (the default); a second Python process queues each "
         "task (the CLI's code path) and prints when its commit returned; the time runs from "
         "there to the waiting SDK client's answer."
     )

@@ -147,6 +147,10 @@ def test_the_build_makes_a_wheel_and_an_sdist_that_both_carry_the_migrations(dis
     assert "nexus_bridge/migrations/env.py" in in_wheel
     assert "nexus_bridge/migrations/versions/0001_initial_schema.py" in in_wheel
     assert "nexus_bridge/task_card.html" in in_wheel  # the live task card (MCP Apps)
+    assert {
+        "nexus_bridge/console/static/console.css",
+        "nexus_bridge/console/static/console.js",
+    } <= in_wheel  # the console
     assert not any(name.startswith(("tests/", "migrations/")) for name in in_wheel)
     with tarfile.open(sdist) as tar:
         in_sdist = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
