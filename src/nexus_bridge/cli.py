@@ -683,7 +683,10 @@ async def _auth_action(provider: BridgeOAuthProvider, args: argparse.Namespace) 
 
     if args.auth_command == "set-passphrase":
         await provider.set_passphrase(_read_new_passphrase(args.stdin))
-        print("passphrase set; the consent page accepts it from now on", file=sys.stderr)
+        print(
+            "passphrase set; the console (/console) and the OAuth consent page accept it now",
+            file=sys.stderr,
+        )
         return 0
     if args.auth_command == "clients":
         clients = [oauth_client_row(c) for c in await provider.clients()]
