@@ -871,8 +871,7 @@ class QueueService:
             last: int | None = None
             while True:
                 try:
-                    async with self._store.read() as tx:
-                        current = await tx.last_seq()
+                    current = await self._store.last_seq()
                 except Exception:
                     logger.exception("could not check the database for new updates")
                 else:

@@ -58,3 +58,20 @@ async def test_the_sqlite_file_directory_is_created_on_first_use(tmp_path: Path)
         await conn.execute(text("SELECT 1"))
     await engine.dispose()
     assert (tmp_path / "deep" / "er" / "bridge.db").exists()
+
+
+async def test_last_seq_sees_another_connections_commit_at_once(store: Store) -> None:
+    """The wake-up check (``Store.last_seq``) reads what another process committed: on SQLite
+    through its private read-only connection, which must never show a stale snapshot."""
+    other = Store(create_engine(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        before = await store.last_seq()
+        await QueueService(other).enqueue("written by another process")
+        first = await store.last_seq()
+        assert first > before
+        await QueueService(other).enqueue("and once more")
+        assert await store.last_seq() > first
+        async with other.read() as tx:
+            assert await store.last_seq() == await tx.last_seq()
+    finally:
+        await other.dispose()

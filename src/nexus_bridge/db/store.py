@@ -7,7 +7,7 @@ import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -1195,7 +1195,9 @@ class Store:
         self.engine = engine
         self._is_postgres = engine.dialect.name == "postgresql"
         self._writer: SqliteWriter | None = None
-        self._writes_in_thread = sqlite_file(str(engine.url)) is not None
+        self._file = sqlite_file(engine.url.render_as_string(hide_password=False))
+        self._writes_in_thread = self._file is not None
+        self._probe: sqlite3.Connection | None = None
 
     async def commit(self, body: Callable[[StoreTransaction], Coroutine[Any, Any, T]]) -> T:
         """Run ``body`` in a write transaction; its result once the transaction is committed
@@ -1307,11 +1309,47 @@ class Store:
         """Wake-ups when another process commits (None where only polling can tell)."""
         return change_feed(self.engine)
 
+    async def last_seq(self) -> int:
+        """The highest committed update seq, cheap enough to ask on every wake-up of
+        :meth:`changes` (which fire on this process's own commits too).
+
+        On a SQLite file: one lookup at the end of the primary key on a private read-only
+        connection, run right here (no pool, no thread hop; a WAL reader never waits for a
+        writer, and the busy timeout is zero); any error falls back to a pooled read.
+        """
+        if self._file is not None:
+            try:
+                if self._probe is None:
+                    self._probe = _read_only_sqlite(self._file)
+                return _sqlite_last_seq(self._probe)
+            except sqlite3.Error:
+                self._close_probe()
+        async with self.read() as tx:
+            return await tx.last_seq()
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            with suppress(sqlite3.Error):
+                self._probe.close()
+            self._probe = None
+
     async def dispose(self) -> None:
+        self._close_probe()
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
         await self.engine.dispose()
+
+
+def _read_only_sqlite(path: Path) -> sqlite3.Connection:
+    """A read-only connection to an existing SQLite file that never waits on a lock."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+
+
+def _sqlite_last_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT max(seq) FROM updates").fetchone()
+    return int(row[0] or 0)
 
 
 def _reason(exc: BaseException) -> str:
