@@ -300,29 +300,11 @@ class SqliteWriter:
                     item.error = error
                 return None
         try:
-            with connection.begin():
-                if len(batch) == 1:
-                    only = batch[0]
-                    try:
-                        only.result = _run_to_end(only.job(connection))
-                    except Exception as exc:
-                        only.error = exc
-                        raise
-                else:
-                    # Straight to sqlite3: SQLAlchemy's savepoints would compile two statements
-                    # per write, and it has no part in them (the transaction is ours).
-                    driver = _sqlite3_connection(connection)
-                    for item in batch:
-                        driver.execute("SAVEPOINT write")
-                        try:
-                            item.result = _run_to_end(item.job(connection))
-                        except Exception as exc:  # noqa: BLE001 - it is its caller's to handle
-                            item.error = exc
-                            driver.execute("ROLLBACK TO write")
-                        driver.execute("RELEASE write")
+            if not self._run_together(connection, batch):
+                # A write failed, and the batch had no savepoints: it was rolled back whole.
+                # Again, each write in its own savepoint, so that the failure is only its own.
+                self._run_isolated(connection, batch)
         except Exception as exc:  # noqa: BLE001 - each caller gets its write's outcome
-            if len(batch) == 1 and batch[0].error is exc:
-                return connection  # the one write failed and was rolled back: nothing else to do
             # BEGIN, a savepoint or COMMIT failed: nothing of the batch is on disk.
             for item in batch:
                 if item.error is None:
@@ -330,11 +312,51 @@ class SqliteWriter:
             _discard(connection)
             return None
         written = sum(item.error is None for item in batch)
+        if written == 0 and len(batch) == 1:
+            return connection  # the one write failed and was rolled back: nothing committed
         self.commits += 1
         self.committed_writes += written
         if len(batch) > 1:
             logger.debug("committed %d writes of %d in one transaction", written, len(batch))
         return connection
+
+    @staticmethod
+    def _run_together(connection: Connection, batch: list[_Pending[Any]]) -> bool:
+        """Every write of ``batch`` in one transaction, with no savepoints (the common case:
+        nothing fails, and a savepoint costs two statements per write). False, with the
+        transaction rolled back, if a write of a batch of several raised; a lone write that
+        raised gets its error (its transaction rolled back) and True."""
+        transaction = connection.begin()
+        for item in batch:
+            try:
+                item.result = _run_to_end(item.job(connection))
+            except Exception as exc:  # noqa: BLE001 - the caller's, or a reason to isolate
+                transaction.rollback()
+                item.result = None
+                if len(batch) > 1:
+                    return False
+                item.error = exc
+                return True
+        transaction.commit()
+        return True
+
+    @staticmethod
+    def _run_isolated(connection: Connection, batch: list[_Pending[Any]]) -> None:
+        """Every write of ``batch`` in one transaction, each in its own savepoint: a write that
+        raises rolls back only itself and gets its error; the others are committed."""
+        # Straight to sqlite3: SQLAlchemy's savepoints would compile two statements per write,
+        # and it has no part in them (the transaction is ours).
+        driver = _sqlite3_connection(connection)
+        with connection.begin():
+            for item in batch:
+                item.result, item.error = None, None
+                driver.execute("SAVEPOINT write")
+                try:
+                    item.result = _run_to_end(item.job(connection))
+                except Exception as exc:  # noqa: BLE001 - it is its caller's to handle
+                    item.error = exc
+                    driver.execute("ROLLBACK TO write")
+                driver.execute("RELEASE write")
 
     @staticmethod
     def _answer(batch: list[_Pending[Any]]) -> None:
