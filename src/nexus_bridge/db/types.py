@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -15,6 +16,9 @@ TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 TIMESTAMP_WIDTH: Final = 32
 
 
+# A row stores one moment in several columns (created_at, updated_at, ...): format it once.
+# Equal instants in different zones are equal keys, and have the same stored form.
+@functools.lru_cache(maxsize=64)
 def format_timestamp(value: datetime) -> str:
     """The stored form of an aware datetime (UTC, microseconds, ``+00:00``)."""
     if value.tzinfo is None:
