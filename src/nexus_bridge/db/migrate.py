@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,10 +84,12 @@ def revisions() -> list[tuple[str, str]]:
     ]
 
 
+@functools.cache
 def head_revisions() -> tuple[str, ...]:
     """The revisions no other revision builds on, read from the migration files' ``revision``
     and ``down_revision`` assignments without loading alembic (a unit test checks that alembic
-    finds the same heads)."""
+    finds the same heads). Read once: the migrations are this nexus-bridge's own, and a server
+    asks for them twice as it starts."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for path in sorted((migrations_path() / "versions").glob("*.py")):
