@@ -10,13 +10,14 @@ from sqlalchemy.engine import Connection
 
 from nexus_bridge.config import load_settings
 from nexus_bridge.db.engine import create_engine
-from nexus_bridge.db.models import Base
+from nexus_bridge.db.models import declare_postgresql_options, metadata
 
 config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+declare_postgresql_options()
+target_metadata = metadata
 
 
 def _database_url() -> str:

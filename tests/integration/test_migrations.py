@@ -114,3 +114,22 @@ async def test_upgrading_from_0001_keeps_tasks_and_their_history(database_url: s
 def test_head_revisions_read_without_alembic_agree_with_alembic() -> None:
     script = ScriptDirectory(str(migrate.migrations_path()))
     assert sorted(migrate.head_revisions()) == sorted(script.get_heads())
+
+
+def test_revision_identifiers_are_found_wherever_the_file_puts_them(tmp_path: Path) -> None:
+    # Only the head of a migration is parsed when it holds both identifiers (the server reads
+    # them as it starts); otherwise the whole file is.
+    late = tmp_path / "late.py"
+    late.write_text(
+        'def upgrade() -> None:\n    pass\n\n\nrevision = "0099"\n'
+        'down_revision = ("0097", "0098")\n'
+    )
+    cut = tmp_path / "cut.py"
+    cut.write_text(
+        '"""Moves\ndef upgrade() into a docstring."""\n\nrevision = "0098"\ndown_revision = None\n'
+    )
+    assert migrate._revision_assignments(late) == {
+        "revision": "0099",
+        "down_revision": ("0097", "0098"),
+    }
+    assert migrate._revision_assignments(cut) == {"revision": "0098", "down_revision": None}

@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only as await_
 
 from nexus_bridge.constants import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
+from nexus_bridge.db.models import declare_postgresql_options
 from nexus_bridge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def create_engine(
     """
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
+        declare_postgresql_options()
         return create_async_engine(url, pool_pre_ping=True)
 
     prepare_sqlite_file(database_url)
