@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from typing import Annotated, Any, Final, Literal, ParamSpec, TypeVar
 
-import mcp.server.mcpserver.server as sdk_server
 from mcp.server.apps import client_supports_apps
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import OAuthAuthorizationServerProvider, TokenVerifier
@@ -20,7 +19,6 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.mcpserver.utilities.logging import configure_logging as sdk_configure_logging
 from mcp_types import (
     CallToolResult,
     Icon,
@@ -526,23 +524,6 @@ def _refers(schema: Any) -> bool:
     if isinstance(schema, list):
         return any(_refers(v) for v in schema)
     return False
-
-
-def _configure_sdk_logging(
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
-) -> None:
-    """What every MCPServer does on construction, without its cost when it does nothing.
-
-    The SDK's ``configure_logging`` imports rich and builds a ``RichHandler`` for a
-    ``logging.basicConfig`` that does nothing once the root logger has a handler (the command
-    line configures logging first): 0.015 s of a server's cold start.
-    """
-    if not logging.getLogger().handlers:
-        sdk_configure_logging(level)
-
-
-# MCPServer.__init__ calls the name its module imported (which it does not re-export).
-sdk_server.configure_logging = _configure_sdk_logging  # type: ignore[attr-defined]
 
 
 class BridgeMCPServer(MCPServer[Any]):

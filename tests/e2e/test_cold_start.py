@@ -1,6 +1,6 @@
 """A server loads only what its configuration uses: without a Telegram target no Telegram
 library, without PUBLIC_URL no OAuth authorization server, on SQLite no PostgreSQL dialect, and
-no alembic (nor the rich console the MCP SDK would log through) to serve."""
+no alembic to serve."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SERVE_AND_REPORT = """
 import atexit, sys
 from nexus_bridge.cli import main
 WATCHED = ("telegram", "alembic", "nexus_bridge.oauth", "nexus_bridge.consent",
-           "nexus_bridge.transports.telegram", "sqlalchemy.dialects.postgresql", "rich")
+           "nexus_bridge.transports.telegram", "sqlalchemy.dialects.postgresql")
 atexit.register(lambda: print(
     "loaded at exit:", ",".join(m for m in WATCHED if m in sys.modules) or "-",
     file=sys.stderr, flush=True))
