@@ -484,10 +484,10 @@ _SCALAR_KEYWORDS: Final = frozenset(
 
 def lean_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:
     """``schema`` as cheap to validate as it is to read: every ``$ref`` inlined and each
-    ``anyOf: [scalar, null]`` a ``type`` list. Clients (the SDK's among them) validate every
-    result against the output schema, once per row of a page: that validation, not the
-    server, is most of what a 100-update pull costs. The schema accepts exactly the same
-    documents."""
+    ``anyOf: [scalar, null]`` a ``type`` list (and an ``enum`` for an enum or a constant).
+    Clients (the SDK's among them) validate every result against the output schema, once per
+    row of a page: that validation, not the server, is most of what a 100-update pull costs.
+    The schema accepts exactly the same documents."""
     if isinstance(schema, list):
         return [lean_schema(item, defs, depth) for item in schema]
     if not isinstance(schema, dict):
@@ -511,6 +511,11 @@ def lean_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0)
                 del out["anyOf"]
                 out = {**other, **out, "type": [other["type"], "null"]}
                 out["enum"] = [*other["enum"], None]
+            elif set(other) <= _SCALAR_KEYWORDS | {"const"}:  # a Literal["x"] | None
+                del out["anyOf"]
+                scalar = {key: value for key, value in other.items() if key != "const"}
+                out = {**scalar, **out, "type": [other["type"], "null"]}
+                out["enum"] = [other["const"], None]
     if "$defs" in schema and not _refers(out):
         return out
     if "$defs" in schema:  # a recursive model: keep the definitions it still needs

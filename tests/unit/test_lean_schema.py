@@ -16,6 +16,7 @@ from nexus_bridge.mcp_tools import (
     MessageList,
     PullResult,
     QueueStatusResult,
+    SendResult,
     lean_schema,
 )
 
@@ -52,6 +53,11 @@ DOCUMENTS: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (MessageList, {"messages": [{**TASK, "idle_seconds": "long"}], "next_before": None}),
     (MessageDetail, {**TASK, "delivery": None, "updates": [UPDATE]}),
     (MessageDetail, {**TASK, "delivery": {"state": "sent"}, "updates": []}),
+    (SendResult, {"queued": True, "id": "0b1c", "status": "pending", "reason": None}),
+    (SendResult, {"queued": False, "id": "0b1c", "status": "pending", "reason": "duplicate"}),
+    (SendResult, {"queued": False, "id": "0b1c", "status": "pending", "reason": "other"}),
+    (SendResult, {"queued": False, "id": "0b1c", "status": "pending", "reason": 3}),
+    (SendResult, {"queued": True, "id": "0b1c", "status": "pending"}),
 ]
 
 
@@ -67,7 +73,9 @@ def test_the_lean_schema_accepts_exactly_what_the_full_one_accepts(
     assert valid(lean_schema(full), document) == valid(full, document)
 
 
-@pytest.mark.parametrize("model", [PullResult, MessageList, MessageDetail, QueueStatusResult])
+@pytest.mark.parametrize(
+    "model", [PullResult, MessageList, MessageDetail, QueueStatusResult, SendResult]
+)
 def test_the_lean_schema_has_no_references_and_no_nullable_any_of(model: type[BaseModel]) -> None:
     lean = lean_schema(model.model_json_schema())
     assert "$ref" not in json.dumps(lean)
