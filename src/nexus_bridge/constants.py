@@ -34,8 +34,8 @@ PRIVATE_DIRECTORY_MODE: Final = 0o700
 MIN_TOKEN_CHARS: Final = 16
 GENERATE_TOKEN_COMMAND: Final = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105
 
-# Group commit: a SQLite write transaction takes at most this many waiting writes (each in its
-# own savepoint) before it commits; the rest go into the next one. Bounds one transaction's time.
+# Group commit: a SQLite write transaction takes at most this many waiting writes before it
+# commits; the rest go into the next one. Bounds one transaction's time.
 MAX_WRITES_PER_COMMIT: Final = 256
 
 # The owner's console (the web pages under this path), and how long one sign-in lasts.

@@ -1206,7 +1206,9 @@ class Store:
         On SQLite ``body`` runs whole in the store's writer thread, grouped with the writes that
         arrive meanwhile (:class:`~nexus_bridge.db.writer.SqliteWriter`): it must only run
         statements on its transaction, never wait on anything else, and never touch the event
-        loop's objects. On PostgreSQL it runs in a :meth:`write` transaction.
+        loop's objects; it may be run a second time (when another write of its group failed),
+        so it must change nothing but the database. On PostgreSQL it runs in a :meth:`write`
+        transaction.
 
         Raises:
             DatabaseBusy: another process held the write lock past the busy timeout.

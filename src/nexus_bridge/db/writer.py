@@ -3,9 +3,12 @@
 A write is a coroutine function over a synchronous connection whose awaits never wait; the
 thread runs it whole (one trip from the event loop per write transaction, not one per
 statement). Writes that arrive while a transaction is being committed are committed together in
-the next one, each in its own savepoint: one fsync for many writes, and a write that fails (a
-duplicate caught by a unique index, or anything else) rolls back only itself. Its caller's
-future resolves after the COMMIT returned, so whatever a write answers is on disk.
+the next one: one fsync for many writes. The group runs straight through; if a write of it fails
+(a duplicate caught by a unique index, or anything else), the group is rolled back and run again
+with each write in its own savepoint, so that the failure rolls back only that write. A write
+may therefore run twice, which is harmless: it only runs statements, and nothing of its first
+run is kept or answered. Its caller's future resolves after the COMMIT returned, so whatever a
+write answers is on disk.
 """
 
 from __future__ import annotations
