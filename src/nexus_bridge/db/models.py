@@ -85,6 +85,8 @@ tasks = Table(
     # created_at too: a target's tasks in one status come newest (or oldest) first off the
     # index, without sorting that status's whole history.
     Index("ix_tasks_target_status_created_at", "target", "status", "created_at"),
+    # And a target's tasks in every status (list_messages(target=...) with no status).
+    Index("ix_tasks_target_created_at", "target", "created_at"),
     Index("ix_tasks_created_at", "created_at"),
     Index("ix_tasks_claim_expires_at", "claim_expires_at"),
     Index("ix_tasks_status_created_at", "status", "created_at"),

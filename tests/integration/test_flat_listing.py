@@ -1,0 +1,61 @@
+"""``list_messages`` reads a page off an index in every combination of filters: SQLite never sorts
+the whole history of the tasks it filters (at most the ties of one ``created_at``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.store import Store
+from nexus_bridge.queue import QueueService
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"status": "pending"},
+        {"target": "homelab"},
+        {"target": "homelab", "status": "pending"},
+        {"target": "homelab", "before": True},
+        {"status": "pending", "before": True},
+    ],
+    ids=lambda f: "+".join(f) or "none",
+)
+async def test_a_listing_sorts_no_history(
+    migrated_sqlite_url: str, filters: dict[str, Any]
+) -> None:
+    engine = create_engine(migrated_sqlite_url)
+    statements: list[tuple[str, Any]] = []
+
+    def captured(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM tasks" in statement:
+            statements.append((statement, parameters))
+
+    store = Store(engine)
+    queue = QueueService(store)
+    try:
+        first = (await queue.enqueue("one")).task
+        await queue.enqueue("two")
+        event.listen(engine.sync_engine, "before_cursor_execute", captured)
+        arguments = {k: v for k, v in filters.items() if k != "before"}
+        if filters.get("before"):
+            arguments["before"] = first.id
+        await queue.list_tasks(limit=10, **arguments)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", captured)
+        await store.dispose()
+
+    listing = [s for s in statements if "ORDER BY" in s[0]]
+    assert len(listing) == 1, statements
+    statement, parameters = listing[0]
+    path = migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///")
+    with closing(sqlite3.connect(path)) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+    assert any("USING INDEX" in step for step in plan), plan
+    assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan  # a sort of every matching task
