@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
@@ -59,3 +60,36 @@ async def test_a_listing_sorts_no_history(
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
     assert any("USING INDEX" in step for step in plan), plan
     assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan  # a sort of every matching task
+
+
+async def test_a_short_id_is_found_by_its_range_of_ids_not_the_targets_history(
+    migrated_sqlite_url: str,
+) -> None:
+    """An agent's call with a short id (8+ characters) seeks the id's range: it never walks the
+    target's tasks, however many there are."""
+    engine = create_engine(migrated_sqlite_url)
+    statements: list[tuple[str, Any]] = []
+
+    def captured(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM tasks" in statement:
+            statements.append((statement, parameters))
+
+    store = Store(engine)
+    queue = QueueService(store)
+    try:
+        task = (await queue.enqueue("find me by a short id")).task
+        await queue.enqueue("and another")
+        event.listen(Engine, "before_cursor_execute", captured)  # the writer's too
+        found = await queue.agent_task("homelab", task.id[:8])
+    finally:
+        event.remove(Engine, "before_cursor_execute", captured)
+        await store.dispose()
+
+    assert found.id == task.id
+    assert statements
+    path = migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///")
+    with closing(sqlite3.connect(path)) as conn:
+        for statement, parameters in statements:
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            assert all("ix_tasks_target" not in step for step in plan), (statement, plan)
+            assert any("sqlite_autoindex_tasks_1" in step for step in plan), (statement, plan)

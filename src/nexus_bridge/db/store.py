@@ -33,7 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ColumnElement, Executable
 
 from nexus_bridge.constants import SHORT_ID_CHARS
 from nexus_bridge.db.engine import WRITE_OPTION, create_writer_engine, sqlite_file
@@ -108,6 +108,10 @@ def latest_agent_updates(task_ids: Sequence[str]) -> Select[tuple[str, datetime 
     return select(tasks.c.id.label("task_id"), latest.label("latest")).where(
         tasks.c.id.in_(list(task_ids))
     )
+
+
+# A short id matching this many tasks of any target is refused as ambiguous.
+_MAX_PREFIX_MATCHES: Final = 64
 
 
 class HotInsert:
@@ -381,12 +385,7 @@ class StoreTransaction:
         if row is not None:
             return _task(row)
         if len(task_id) >= SHORT_ID_CHARS and "%" not in task_id and "_" not in task_id:
-            query = select(tasks).where(tasks.c.id.like(f"{task_id}%"))
-            if self._dialect == "sqlite":
-                # The same rows as a range of the primary key (every id character sorts below
-                # DEL), so SQLite seeks instead of scanning every task; PostgreSQL's collations
-                # need not sort byte-wise, so there the LIKE alone decides.
-                query = query.where(tasks.c.id >= task_id, tasks.c.id < f"{task_id}\x7f")
+            query = select(tasks).where(*self._id_prefix(task_id))
             rows = (await self._conn.execute(query.limit(2))).all()
             if len(rows) == 1:
                 return _task(rows[0])
@@ -413,14 +412,30 @@ class StoreTransaction:
             return _task(row)
         if len(task_id) < SHORT_ID_CHARS or "%" in task_id or "_" in task_id:
             return None
-        rows = (
+        # Every target's matches, then this target's: a condition on the target would make
+        # SQLite walk the target's index (its whole history) instead of the id's range. An id
+        # prefix of 8+ characters matches almost nothing, so the read is tiny.
+        matches = (
             await self._conn.execute(
-                select(tasks).where(tasks.c.id.like(f"{task_id}%"), of_target).limit(2)
+                select(tasks).where(*self._id_prefix(task_id)).limit(_MAX_PREFIX_MATCHES)
             )
         ).all()
-        if len(rows) > 1:
+        rows = [row for row in matches if row.target == target]
+        if len(rows) > 1 or len(matches) == _MAX_PREFIX_MATCHES:
             raise InvalidInput(f"the short id {task_id!r} matches several tasks; use the full id")
         return _task(rows[0]) if rows else None
+
+    def _id_prefix(self, prefix: str) -> tuple[ColumnElement[bool], ...]:
+        """Conditions for the tasks whose id starts with ``prefix`` (no ``%`` or ``_`` in it).
+
+        On SQLite also the same rows as a range of the primary key (every id character sorts
+        below DEL), so SQLite seeks instead of scanning; PostgreSQL's collations need not sort
+        byte-wise, so there the LIKE alone decides.
+        """
+        like = tasks.c.id.like(f"{prefix}%")
+        if self._dialect != "sqlite":
+            return (like,)
+        return (like, tasks.c.id >= prefix, tasks.c.id < f"{prefix}\x7f")
 
     async def set_status(
         self,
