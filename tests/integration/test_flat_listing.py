@@ -93,3 +93,33 @@ async def test_a_short_id_is_found_by_its_range_of_ids_not_the_targets_history(
             plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
             assert all("ix_tasks_target" not in step for step in plan), (statement, plan)
             assert any("sqlite_autoindex_tasks_1" in step for step in plan), (statement, plan)
+
+
+async def test_one_at_a_time_reads_open_tasks_only(migrated_sqlite_url: str) -> None:
+    """Whether a target's agent already has a task (asked before every claim and every Telegram
+    post of a one-at-a-time target) reads the target's open tasks and their own deliveries:
+    never every delivery ever made, nor the target's ended history."""
+    engine = create_engine(migrated_sqlite_url)
+    store = Store(engine)
+    try:
+        async with store.read() as tx:
+            statements: list[tuple[str, Any]] = []
+
+            def captured(_c: Any, _k: Any, statement: str, parameters: Any, *_: Any) -> None:
+                statements.append((statement, parameters))
+
+            event.listen(engine.sync_engine, "before_cursor_execute", captured)
+            try:
+                assert await tx.count_handed_over("homelab", excluding="x" * 36) == 0
+            finally:
+                event.remove(engine.sync_engine, "before_cursor_execute", captured)
+    finally:
+        await store.dispose()
+
+    (statement, parameters), *_ = [s for s in statements if "outbox" in s[0]]
+    path = migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///")
+    with closing(sqlite3.connect(path)) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+    scans = [step for step in plan if step.startswith("SCAN") and step != "SCAN CONSTANT ROW"]
+    assert not scans, plan
+    assert all("ix_tasks_target_created_at" not in step for step in plan), plan

@@ -700,29 +700,37 @@ class StoreTransaction:
         return [_outbox(row) for row in rows.all()]
 
     async def count_handed_over(self, target: str, *, excluding: str | None) -> int:
-        """Open tasks of ``target`` that its agent has: past pending, or already posted to it."""
-        handed = [s.value for s in HANDED_OVER_STATUSES]
-        posted = select(outbox.c.task_id).where(
-            outbox.c.kind == OutboxKind.TASK.value,
-            or_(outbox.c.state == OutboxState.DELIVERED.value, outbox.c.parts_sent > 0),
-        )
-        query = (
+        """Open tasks of ``target`` that its agent has: past pending, or already posted to it.
+
+        Two counts off the (target, status) index, each over open tasks only, the pending ones
+        checked one by one against their own deliveries: never the target's ended history, nor
+        every delivery ever made.
+        """
+        mine = [tasks.c.target == target]
+        if excluding is not None:
+            mine.append(tasks.c.id != excluding)
+        handed = (
             select(func.count())
             .select_from(tasks)
-            .where(
-                tasks.c.target == target,
-                or_(
-                    tasks.c.status.in_(handed),
-                    and_(
-                        tasks.c.status == TaskStatus.PENDING.value,
-                        tasks.c.id.in_(posted),
-                    ),
-                ),
-            )
+            .where(*mine, tasks.c.status.in_([s.value for s in HANDED_OVER_STATUSES]))
+            .scalar_subquery()
         )
-        if excluding is not None:
-            query = query.where(tasks.c.id != excluding)
-        return int((await self._conn.execute(query)).scalar_one())
+        was_posted = (
+            select(outbox.c.id)
+            .where(
+                outbox.c.task_id == tasks.c.id,
+                outbox.c.kind == OutboxKind.TASK.value,
+                or_(outbox.c.state == OutboxState.DELIVERED.value, outbox.c.parts_sent > 0),
+            )
+            .exists()
+        )
+        posted = (
+            select(func.count())
+            .select_from(tasks)
+            .where(*mine, tasks.c.status == TaskStatus.PENDING.value, was_posted)
+            .scalar_subquery()
+        )
+        return int((await self._conn.execute(select(handed + posted))).scalar_one())
 
     async def oldest_pending(self, target: str) -> Task | None:
         row = (
