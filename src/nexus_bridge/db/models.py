@@ -44,6 +44,8 @@ OPEN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in OPEN_STATUSES
 KNOWN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in TaskStatus])})"
 KNOWN_KIND_SQL: Final = f"kind IN ({_sql_list([k.value for k in UpdateKind])})"
 OPEN_CONTENT_INDEX: Final = "uq_tasks_open_content"
+UNPROCESSED_INDEX: Final = "ix_telegram_messages_unprocessed"
+UNPROCESSED_SQL: Final = "processed_at IS NULL"
 
 OUTBOX_KINDS: Final = ("task", "reply", "cancel")
 OUTBOX_STATES: Final = ("pending", "delivered", "failed", "skipped")
@@ -172,6 +174,10 @@ telegram_messages = Table(
     CheckConstraint("direction IN ('out', 'in')", name="direction_known"),
     UniqueConstraint("chat_id", "telegram_message_id"),
     Index("ix_telegram_messages_task_id", "task_id"),
+    # The parts of a delivery already posted, asked before posting each part: a seek.
+    Index("ix_telegram_messages_outbox_id_part", "outbox_id", "part"),
+    # The inbound messages not yet acted on, asked at every lease renewal: only those rows.
+    Index(UNPROCESSED_INDEX, "id", sqlite_where=text(UNPROCESSED_SQL)),
     sqlite_autoincrement=True,
 )
 
@@ -323,7 +329,7 @@ queue_counts = Table(
 
 
 def declare_postgresql_options() -> None:
-    """Add what only PostgreSQL reads of the schema: the WHERE of the open-content index.
+    """Add what only PostgreSQL reads of the schema: the WHERE of the partial indexes.
 
     Not declared with the table: naming a ``postgresql_`` option makes SQLAlchemy import its
     whole PostgreSQL dialect to check it, 0.02 s of a SQLite server's cold start. A PostgreSQL
@@ -332,3 +338,6 @@ def declare_postgresql_options() -> None:
     for index in tasks.indexes:
         if index.name == OPEN_CONTENT_INDEX:
             index.dialect_options["postgresql"]["where"] = text(OPEN_STATUS_SQL)
+    for index in telegram_messages.indexes:
+        if index.name == UNPROCESSED_INDEX:
+            index.dialect_options["postgresql"]["where"] = text(UNPROCESSED_SQL)

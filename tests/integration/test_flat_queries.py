@@ -1,5 +1,5 @@
-"""``list_messages`` reads a page off an index in every combination of filters: SQLite never sorts
-the whole history of the tasks it filters (at most the ties of one ``created_at``)."""
+"""Lookups that run on every call, claim, delivery or lease renewal read an index, never the whole
+history: checked on SQLite's query plan of the statement the code really sends."""
 
 from __future__ import annotations
 
@@ -123,3 +123,38 @@ async def test_one_at_a_time_reads_open_tasks_only(migrated_sqlite_url: str) -> 
     scans = [step for step in plan if step.startswith("SCAN") and step != "SCAN CONSTANT ROW"]
     assert not scans, plan
     assert all("ix_tasks_target_created_at" not in step for step in plan), plan
+
+
+async def test_the_relays_journal_lookups_read_no_history(migrated_sqlite_url: str) -> None:
+    """Before posting each part the relay asks which epochs already posted it; at every lease
+    renewal it asks for inbound messages not yet acted on. Neither reads the whole journal."""
+    engine = create_engine(migrated_sqlite_url)
+    store = Store(engine)
+    statements: list[tuple[str, Any]] = []
+
+    def captured(_c: Any, _k: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    try:
+        async with store.read() as tx:
+            event.listen(engine.sync_engine, "before_cursor_execute", captured)
+            try:
+                assert await tx.epochs_of_part(1, 0) == []
+                assert await tx.unprocessed_inbound() == []
+            finally:
+                event.remove(engine.sync_engine, "before_cursor_execute", captured)
+    finally:
+        await store.dispose()
+
+    lookups = [s for s in statements if "telegram_messages" in s[0]]
+    assert len(lookups) == 2, statements
+    path = migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///")
+    with closing(sqlite3.connect(path)) as conn:
+        for statement, parameters in lookups:
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            assert plan, statement
+            for step in plan:
+                assert step.startswith("SEARCH") or "ix_telegram_messages_unprocessed" in step, (
+                    statement,
+                    plan,
+                )
