@@ -8,6 +8,10 @@
 - ``ix_telegram_messages_unprocessed`` (partial: ``processed_at IS NULL``): the inbound messages
   not yet acted on, asked at every renewal of the poller's lease.
 
+And ``ix_tasks_claim_expires_at`` becomes partial (``claim_expires_at IS NOT NULL``): it holds the
+live claims only, not an entry for every task ever queued, so queueing a task writes no more index
+entries than before this migration.
+
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-11-30
@@ -24,10 +28,20 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 UNPROCESSED = "processed_at IS NULL"
+CLAIMED = "claim_expires_at IS NOT NULL"
 
 
 def upgrade() -> None:
     op.create_index("ix_tasks_target_created_at", "tasks", ["target", "created_at"], unique=False)
+    op.drop_index("ix_tasks_claim_expires_at", table_name="tasks")
+    op.create_index(
+        "ix_tasks_claim_expires_at",
+        "tasks",
+        ["claim_expires_at"],
+        unique=False,
+        sqlite_where=sa.text(CLAIMED),
+        postgresql_where=sa.text(CLAIMED),
+    )
     op.create_index(
         "ix_telegram_messages_outbox_id_part",
         "telegram_messages",
@@ -47,4 +61,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_telegram_messages_unprocessed", table_name="telegram_messages")
     op.drop_index("ix_telegram_messages_outbox_id_part", table_name="telegram_messages")
+    op.drop_index("ix_tasks_claim_expires_at", table_name="tasks")
+    op.create_index("ix_tasks_claim_expires_at", "tasks", ["claim_expires_at"], unique=False)
     op.drop_index("ix_tasks_target_created_at", table_name="tasks")

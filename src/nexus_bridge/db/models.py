@@ -44,6 +44,8 @@ OPEN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in OPEN_STATUSES
 KNOWN_STATUS_SQL: Final = f"status IN ({_sql_list([s.value for s in TaskStatus])})"
 KNOWN_KIND_SQL: Final = f"kind IN ({_sql_list([k.value for k in UpdateKind])})"
 OPEN_CONTENT_INDEX: Final = "uq_tasks_open_content"
+CLAIMS_INDEX: Final = "ix_tasks_claim_expires_at"
+CLAIMED_SQL: Final = "claim_expires_at IS NOT NULL"
 UNPROCESSED_INDEX: Final = "ix_telegram_messages_unprocessed"
 UNPROCESSED_SQL: Final = "processed_at IS NULL"
 
@@ -90,7 +92,8 @@ tasks = Table(
     # And a target's tasks in every status (list_messages(target=...) with no status).
     Index("ix_tasks_target_created_at", "target", "created_at"),
     Index("ix_tasks_created_at", "created_at"),
-    Index("ix_tasks_claim_expires_at", "claim_expires_at"),
+    # Live claims only (the lease is cleared by every other move): no entry per queued task.
+    Index(CLAIMS_INDEX, "claim_expires_at", sqlite_where=text(CLAIMED_SQL)),
     Index("ix_tasks_status_created_at", "status", "created_at"),
 )
 
@@ -338,6 +341,8 @@ def declare_postgresql_options() -> None:
     for index in tasks.indexes:
         if index.name == OPEN_CONTENT_INDEX:
             index.dialect_options["postgresql"]["where"] = text(OPEN_STATUS_SQL)
+        if index.name == CLAIMS_INDEX:
+            index.dialect_options["postgresql"]["where"] = text(CLAIMED_SQL)
     for index in telegram_messages.indexes:
         if index.name == UNPROCESSED_INDEX:
             index.dialect_options["postgresql"]["where"] = text(UNPROCESSED_SQL)
