@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
+from nexus_bridge.errors import InvalidInput
 from nexus_bridge.queue import QueueService
 
 Statement = tuple[str, Any]
@@ -140,3 +141,38 @@ async def test_the_relays_journal_lookups_read_no_history(migrated_sqlite_url: s
         for step in plan:
             indexed = step.startswith("SEARCH") or "ix_telegram_messages_unprocessed" in step
             assert indexed, (statement, plan)
+
+
+async def test_a_short_id_sees_only_its_targets_tasks_even_behind_a_crowded_prefix(
+    migrated_sqlite_url: str,
+) -> None:
+    """Hostile short ids: another target's tasks are as good as unknown, even when a prefix is
+    shared by more of them than the first read takes; the target's own ambiguity is refused."""
+    path = migrated_sqlite_url.removeprefix("sqlite+aiosqlite:///")
+    now = "2026-11-30T00:00:00.000000+00:00"
+    with closing(sqlite3.connect(path)) as conn:
+        rows = [
+            (f"abcdef12-0000-4000-8000-{n:012d}", "other", f"task {n}", f"{n:064d}", now)
+            for n in range(100)
+        ]
+        rows.append(("fedcba98-0000-4000-8000-000000000000", "other", "lone", "f" * 64, now))
+        rows.append(("abcdef12-9999-4000-8000-000000000000", "homelab", "mine", "e" * 64, now))
+        conn.executemany(
+            "INSERT INTO tasks (id, target, content, content_hash, status, urgent, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
+            [(*row, now) for row in rows],
+        )
+        conn.commit()
+    store = Store(create_engine(migrated_sqlite_url))
+    try:
+        async with store.read() as tx:
+            assert await tx.task_of_target("homelab", "fedcba98") is None  # another target's
+            assert (await tx.task_of_target("other", "fedcba98")) is not None
+            mine = await tx.task_of_target("homelab", "abcdef12")
+            assert mine is not None
+            assert mine.content == "mine"  # past the first read's 64: found by the second
+            assert await tx.task_of_target("nobody", "abcdef12") is None
+            with pytest.raises(InvalidInput, match="matches several tasks"):
+                await tx.task_of_target("other", "abcdef12")
+    finally:
+        await store.dispose()

@@ -110,7 +110,7 @@ def latest_agent_updates(task_ids: Sequence[str]) -> Select[tuple[str, datetime 
     )
 
 
-# A short id matching this many tasks of any target is refused as ambiguous.
+# Read at most this many tasks of any target for a short id before asking for the target's only.
 _MAX_PREFIX_MATCHES: Final = 64
 
 
@@ -421,7 +421,10 @@ class StoreTransaction:
             )
         ).all()
         rows = [row for row in matches if row.target == target]
-        if len(rows) > 1 or len(matches) == _MAX_PREFIX_MATCHES:
+        if len(matches) == _MAX_PREFIX_MATCHES:  # a crowded prefix: ask for this target's alone
+            query = select(tasks).where(*self._id_prefix(task_id), of_target).limit(2)
+            rows = list((await self._conn.execute(query)).all())
+        if len(rows) > 1:
             raise InvalidInput(f"the short id {task_id!r} matches several tasks; use the full id")
         return _task(rows[0]) if rows else None
 
