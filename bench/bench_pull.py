@@ -6,11 +6,14 @@ an explicit ``cursor``, the durable cursor (no cursor: continue from the identit
 which also advances it; it is reset, untimed, before each call), and ``since`` (a timestamp). All
 are measured on the service layer and over MCP (live server, SDK client). ``queue_status`` is
 measured alongside (it reads maintained counts, so it must stay flat too). Last, the tool layer's
-own cost: the same 100-row pull over MCP vs on the service layer (target <= 2x).
+own cost: the same 100-row pull over MCP vs on the service layer (target <= 2x), beside two
+figures for scale: an MCP ``ping`` (the transport alone) and the SDK client's own check of the
+100-row result against the tool's output schema (which every ``call_tool`` runs).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -30,6 +33,8 @@ from benchlib import (
     sqlite_url,
 )
 from mcp import Client
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types import CallToolResult
 
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
@@ -125,6 +130,27 @@ def _mcp_cases(data: Dataset, client: Client, setters: list[CursorSetter]) -> li
     ]
 
 
+def _scale_cases(data: Dataset, client: Client, legacy: Client) -> list[Case]:
+    """An MCP ping, and the SDK client's output-schema check of one 100-row result."""
+    first = data.start + 1
+    page: list[CallToolResult] = []
+
+    async def ping() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await legacy.send_ping()
+
+    async def check() -> None:
+        if not page:
+            arguments = {"cursor": str(data.start), "limit": PAGE}
+            page.append(await client.call_tool("pull_updates", arguments))
+            updates = (page[0].structured_content or {}).get("updates", [])
+            _check_page([u["seq"] for u in updates], first, "MCP pull for the check")
+        await client.session.validate_tool_result("pull_updates", page[0])
+
+    return [Case(f"mcp ping {data.label}", ping), Case(f"client check {data.label}", check)]
+
+
 def _rows(report: Report, samples: dict[str, Sample], small: Dataset, big: Dataset) -> None:
     paths = [
         ("svc", "cursor", "QueueService.pull(cursor=near end)", TARGET),
@@ -164,6 +190,26 @@ def _rows(report: Report, samples: dict[str, Sample], small: Dataset, big: Datas
                 target=TOOL_LAYER_TARGET,
             )
         )
+    scale = [
+        ("mcp ping", "  for scale: MCP ping vs QueueService.pull of the same", "ping"),
+        (
+            "client check",
+            f"  for scale: the SDK client's schema check of the {PAGE} rows vs the service pull",
+            "check",
+        ),
+    ]
+    for key, title, what in scale:
+        sample = samples.get(f"{key} {small.label}")
+        if sample is not None and svc is not None:
+            report.rows.append(
+                Row(
+                    section="3",
+                    name=title,
+                    measured=f"{what}: {sample.describe()}",
+                    baseline=f"service: {svc.describe()}",
+                    ratio=sample.median / svc.median,
+                )
+            )
 
 
 async def run(
@@ -194,6 +240,10 @@ async def run(
                 url = await stack.enter_async_context(running_server(sqlite_url(data.path)))
                 client = await stack.enter_async_context(Client(url))
                 cases += _mcp_cases(data, client, setters)
+                if data is small:
+                    # ping exists only in the handshake-era protocol (see bench_roundtrip).
+                    legacy = await stack.enter_async_context(Client(url, mode="legacy"))
+                    cases += _scale_cases(data, client, legacy)
             samples |= await measure(cases, iterations=iterations, warmup=warmup, label="MCP pulls")
     finally:
         for setter in setters:
@@ -204,6 +254,11 @@ async def run(
         f"3: each pull returns {PAGE} rows starting {BEHIND} rows before the end of the stream; "
         "the durable cursor is reset (untimed) before each call, so every call also advances it "
         "(one write transaction); ratio = median at the large size / median at the small size."
+    )
+    report.notes.append(
+        "3: for scale, an MCP pull costs at least a ping plus the service pull plus the client's "
+        "schema check of the rows it receives (the SDK's ClientSession.validate_tool_result, "
+        "timed alone on one fetched result)."
     )
     for name, sample in samples.items():
         progress(f"  {name}: {sample.describe()}")

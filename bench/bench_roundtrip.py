@@ -1,6 +1,10 @@
 """1. ``send_message`` round trip vs the MCP ``ping`` round trip: same client, same live server;
 then the throughput of 32 concurrent clients sending vs the same 32 clients pinging.
 
+Beside them, for scale (informational rows): a no-op tool that returns ``send_message``'s own
+result model, added to the same server for the benchmark only. It is the SDK's ``tools/call``
+with none of nexus-bridge's work (no validation, no database): the floor under any tool.
+
 ``ping`` exists only in the handshake-era protocol (the SDK removes it from 2026-07-28 on and the
 server answers "Method not found" there), so the client connects with ``mode="legacy"``; both
 calls then travel the same path: one HTTP POST to the stateless Streamable HTTP endpoint.
@@ -17,14 +21,31 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from benchlib import Case, Report, Row, measure, progress, running_server, sqlite_url
+from benchlib import (
+    Case,
+    Report,
+    Row,
+    measure,
+    progress,
+    running_bridge,
+    server_settings,
+    sqlite_url,
+)
 from mcp import Client
 from mcp.shared.exceptions import MCPDeprecationWarning
+
+from nexus_bridge.mcp_tools import SendResult
 
 TARGET = 1.25
 CLIENTS = 32
 CONCURRENT_TARGET = 0.9  # send_message throughput / ping throughput, at least
-CONCURRENT_ROUNDS = 4
+CONCURRENT_ROUNDS = 6
+NOOP_TOOL = "bench_noop"
+
+
+async def _noop(message: str) -> SendResult:
+    """Does nothing: returns what send_message returns for a new task (benchmark only)."""
+    return SendResult(queued=True, id=message, status="pending")
 
 
 async def _throughput(calls: list[Callable[[], Awaitable[None]]], each: int) -> float:
@@ -41,7 +62,12 @@ async def _throughput(calls: list[Callable[[], Awaitable[None]]], each: int) -> 
 
 async def run(report: Report, database: Path, *, iterations: int, warmup: int) -> None:
     progress(f"1. MCP round trip: live server on {database.name}, SDK client (mode='legacy')")
-    async with running_server(sqlite_url(database)) as url, Client(url, mode="legacy") as client:
+    settings = server_settings(sqlite_url(database))
+    async with (
+        running_bridge(settings) as (url, server),
+        Client(url, mode="legacy") as client,
+    ):
+        server.bridge.mcp.add_tool(_noop, name=NOOP_TOOL)
         progress(f"  server at {url}, protocol {client.protocol_version}")
         run_id = uuid.uuid4().hex[:8]
         numbers = itertools.count()
@@ -58,11 +84,16 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
             if result.is_error or content.get("queued") is not True:
                 raise RuntimeError(f"send_message did not queue a new task: {result}")
 
+        async def noop() -> None:
+            result = await client.call_tool(NOOP_TOOL, {"message": "x"})
+            if result.is_error:
+                raise RuntimeError(f"the no-op tool failed: {result}")
+
         samples = await measure(
-            [Case("ping", ping), Case("send_message", send)],
+            [Case("ping", ping), Case("send_message", send), Case("no-op tool", noop)],
             iterations=iterations,
             warmup=warmup,
-            label="ping / send_message",
+            label="ping / send_message / no-op tool",
         )
 
         progress(f"  {CLIENTS} concurrent clients: ping vs send_message throughput")
@@ -70,17 +101,17 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
             clients = [
                 await stack.enter_async_context(Client(url, mode="legacy")) for _ in range(CLIENTS)
             ]
-            pings, sends = _concurrent_calls(clients, run_id)
+            pings, sends, noops = _concurrent_calls(clients, run_id)
             each = max(2, iterations // CLIENTS)
-            await _throughput(pings, 2)
-            await _throughput(sends, 2)
-            rates: dict[str, list[float]] = {"ping": [], "send_message": []}
+            for calls in (pings, sends, noops):
+                await _throughput(calls, 2)
+            rates: dict[str, list[float]] = {"ping": [], "send_message": [], "no-op tool": []}
             for r in range(CONCURRENT_ROUNDS):
-                order = [("ping", pings), ("send_message", sends)]
-                for name, calls in order if r % 2 == 0 else order[::-1]:
+                order = [("ping", pings), ("send_message", sends), ("no-op tool", noops)]
+                for name, calls in order[r % 3 :] + order[: r % 3]:
                     rates[name].append(await _throughput(calls, each))
 
-    sent, ping_sample = samples["send_message"], samples["ping"]
+    sent, ping_sample, noop_sample = samples["send_message"], samples["ping"], samples["no-op tool"]
     report.rows.append(
         Row(
             section="1",
@@ -91,14 +122,24 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
             target=TARGET,
         )
     )
+    report.rows.append(
+        Row(
+            section="1",
+            name="  for scale: MCP no-op tool (same result model) vs MCP ping",
+            measured=f"no-op tool {noop_sample.describe()}",
+            baseline=f"ping {ping_sample.describe()}",
+            ratio=noop_sample.median / ping_sample.median,
+        )
+    )
     report.notes.append(
         "1: SDK Client over Streamable HTTP (stateless) to uvicorn on 127.0.0.1, mode='legacy' "
         "(ping is gone from protocol 2026-07-28), calls interleaved, every message unique; "
         "ratio = median / median."
     )
     progress(f"  send_message {sent.describe()}; ping {ping_sample.describe()}")
-    ping_rate = sum(rates["ping"]) / len(rates["ping"])
-    send_rate = sum(rates["send_message"]) / len(rates["send_message"])
+    ping_rate, send_rate, noop_rate = (
+        sum(rates[name]) / len(rates[name]) for name in ("ping", "send_message", "no-op tool")
+    )
     report.rows.append(
         Row(
             section="1",
@@ -109,18 +150,34 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
             at_least=CONCURRENT_TARGET,
         )
     )
+    report.rows.append(
+        Row(
+            section="1",
+            name=f"  for scale: {CLIENTS} clients, no-op tool vs ping (rate)",
+            measured=f"no-op tool {noop_rate:,.0f} calls/s",
+            baseline=f"ping {ping_rate:,.0f} calls/s",
+            ratio=noop_rate / ping_rate,
+        )
+    )
     report.notes.append(
         f"1: {CLIENTS} SDK clients on the same server, each calling in a loop, all at once; "
-        f"{CONCURRENT_ROUNDS} rounds alternating ping and send_message; ratio = mean rate / mean "
-        "rate (higher is better; group commit lets concurrent sends share an fsync)."
+        f"{CONCURRENT_ROUNDS} rounds rotating ping, send_message and the no-op tool; ratio = "
+        "mean rate / mean rate (higher is better; group commit lets concurrent sends share an "
+        "fsync)."
+    )
+    report.notes.append(
+        f"1: the no-op tool ({NOOP_TOOL}, added for the benchmark only) returns send_message's "
+        "result model and does nothing else: the SDK's tools/call on both sides, the floor under "
+        "any tool. send_message's cost above it is the durable enqueue."
     )
     progress(f"  {CLIENTS} clients: send_message {send_rate:,.0f}/s; ping {ping_rate:,.0f}/s")
 
 
-def _concurrent_calls(
-    clients: list[Client], run_id: str
-) -> tuple[list[Callable[[], Awaitable[None]]], list[Callable[[], Awaitable[None]]]]:
-    """One ping and one send_message call per client."""
+Calls = list[Callable[[], Awaitable[None]]]
+
+
+def _concurrent_calls(clients: list[Client], run_id: str) -> tuple[Calls, Calls, Calls]:
+    """One ping, one send_message and one no-op tool call per client."""
     numbers = itertools.count()
 
     def ping_of(client: Client) -> Callable[[], Awaitable[None]]:
@@ -141,4 +198,16 @@ def _concurrent_calls(
 
         return send
 
-    return [ping_of(c) for c in clients], [send_of(c) for c in clients]
+    def noop_of(client: Client) -> Callable[[], Awaitable[None]]:
+        async def noop() -> None:
+            result = await client.call_tool(NOOP_TOOL, {"message": "x"})
+            if result.is_error:
+                raise RuntimeError(f"the no-op tool failed: {result}")
+
+        return noop
+
+    return (
+        [ping_of(c) for c in clients],
+        [send_of(c) for c in clients],
+        [noop_of(c) for c in clients],
+    )

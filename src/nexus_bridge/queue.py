@@ -230,12 +230,13 @@ class QueueService:
         content = self._check_text(text, "message")
         digest = content_hash(content)
         uses_outbox = self._policies[target].uses_outbox
+        task_id = str(uuid.uuid4())
 
         async def insert(tx: StoreTransaction) -> Task:
-            now = self._clock()
+            now = self._clock()  # in the transaction: times follow the order of commits
             task = await tx.insert_task(
                 NewTask(
-                    id=str(uuid.uuid4()),
+                    id=task_id,
                     target=target,
                     content=content,
                     content_hash=digest,
