@@ -59,14 +59,35 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
 
 
+@pytest.fixture(scope="session")
+def migrated_postgres_template() -> Iterator[str]:
+    """The name of a PostgreSQL database after a real ``alembic upgrade head``, once per session
+    (an upgrade costs about 0.3 s and some 100 tests start from a migrated database)."""
+    admin = postgres_admin_url()
+    if admin is None:
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+    name = f"nexus_template_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        migrate.upgrade(make_url(admin).set(database=name).render_as_string(hide_password=False))
+        yield name
+    finally:
+        asyncio.run(_pg_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards: empty, or, for a test that
+    asks for ``migrated_url``, a copy of the session's migrated template (``CREATE DATABASE …
+    TEMPLATE`` costs what an empty one does)."""
     admin = postgres_admin_url()
     if admin is None:
         pytest.skip(f"{POSTGRES_ENV} is not set")
     name = f"nexus_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(admin, f'CREATE DATABASE "{name}"'))
+    create = f'CREATE DATABASE "{name}"'
+    if "migrated_url" in request.fixturenames:
+        create += f' TEMPLATE "{request.getfixturevalue("migrated_postgres_template")}"'
+    asyncio.run(_pg_admin(admin, create))
     try:
         yield make_url(admin).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -101,12 +122,10 @@ def _write_migrated(url: str, template: bytes) -> None:
 
 @pytest.fixture
 def migrated_url(database_url: str, request: pytest.FixtureRequest) -> str:
-    """The same database after a real ``alembic upgrade head`` (on SQLite, a copy of the
-    session's migrated file)."""
+    """The same database after a real ``alembic upgrade head``: a copy of the session's
+    migrated file (SQLite) or database (PostgreSQL: ``postgres_url`` made it so)."""
     if make_url(database_url).get_backend_name() == "sqlite":
         _write_migrated(database_url, request.getfixturevalue("migrated_sqlite_template"))
-    else:
-        migrate.upgrade(database_url)
     return database_url
 
 
