@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,29 @@ async def test_writes_that_wait_meanwhile_are_committed_together_in_one_transact
     writer: SqliteWriter, migrated_sqlite_url: str
 ) -> None:
     bodies = [_insert_agent_update(f"write {i}") for i in range(BATCH)]
-    results = await batched(writer.run, bodies, writer._inbox.qsize)
+    results = await batched(writer.run, bodies, writer.queued)
 
     assert all(isinstance(r, int) for r in results), results
     assert writer.commits == 2  # the gate's own transaction, then all the others at once
     assert writer.committed_writes == 1 + BATCH
+    assert _contents(migrated_sqlite_url) == [f"write {i}" for i in range(BATCH)]
+
+
+async def test_writes_submitted_in_one_turn_of_the_loop_are_committed_together(
+    writer: SqliteWriter, migrated_sqlite_url: str
+) -> None:
+    # As when a commit resumes its callers and each writes again at once. Between two of them
+    # the loop's thread lets go of the GIL (as any system call does), and an idle writer thread
+    # would start on the first write alone: a batch of one, then one of the rest.
+    async def pause_then_write(i: int) -> int:
+        time.sleep(0.002)  # noqa: ASYNC251 - blocking the loop's thread is the point
+        result: int = await writer.run(_insert_agent_update(f"write {i}"))
+        return result
+
+    results = await asyncio.gather(*(pause_then_write(i) for i in range(BATCH)))
+
+    assert all(isinstance(r, int) for r in results), results
+    assert (writer.commits, writer.committed_writes) == (1, BATCH)
     assert _contents(migrated_sqlite_url) == [f"write {i}" for i in range(BATCH)]
 
 
@@ -127,7 +146,7 @@ async def test_a_failing_write_in_a_batch_fails_only_its_caller_and_leaves_nothi
         violates_a_check,
         _insert_agent_update("after"),
     ]
-    results = await batched(writer.run, bodies, writer._inbox.qsize)
+    results = await batched(writer.run, bodies, writer.queued)
 
     assert isinstance(results[0], int)
     assert isinstance(results[1], ValueError)
@@ -145,7 +164,7 @@ async def test_a_write_that_waits_on_something_is_refused_and_rolled_back(
         await asyncio.sleep(0)  # suspends: a write must only run statements
 
     bodies = [_insert_agent_update("kept"), waits]
-    results = await batched(writer.run, bodies, writer._inbox.qsize)
+    results = await batched(writer.run, bodies, writer.queued)
 
     assert isinstance(results[0], int)
     assert isinstance(results[1], WriteWaited)
@@ -175,7 +194,7 @@ async def test_when_the_commit_fails_every_write_of_the_batch_gets_the_error(
         orphan_delivery_checked_at_commit,
         _insert_agent_update("lost too"),
     ]
-    results = await batched(writer.run, bodies, writer._inbox.qsize)
+    results = await batched(writer.run, bodies, writer.queued)
 
     assert all(isinstance(r, IntegrityError) for r in results), results
     assert all("FOREIGN KEY" in str(r) for r in results)
@@ -193,7 +212,7 @@ async def test_a_write_whose_caller_was_cancelled_before_its_turn_is_not_run(
     await wait_for(gate.entered.is_set, what="the writer to enter the gate")
     dropped = asyncio.ensure_future(writer.run(_insert_agent_update("dropped")))
     kept = asyncio.ensure_future(writer.run(_insert_agent_update("kept")))
-    await wait_for(lambda: writer._inbox.qsize() >= 2, what="both writes to wait")
+    await wait_for(lambda: writer.queued() >= 2, what="both writes to wait")
     dropped.cancel()
     gate.open()
     await held
@@ -213,7 +232,7 @@ async def store(migrated_sqlite_url: str) -> AsyncIterator[Store]:
 def _store_inbox(store: Store) -> Callable[[], int]:
     def queued() -> int:
         writer = store._writer
-        return 0 if writer is None else writer._inbox.qsize()
+        return 0 if writer is None else writer.queued()
 
     return queued
 

@@ -3,17 +3,20 @@
 A write is a coroutine function over a synchronous connection whose awaits never wait; the
 thread runs it whole (one trip from the event loop per write transaction, not one per
 statement). Writes that arrive while a transaction is being committed are committed together in
-the next one: one fsync for many writes. The group runs straight through; if a write of it fails
-(a duplicate caught by a unique index, or anything else), the group is rolled back and run again
-with each write in its own savepoint, so that the failure rolls back only that write. A write
-may therefore run twice, which is harmless: it only runs statements, and nothing of its first
-run is kept or answered. Its caller's future resolves after the COMMIT returned, so whatever a
-write answers is on disk.
+the next one: one fsync for many writes. The writes submitted in one turn of the event loop
+reach the thread together: a commit's callers, resumed in one turn and writing again at once,
+make one group (not a group of the first of them, then one of the rest). The group runs straight
+through; if a write of it fails (a duplicate caught by a unique index, or anything else), the
+group is rolled back and run again with each write in its own savepoint, so that the failure
+rolls back only that write. A write may therefore run twice, which is harmless: it only runs
+statements, and nothing of its first run is kept or answered. Its caller's future resolves after
+the COMMIT returned, so whatever a write answers is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -77,6 +80,10 @@ class WriteSession:
         await asyncio.shield(step.future)
 
 
+# What the thread takes: a write, a session, or None (stop).
+_Item = _Pending[Any] | WriteSession | None
+
+
 def _notify(
     loop: asyncio.AbstractEventLoop,
     future: asyncio.Future[Any],
@@ -136,7 +143,14 @@ class SqliteWriter:
         self._engine = engine
         self._connect_error = connect_error
         self._max_batch = max_batch
-        self._inbox: queue.SimpleQueue[_Pending[Any] | WriteSession | None] = queue.SimpleQueue()
+        # What the event loops hand over, a turn's writes at a time; the thread's own copy of
+        # the items handed over and not yet taken.
+        self._inbox: queue.SimpleQueue[list[_Item]] = queue.SimpleQueue()
+        self._taking: collections.deque[_Item] = collections.deque()
+        # Each loop's writes of its current turn, not yet handed over.
+        self._outgoing: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        self._submitted = 0  # written by the event loop only
+        self._taken = 0  # written by the writer thread only
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         # Written by the writer thread only: how many transactions committed, holding how many
@@ -154,8 +168,27 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         pending: _Pending[T] = _Pending(job, loop.create_future(), loop)
         self._ensure_thread()
-        self._inbox.put(pending)
+        self._submit(loop, pending)
         return await pending.future
+
+    def queued(self) -> int:
+        """How many writes and sessions were submitted and not yet taken by the thread."""
+        return self._submitted - self._taken
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, item: _Item) -> None:
+        """Queue ``item`` for the thread at the end of this turn of ``loop``."""
+        self._submitted += 1
+        turn = self._outgoing.get(loop)
+        if turn is None:
+            self._outgoing[loop] = [item]
+            loop.call_soon(self._hand_over, loop)
+        else:
+            turn.append(item)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        turn = self._outgoing.pop(loop, None)
+        if turn:
+            self._inbox.put(turn)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[WriteSession]:
@@ -166,7 +199,7 @@ class SqliteWriter:
         """
         session = WriteSession(asyncio.get_running_loop())
         self._ensure_thread()
-        self._inbox.put(session)
+        self._submit(session.loop, session)
         try:
             await session.started
         except BaseException:
@@ -195,7 +228,9 @@ class SqliteWriter:
         with self._start_lock:
             thread, self._thread = self._thread, None
         if thread is not None:
-            self._inbox.put(None)
+            loop = asyncio.get_running_loop()
+            self._submit(loop, None)
+            self._hand_over(loop)  # with what this turn submitted before it
             await asyncio.to_thread(thread.join)
 
     # --- the writer thread -----------------------------------------------------------------
@@ -229,19 +264,19 @@ class SqliteWriter:
             _discard(connection)
 
     def _take(self) -> tuple[list[_Pending[Any]], WriteSession | None, bool]:
-        """The next batch: wait for one write, then take every write already waiting, up to
-        a session (which runs alone, after the batch)."""
-        first = self._inbox.get()
-        if first is None:
-            return [], None, True
-        if isinstance(first, WriteSession):
-            return [], first, False
-        batch = [first]
+        """The next batch: wait for a write, then take every write already waiting, up to a
+        session (which runs alone, after the batch); and whether to stop after it."""
+        batch: list[_Pending[Any]] = []
         while len(batch) < self._max_batch:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+            if not self._taking:
+                try:
+                    turn = self._inbox.get_nowait() if batch else self._inbox.get()
+                except queue.Empty:
+                    break
+                self._taking.extend(turn)
+                continue
+            item = self._taking.popleft()
+            self._taken += 1
             if item is None:
                 return batch, None, True
             if isinstance(item, WriteSession):
