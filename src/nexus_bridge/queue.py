@@ -234,32 +234,15 @@ class QueueService:
 
         async def insert(tx: StoreTransaction) -> Task:
             now = self._clock()  # in the transaction: times follow the order of commits
-            task = await tx.insert_task(
-                NewTask(
-                    id=task_id,
-                    target=target,
-                    content=content,
-                    content_hash=digest,
-                    created_at=now,
-                    urgent=urgent,
-                )
+            new = NewTask(
+                id=task_id,
+                target=target,
+                content=content,
+                content_hash=digest,
+                created_at=now,
+                urgent=urgent,
             )
-            if uses_outbox:
-                await tx.insert_outbox(
-                    task_id=task.id,
-                    kind=OutboxKind.TASK,
-                    body=content,
-                    reply_to_telegram_id=None,
-                    at=now,
-                )
-            await tx.insert_update(
-                task_id=task.id,
-                kind=UpdateKind.STATUS,
-                status=TaskStatus.PENDING,
-                content=_QUEUED_LINE,
-                at=now,
-            )
-            return task
+            return await tx.queue_task(new, delivery=uses_outbox, first_update=_QUEUED_LINE)
 
         for _ in range(_ENQUEUE_ATTEMPTS):
             try:

@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from nexus_bridge import config
 from nexus_bridge.db.engine import create_engine, create_writer_engine
 from nexus_bridge.db.store import Store, StoreTransaction
 from nexus_bridge.db.writer import SqliteWriter, WriteWaited
+from nexus_bridge.domain import TargetPolicy, Transport, content_hash
 from nexus_bridge.errors import DatabaseUnreachable, TaskNotFound
 from nexus_bridge.queue import QueueService
 from tests.conftest import DEADLINE_SECONDS, wait_for
@@ -315,3 +319,155 @@ async def test_a_long_cold_write_makes_hot_writes_wait_their_turn_not_fail_busy(
     finally:
         await store.dispose()
     assert all(r.queued for r in results)
+
+
+# --- a group's sends: one multi-row INSERT per table --------------------------------------------
+
+TWO_TARGETS = (TargetPolicy("chat", Transport.TELEGRAM), TargetPolicy("api", Transport.AGENT))
+
+
+def _rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row a send writes, in write order, with its id replaced by its task's content."""
+    with sqlite3.connect(_path(url)) as conn:
+        return {
+            "tasks": conn.execute(
+                "SELECT target, content, status, urgent, created_at = updated_at FROM tasks "
+                "ORDER BY rowid"
+            ).fetchall(),
+            "outbox": conn.execute(
+                "SELECT t.content, o.kind, o.body, o.state, o.next_attempt_at = t.created_at, "
+                "o.created_at = t.created_at FROM outbox o JOIN tasks t ON t.id = o.task_id "
+                "ORDER BY o.id"
+            ).fetchall(),
+            "updates": conn.execute(
+                "SELECT t.content, u.kind, u.status, u.content, u.created_at = t.created_at "
+                "FROM updates u JOIN tasks t ON t.id = u.task_id ORDER BY u.seq"
+            ).fetchall(),
+            "counts": conn.execute(
+                "SELECT kind, target, status, n FROM queue_counts WHERE n <> 0 "
+                "ORDER BY kind, target, status"
+            ).fetchall(),
+        }
+
+
+def _send(queue: QueueService, store: Store) -> Callable[[Any], Awaitable[Any]]:
+    def submit(body: Any) -> Awaitable[Any]:
+        if isinstance(body, tuple):
+            target, text = body
+            return queue.enqueue(text, target, urgent=text.startswith("!"))
+        return _store_gate(store, body)
+
+    return submit
+
+
+async def _send_as_one_group(url: str, sends: list[tuple[str, str]]) -> list[Any]:
+    store = Store(create_engine(url))
+    try:
+        queue = QueueService(store, targets=TWO_TARGETS)
+        await queue.enqueue("warm the writer up", "chat")
+        return await batched(_send(queue, store), sends, _store_inbox(store))
+    finally:
+        await store.dispose()
+
+
+async def _send_one_by_one(url: str, sends: list[tuple[str, str]]) -> list[Any]:
+    store = Store(create_engine(url))
+    try:
+        queue = QueueService(store, targets=TWO_TARGETS)
+        await queue.enqueue("warm the writer up", "chat")
+        results = []
+        for target, text in sends:
+            results.append(await queue.enqueue(text, target, urgent=text.startswith("!")))
+        return results
+    finally:
+        await store.dispose()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sends=st.lists(
+        st.tuples(st.sampled_from(["chat", "api"]), st.sampled_from(["a", "b", "!c", " a "])),
+        min_size=2,
+        max_size=12,
+    )
+)
+def test_a_group_of_sends_writes_exactly_what_the_same_sends_one_by_one_write(
+    sends: list[tuple[str, str]], migrated_sqlite_template: bytes, tmp_path_factory: Any
+) -> None:
+    """Any mix of new and duplicate sends to both kinds of target, made as one group (its rows
+    as one multi-row INSERT per table, run again a savepoint per send when a duplicate fails
+    it), answers and writes row for row what the same sends made one at a time do."""
+    directory = tmp_path_factory.mktemp("group")
+    grouped, alone = (f"sqlite+aiosqlite:///{directory / name}" for name in ("g.db", "a.db"))
+    for url in (grouped, alone):
+        _path(url).write_bytes(migrated_sqlite_template)
+
+    group_results = asyncio.run(_send_as_one_group(grouped, sends))
+    alone_results = asyncio.run(_send_one_by_one(alone, sends))
+
+    assert not [r for r in group_results if isinstance(r, BaseException)], group_results
+    assert [r.queued for r in group_results] == [r.queued for r in alone_results]
+    first_of: dict[tuple[str, str], str] = {}
+    for (target, message), result in zip(sends, group_results, strict=True):
+        first_of.setdefault((target, message.strip()), result.task.id)
+        assert result.task.id == first_of[(target, message.strip())]  # a duplicate names the first
+    assert _rows(grouped) == _rows(alone)
+
+
+async def test_a_write_after_a_send_in_its_group_sees_the_send(store: Store) -> None:
+    """The rows a group puts off run before any later statement of the group: a later write
+    reads the task an earlier one queued."""
+    queue = QueueService(store)
+    await queue.enqueue("warm the writer up")
+    digest = content_hash("look for me")
+
+    async def look(tx: StoreTransaction) -> bool:
+        return await tx.open_task_with_hash(config.DEFAULT_TARGET, digest) is not None
+
+    def submit(body: Any) -> Awaitable[Any]:
+        if body == "look":
+            return store.commit(look)
+        if isinstance(body, str):
+            return queue.enqueue(body)
+        return _store_gate(store, body)
+
+    results = await batched(submit, ["look for me", "look"], _store_inbox(store))
+
+    assert results[0].queued
+    assert results[1] is True
+
+
+async def test_a_write_that_swallows_the_groups_failure_cannot_commit_a_lost_send(
+    store: Store, migrated_sqlite_url: str
+) -> None:
+    """A duplicate fails the group's multi-row INSERT inside a later write of the group; that
+    write catches the error and goes on. The group still runs again, a send per savepoint: the
+    duplicate is answered as one, and nothing is answered that is not on disk."""
+    queue = QueueService(store)
+    existing = await queue.enqueue("already open")
+    digest = content_hash("already open")
+
+    async def swallow(tx: StoreTransaction) -> str:
+        try:
+            await tx.open_task_with_hash(config.DEFAULT_TARGET, digest)
+        except IntegrityError:
+            return "swallowed"
+        return "went on"
+
+    def submit(body: Any) -> Awaitable[Any]:
+        if body == "swallow":
+            return store.commit(swallow)
+        if isinstance(body, str):
+            return queue.enqueue(body)
+        return _store_gate(store, body)
+
+    results = await batched(submit, ["new one", "already open", "swallow"], _store_inbox(store))
+
+    assert results[0].queued
+    assert (results[1].queued, results[1].task.id) == (False, existing.task.id)
+    assert results[2] == "went on"  # on the second run, with nothing put off to fail
+    with sqlite3.connect(_path(migrated_sqlite_url)) as conn:
+        rows = conn.execute("SELECT content FROM tasks ORDER BY rowid").fetchall()
+    assert rows == [("already open",), ("new one",)]

@@ -53,7 +53,7 @@ from nexus_bridge.db.models import (
 from nexus_bridge.db.oauth_store import OAuthStore
 from nexus_bridge.db.types import UTCDateTime, format_timestamp
 from nexus_bridge.db.wakeups import ChangeFeed, change_feed
-from nexus_bridge.db.writer import SqliteWriter, WriteSession
+from nexus_bridge.db.writer import GROUP_FINISHERS, SqliteWriter, WriteSession
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
@@ -170,6 +170,70 @@ class _CompiledInsert:
             bound[position] = process(bound[position])
         return bound
 
+    @property
+    def rows_per_statement(self) -> int:
+        # 999 bound parameters: SQLite's limit before 3.32, and below every later one.
+        return max(1, 999 // len(self.keys))
+
+
+@functools.lru_cache(maxsize=256)
+def _multi_row_sql(sql: str, rows: int) -> str:
+    """``INSERT INTO t (…) VALUES (?, …)`` for ``rows`` rows in one statement."""
+    head, values = sql.rsplit(" VALUES ", 1)
+    return f"{head} VALUES {', '.join([values] * rows)}"
+
+
+class _GroupInserts:
+    """The rows that a group of writes in the writer thread inserted without wanting their keys
+    back (a queued task, its delivery, its first update), run as one multi-row INSERT per table:
+    before any other statement of the group, and at its end (a finisher: see
+    :data:`~nexus_bridge.db.writer.GROUP_FINISHERS`). A failure is kept and raised again at the
+    end, so the group runs again, a savepoint per write, even if the write that met it went on."""
+
+    __slots__ = ("_driver", "_failed", "_rows")
+
+    def __init__(self, driver: sqlite3.Connection) -> None:
+        self._driver = driver
+        self._rows: dict[_CompiledInsert, list[list[Any]]] = {}
+        self._failed: Exception | None = None
+
+    def add(self, compiled: _CompiledInsert, parameters: list[Any]) -> None:
+        self._rows.setdefault(compiled, []).append(parameters)
+
+    def __call__(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        rows, self._rows = self._rows, {}
+        for compiled, table_rows in rows.items():
+            # Statements of 2**k rows only: a few shapes, which SQLite keeps prepared.
+            most = 1 << (compiled.rows_per_statement.bit_length() - 1)
+            start = 0
+            while start < len(table_rows):
+                size = min(most, 1 << ((len(table_rows) - start).bit_length() - 1))
+                chunk = table_rows[start : start + size]
+                start += size
+                sql = _multi_row_sql(compiled.sql, size)
+                parameters = [value for row in chunk for value in row]
+                try:
+                    self._driver.execute(sql, parameters)
+                except sqlite3.Error as exc:
+                    self._failed = DBAPIError.instance(sql, parameters, exc, sqlite3.Error)
+                    raise self._failed from exc
+
+    @classmethod
+    def of(cls, connection: Connection, driver: sqlite3.Connection) -> _GroupInserts | None:
+        """The group's own, made on first use; None when no group is running (a lone write, or
+        a group run again a savepoint per write)."""
+        finishers: list[Callable[[], None]] | None = connection.info.get(GROUP_FINISHERS)
+        if finishers is None:
+            return None
+        for finisher in finishers:
+            if isinstance(finisher, cls):
+                return finisher
+        made = cls(driver)
+        finishers.append(made)
+        return made
+
 
 # The hottest writes (enqueue, reply, cancel, an agent's report).
 _INSERT_TASK: Final = HotInsert(tasks)
@@ -247,11 +311,70 @@ class NewTask:
     urgent: bool = False
 
 
+def _task_values(new: NewTask) -> dict[str, Any]:
+    return {
+        "id": new.id,
+        "target": new.target,
+        "content": new.content,
+        "content_hash": new.content_hash,
+        "status": TaskStatus.PENDING.value,
+        "status_reason": None,
+        "urgent": new.urgent,
+        "created_at": new.created_at,
+        "updated_at": new.created_at,
+    }
+
+
+def _new_task(new: NewTask) -> Task:
+    """The task that :func:`_task_values` inserts, as read back."""
+    return Task(
+        id=new.id,
+        target=new.target,
+        content=new.content,
+        status=TaskStatus.PENDING,
+        created_at=new.created_at,
+        updated_at=new.created_at,
+        acknowledged_at=None,
+        started_at=None,
+        ended_at=None,
+        status_reason=None,
+        urgent=new.urgent,
+    )
+
+
+def _update_values(
+    task_id: str | None, kind: UpdateKind, content: str, at: datetime, status: TaskStatus | None
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "kind": kind.value,
+        "status": status.value if status else None,
+        "content": content,
+        "created_at": at,
+    }
+
+
+def _outbox_values(
+    task_id: str, kind: OutboxKind, body: str, reply_to_telegram_id: int | None, at: datetime
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "kind": kind.value,
+        "body": body,
+        "reply_to_telegram_id": reply_to_telegram_id,
+        "state": OutboxState.PENDING.value,
+        "attempts": 0,
+        "parts_sent": 0,
+        "next_attempt_at": at,
+        "created_at": at,
+    }
+
+
 class ImmediateConnection:
     """A synchronous connection behind :class:`StoreTransaction`'s awaits: every ``execute``
     returns at once, so a write runs whole in the writer's thread (see :mod:`.writer`)."""
 
-    __slots__ = ("_conn", "_driver", "dialect")
+    __slots__ = ("_conn", "_driver", "_group", "dialect")
 
     def __init__(self, connection: Connection) -> None:
         self._conn = connection
@@ -259,16 +382,30 @@ class ImmediateConnection:
         if driver is None:  # pragma: no cover - an open connection has its driver
             raise RuntimeError("no sqlite3 connection to write on")
         self._driver: sqlite3.Connection = driver
+        self._group = _GroupInserts.of(connection, driver)
         self.dialect = connection.dialect
 
     async def execute(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> CursorResult[*tuple[Any, ...]]:
+        # What the group put off runs first (the writer's before_cursor_execute hook).
         return self._conn.execute(statement, parameters)
+
+    def insert_later(self, hot: HotInsert, values: Mapping[str, Any]) -> bool:
+        """In a group, add the row to the group's multi-row INSERT of its table (it runs before
+        the group's next other statement, or at its end) and say True; else do nothing and say
+        False."""
+        if self._group is None:
+            return False
+        compiled = hot.compiled(self.dialect, tuple(values))
+        self._group.add(compiled, compiled.parameters(values))
+        return True
 
     def insert(self, hot: HotInsert, values: Mapping[str, Any]) -> int:
         """Run ``hot`` on the sqlite3 cursor; the new row's rowid. Driver errors come wrapped
         as SQLAlchemy's, as from :meth:`execute`."""
+        if self._group is not None:
+            self._group()  # what the group put off runs first: statements keep their order
         compiled = hot.compiled(self.dialect, tuple(values))
         parameters = compiled.parameters(values)
         try:
@@ -339,42 +476,47 @@ class StoreTransaction:
 
     # --- tasks -----------------------------------------------------------------------------
 
+    async def queue_task(self, new: NewTask, *, delivery: bool, first_update: str) -> Task:
+        """Insert a pending task, its delivery when ``delivery`` (the outbox row that takes it
+        to the agent's chat) and its first ``status`` update, ``first_update``.
+
+        In a group of writes in the writer's thread, the three rows join the group's multi-row
+        INSERTs, and a duplicate fails the group, which runs again with a savepoint per write:
+        this raises then.
+
+        Raises:
+            DuplicateTask: an open task with the same target and content exists.
+        """
+        at = new.created_at
+        outbox_row = _outbox_values(new.id, OutboxKind.TASK, new.content, None, at)
+        update_row = _update_values(new.id, UpdateKind.STATUS, first_update, at, TaskStatus.PENDING)
+        conn = self._conn
+        if isinstance(conn, ImmediateConnection) and conn.insert_later(
+            _INSERT_TASK, _task_values(new)
+        ):
+            if delivery:
+                conn.insert_later(_INSERT_OUTBOX, outbox_row)
+            conn.insert_later(_INSERT_UPDATE, update_row)
+            return _new_task(new)
+        task = await self.insert_task(new)
+        if delivery:
+            await self._insert(_INSERT_OUTBOX, outbox_row)
+        await self._insert(_INSERT_UPDATE, update_row)
+        return task
+
     async def insert_task(self, new: NewTask) -> Task:
         """Insert a pending task.
 
         Raises:
             DuplicateTask: an open task with the same target and content exists.
         """
-        values = {
-            "id": new.id,
-            "target": new.target,
-            "content": new.content,
-            "content_hash": new.content_hash,
-            "status": TaskStatus.PENDING.value,
-            "status_reason": None,
-            "urgent": new.urgent,
-            "created_at": new.created_at,
-            "updated_at": new.created_at,
-        }
         try:
-            await self._insert(_INSERT_TASK, values)
+            await self._insert(_INSERT_TASK, _task_values(new))
         except IntegrityError as exc:
             if _is_open_content_violation(exc):
                 raise DuplicateTask() from exc
             raise
-        return Task(
-            id=new.id,
-            target=new.target,
-            content=new.content,
-            status=TaskStatus.PENDING,
-            created_at=new.created_at,
-            updated_at=new.created_at,
-            acknowledged_at=None,
-            started_at=None,
-            ended_at=None,
-            status_reason=None,
-            urgent=new.urgent,
-        )
+        return _new_task(new)
 
     async def open_task_with_hash(self, target: str, content_hash: str) -> Task | None:
         row = (
@@ -595,16 +737,7 @@ class StoreTransaction:
         at: datetime,
         status: TaskStatus | None = None,
     ) -> TaskUpdate:
-        seq = await self._insert(
-            _INSERT_UPDATE,
-            {
-                "task_id": task_id,
-                "kind": kind.value,
-                "status": status.value if status else None,
-                "content": content,
-                "created_at": at,
-            },
-        )
+        seq = await self._insert(_INSERT_UPDATE, _update_values(task_id, kind, content, at, status))
         return TaskUpdate(seq=seq, task_id=task_id, kind=kind, content=content, created_at=at)
 
     async def list_updates(
@@ -691,18 +824,7 @@ class StoreTransaction:
         at: datetime,
     ) -> int:
         return await self._insert(
-            _INSERT_OUTBOX,
-            {
-                "task_id": task_id,
-                "kind": kind.value,
-                "body": body,
-                "reply_to_telegram_id": reply_to_telegram_id,
-                "state": OutboxState.PENDING.value,
-                "attempts": 0,
-                "parts_sent": 0,
-                "next_attempt_at": at,
-                "created_at": at,
-            },
+            _INSERT_OUTBOX, _outbox_values(task_id, kind, body, reply_to_telegram_id, at)
         )
 
     async def due_outbox(self, now: datetime, *, limit: int) -> list[OutboxItem]:

@@ -23,8 +23,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from nexus_bridge.constants import MAX_WRITES_PER_COMMIT
@@ -33,6 +34,19 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WriteJob = Callable[[Connection], Coroutine[Any, Any, T]]
+
+GROUP_FINISHERS: Final = "nexus_bridge.group_finishers"
+"""The ``connection.info`` key of a list that is there while the writes of a group run straight
+through in one transaction (not a savepoint each). A write may append a callable to it that runs
+what it put off (the store's multi-row INSERTs): every one runs before any later statement on
+the connection, so statements keep their order, and before the COMMIT. One that raises fails the
+group, which then runs again, a savepoint per write, with nothing put off."""
+
+
+def _run_put_off(connection: Connection, *_statement: Any) -> None:
+    """Before a statement on the writer's connection: what the group's writes put off."""
+    for finish in connection.info.get(GROUP_FINISHERS, ()):
+        finish()
 
 
 class WriteWaited(RuntimeError):
@@ -141,6 +155,7 @@ class SqliteWriter:
         max_batch: int = MAX_WRITES_PER_COMMIT,
     ) -> None:
         self._engine = engine
+        event.listen(engine, "before_cursor_execute", _run_put_off)
         self._connect_error = connect_error
         self._max_batch = max_batch
         # What the event loops hand over, a turn's writes at a time; the thread's own copy of
@@ -364,19 +379,32 @@ class SqliteWriter:
         nothing fails, and a savepoint costs two statements per write). False, with the
         transaction rolled back, if a write of a batch of several raised; a lone write that
         raised gets its error (its transaction rolled back) and True."""
-        transaction = connection.begin()
-        for item in batch:
+        grouped = len(batch) > 1
+        finishers: list[Callable[[], None]] = []
+        if grouped:
+            connection.info[GROUP_FINISHERS] = finishers
+        try:
+            transaction = connection.begin()
+            for item in batch:
+                try:
+                    item.result = _run_to_end(item.job(connection))
+                except Exception as exc:  # noqa: BLE001 - the caller's, or a reason to isolate
+                    transaction.rollback()
+                    item.result = None
+                    if grouped:
+                        return False
+                    item.error = exc
+                    return True
             try:
-                item.result = _run_to_end(item.job(connection))
-            except Exception as exc:  # noqa: BLE001 - the caller's, or a reason to isolate
+                for finish in finishers:
+                    finish()
+            except Exception:  # noqa: BLE001 - run again, a savepoint per write
                 transaction.rollback()
-                item.result = None
-                if len(batch) > 1:
-                    return False
-                item.error = exc
-                return True
-        transaction.commit()
-        return True
+                return False
+            transaction.commit()
+            return True
+        finally:
+            connection.info.pop(GROUP_FINISHERS, None)
 
     @staticmethod
     def _run_isolated(connection: Connection, batch: list[_Pending[Any]]) -> None:
