@@ -416,6 +416,24 @@ def test_a_group_of_sends_writes_exactly_what_the_same_sends_one_by_one_write(
     assert _rows(grouped) == _rows(alone)
 
 
+def test_a_group_larger_than_one_insert_statement_writes_every_send_in_order(
+    migrated_sqlite_template: bytes, tmp_path: Path
+) -> None:
+    """150 sends in one group: more rows than one multi-row INSERT takes (64 tasks, 128
+    updates), so each table is written in several statements, still in the sends' order."""
+    sends = [("chat" if i % 3 else "api", f"task {i}") for i in range(150)]
+    grouped, alone = (f"sqlite+aiosqlite:///{tmp_path / name}" for name in ("g.db", "a.db"))
+    for url in (grouped, alone):
+        _path(url).write_bytes(migrated_sqlite_template)
+
+    results = asyncio.run(_send_as_one_group(grouped, sends))
+    asyncio.run(_send_one_by_one(alone, sends))
+
+    assert all(not isinstance(r, BaseException) and r.queued for r in results), results
+    assert _rows(grouped) == _rows(alone)
+    assert [row[1] for row in _rows(grouped)["tasks"]][1:] == [text for _, text in sends]
+
+
 async def test_a_write_after_a_send_in_its_group_sees_the_send(store: Store) -> None:
     """The rows a group puts off run before any later statement of the group: a later write
     reads the task an earlier one queued."""
