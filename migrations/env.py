@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 from nexus_bridge.config import load_settings
 from nexus_bridge.db.engine import create_engine
-from nexus_bridge.db.models import declare_postgresql_options, metadata
+from nexus_bridge.db.models import POSTGRESQL_ONLY, declare_postgresql_options, metadata
 
 config = context.config
 if config.config_file_name is not None:
@@ -30,11 +31,26 @@ def _database_url() -> str:
     return load_settings().database_url
 
 
+def _compared_on(dialect: str) -> Any:
+    """alembic's include_object: an index of PostgreSQL's alone is no drift elsewhere."""
+
+    def include(obj: Any, _name: Any, type_: str, _reflected: bool, _compare_to: Any) -> bool:
+        only_postgresql = type_ == "index" and bool(obj.info.get(POSTGRESQL_ONLY))
+        return dialect == "postgresql" or not only_postgresql
+
+    return include
+
+
 def _configure(connection: Connection | None = None, url: str | None = None) -> None:
+    if connection is not None:
+        dialect = connection.dialect.name
+    else:
+        dialect = make_url(str(url)).get_backend_name()
     context.configure(
         connection=connection,
         url=url,
         target_metadata=target_metadata,
+        include_object=_compared_on(dialect),
         render_as_batch=True,
         compare_type=True,
         literal_binds=connection is None,

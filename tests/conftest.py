@@ -78,14 +78,15 @@ def migrated_postgres_template() -> Iterator[str]:
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards: empty, or, for a test that
-    asks for ``migrated_url``, a copy of the session's migrated template (``CREATE DATABASE …
+    asks for ``migrated_url`` or ``migrated_postgres_url``, a copy of the session's migrated
+    template (``CREATE DATABASE …
     TEMPLATE`` costs what an empty one does)."""
     admin = postgres_admin_url()
     if admin is None:
         pytest.skip(f"{POSTGRES_ENV} is not set")
     name = f"nexus_test_{uuid.uuid4().hex[:12]}"
     create = f'CREATE DATABASE "{name}"'
-    if "migrated_url" in request.fixturenames:
+    if {"migrated_url", "migrated_postgres_url"} & set(request.fixturenames):
         create += f' TEMPLATE "{request.getfixturevalue("migrated_postgres_template")}"'
     asyncio.run(_pg_admin(admin, create))
     try:
@@ -127,6 +128,12 @@ def migrated_url(database_url: str, request: pytest.FixtureRequest) -> str:
     if make_url(database_url).get_backend_name() == "sqlite":
         _write_migrated(database_url, request.getfixturevalue("migrated_sqlite_template"))
     return database_url
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_url: str) -> str:
+    """A PostgreSQL database at the schema's head (``postgres_url`` copies the template)."""
+    return postgres_url
 
 
 @pytest.fixture

@@ -8,14 +8,16 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.errors import InvalidInput
 from nexus_bridge.queue import QueueService
+from tests.conftest import _asyncpg_dsn
 
 Statement = tuple[str, Any]
 
@@ -176,3 +178,39 @@ async def test_a_short_id_sees_only_its_targets_tasks_even_behind_a_crowded_pref
                 await tx.task_of_target("other", "abcdef12")
     finally:
         await store.dispose()
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_short_id_reads_an_index_under_any_collation(
+    migrated_postgres_url: str,
+) -> None:
+    """PostgreSQL serves ``LIKE 'prefix%'`` from the primary key only under the C collation;
+    ``ix_tasks_id_pattern`` (varchar_pattern_ops) serves it under any. With sequential scans
+    priced out, every short-id lookup's plan reads an index, never the whole table."""
+    store = Store(create_engine(migrated_postgres_url))
+    queue = QueueService(store)
+    try:
+        task = (await queue.enqueue("find me by a short id")).task
+        await queue.enqueue("and another")
+        with statements_sent("FROM tasks") as sent:
+            assert (await queue.agent_task("homelab", task.id[:8])).id == task.id
+            assert (await queue.get(task.id[:8])).task.id == task.id
+    finally:
+        await store.dispose()
+
+    prefix_lookups = [s for s in sent if "LIKE" in s[0].upper()]
+    assert len(prefix_lookups) >= 2, sent
+    conn = await asyncpg.connect(_asyncpg_dsn(migrated_postgres_url))
+    try:
+        collation = await conn.fetchval(
+            "SELECT datcollate FROM pg_database WHERE datname = $1",
+            make_url(migrated_postgres_url).database,
+        )
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            for statement, parameters in prefix_lookups:
+                rows = await conn.fetch(f"EXPLAIN {statement}", *parameters)
+                plan = [row[0] for row in rows]
+                assert not any("Seq Scan on tasks" in step for step in plan), (collation, plan)
+    finally:
+        await conn.close()

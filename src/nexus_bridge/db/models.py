@@ -48,6 +48,12 @@ CLAIMS_INDEX: Final = "ix_tasks_claim_expires_at"
 CLAIMED_SQL: Final = "claim_expires_at IS NOT NULL"
 UNPROCESSED_INDEX: Final = "ix_telegram_messages_unprocessed"
 UNPROCESSED_SQL: Final = "processed_at IS NULL"
+# PostgreSQL only: tasks.id under varchar_pattern_ops, which serves a short id's LIKE 'prefix%'
+# under any collation (the primary key serves it only under C). SQLite seeks the primary key's
+# range instead (Store._id_prefix).
+ID_PATTERN_INDEX: Final = "ix_tasks_id_pattern"
+POSTGRESQL_ONLY: Final = "postgresql_only"
+"""An ``Index.info`` key: the index exists on PostgreSQL only (alembic compares it there only)."""
 
 OUTBOX_KINDS: Final = ("task", "reply", "cancel")
 OUTBOX_STATES: Final = ("pending", "delivered", "failed", "skipped")
@@ -332,7 +338,8 @@ queue_counts = Table(
 
 
 def declare_postgresql_options() -> None:
-    """Add what only PostgreSQL reads of the schema: the WHERE of the partial indexes.
+    """Add what only PostgreSQL reads of the schema: the WHERE of the partial indexes, and the
+    index of PostgreSQL's alone (:data:`ID_PATTERN_INDEX`).
 
     Not declared with the table: naming a ``postgresql_`` option makes SQLAlchemy import its
     whole PostgreSQL dialect to check it, 0.02 s of a SQLite server's cold start. A PostgreSQL
@@ -346,3 +353,10 @@ def declare_postgresql_options() -> None:
     for index in telegram_messages.indexes:
         if index.name == UNPROCESSED_INDEX:
             index.dialect_options["postgresql"]["where"] = text(UNPROCESSED_SQL)
+    if not any(index.name == ID_PATTERN_INDEX for index in tasks.indexes):
+        Index(
+            ID_PATTERN_INDEX,
+            tasks.c.id,
+            postgresql_ops={"id": "varchar_pattern_ops"},
+            info={POSTGRESQL_ONLY: True},
+        )
