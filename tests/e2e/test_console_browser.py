@@ -127,6 +127,8 @@ async def test_the_console_in_chromium_from_sign_in_to_sign_out(
                 assert (await info.value).status == 401
                 assert "That did not work" in await page.locator("#error").inner_text()
                 # From the keyboard: the passphrase field has the focus; Enter sends the form.
+                # (autofocus lands when the page first renders: wait for it, not past it.)
+                await page.wait_for_function("document.activeElement?.id === 'passphrase'")
                 await page.keyboard.type(PASSPHRASE)
                 await page.keyboard.press("Enter")
                 await page.wait_for_url(b.base + "/console")
