@@ -172,8 +172,10 @@ class _CompiledInsert:
 
     @property
     def rows_per_statement(self) -> int:
-        # 999 bound parameters: SQLite's limit before 3.32, and below every later one.
-        return max(1, 999 // len(self.keys))
+        """The most rows one multi-row INSERT takes: a power of two (a few statement shapes,
+        which SQLite keeps prepared) within 999 bound parameters (SQLite's limit before 3.32,
+        and below every later one)."""
+        return 1 << ((999 // len(self.keys)).bit_length() - 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -205,11 +207,10 @@ class _GroupInserts:
             raise self._failed
         rows, self._rows = self._rows, {}
         for compiled, table_rows in rows.items():
-            # Statements of 2**k rows only: a few shapes, which SQLite keeps prepared.
-            most = 1 << (compiled.rows_per_statement.bit_length() - 1)
             start = 0
-            while start < len(table_rows):
-                size = min(most, 1 << ((len(table_rows) - start).bit_length() - 1))
+            while start < len(table_rows):  # in statements of 2**k rows
+                left = len(table_rows) - start
+                size = min(compiled.rows_per_statement, 1 << (left.bit_length() - 1))
                 chunk = table_rows[start : start + size]
                 start += size
                 sql = _multi_row_sql(compiled.sql, size)
