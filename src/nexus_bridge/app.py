@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import hmac
 import logging
 import signal
@@ -567,7 +568,8 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
 
 
 class BridgeServer(uvicorn.Server):
-    """uvicorn, plus: announce the real address, and wake long pulls when asked to stop."""
+    """uvicorn, plus: announce the real address, keep the start-up heap out of the garbage
+    collector's way, and wake long pulls when asked to stop."""
 
     def __init__(
         self,
@@ -584,8 +586,16 @@ class BridgeServer(uvicorn.Server):
     def bridge(self) -> Bridge:
         return self._bridge
 
+    async def serve(self, sockets: list[Any] | None = None) -> None:
+        try:
+            await super().serve(sockets)
+        finally:
+            gc.unfreeze()  # what start-up froze is the collector's again (and collectable)
+
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)
+        if self.started:
+            _freeze_startup_heap()
         if self.servers and self.servers[0].sockets:
             self.bound_port = int(self.servers[0].sockets[0].getsockname()[1])
             url = mcp_url(self._bridge.settings, self.bound_port)
@@ -608,6 +618,18 @@ class BridgeServer(uvicorn.Server):
             # is how a service is stopped: it has been handled. (SIGINT still ends in 130.)
             captured: list[int] = getattr(self, "_captured_signals", [])
             captured[:] = [s for s in captured if s != signal.SIGTERM]
+
+
+def _freeze_startup_heap() -> None:
+    """Move every object alive now (the imported libraries, the app, the bridge: about 150,000)
+    out of the cyclic garbage collector's reach. A full collection then walks only what was
+    made since: on a 2-core machine under 32 clients it went from 60-220 ms a pause, 20% of the
+    loop's time, to a few ms. Objects are still freed by reference counting; only a cycle among
+    them that dies later waits for :func:`gc.unfreeze` (at shutdown) to be collected."""
+    gc.freeze()
+    logger.debug(
+        "froze %d start-up objects out of the garbage collector's way", gc.get_freeze_count()
+    )
 
 
 def mcp_url(settings: Settings, port: int | None = None) -> str:

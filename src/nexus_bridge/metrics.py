@@ -16,7 +16,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -41,10 +49,14 @@ FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip", "cf-co
 
 
 class Metrics:
-    """What this process counts as it goes."""
+    """What this process counts as it goes, and the client library's standard collectors of the
+    process itself: memory, open files, CPU, start time (``process_*``, Linux) and the garbage
+    collector and Python version (``python_*``), which show a process that grows over months."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(standard)
         self.tool_calls = Counter(
             f"{PREFIX}_tool_calls",
             "MCP tool calls, by tool and outcome (ok, error: the tool refused or failed).",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_bridge.config import Settings
@@ -95,6 +99,31 @@ async def test_metrics_report_tasks_tool_calls_and_waiting_pulls(
             value(samples, "nexus_bridge_agent_last_seen_timestamp_seconds", target="homelab") > 0
         )
         assert value(samples, "nexus_bridge_tasks", target="homelab", status="acknowledged") == 1
+
+
+def _this_process() -> tuple[int, int, int]:
+    """This process's resident bytes and open files, and the boot time (Unix), from /proc."""
+    resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    stat = Path("/proc/stat").read_text().splitlines()
+    boot = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
+    return resident, len(os.listdir("/proc/self/fd")), boot
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process_* metrics need /proc")
+async def test_metrics_show_the_process_memory_open_files_start_and_collector(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """An owner leaving the bridge up for months graphs its memory and open files."""
+    async with running_server(make_settings()) as (url, _):
+        samples = await scrape(url)
+        resident, open_files, boot = _this_process()
+    assert 0.5 * resident < value(samples, "process_resident_memory_bytes") < 2 * resident
+    assert abs(value(samples, "process_open_fds") - open_files) <= 20
+    assert value(samples, "process_max_fds") > 0
+    assert boot <= value(samples, "process_start_time_seconds") <= time.time()
+    assert value(samples, "process_cpu_seconds_total") > 0
+    for generation in ("0", "1", "2"):
+        assert ("python_gc_collections_total", (("generation", generation),)) in samples
 
 
 def _agent_token(make_settings: Callable[..., Settings]) -> str:

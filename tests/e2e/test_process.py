@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -29,7 +30,14 @@ from mcp import Client
 from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
-from tests.conftest import DEADLINE_SECONDS, running_server, subprocess_env, wait_for
+from tests.conftest import (
+    DEADLINE_SECONDS,
+    mcp_client,
+    running_server,
+    subprocess_env,
+    wait_for,
+)
+from tests.e2e.test_http import call
 
 NEXUS_BRIDGE = str(Path(sys.executable).with_name("nexus-bridge"))
 LISTENING = re.compile(r"nexus-bridge listening on (http://(?:127\.0\.0\.1|\[::1\]):\d+/mcp)")
@@ -328,6 +336,25 @@ async def test_tools_call_without_session_or_initialize_succeeds(
         status = await call(http, url, 2, "queue_status", {})
         assert status["pending"] == 1
         assert status["total_updates"] == 1
+
+
+async def test_while_serving_the_collector_walks_only_what_came_after_start_up(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The start-up heap (libraries, app, bridge) is frozen out of the cyclic garbage collector
+    while the server runs, so a full collection does not walk it again and again; at shutdown
+    it is handed back, so an embedding process (this one) keeps nothing frozen."""
+    assert gc.get_freeze_count() == 0
+    alive_before = len(gc.get_objects())
+    async with running_server(make_settings()) as (url, _server), mcp_client(url) as client:
+        frozen = gc.get_freeze_count()
+        assert frozen >= alive_before  # everything alive at start-up, this process's included
+        sent = await call(client, "send_message", {"message": "after start-up"})
+        assert sent["queued"] is True
+        walked = len(gc.get_objects())  # the generations a collection walks, not the frozen one
+        assert walked < frozen / 4, (walked, frozen)
+    assert gc.get_freeze_count() == 0
+    assert len(gc.get_objects()) > frozen / 2  # back in the generations a collection walks
 
 
 # --- secrets at rest and in logs -------------------------------------------------------------
