@@ -304,26 +304,39 @@ class Settings(BaseSettings):
 
     @property
     def binds_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback_name(self.host)
+
+    def exposure(self) -> str | None:
+        """How the bridge is reachable from beyond this machine, in words, or None: a
+        non-loopback HOST, or (on loopback) a name other machines reach it by through a reverse
+        proxy or tunnel: one in ALLOWED_HOSTS, or TELEGRAM_WEBHOOK_URL's host."""
+        if not self.binds_loopback:
+            return f"listen on {self.host}"
+        for name in self.allowed_hosts:
+            if not _is_loopback_name(_without_port(name)):
+                return f"answer to {name} ({ENV_PREFIX}ALLOWED_HOSTS)"
+        webhook_host = urlparse(self.telegram_webhook_url or "").hostname
+        if webhook_host and not _is_loopback_name(webhook_host):
+            return f"answer to {webhook_host} ({ENV_PREFIX}TELEGRAM_WEBHOOK_URL)"
+        return None
 
     def check_serve_security(self) -> None:
-        """Refuse to expose an unauthenticated bridge beyond this machine.
+        """Refuse to expose an unauthenticated bridge beyond this machine: by the address it
+        listens on, or by the public names a proxy in front of it reaches it by.
 
         Raises:
-            ConfigError: a non-loopback HOST with no AUTH_TOKENS and no explicit opt-out.
+            ConfigError: exposed (see :meth:`exposure`) with no AUTH_TOKENS, no PUBLIC_URL (OAuth)
+                and no explicit opt-out.
         """
         authenticated = bool(self.auth_tokens) or self.public_url is not None
-        if not self.binds_loopback and not authenticated and not self.allow_unauthenticated:
+        exposure = self.exposure()
+        if exposure is not None and not authenticated and not self.allow_unauthenticated:
             raise ConfigError(
-                f"refusing to listen on {self.host} without authentication: set "
-                f"{ENV_PREFIX}AUTH_TOKENS (comma-separated bearer tokens), or set "
+                f"refusing to {exposure} without authentication: /mcp would take tasks from "
+                f"anyone. Set {ENV_PREFIX}AUTH_TOKENS (comma-separated bearer tokens) or "
+                f"{ENV_PREFIX}PUBLIC_URL (OAuth for claude.ai), or set "
                 f"{ENV_PREFIX}ALLOW_UNAUTHENTICATED=true if something in front of the bridge "
-                "authenticates every request"
+                "authenticates every request or forwards only /telegram/webhook"
             )
 
     def secrets(self) -> list[str]:
@@ -612,3 +625,21 @@ def effective_configuration(settings: Settings) -> list[EffectiveValue]:
         shown = _shown(name, getattr(settings, name), database=name == "database_url")
         values.append(EffectiveValue(variable, shown, source))
     return values
+
+
+def _is_loopback_name(host: str) -> bool:
+    """``localhost`` or a loopback address (an IPv6 one with or without brackets)."""
+    host = host.strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _without_port(host: str) -> str:
+    """``name`` of ``name:port``, ``[v6]`` of ``[v6]:port``; a bare IPv6 address unchanged."""
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if host.count(":") == 1 else host

@@ -82,6 +82,15 @@ async def diagnose(settings: Settings) -> Report:
         + (", ".join(files) + " and the environment" if files else "the environment"),
     )
     _check_configuration_files(report, files)
+    try:
+        settings.check_serve_security()
+    except ConfigError as exc:
+        report.add(
+            "configuration.exposure",
+            Status.FAIL,
+            str(exc),
+            "set one of the settings it names; serve refuses to start until then",
+        )
     path = sqlite_file(settings.database_url)
     missing = path is not None and not path.exists()
     try:

@@ -178,6 +178,18 @@ async def test_the_bridge_not_answering_at_its_url_is_a_failure(
     assert "nexus-bridge serve" in (found["bridge"].fix or "")
 
 
+async def test_a_public_name_without_authentication_is_a_failure(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """What serve refuses, the doctor reports, before anyone restarts the service."""
+    found = await checks(make_settings(allowed_hosts=["mcp.example.net"]))
+    assert found["configuration.exposure"].status is Status.FAIL
+    assert "answer to mcp.example.net" in found["configuration.exposure"].detail
+    assert "configuration.exposure" not in await checks(
+        make_settings(allowed_hosts=["mcp.example.net"], auth_tokens=["t" * 32])
+    )
+
+
 async def test_an_agent_api_target_needs_a_token_and_says_when_its_agent_was_seen(
     make_settings: Callable[..., Settings], migrated_sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -271,16 +271,27 @@ async def test_readyz_reports_a_database_that_is_not_at_head(
             assert "nexus-bridge db upgrade" in not_ready.json()["reason"]
 
 
-def test_serving_beyond_loopback_without_auth_is_refused(migrated_sqlite_url: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "env", "named"),
+    [
+        ("0.0.0.0", {}, "listen on 0.0.0.0"),
+        ("127.0.0.1", {"NEXUS_BRIDGE_ALLOWED_HOSTS": "mcp.example.net"}, "mcp.example.net"),
+    ],
+)
+def test_serving_beyond_loopback_without_auth_is_refused(
+    migrated_sqlite_url: str, host: str, env: dict[str, str], named: str
+) -> None:
     exe = str(Path(sys.executable).with_name("nexus-bridge"))
     result = subprocess.run(
-        [exe, "serve", "--host", "0.0.0.0", "--port", "0"],
-        env=subprocess_env(migrated_sqlite_url),
+        [exe, "serve", "--host", host, "--port", "0"],
+        env=subprocess_env(migrated_sqlite_url, **env),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 2
+    assert named in result.stderr
     assert "NEXUS_BRIDGE_AUTH_TOKENS" in result.stderr
     assert "ALLOW_UNAUTHENTICATED" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

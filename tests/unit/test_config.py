@@ -105,6 +105,44 @@ def test_loopback_or_authenticated_or_opted_out_may_start(values: dict[str, obje
     settings(**values).check_serve_security()
 
 
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"allowed_hosts": ["mcp.example.net"]}, "mcp.example.net (NEXUS_BRIDGE_ALLOWED_HOSTS)"),
+        ({"allowed_hosts": ["localhost", "bridge.lan:8443"]}, "bridge.lan:8443"),
+        ({"allowed_hosts": ["192.0.2.10"]}, "192.0.2.10"),
+        (
+            {"telegram_webhook_url": "https://bot.example.net/telegram/webhook"},
+            "bot.example.net (NEXUS_BRIDGE_TELEGRAM_WEBHOOK_URL)",
+        ),
+    ],
+)
+def test_on_loopback_behind_a_public_name_without_auth_refuses_to_start(
+    values: dict[str, object], named: str
+) -> None:
+    """A reverse proxy or tunnel reaches a loopback bridge by a public name: the bind address
+    alone does not make it private."""
+    with pytest.raises(ConfigError, match="NEXUS_BRIDGE_AUTH_TOKENS") as refused:
+        settings(host="127.0.0.1", **values).check_serve_security()
+    assert named in str(refused.value)
+    assert "NEXUS_BRIDGE_ALLOW_UNAUTHENTICATED=true" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"allowed_hosts": ["localhost:8443", "127.0.0.1", "[::1]:9000", "::1"]},
+        {"allowed_hosts": ["mcp.example.net"], "auth_tokens": [TOKEN]},
+        {"allowed_hosts": ["mcp.example.net"], "public_url": "https://mcp.example.net/mcp"},
+        {"allowed_hosts": ["mcp.example.net"], "allow_unauthenticated": True},
+        {"telegram_webhook_url": "https://bot.example.net/hook", "allow_unauthenticated": True},
+        {"telegram_webhook_url": "https://bot.example.net/hook", "auth_tokens": [TOKEN]},
+    ],
+)
+def test_behind_a_public_name_with_auth_or_opted_out_may_start(values: dict[str, object]) -> None:
+    settings(host="127.0.0.1", **values).check_serve_security()
+
+
 def test_without_a_bot_token_the_telegram_transport_is_off() -> None:
     assert resolve_telegram(settings()) is None
 
