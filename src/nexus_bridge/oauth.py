@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlencode, urlparse
 
 from mcp.server.auth.provider import (
@@ -172,10 +172,13 @@ def redirect_uri_allowed(uri: str, extra: tuple[str, ...] = ()) -> bool:
     return parsed.scheme in ("http", "https") and (parsed.hostname or "") in LOOPBACK_HOSTNAMES
 
 
-def registration_too_large(client_info: OAuthClientInformationFull) -> str | None:
-    """Why a registration is too large to store, naming the field; None if it fits."""
+def registration_refused(client_info: OAuthClientInformationFull) -> str | None:
+    """Why a registration cannot be stored (too large, or a NUL character, which PostgreSQL's
+    text refuses), naming the field; None if it can."""
     fields = client_info.model_dump(mode="json", exclude_none=True)
     for name, value in fields.items():
+        if _has_nul(value):
+            return f"{name} contains a NUL character"
         if isinstance(value, list) and len(value) > MAX_REGISTRATION_LIST_ITEMS:
             return f"{name} has more than {MAX_REGISTRATION_LIST_ITEMS} entries"
         limit = MAX_CLIENT_NAME_CHARS if name == "client_name" else MAX_REGISTRATION_FIELD_CHARS
@@ -185,6 +188,16 @@ def registration_too_large(client_info: OAuthClientInformationFull) -> str | Non
     if len(client_info.model_dump_json()) > MAX_REGISTRATION_CHARS:
         return f"the registration is longer than {MAX_REGISTRATION_CHARS} characters"
     return None
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    return False
 
 
 def authorization_refused(
@@ -261,6 +274,8 @@ class BridgeOAuthProvider:
     # --- clients -------------------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if len(client_id) > MAX_OAUTH_ID_CHARS or "\x00" in client_id:
+            return None  # no client has such an id; never sent to the database
         async with self._store.read() as tx:
             row = await tx.oauth.client(client_id)
         if row is None or row.revoked_at is not None:
@@ -280,9 +295,11 @@ class BridgeOAuthProvider:
             )
         if client_info.client_id is None:
             raise RegistrationError(error="invalid_client_metadata", error_description="no id")
-        too_large = registration_too_large(client_info)
-        if too_large is not None:
-            raise RegistrationError(error="invalid_client_metadata", error_description=too_large)
+        refused_field = registration_refused(client_info)
+        if refused_field is not None:
+            raise RegistrationError(
+                error="invalid_client_metadata", error_description=refused_field
+            )
         now = self._now()
         async with self._store.write() as tx:
             # Registering is open: forget clients that never got a token, and cap how many wait.

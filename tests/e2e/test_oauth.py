@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -956,3 +957,59 @@ async def test_parallel_refreshes_with_one_token_give_one_rotation_and_no_server
         statuses = sorted(r.status_code for r in results)
         assert statuses.count(200) == 1, statuses
         assert set(statuses) == {200, 400}, statuses
+
+
+async def test_a_nul_character_in_an_oauth_field_is_refused_in_one_line_never_a_500(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    await _nul_characters_are_refused(make_settings, caplog)
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_nul_character_in_an_oauth_field_never_reaches_the_database(
+    make_settings: Callable[..., Settings],
+    migrated_postgres_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await _nul_characters_are_refused(make_settings, caplog, database_url=migrated_postgres_url)
+
+
+async def _nul_characters_are_refused(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture, **overrides: Any
+) -> None:
+    """PostgreSQL refuses NUL in text: such a value must never reach it, on any open endpoint;
+    each is refused as a client error, and no SQL (nor its parameters) reaches the log."""
+    caplog.set_level(logging.DEBUG)
+    async with oauth_bridge(make_settings, **overrides) as b:
+        client = await register(b)
+        registration = {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}
+        named = await b.http.post(
+            b.base + "/register", json={**registration, "client_name": "a\0b"}
+        )
+        assert named.status_code == 400, named.text
+        assert "client_name" in named.json()["error_description"]
+        _verifier, challenge = pkce()
+        query = {
+            "response_type": "code",
+            "client_id": "a\0b",
+            "redirect_uri": CALLBACK,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        authorize = await b.http.get(b.base + "/authorize?" + urlencode(query))
+        assert authorize.status_code == 400, authorize.text
+        for form in (
+            {"grant_type": "authorization_code", "client_id": "a\0b", "code": "x"},
+            {
+                "grant_type": "refresh_token",
+                "client_id": client["client_id"],
+                "refresh_token": "\0",
+            },
+        ):
+            token = await b.http.post(b.base + "/token", data={**form, "code_verifier": "y" * 43})
+            assert token.status_code in (400, 401), token.text
+        revoke = await b.http.post(b.base + "/revoke", data={"client_id": "a\0b", "token": "x"})
+        assert revoke.status_code in (200, 400, 401), revoke.text
+        assert (await b.http.get(b.base + "/healthz")).status_code == 200
+    assert "Traceback" not in caplog.text
+    assert "[parameters:" not in caplog.text

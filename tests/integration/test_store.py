@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
-from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.engine import create_engine, create_writer_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.queue import QueueService
 
@@ -32,6 +35,27 @@ async def test_every_sqlite_connection_gets_the_durability_pragmas(
             }
         for conn in conns:
             await conn.close()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_error_never_carries_the_statements_values(migrated_url: str) -> None:
+    """Errors are logged: a task's text or an OAuth value in one would reach the log."""
+    secret = f"secret-{uuid.uuid4().hex}"
+    failing = text("SELECT id FROM no_such_table WHERE id = :value")
+    engine = create_engine(migrated_url)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError) as failed:
+                await conn.execute(failing, {"value": secret})
+        assert "no_such_table" in str(failed.value)
+        assert secret not in str(failed.value)
+        if engine.dialect.name == "sqlite":
+            writer = create_writer_engine(engine)
+            with writer.connect() as sync_conn, pytest.raises(DBAPIError) as failed:
+                sync_conn.execute(failing, {"value": secret})
+            assert secret not in str(failed.value)
+            writer.dispose()
     finally:
         await engine.dispose()
 

@@ -170,6 +170,7 @@ def create_engine(
 ) -> AsyncEngine:
     """An async engine for ``database_url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``).
 
+    SQL parameters (task text, OAuth values) never appear in an error or a log line.
     On SQLite every connection gets WAL, ``synchronous=FULL`` (a committed send survives power
     loss), foreign keys and a busy timeout; writes open with ``BEGIN IMMEDIATE`` so concurrent
     writers queue on the busy timeout instead of failing on a lock upgrade.
@@ -177,11 +178,13 @@ def create_engine(
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         declare_postgresql_options()
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
 
     prepare_sqlite_file(database_url)
     options = SqliteOptions(busy_timeout_ms=busy_timeout_ms, foreign_keys=foreign_keys)
-    engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+    engine = create_async_engine(
+        url, connect_args={"timeout": busy_timeout_ms / 1000}, hide_parameters=True
+    )
     _set_pragmas(engine.sync_engine, options)
     _SQLITE_OPTIONS[engine.sync_engine] = options
 
@@ -208,6 +211,7 @@ def create_writer_engine(engine: AsyncEngine) -> Engine:
         engine.url.set(drivername="sqlite"),
         connect_args={"timeout": options.busy_timeout_ms / 1000, "check_same_thread": False},
         poolclass=NullPool,
+        hide_parameters=True,
     )
     _set_pragmas(writer, options)
 
