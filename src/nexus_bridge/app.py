@@ -454,6 +454,25 @@ def registrations_full_guard(inner: ASGIApp) -> ASGIApp:
     return guarded
 
 
+def no_store(inner: ASGIApp) -> ASGIApp:
+    """``Cache-Control: no-store`` on every response that does not set its own: for POST
+    /register, whose answer carries the client's secret (RFC 7591 §3.2.1, as RFC 6749 §5.1 has
+    it for tokens)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await inner(scope, receive, send_no_store)
+
+    return guarded
+
+
 def _wrap_route(app: Starlette, path: str, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
     for route in app.router.routes:
         if isinstance(route, Route) and route.path == path:
@@ -465,7 +484,7 @@ def adapt_oauth_routes(
 ) -> None:
     """The SDK's OAuth routes, with this bridge's policy where the SDK has no hook for it."""
     _wrap_route(app, "/token", lambda inner: token_resource_guard(inner, provider.policy))
-    _wrap_route(app, "/register", registrations_full_guard)
+    _wrap_route(app, "/register", lambda inner: no_store(registrations_full_guard(inner)))
     auth = server.settings.auth
     if auth is None:
         return

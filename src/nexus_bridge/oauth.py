@@ -62,6 +62,7 @@ MAX_CLIENT_NAME_CHARS: Final = 200
 MAX_REGISTRATION_FIELD_CHARS: Final = 4096  # any other registration field, as JSON
 MAX_REGISTRATION_LIST_ITEMS: Final = 10  # redirect_uris, contacts, grant_types, ...
 MAX_STATE_CHARS: Final = 1024
+MAX_RESOURCE_CHARS: Final = 2048  # PUBLIC_URL, or a path below it, as a client names it
 MAX_SCOPE_CHARS: Final = 1024  # the requested scopes (each one registered, but repeatable)
 S256_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
 MAX_PENDING_REQUESTS_PER_CLIENT: Final = 10  # older consent requests of the client are dropped
@@ -148,14 +149,22 @@ class OAuthPolicy:
         return f"{parsed.scheme}://{parsed.netloc}"
 
     def resource_allowed(self, resource: str | None) -> bool:
-        """RFC 8707: a token may only be for this server, ``PUBLIC_URL`` (or a parent of it on
-        the same origin). None: the client named no resource, so this one."""
-        return resource is None or check_resource_allowed(resource, self.public_url)
+        """RFC 8707: a token may only be for this server, ``PUBLIC_URL`` (or a path below it on
+        the same origin, as the SDK's check has it). None: the client named no resource, so
+        this one."""
+        if resource is None:
+            return True
+        return len(resource) <= MAX_RESOURCE_CHARS and check_resource_allowed(
+            resource, self.public_url
+        )
 
     def refuse_resource(self, resource: str | None) -> str | None:
-        """The ``invalid_target`` description for a resource that is another server's."""
+        """The ``invalid_target`` description for a resource that is another server's (or too
+        long to be this one's)."""
         if self.resource_allowed(resource):
             return None
+        if resource is not None and len(resource) > MAX_RESOURCE_CHARS:
+            return f"resource is longer than {MAX_RESOURCE_CHARS} characters"
         shown = resource if resource is not None and len(resource) <= 200 else "(too long)"
         return f"resource must be this server, {self.public_url}; refused: {shown}"
 

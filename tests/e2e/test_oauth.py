@@ -68,6 +68,7 @@ async def register(b: Bridge, redirect: str = CALLBACK) -> dict[str, Any]:
         },
     )
     assert response.status_code == 201, response.text
+    assert response.headers["cache-control"] == "no-store"  # it holds the client's secret
     return dict(response.json())
 
 
@@ -730,10 +731,12 @@ async def test_a_client_with_a_consent_open_is_not_pruned(
 OTHER_RESOURCE = "https://other.example/mcp"
 
 
-async def test_authorize_refuses_a_resource_that_is_another_server(
-    make_settings: Callable[..., Settings],
+@pytest.mark.parametrize("below_this_server", [False, True])
+async def test_authorize_refuses_a_resource_that_is_another_server_or_too_long(
+    make_settings: Callable[..., Settings], below_this_server: bool
 ) -> None:
     async with oauth_bridge(make_settings) as b:
+        resource = b.public_url + "/" + "a" * 5_000 if below_this_server else OTHER_RESOURCE
         client = await register(b)
         query = {
             "response_type": "code",
@@ -742,13 +745,14 @@ async def test_authorize_refuses_a_resource_that_is_another_server(
             "code_challenge": pkce()[1],
             "code_challenge_method": "S256",
             "state": "s",
-            "resource": OTHER_RESOURCE,
+            "resource": resource,
         }
         response = await b.http.get(b.base + "/authorize?" + urlencode(query))
         assert response.status_code == 302
         error = parse_qs(urlparse(response.headers["location"]).query)
         assert error["error"] == ["invalid_target"]
-        assert b.public_url in error["error_description"][0]
+        expected = "longer than 2048 characters" if below_this_server else b.public_url
+        assert expected in error["error_description"][0]
         assert await table_counts(b, "oauth_requests") == {"oauth_requests": 0}
 
 
