@@ -762,7 +762,7 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(
             {
-                "files": [str(p.absolute()) for p in config.env_files()],
+                "files": [str(p.absolute()) for p in config.env_files() if p.is_file()],
                 "settings": [
                     {"variable": v.variable, "value": v.value, "source": v.source} for v in values
                 ],
@@ -1070,7 +1070,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell reports for a command killed by SIGPIPE (128 + 13): its reader went away.
+BROKEN_PIPE_STATUS: Final = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader stopped early (``| head``): stop quietly, as any Unix tool. What is still
+        # buffered for stdout goes nowhere, so the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.env_file is not None:
         config.use_env_file(args.env_file)

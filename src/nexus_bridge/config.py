@@ -624,6 +624,40 @@ def effective_configuration(settings: Settings) -> list[EffectiveValue]:
             )
         shown = _shown(name, getattr(settings, name), database=name == "database_url")
         values.append(EffectiveValue(variable, shown, source))
+    return _with_credentials_file(settings, values)
+
+
+# The settings a TELEGRAM_CREDENTIALS_FILE may give (where the environment and files do not).
+_CREDENTIAL_SETTINGS: Final = {
+    "bot_token": "telegram_bot_token",
+    "chat_id": "telegram_chat_id",
+    "agent_ids": "telegram_agent_ids",
+    "agent_username": "telegram_agent_username",
+}
+
+
+def _with_credentials_file(
+    settings: Settings, values: list[EffectiveValue]
+) -> list[EffectiveValue]:
+    """``values`` with the Telegram settings the credentials file gives, as the transport reads
+    them: a setting left at its default takes the file's value, its source ``file:line``. A file
+    that cannot be read changes nothing here (``serve`` and ``doctor`` report it)."""
+    if settings.telegram_credentials_file is None:
+        return values
+    try:
+        found, _warnings = read_credentials_file(settings.telegram_credentials_file)
+    except ConfigError:
+        return values
+    by_variable = {v.variable: i for i, v in enumerate(values)}
+    for key, name in _CREDENTIAL_SETTINGS.items():
+        credential = found.get(key)
+        variable = _variable(name, Settings.model_fields[name])
+        index = by_variable.get(variable)
+        if credential is None or index is None or values[index].source != "default":
+            continue
+        shown = SECRET_MASK if name in SECRET_FIELDS else credential.value.strip()
+        source = f"{credential.path.expanduser().absolute()}:{credential.line}"
+        values[index] = EffectiveValue(variable, shown, source)
     return values
 
 

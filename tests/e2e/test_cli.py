@@ -318,3 +318,39 @@ def test_debug_logging_never_shows_sql_parameters(migrated_sqlite_url: str) -> N
     assert result.returncode == 0, result.stderr
     assert text not in result.stderr
     assert " aiosqlite: " not in result.stderr
+
+
+async def test_output_cut_short_by_its_reader_ends_quietly(migrated_sqlite_url: str) -> None:
+    """``nexus-bridge list --json | head``: no traceback, the shell's SIGPIPE status."""
+    import asyncio
+
+    from nexus_bridge.db.engine import create_engine
+    from nexus_bridge.db.store import Store
+    from nexus_bridge.queue import QueueService
+
+    store = Store(create_engine(migrated_sqlite_url))
+    queue = QueueService(store)
+    for n in range(40):  # ~160 KB of JSON: more than a pipe holds, so writing must fail
+        await queue.enqueue(f"task {n}: " + "x" * 4_000)
+    await store.dispose()
+
+    status, stderr = await asyncio.to_thread(_read_one_line_then_hang_up, migrated_sqlite_url)
+    assert status == 141, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "BrokenPipeError" not in stderr
+
+
+def _read_one_line_then_hang_up(url: str) -> tuple[int, str]:
+    """``nexus-bridge list --json | head -1``: its exit status and stderr."""
+    with subprocess.Popen(
+        [EXE, "list", "--json", "--limit", "200"],
+        env=subprocess_env(url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.readline().strip() == b"{"
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        return process.wait(timeout=60), stderr

@@ -93,6 +93,30 @@ def test_dot_env_overrides_the_file_and_the_environment_overrides_both(
     assert f"2222  ({work / '.env'})" in text.stdout
 
 
+def test_config_shows_the_telegram_settings_the_credentials_file_gives_and_only_files_read(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    token = "123456:" + "k" * 35
+    credentials = tmp_path / "telegram.env"
+    credentials.write_text(f"token={token}\nchat_id=-100555\nagent_ids=42,43\n")
+    credentials.chmod(0o600)
+    env = subprocess_env(
+        migrated_sqlite_url,
+        NEXUS_BRIDGE_TELEGRAM_CREDENTIALS_FILE=str(credentials),
+        NEXUS_BRIDGE_TELEGRAM_AGENT_IDS="77",  # the environment wins over the file
+    )
+    result = run(["config", "--json"], env, tmp_path)
+    rows = config_rows(result)
+    assert rows["NEXUS_BRIDGE_TELEGRAM_BOT_TOKEN"]["value"] == "********"
+    assert rows["NEXUS_BRIDGE_TELEGRAM_BOT_TOKEN"]["source"] == f"{credentials}:1"
+    assert rows["NEXUS_BRIDGE_TELEGRAM_CHAT_ID"]["value"] == "-100555"
+    assert rows["NEXUS_BRIDGE_TELEGRAM_CHAT_ID"]["source"] == f"{credentials}:2"
+    assert rows["NEXUS_BRIDGE_TELEGRAM_AGENT_IDS"]["value"] == "77"
+    assert rows["NEXUS_BRIDGE_TELEGRAM_AGENT_IDS"]["source"] == "environment"
+    assert token not in result.stdout
+    assert json.loads(result.stdout)["files"] == []  # neither ./.env nor the standard file exists
+
+
 def test_the_standard_file_can_be_moved_and_a_missing_one_is_one_line(
     migrated_sqlite_url: str, tmp_path: Path
 ) -> None:

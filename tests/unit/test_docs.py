@@ -171,3 +171,12 @@ def test_mkdocs_strict_build_fails_on_a_broken_link(tmp_path: Path, bad_link: st
     result = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0
     assert "security.md" in result.stderr
+
+
+def test_the_backup_example_names_the_schema_at_head() -> None:
+    """The example output of ``backup`` shows the schema a fresh install is at."""
+    from nexus_bridge.db.migrate import head_revisions
+
+    shown = re.findall(r"schema (\d{4}) \(current\)", (DOCS / "operating.md").read_text())
+    assert shown, "docs/operating.md shows no backup output"
+    assert set(shown) == set(head_revisions())
