@@ -879,6 +879,7 @@ def cmd_agent_run(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("--timeout must be more than 0 seconds (leave it out for none)")
     if options.workdir is not None and not options.workdir.is_dir():
         raise ConfigError(f"--workdir {options.workdir} is not a directory")
+    _check_runnable(command[0], options.workdir)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -895,6 +896,27 @@ def cmd_agent_run(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _check_runnable(program: str, workdir: Path | None) -> None:
+    """Refuse to start a runner whose command cannot start: it would claim every task and fail
+    each one with "cannot start".
+
+    Raises:
+        ConfigError: naming the program and what to do.
+    """
+    import shutil
+
+    if "/" in program:
+        path = Path(program)
+        if not path.is_absolute() and workdir is not None:
+            path = workdir / path  # the command runs in --workdir
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError(f"cannot run {program!r}: there is no executable file at {path}")
+    elif shutil.which(program) is None:
+        raise ConfigError(
+            f"cannot run {program!r}: it is not on PATH; install it, or give its full path"
+        )
 
 
 def _seconds(value: str) -> float:

@@ -404,7 +404,7 @@ def resolve_telegram(settings: Settings) -> TelegramSettings | None:
     if chat is None and not per_target:
         raise ConfigError(
             f"{ENV_PREFIX}TELEGRAM_CHAT_ID is required with a bot token: the chat where the "
-            "agent's bot listens (see docs/telegram.md, step 3)"
+            "agent's bot listens (docs/telegram.md, step 4 finds its id)"
         )
     agents = list(settings.telegram_agent_ids)
     if not agents and "agent_ids" in found:

@@ -236,8 +236,18 @@ async def test_a_command_over_its_timeout_is_stopped_and_the_task_fails(
 async def test_a_command_that_cannot_start_fails_the_task_saying_why(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    missing = str(tmp_path / "no-such-command")
-    async with bridge(make_settings, tmp_path) as (base, client), runner(base, tmp_path, missing):
+    """A command that is gone by the time a task comes (one that is missing at start-up stops
+    the runner at once: test_bad_runner_arguments_are_one_line_naming_the_option)."""
+    vanishing = tmp_path / "vanishing-command"
+    vanishing.write_text("#!/bin/sh\nexit 0\n")
+    vanishing.chmod(0o755)
+    missing = str(vanishing)
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        runner(base, tmp_path, missing) as started,
+    ):
+        await wait_for(lambda: "agent runner:" in started.output(), what="the runner to start")
+        vanishing.unlink()
         task_id = await send(client, "anything")
         task = await wait_status(client, task_id, "complete", "error")
         assert task["status"] == "error"
@@ -495,6 +505,15 @@ async def test_a_refused_token_or_another_targets_task_stops_the_runner_with_one
         ([], "agent run needs a command: nexus-bridge agent run -- COMMAND [ARG...], or --claude"),
         (["--timeout", "0", "--", "true"], "--timeout must be more than 0 seconds"),
         (["--workdir", "/no/such/dir", "--", "true"], "--workdir /no/such/dir is not a directory"),
+        (
+            ["--", "no-such-agent-command"],
+            "cannot run 'no-such-agent-command': it is not on PATH; install it, or give its full "
+            "path",
+        ),
+        (
+            ["--", "/no/such/agent"],
+            "cannot run '/no/such/agent': there is no executable file at /no/such/agent",
+        ),
     ],
 )
 def test_bad_runner_arguments_are_one_line_naming_the_option(
