@@ -44,3 +44,6 @@ CONSOLE_SESSION_SECONDS: Final = 12 * 3600
 
 # The owner's consent form of the OAuth authorization server (when PUBLIC_URL is set).
 CONSENT_PATH: Final = "/consent"
+
+# The program `nexus-bridge agent run --claude` runs (Claude Code's CLI), found on PATH.
+CLAUDE_PROGRAM: Final = "claude"

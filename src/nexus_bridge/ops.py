@@ -24,6 +24,7 @@ from typing import Final
 
 from nexus_bridge import config
 from nexus_bridge.config import Settings
+from nexus_bridge.constants import CLAUDE_PROGRAM
 from nexus_bridge.db import migrate
 from nexus_bridge.db.engine import (
     DATA_DIRECTORY_MODE,
@@ -366,6 +367,10 @@ def bridge_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str
     return "\n".join(lines)
 
 
+# What systemd gives a service that sets no PATH.
+SYSTEMD_DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def runner_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str) -> str:
     """The unit that runs the agent runner (``nexus-bridge agent run --claude``)."""
     lines = [
@@ -385,6 +390,16 @@ def runner_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str
     ]
     if not user_mode:
         lines.append(f"User={_service_user()}")
+    claude = shutil.which(CLAUDE_PROGRAM)
+    if claude is not None:
+        # A service's PATH is systemd's short default, which misses ~/.local/bin and the like.
+        where = str(Path(claude).parent).replace("%", "%%")
+        lines.append(f'Environment="PATH={where}:{SYSTEMD_DEFAULT_PATH}"')
+    else:
+        lines.append(
+            f"# {CLAUDE_PROGRAM} was not on PATH where this unit was printed: put its directory"
+            f' in Environment="PATH=…:{SYSTEMD_DEFAULT_PATH}", or the runner will not start.'
+        )
     lines += [
         f"EnvironmentFile=-{env_file}",
         "# The agent works here: its project, its CLAUDE.md.",
@@ -422,6 +437,12 @@ def cmd_systemd_unit(settings: Settings, args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     env_file = args.unit_env_file or (USER_ENV_FILE if args.user else SYSTEM_ENV_FILE)
+    if args.runner and shutil.which(CLAUDE_PROGRAM) is None:
+        print(
+            f"nexus-bridge: warning: {CLAUDE_PROGRAM} is not on PATH here; the unit says where to "
+            "put its directory (the runner refuses to start without it)",
+            file=sys.stderr,
+        )
     build = runner_unit if args.runner else bridge_unit
     sys.stdout.write(build(settings, user_mode=args.user, exe=exe, env_file=env_file))
     return 0

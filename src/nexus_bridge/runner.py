@@ -34,14 +34,14 @@ from typing import Any, Final
 from nexus_bridge import config
 from nexus_bridge.agent_client import AgentClient
 from nexus_bridge.claude_stream import EventKind, parse_line
-from nexus_bridge.constants import PRIVATE_DIRECTORY_MODE
+from nexus_bridge.constants import CLAUDE_PROGRAM, PRIVATE_DIRECTORY_MODE
 from nexus_bridge.domain import TaskStatus
 from nexus_bridge.errors import BridgeUnreachable, ConfigError, NexusBridgeError, TaskNotFound
 from nexus_bridge.protocol import parse_agent_message, short_id
 
 logger = logging.getLogger("nexus_bridge.runner")
 
-CLAUDE_COMMAND: Final = ("claude", "-p", "--output-format", "stream-json", "--verbose")
+CLAUDE_COMMAND: Final = (CLAUDE_PROGRAM, "-p", "--output-format", "stream-json", "--verbose")
 RESUME_FLAG: Final = "--resume"
 CLAIM_WAIT_SECONDS: Final = 25.0  # one next_task long poll
 WATCH_SECONDS: Final = 0.5  # how often a running task is checked for cancel (and kept alive)

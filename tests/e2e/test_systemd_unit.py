@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import subprocess_env
 from tests.e2e.test_cli import EXE, run
 from tests.e2e.test_process import sqlite_path
 
@@ -86,7 +87,6 @@ def test_the_bridge_unit_migrates_first_sandboxes_and_its_commands_run(
     assert shlex.split(pre) == [EXE, "db", "upgrade"]
     assert shlex.split(start) == [EXE, "serve"]
     # The migration step works as printed (the server itself is covered by test_process).
-    from tests.conftest import subprocess_env
 
     migrated = subprocess.run(
         shlex.split(pre),
@@ -128,3 +128,34 @@ def test_systemd_unit_env_file_names_the_units_environment_file_only(
     target = "/etc/nexus-bridge/agent.env"
     unit = parse(run(migrated_sqlite_url, "systemd-unit", *flags, "--env-file", target).stdout)
     assert unit["Service"]["EnvironmentFile"] == [f"-{target}"]
+
+
+@pytest.mark.parametrize("found", [True, False], ids=["claude on PATH", "no claude"])
+def test_the_runner_unit_finds_claude_where_it_was_printed(
+    migrated_sqlite_url: str, tmp_path: Path, found: bool
+) -> None:
+    """A service's PATH is systemd's short default: the unit carries claude's directory, or
+    says (and the command warns) that it must."""
+    fake_bin = Path(__file__).resolve().parents[1] / "bin"
+    bare = tmp_path / "bin"  # a PATH with what the command itself needs, and no claude
+    bare.mkdir()
+    path = f"{fake_bin}{os.pathsep}{bare}" if found else str(bare)
+    result = subprocess.run(
+        [EXE, "systemd-unit", "--runner"],
+        env=subprocess_env(migrated_sqlite_url, PATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    environment = parse(result.stdout)["Service"].get("Environment", [])
+    if found:
+        assert environment == [
+            f'"PATH={fake_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"'
+        ]
+        assert result.stderr == ""
+    else:
+        assert environment == []
+        assert "claude was not on PATH where this unit was printed" in result.stdout
+        assert result.stderr.startswith("nexus-bridge: warning: claude is not on PATH here")
