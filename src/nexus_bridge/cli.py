@@ -111,9 +111,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.check_serve_security()
     _check_listen_address(settings.host, settings.port)
     asyncio.run(_with_queue(configuration, _noop))  # refuse to start on an unmigrated database
-    # The generated agent token is shown once, on the start that creates it; after that the
-    # banner (which ends up in journald) names only its file.
-    new_token = not settings.agent_token_file.exists()
+    # The generated agent token is shown once, on the start that creates it, and only on a
+    # terminal; otherwise the banner names only its file (a service's stderr is journald, kept
+    # and readable by every admin).
+    new_token = not settings.agent_token_file.exists() and sys.stderr.isatty()
     server = make_server(
         configuration,
         on_listening=lambda url: _print_banner(configuration, url, show_token=new_token),

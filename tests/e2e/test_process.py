@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import stat
+import subprocess
 import sys
 import time
 import uuid
@@ -421,17 +422,62 @@ async def test_debug_logging_shows_no_task_text_or_sql_parameters(
     assert "DEBUG" in server.log  # the bridge's own debug lines are still there
 
 
-async def test_the_generated_agent_token_is_printed_once_then_only_its_file(
+async def test_the_generated_agent_token_is_printed_once_on_a_terminal_then_only_its_file(
     migrated_sqlite_url: str,
 ) -> None:
     token_file = sqlite_path(migrated_sqlite_url).parent / "agent-token"
-    async with serve_process(migrated_sqlite_url) as first:
-        token = token_file.read_text().strip()
-        assert first.count(token) == 1  # shown to the operator on the start that made it
+    first = await asyncio.to_thread(_start_on_a_terminal, migrated_sqlite_url)
+    token = token_file.read_text().strip()
+    assert first.count(token) == 1  # shown to the operator on the start that made it
     async with serve_process(migrated_sqlite_url) as second:
         assert token_file.read_text().strip() == token
         assert second.count(f'NEXUS_BRIDGE_AGENT_TOKEN="$(cat {token_file})"') == 1
     assert token not in second.log
+
+
+async def test_a_first_start_whose_stderr_is_not_a_terminal_never_prints_the_token(
+    migrated_sqlite_url: str,
+) -> None:
+    """Under systemd, stderr is journald: the token would be kept there for good."""
+    token_file = sqlite_path(migrated_sqlite_url).parent / "agent-token"
+    assert not token_file.exists()
+    async with serve_process(migrated_sqlite_url) as first:
+        token = token_file.read_text().strip()
+        assert first.count(f'NEXUS_BRIDGE_AGENT_TOKEN="$(cat {token_file})"') == 1
+    assert token not in first.log
+
+
+def _start_on_a_terminal(database_url: str) -> str:
+    """``nexus-bridge serve`` with its stderr on a pseudo-terminal: what it printed up to the
+    line saying it listens (then SIGTERM)."""
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    with subprocess.Popen(
+        [NEXUS_BRIDGE, "serve", "--host", "127.0.0.1", "--port", "0"],
+        env=subprocess_env(database_url, NEXUS_BRIDGE_LOG_LEVEL="INFO"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    ) as process:
+        os.close(terminal)
+        output = b""
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        try:
+            while LISTENING.search(output.decode(errors="replace")) is None:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"serve did not say it listens:\n{output.decode()}"
+                if select.select([controller], [], [], remaining)[0]:
+                    try:
+                        output += os.read(controller, 65536)
+                    except OSError:  # the process closed its side: it ended
+                        break
+        finally:
+            process.terminate()
+            process.wait(timeout=EXIT_DEADLINE_SECONDS)
+            os.close(controller)
+    return output.decode(errors="replace")
 
 
 def _ipv6_loopback() -> bool:
