@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import gc
 import hmac
+import ipaddress
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -454,6 +457,75 @@ def registrations_full_guard(inner: ASGIApp) -> ASGIApp:
     return guarded
 
 
+class RegistrationLimiter:
+    """At most ``per_hour`` registrations an hour from one client address, in this process.
+
+    Loopback addresses are not counted: there the real client is unknown (a local proxy that
+    names none), and the unused clients' cap applies alone. The addresses remembered are
+    bounded: the oldest is forgotten first.
+    """
+
+    MAX_ADDRESSES: Final = 10_000
+
+    def __init__(self, per_hour: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_hour = per_hour
+        self._clock = clock
+        self._seen: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        """How many addresses are remembered."""
+        return len(self._seen)
+
+    def allow(self, address: str | None) -> bool:
+        """Count one registration from ``address``; False if it is one too many."""
+        if address is None or _is_loopback_address(address):
+            return True
+        now = self._clock()
+        times = self._seen.pop(address, None) or collections.deque()
+        while times and times[0] <= now - 3600:
+            times.popleft()
+        self._seen[address] = times  # now the newest
+        while len(self._seen) > self.MAX_ADDRESSES:
+            self._seen.popitem(last=False)
+        if len(times) >= self._per_hour:
+            return False
+        times.append(now)
+        return True
+
+
+def _is_loopback_address(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def registration_rate_guard(inner: ASGIApp, limiter: RegistrationLimiter) -> ASGIApp:
+    """POST /register: 429 for an address that registered too often this hour."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        address = client[0] if client else None
+        if scope.get("method") == "POST" and not limiter.allow(address):
+            logger.warning("oauth: refused a registration: too many from one address this hour")
+            response = JSONResponse(
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "too many registrations from this address; try again "
+                    "in an hour",
+                },
+                status_code=429,
+                headers={"Retry-After": "3600", "Cache-Control": "no-store"},
+            )
+            await response(scope, receive, send)
+            return
+        await inner(scope, receive, send)
+
+    return guarded
+
+
 def no_store(inner: ASGIApp) -> ASGIApp:
     """``Cache-Control: no-store`` on every response that does not set its own: for POST
     /register, whose answer carries the client's secret (RFC 7591 §3.2.1, as RFC 6749 §5.1 has
@@ -483,8 +555,15 @@ def adapt_oauth_routes(
     app: Starlette, server: MCPServer[Any], provider: BridgeOAuthProvider
 ) -> None:
     """The SDK's OAuth routes, with this bridge's policy where the SDK has no hook for it."""
+    from nexus_bridge.oauth import REGISTRATIONS_PER_ADDRESS_PER_HOUR
+
     _wrap_route(app, "/token", lambda inner: token_resource_guard(inner, provider.policy))
-    _wrap_route(app, "/register", lambda inner: no_store(registrations_full_guard(inner)))
+    limiter = RegistrationLimiter(REGISTRATIONS_PER_ADDRESS_PER_HOUR)
+    _wrap_route(
+        app,
+        "/register",
+        lambda inner: no_store(registration_rate_guard(registrations_full_guard(inner), limiter)),
+    )
     auth = server.settings.auth
     if auth is None:
         return

@@ -65,6 +65,11 @@ MAX_STATE_CHARS: Final = 1024
 MAX_RESOURCE_CHARS: Final = 2048  # PUBLIC_URL, or a path below it, as a client names it
 MAX_SCOPE_CHARS: Final = 1024  # the requested scopes (each one registered, but repeatable)
 S256_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256, unpadded
+# Registrations one client address may make an hour (where the bridge knows the address: not
+# loopback, i.e. straight from the network or named by the proxy's X-Forwarded-For). claude.ai
+# registers once per connector; this only slows a flood from one address filling the unused
+# clients' cap for everyone.
+REGISTRATIONS_PER_ADDRESS_PER_HOUR: Final = 10
 MAX_PENDING_REQUESTS_PER_CLIENT: Final = 10  # older consent requests of the client are dropped
 UNUSED_CLIENT_SECONDS: Final = 3600  # then a client that got no code or token is forgotten
 MAX_OAUTH_ID_CHARS: Final = 64  # the longest client id or token family id stored

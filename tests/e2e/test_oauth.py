@@ -1017,3 +1017,26 @@ async def _nul_characters_are_refused(
         assert (await b.http.get(b.base + "/healthz")).status_code == 200
     assert "Traceback" not in caplog.text
     assert "[parameters:" not in caplog.text
+
+
+async def test_one_address_registering_again_and_again_is_slowed_and_no_other(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A flood from one address cannot fill the unused clients' cap for everyone; the address
+    is the one the proxy names (uvicorn trusts X-Forwarded-For from loopback)."""
+    async with oauth_bridge(make_settings) as b:
+        flood = {"X-Forwarded-For": "203.0.113.7"}
+        for _ in range(10):
+            accepted = await b.http.post(b.base + "/register", json=REGISTRATION, headers=flood)
+            assert accepted.status_code == 201, accepted.text
+        refused = await b.http.post(b.base + "/register", json=REGISTRATION, headers=flood)
+        assert refused.status_code == 429
+        assert refused.json()["error"] == "temporarily_unavailable"
+        assert "from this address" in refused.json()["error_description"]
+        other = {"X-Forwarded-For": "198.51.100.9"}
+        assert (
+            await b.http.post(b.base + "/register", json=REGISTRATION, headers=other)
+        ).is_success
+        # Straight from loopback the client is unknown: only the cap on unused clients applies.
+        assert (await b.http.post(b.base + "/register", json=REGISTRATION)).is_success
+        assert await table_counts(b, "oauth_clients") == {"oauth_clients": 12}
