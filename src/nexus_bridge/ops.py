@@ -351,6 +351,8 @@ def bridge_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str
     ]
     if not user_mode:
         lines += [
+            "# Every connection is an open file: room for many more than the soft limit's 1024.",
+            "LimitNOFILE=65536",
             "CapabilityBoundingSet=",
             NAMESPACE_NOTE,
             "# Everything read-only but the data directory (and the token file's).",

@@ -102,6 +102,8 @@ def test_the_bridge_unit_migrates_first_sandboxes_and_its_commands_run(
 def test_the_user_unit_needs_no_root_and_the_runner_unit_runs_the_agent(
     migrated_sqlite_url: str,
 ) -> None:
+    system = parse(run(migrated_sqlite_url, "systemd-unit").stdout)
+    assert system["Service"]["LimitNOFILE"] == ["65536"]  # a connection is an open file
     user = parse(run(migrated_sqlite_url, "systemd-unit", "--user").stdout)
     assert "User" not in user["Service"]
     assert user["Service"]["EnvironmentFile"] == ["-%h/.config/nexus-bridge/env"]
