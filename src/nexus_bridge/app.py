@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from nexus_bridge import config
 from nexus_bridge.agent_tools import agent_auth_settings, create_agent_server
@@ -730,6 +731,30 @@ def _freeze_startup_heap() -> None:
     )
 
 
+class BridgeHttpProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus: a connection that has not sent a whole request head
+    within :attr:`REQUEST_HEAD_SECONDS` of opening is closed. uvicorn waits for a first request
+    for ever, so idle or crawling sockets (slowloris) could hold every open file the process
+    may have. Later requests on the connection keep uvicorn's own keep-alive timeout."""
+
+    REQUEST_HEAD_SECONDS: float = 30.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(
+            self.REQUEST_HEAD_SECONDS, self._close_without_request
+        )
+
+    def _close_without_request(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            logger.debug("closed a connection that sent no request in time")
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_timer.cancel()
+        super().connection_lost(exc)
+
+
 def mcp_url(settings: Settings, port: int | None = None) -> str:
     host = settings.host
     if host in WILDCARD_HOSTS:
@@ -753,5 +778,6 @@ def make_server(
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         server_header=False,
+        http=BridgeHttpProtocol,
     )
     return BridgeServer(uv_config, bridge, on_listening)

@@ -11,14 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from nexus_bridge.app import BridgeHttpProtocol
 from nexus_bridge.config import Settings
 from nexus_bridge.db import migrate
-from tests.conftest import mcp_client, running_server, subprocess_env
+from tests.conftest import DEADLINE_SECONDS, mcp_client, running_server, subprocess_env
 
 TOOLS = {
     "send_message",
@@ -295,3 +297,24 @@ def test_serving_beyond_loopback_without_auth_is_refused(
     assert "NEXUS_BRIDGE_AUTH_TOKENS" in result.stderr
     assert "ALLOW_UNAUTHENTICATED" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+async def test_a_connection_that_sends_no_whole_request_head_in_time_is_closed(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle or crawling sockets cannot hold the process's open files for ever (slowloris)."""
+    monkeypatch.setattr(BridgeHttpProtocol, "REQUEST_HEAD_SECONDS", 0.5)
+    async with running_server(make_settings()) as (url, server):
+        port = server.bound_port
+        assert port is not None
+        idle, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        crawling, crawling_writer = await asyncio.open_connection("127.0.0.1", port)
+        crawling_writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+        await crawling_writer.drain()
+        assert await asyncio.wait_for(idle.read(), timeout=DEADLINE_SECONDS) == b""
+        assert await asyncio.wait_for(crawling.read(), timeout=DEADLINE_SECONDS) == b""
+        for writer in (idle_writer, crawling_writer):
+            writer.close()
+            await writer.wait_closed()
+        async with httpx2.AsyncClient() as http:  # a request that comes at once is served
+            assert (await http.get(url.removesuffix("/mcp") + "/healthz")).status_code == 200
