@@ -81,7 +81,7 @@ async def diagnose(settings: Settings) -> Report:
         "loaded from "
         + (", ".join(files) + " and the environment" if files else "the environment"),
     )
-    _check_configuration_files(report, files)
+    _check_configuration_files(report, [*files, *_token_files(settings)])
     try:
         settings.check_serve_security()
     except ConfigError as exc:
@@ -125,6 +125,16 @@ async def diagnose(settings: Settings) -> Report:
         if missing and path is not None and path.exists() and path.stat().st_size == 0:
             path.unlink()  # opening the store made it; a check leaves nothing behind
     return report
+
+
+def _token_files(settings: Settings) -> list[str]:
+    """The other files that may hold tokens: the Telegram credentials and the targets file."""
+    found = []
+    for name in (settings.telegram_credentials_file, settings.config_file):
+        path = Path(name).expanduser() if name is not None else None
+        if path is not None and path.is_file():
+            found.append(str(path.absolute()))
+    return found
 
 
 def _check_configuration_files(report: Report, files: list[str]) -> None:

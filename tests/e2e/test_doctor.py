@@ -359,3 +359,19 @@ async def test_a_configuration_file_others_can_read_is_a_warning(
     assert by_check["configuration"]["detail"] == f"loaded from {env_file} and the environment"
     assert by_check["configuration.permissions"]["status"] == "warn"
     assert by_check["configuration.permissions"]["fix"] == f"chmod 600 {env_file}"
+
+
+async def test_a_credentials_file_others_can_read_is_a_warning(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """serve warns of it in its log; the doctor says it too, with the command that fixes it."""
+    credentials = tmp_path / "telegram.env"
+    credentials.write_text("chat_id=-100123\n")  # no token: the transport stays off
+    credentials.chmod(0o644)
+    found = await checks(make_settings(telegram_credentials_file=credentials))
+    assert found["configuration.permissions"].status is Status.WARN
+    assert found["configuration.permissions"].fix == f"chmod 600 {credentials}"
+    credentials.chmod(0o600)
+    assert "configuration.permissions" not in await checks(
+        make_settings(telegram_credentials_file=credentials)
+    )
