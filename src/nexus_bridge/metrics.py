@@ -233,7 +233,8 @@ def metrics_endpoint(
 ) -> Callable[[Request], Awaitable[Response]]:
     """GET /metrics: with METRICS_TOKEN, for that bearer token only; without it, only for a
     client on this machine that came straight (loopback address, loopback Host, no proxy
-    headers), so a reverse proxy or tunnel in front of the bridge never publishes it."""
+    headers), so an HTTP reverse proxy or tunnel in front of the bridge never publishes it (a
+    TCP-level tunnel cannot be told from a local client: METRICS_TOKEN is for that)."""
     expected = f"Bearer {token}".encode() if token else None
 
     async def metrics(request: Request) -> Response:
