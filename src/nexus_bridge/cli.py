@@ -257,29 +257,41 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         migrate.upgrade(settings.database_url, args.revision)
         print(f"database at {args.revision}: {_safe_url(settings.database_url)}", file=sys.stderr)
     elif args.db_command == "downgrade":
+        if not _database_revisions(settings):
+            raise ConfigError(
+                "the database is at no revision yet (never migrated): there is nothing to "
+                "downgrade; nexus-bridge db upgrade creates its schema"
+            )
         migrate.downgrade(settings.database_url, args.revision)
     return 0
+
+
+def _database_revisions(settings: Settings) -> tuple[str, ...]:
+    """The revisions the database is at: none for one never migrated (or not there, which
+    this never creates)."""
+    from nexus_bridge.db.engine import sqlite_file
+
+    path = sqlite_file(settings.database_url)
+    if path is not None and not path.exists():
+        return ()
+    runtime = open_runtime(settings)
+
+    async def read() -> tuple[str, ...]:
+        try:
+            return tuple(await runtime.queue.schema_revisions())
+        except NexusBridgeError:
+            return ()
+        finally:
+            await runtime.close()
+
+    return asyncio.run(read())
 
 
 def _db_history(settings: Settings) -> int:
     """The revisions ``db upgrade``/``db downgrade`` accept, marking the head and the database's."""
     from nexus_bridge.db import migrate
-    from nexus_bridge.db.engine import sqlite_file
 
-    path = sqlite_file(settings.database_url)
-    current: tuple[str, ...] = ()
-    if path is None or path.exists():  # never create a database just to list revisions
-        runtime = open_runtime(settings)
-
-        async def read() -> tuple[str, ...]:
-            try:
-                return tuple(await runtime.queue.schema_revisions())
-            except NexusBridgeError:
-                return ()
-            finally:
-                await runtime.close()
-
-        current = asyncio.run(read())
+    current = _database_revisions(settings)
     heads = set(migrate.head_revisions())
     for revision, doc in migrate.revisions():
         marks = [

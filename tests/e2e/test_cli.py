@@ -245,6 +245,17 @@ def test_db_with_an_unknown_revision_names_the_known_ones(
     assert "knows revisions 0001, " in last
 
 
+def test_downgrading_a_database_never_migrated_says_there_is_nothing_to_downgrade(
+    sqlite_url: str,
+) -> None:
+    result = run(sqlite_url, "db", "downgrade", "0013", ok=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "nexus-bridge: error: the database is at no revision yet (never migrated): there is "
+        "nothing to downgrade; nexus-bridge db upgrade creates its schema"
+    ]
+
+
 @pytest.mark.parametrize("port", ["99999", "-1"])
 def test_serve_on_a_port_out_of_range_is_one_line(migrated_sqlite_url: str, port: str) -> None:
     result = run(migrated_sqlite_url, "serve", "--port", port, ok=False)
