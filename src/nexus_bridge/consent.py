@@ -153,7 +153,11 @@ def consent_routes(provider: BridgeOAuthProvider) -> list[Route]:
             if form.get("action") == "deny":
                 target = await provider.decline(request_id)
             else:
-                target = await provider.approve(request_id, str(form.get("passphrase", "")))
+                target = await provider.approve(
+                    request_id,
+                    str(form.get("passphrase", "")),
+                    request.client.host if request.client else None,
+                )
         except ConsentExpired as exc:
             return _message(str(exc), 400)
         except NoPassphrase as exc:

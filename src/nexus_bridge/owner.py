@@ -1,6 +1,6 @@
 """The owner's passphrase: its hash (scrypt), and the gate every page that asks for it goes
 through (the OAuth consent page and the console), with one count of wrong guesses and one
-lockout for all of them.
+lockout for all of them, per client address where the address is known.
 
 It needs neither the MCP SDK nor the OAuth server: the console works without ``PUBLIC_URL``.
 """
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -76,9 +79,59 @@ def verify_passphrase(passphrase: str, stored: str) -> bool:
     return hmac.compare_digest(digest, base64.b64decode(expected))
 
 
+# Wrong passphrases from all known addresses together that lock every known address out, as a
+# multiple of the per-address limit: guessing from many addresses is bounded too.
+ALL_ADDRESSES_FACTOR: Final = 10
+MAX_ADDRESSES: Final = 10_000  # addresses whose wrong guesses are remembered; oldest forgotten
+
+
+@dataclass(slots=True)
+class _Guesses:
+    """Wrong passphrases from one source, kept in memory: they decay as the owner row's do."""
+
+    failures: int = 0
+    last: datetime | None = None
+    locked_until: datetime | None = None
+
+    def locked(self, now: datetime) -> bool:
+        return self.locked_until is not None and self.locked_until > now
+
+    def count(self, now: datetime, limit: int, window: timedelta) -> bool:
+        """Count one attempt before it is checked; True if it reaches ``limit`` (locked)."""
+        if self.failures >= limit or (self.last is not None and now - self.last >= window):
+            self.failures = 0  # a lockout that ran out, or guesses older than the window
+        self.failures += 1
+        self.last = now
+        if self.failures >= limit:
+            self.locked_until = now + window
+            return True
+        return False
+
+    def clear(self) -> None:
+        self.failures, self.last, self.locked_until = 0, None, None
+
+
+def _known_address(address: str | None) -> str | None:
+    """The client's address if it tells one client from another: not loopback (a proxy on this
+    machine that names no client, or the owner on this machine), and an address at all."""
+    if address is None:
+        return None
+    try:
+        return None if ipaddress.ip_address(address).is_loopback else address
+    except ValueError:
+        return None
+
+
 class OwnerGate:
     """The owner's passphrase and its wrong-guess lockout, one for every page that asks for it
-    (the consent page and the console): the attempts count against the same owner row."""
+    (the consent page and the console).
+
+    Wrong guesses from a known client address (one the proxy names in X-Forwarded-For, or a
+    direct one) lock that address out, and ``ALL_ADDRESSES_FACTOR`` times as many from all of
+    them lock every known address out, in this process's memory: a stranger cannot lock the
+    owner out from elsewhere. Guesses with no known address (loopback) count against the owner
+    row, shared by every process, as one source.
+    """
 
     def __init__(
         self,
@@ -94,20 +147,27 @@ class OwnerGate:
         self.lockout_seconds = lockout_seconds
         self.failure_delay_seconds = failure_delay_seconds
         self._now = clock
+        self._by_address: collections.OrderedDict[str, _Guesses] = collections.OrderedDict()
+        self._all_addresses = _Guesses()
 
     async def has_passphrase(self) -> bool:
         async with self._store.read() as tx:
             owner = await tx.oauth.owner()
         return owner is not None and bool(owner.passphrase_hash)
 
-    async def check(self, passphrase: str) -> None:
+    async def check(self, passphrase: str, address: str | None = None) -> None:
         """Pass if ``passphrase`` is the owner's; a success clears the count of wrong ones.
+        ``address`` is the client's (uvicorn's, after the proxy's X-Forwarded-For).
 
         Raises:
             NoPassphrase: none has been set.
-            OwnerLockedOut: too many wrong attempts lately.
+            OwnerLockedOut: too many wrong attempts lately (from this address, if known).
             ConsentRefused: wrong passphrase (the page never says more).
         """
+        known = _known_address(address)
+        if known is not None:
+            await self._check_from(known, passphrase)
+            return
         now = self._now()
         # Count the attempt before checking it, in one serialised write: parallel guesses
         # cannot all slip in under the limit.
@@ -139,6 +199,42 @@ class OwnerGate:
             raise ConsentRefused()
         async with self._store.write() as tx:
             await tx.oauth.save_owner_attempts(failed_attempts=0, locked_until=None, at=now)
+
+    async def _check_from(self, address: str, passphrase: str) -> None:
+        """:meth:`check` for a known address: its own count, and the count of all of them."""
+        now = self._now()
+        async with self._store.read() as tx:
+            owner = await tx.oauth.owner()
+        if owner is None or not owner.passphrase_hash:
+            raise NoPassphrase()
+        guesses = self._by_address.pop(address, None) or _Guesses()
+        self._by_address[address] = guesses  # now the newest
+        while len(self._by_address) > MAX_ADDRESSES:
+            self._by_address.popitem(last=False)
+        if guesses.locked(now) or self._all_addresses.locked(now):
+            METRICS.oauth_refusals.labels("locked_out").inc()
+            raise OwnerLockedOut()
+        # Counted before the check, with no await in between: parallel guesses cannot all slip
+        # in under the limit.
+        window = timedelta(seconds=self.lockout_seconds)
+        locked = guesses.count(now, self.max_failed_attempts, window)
+        limit_all = self.max_failed_attempts * ALL_ADDRESSES_FACTOR
+        locked = self._all_addresses.count(now, limit_all, window) or locked
+        ok = await asyncio.to_thread(verify_passphrase, passphrase, owner.passphrase_hash)
+        if ok:
+            guesses.clear()
+            self._all_addresses.clear()
+            return
+        METRICS.oauth_refusals.labels("wrong_passphrase").inc()
+        await asyncio.sleep(self.failure_delay_seconds)  # throttle guessing
+        if locked:
+            logger.warning(
+                "owner passphrase: %s locked for %s s after wrong passphrases",
+                "every address" if self._all_addresses.locked(now) else address,
+                self.lockout_seconds,
+            )
+            raise OwnerLockedOut()
+        raise ConsentRefused()
 
     def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
         """Wrong passphrases still counted: failures decay. They count only within a window of

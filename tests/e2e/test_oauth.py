@@ -1040,3 +1040,39 @@ async def test_one_address_registering_again_and_again_is_slowed_and_no_other(
         # Straight from loopback the client is unknown: only the cap on unused clients applies.
         assert (await b.http.post(b.base + "/register", json=REGISTRATION)).is_success
         assert await table_counts(b, "oauth_clients") == {"oauth_clients": 12}
+
+
+async def test_wrong_passphrases_from_one_address_lock_out_that_address_not_the_owner(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A stranger guessing from elsewhere cannot keep the owner from connecting; many
+    strangers together are still bounded: ten times the limit locks every known address."""
+    async with oauth_bridge(make_settings, oauth_max_failed_attempts=3) as b:
+        client = await register(b)
+        consent_url = await start_authorization(b, client["client_id"], pkce()[1])
+
+        async def attempt(passphrase: str, address: str) -> httpx2.Response:
+            headers = {"X-Forwarded-For": address}
+            request_id = parse_qs(urlparse(consent_url).query)["request"][0]
+            return await b.http.post(
+                b.base + "/consent",
+                data={"request": request_id, "passphrase": passphrase, "action": "approve"},
+                headers={**headers, "Origin": b.base},
+            )
+
+        statuses = [(await attempt(f"guess {n}", "203.0.113.7")).status_code for n in range(4)]
+        assert statuses == [401, 401, 429, 429]  # the third locks that address
+        assert (await attempt(PASSPHRASE, "203.0.113.7")).status_code == 429
+        owner = await attempt(PASSPHRASE, "198.51.100.9")  # the owner, elsewhere
+        assert owner.status_code == 303, owner.text
+        assert "code=" in owner.headers["location"]
+
+        consent_url = await start_authorization(b, client["client_id"], pkce()[1])
+        for n in range(15):  # 2 each, under the address limit: 30 from all of them locks all
+            for _ in range(2):
+                await attempt("wrong", f"192.0.2.{n}")
+        assert (await attempt(PASSPHRASE, "198.51.100.9")).status_code == 429
+        # This machine (no address known: loopback) keeps its own count in the owner row.
+        verifier, challenge = pkce()
+        code = await authorize(b, client["client_id"], challenge)
+        assert (await exchange(b, client["client_id"], code, verifier))["access_token"]

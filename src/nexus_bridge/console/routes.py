@@ -216,7 +216,8 @@ class Console:
             logger.warning("console: refused a sign-in without its CSRF token")
             return self._sign_in_form("The form expired or came from elsewhere; try again.", 403)
         try:
-            await self.d.gate.check(_field(form, "passphrase"))
+            address = request.client.host if request.client else None
+            await self.d.gate.check(_field(form, "passphrase"), address)
         except NoPassphrase:
             return _page(pages.console_off_page(), 503)
         except OwnerLockedOut as exc:
