@@ -1,0 +1,40 @@
+"""Wrong passphrases from one address: counted, locked at the limit, decayed like the owner
+row's (older than the window: forgotten; a lockout that ran out: a fresh start)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from nexus_bridge.owner import _Guesses, _known_address
+
+WINDOW = timedelta(minutes=15)
+START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def test_the_limit_locks_for_the_window_and_then_counting_starts_anew() -> None:
+    guesses = _Guesses()
+    assert not guesses.count(START, 3, WINDOW)
+    assert not guesses.count(START + timedelta(minutes=1), 3, WINDOW)
+    assert guesses.count(START + timedelta(minutes=2), 3, WINDOW)  # the third locks
+    assert guesses.locked(START + timedelta(minutes=16))
+    after = START + timedelta(minutes=17, seconds=1)
+    assert not guesses.locked(after)
+    assert not guesses.count(after, 3, WINDOW)  # one wrong guess after it does not lock again
+    assert guesses.failures == 1
+
+
+def test_guesses_older_than_the_window_are_forgotten() -> None:
+    guesses = _Guesses()
+    guesses.count(START, 3, WINDOW)
+    guesses.count(START + timedelta(minutes=1), 3, WINDOW)
+    assert not guesses.count(START + timedelta(minutes=17), 3, WINDOW)
+    assert guesses.failures == 1
+    guesses.clear()
+    assert (guesses.failures, guesses.locked_until) == (0, None)
+
+
+def test_only_an_address_that_tells_clients_apart_is_known() -> None:
+    assert _known_address("203.0.113.7") == "203.0.113.7"
+    assert _known_address("2001:db8::1") == "2001:db8::1"
+    for unknown in ("127.0.0.1", "::1", None, "not an address", ""):
+        assert _known_address(unknown) is None
