@@ -7,7 +7,6 @@ import collections
 import functools
 import gc
 import hmac
-import ipaddress
 import logging
 import signal
 import time
@@ -58,6 +57,7 @@ from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
 from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.metrics import METRICS_PATH, metrics_endpoint
+from nexus_bridge.owner import known_client_address
 from nexus_bridge.relay import TelegramRelay
 from nexus_bridge.runtime import Runtime, agent_tokens, open_runtime
 from nexus_bridge.targets import Configuration
@@ -481,7 +481,8 @@ class RegistrationLimiter:
 
     def allow(self, address: str | None) -> bool:
         """Count one registration from ``address``; False if it is one too many."""
-        if address is None or _is_loopback_address(address):
+        address = known_client_address(address)
+        if address is None:
             return True
         now = self._clock()
         times = self._seen.pop(address, None) or collections.deque()
@@ -494,13 +495,6 @@ class RegistrationLimiter:
             return False
         times.append(now)
         return True
-
-
-def _is_loopback_address(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def registration_rate_guard(inner: ASGIApp, limiter: RegistrationLimiter) -> ASGIApp:

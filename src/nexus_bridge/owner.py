@@ -111,7 +111,7 @@ class _Guesses:
         self.failures, self.last, self.locked_until = 0, None, None
 
 
-def _known_address(address: str | None) -> str | None:
+def known_client_address(address: str | None) -> str | None:
     """The client's address if it tells one client from another: not loopback (a proxy on this
     machine that names no client, or the owner on this machine), and an address at all."""
     if address is None:
@@ -164,7 +164,7 @@ class OwnerGate:
             OwnerLockedOut: too many wrong attempts lately (from this address, if known).
             ConsentRefused: wrong passphrase (the page never says more).
         """
-        known = _known_address(address)
+        known = known_client_address(address)
         if known is not None:
             await self._check_from(known, passphrase)
             return

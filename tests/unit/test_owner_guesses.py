@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from nexus_bridge.owner import _Guesses, _known_address
+from nexus_bridge.owner import _Guesses, known_client_address
 
 WINDOW = timedelta(minutes=15)
 START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -34,7 +34,7 @@ def test_guesses_older_than_the_window_are_forgotten() -> None:
 
 
 def test_only_an_address_that_tells_clients_apart_is_known() -> None:
-    assert _known_address("203.0.113.7") == "203.0.113.7"
-    assert _known_address("2001:db8::1") == "2001:db8::1"
+    assert known_client_address("203.0.113.7") == "203.0.113.7"
+    assert known_client_address("2001:db8::1") == "2001:db8::1"
     for unknown in ("127.0.0.1", "::1", None, "not an address", ""):
-        assert _known_address(unknown) is None
+        assert known_client_address(unknown) is None
