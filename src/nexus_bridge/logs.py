@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -114,6 +115,43 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# asyncio logs a failed accept() (the process is out of open files) once per connection waiting,
+# up to uvicorn's backlog of 2048, every second while it lasts, each with a traceback: tens of
+# megabytes of log a minute. One such line a minute says as much.
+ACCEPT_FAILED_MESSAGE: Final = "socket.accept() out of system resource"
+ACCEPT_FAILED_LOG_SECONDS: Final = 60.0
+
+
+class OncePerInterval(logging.Filter):
+    """Lets through one record whose message starts with ``prefix`` per ``seconds``; the
+    others in between are dropped (and counted in the next one let through)."""
+
+    def __init__(
+        self, prefix: str, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self._seconds = seconds
+        self._clock = clock
+        self._last: float | None = None
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        now = self._clock()
+        if self._last is not None and now - self._last < self._seconds:
+            self.dropped += 1
+            return False
+        self._last = now
+        if self.dropped:
+            record.msg = (
+                f"{record.msg}\n({self.dropped} more like it since the last one were not logged)"
+            )
+            self.dropped = 0
+        return True
+
+
 # The filters configure_logging installed, so secrets learnt later are redacted too.
 _INSTALLED: Final[list[RedactSecrets]] = []
 
@@ -138,4 +176,7 @@ def configure_logging(level: str, secrets: Iterable[str] = (), log_format: str =
     access = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(f, StripQueryStrings) for f in access.filters):
         access.addFilter(StripQueryStrings())
+    event_loop = logging.getLogger("asyncio")
+    if not any(isinstance(f, OncePerInterval) for f in event_loop.filters):
+        event_loop.addFilter(OncePerInterval(ACCEPT_FAILED_MESSAGE, ACCEPT_FAILED_LOG_SECONDS))
     quiet_noisy_loggers()

@@ -536,3 +536,72 @@ async def test_the_banners_agent_commands_work_when_pasted(
     command = shlex.split(lines[0], comments=True)[0]
     assert command == ("nexus-bridge" if on_path else NEXUS_BRIDGE)
     assert shutil.which(command, path=path) is not None
+
+
+async def test_out_of_open_files_the_log_says_so_once_not_thousands_of_times(
+    migrated_sqlite_url: str,
+) -> None:
+    """asyncio logs a failed accept() once per waiting connection (up to the backlog of 2048)
+    every second while the process has no file left: megabytes of log a minute, on disk."""
+    status, log = await asyncio.to_thread(_flood_a_server_with_few_files, migrated_sqlite_url)
+    assert status == 200  # it still answers once the connections are gone
+    lines = log.count("socket.accept() out of system resource")
+    assert lines == 1, log[-2000:]
+
+
+def _flood_a_server_with_few_files(database_url: str) -> tuple[int, str]:
+    """``serve`` limited to 64 open files, 200 idle connections held for two seconds, then a
+    request once they are closed: its answer's status and what the server logged."""
+    import resource
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    with subprocess.Popen(
+        [NEXUS_BRIDGE, "serve", "--host", "127.0.0.1", "--port", "0"],
+        env=subprocess_env(database_url, NEXUS_BRIDGE_LOG_LEVEL="INFO"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=few_files,
+    ) as process:
+        assert process.stderr is not None
+        log = ""
+        while (match := LISTENING.search(log)) is None:
+            line = process.stderr.readline().decode(errors="replace")
+            assert line, f"serve exited:\n{log}"
+            log += line
+        port = int(match.group(1).rsplit(":", 1)[1].split("/")[0])
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+        # Read what it logs while they are held: asyncio retries accept() every second, so
+        # 2.5 s see the first failures and two retries (each thousands of lines, unfiltered).
+        log += _read_for(process.stderr, seconds=2.5)
+        for sock in sockets:
+            sock.close()
+        status = 0
+        for _ in range(50):  # the server frees the closed connections' files as it sees them go
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+                    probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    status = int(probe.recv(64).split(b" ")[1])
+                    break
+            except (OSError, IndexError, ValueError):
+                continue
+        process.terminate()
+        _, rest = process.communicate(timeout=EXIT_DEADLINE_SECONDS)
+        return status, log + rest.decode(errors="replace")
+
+
+def _read_for(stream: Any, seconds: float) -> str:
+    """Everything ``stream`` (a pipe) gives within ``seconds``."""
+    import select
+
+    data = b""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if select.select([stream], [], [], remaining)[0]:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace")

@@ -88,3 +88,23 @@ def test_json_lines_redact_secrets_in_the_message_the_fields_and_the_traceback()
     assert second["target"] == REDACTED
     assert third["task_id"] == "t2"
     assert "RuntimeError: failed for " + REDACTED in third["exc_info"]
+
+
+def test_a_flood_of_one_kind_of_record_is_logged_once_per_interval_then_counted() -> None:
+    from nexus_bridge.logs import OncePerInterval
+
+    now = [100.0]
+    once = OncePerInterval("socket.accept() out of system resource", 60.0, clock=lambda: now[0])
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
+
+    flood = "socket.accept() out of system resource\nexception: [Errno 24] Too many open files"
+    assert once.filter(record(flood))
+    assert not any(once.filter(record(flood)) for _ in range(2048))
+    assert once.filter(record("Task exception was never retrieved"))  # other records pass
+    now[0] += 60.0
+    next_one = record(flood)
+    assert once.filter(next_one)
+    assert "2048 more like it since the last one were not logged" in str(next_one.msg)
+    assert once.dropped == 0
