@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlparse
 
+import h11
 import uvicorn
 from mcp.server.auth.handlers.metadata import MetadataHandler
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
@@ -726,26 +727,43 @@ def _freeze_startup_heap() -> None:
 
 
 class BridgeHttpProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, plus: a connection that has not sent a whole request head
-    within :attr:`REQUEST_HEAD_SECONDS` of opening is closed. uvicorn waits for a first request
-    for ever, so idle or crawling sockets (slowloris) could hold every open file the process
-    may have. Later requests on the connection keep uvicorn's own keep-alive timeout."""
+    """uvicorn's HTTP/1.1 protocol, plus: a request must arrive whole (head and body) within
+    :attr:`REQUEST_SECONDS` of the connection opening or of its own first byte, or the
+    connection is closed. uvicorn waits for ever for a first request, for the rest of a head and
+    for a body, so idle or crawling sockets (slowloris) could hold every open file the process
+    may have. An idle kept-alive connection keeps uvicorn's own keep-alive timeout; a response
+    may take as long as it takes (a long-polling pull)."""
 
-    REQUEST_HEAD_SECONDS: float = 30.0
+    REQUEST_SECONDS: float = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(
-            self.REQUEST_HEAD_SECONDS, self._close_without_request
-        )
+        self._request_timer: asyncio.TimerHandle | None = None
+        self._arm_request_timer()  # the first request's head is owed from now
 
-    def _close_without_request(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():
-            logger.debug("closed a connection that sent no request in time")
+    def data_received(self, data: bytes) -> None:
+        if self._request_timer is None and self._request_owed():
+            self._arm_request_timer()  # a request has begun to arrive
+        super().data_received(data)
+        if not self._request_owed() and self._request_timer is not None:
+            self._request_timer.cancel()  # it arrived whole: the app answers in its own time
+            self._request_timer = None
+
+    def _request_owed(self) -> bool:
+        return self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+
+    def _arm_request_timer(self) -> None:
+        self._request_timer = self.loop.call_later(self.REQUEST_SECONDS, self._close_if_owed)
+
+    def _close_if_owed(self) -> None:
+        self._request_timer = None
+        if self._request_owed() and not self.transport.is_closing():
+            logger.debug("closed a connection whose request did not arrive whole in time")
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_timer.cancel()
+        if self._request_timer is not None:
+            self._request_timer.cancel()
         super().connection_lost(exc)
 
 

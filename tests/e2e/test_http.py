@@ -299,21 +299,32 @@ def test_serving_beyond_loopback_without_auth_is_refused(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-async def test_a_connection_that_sends_no_whole_request_head_in_time_is_closed(
+async def test_a_request_that_does_not_arrive_whole_in_time_closes_its_connection(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Idle or crawling sockets cannot hold the process's open files for ever (slowloris)."""
-    monkeypatch.setattr(BridgeHttpProtocol, "REQUEST_HEAD_SECONDS", 0.5)
+    """Idle or crawling sockets cannot hold the process's open files for ever (slowloris): not
+    before a first request, not in a head, not in a body, not in a later request's head."""
+    monkeypatch.setattr(BridgeHttpProtocol, "REQUEST_SECONDS", 0.5)
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    body_head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
     async with running_server(make_settings()) as (url, server):
         port = server.bound_port
         assert port is not None
-        idle, idle_writer = await asyncio.open_connection("127.0.0.1", port)
-        crawling, crawling_writer = await asyncio.open_connection("127.0.0.1", port)
-        crawling_writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
-        await crawling_writer.drain()
-        assert await asyncio.wait_for(idle.read(), timeout=DEADLINE_SECONDS) == b""
-        assert await asyncio.wait_for(crawling.read(), timeout=DEADLINE_SECONDS) == b""
-        for writer in (idle_writer, crawling_writer):
+        connections = []
+        for sent in (b"", head, body_head + b"{"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(sent)  # and no more
+            await writer.drain()
+            connections.append((reader, writer))
+        # Kept alive after a whole request and its answer, then a second head that crawls.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.write(head)
+        await writer.drain()
+        connections.append((reader, writer))
+        for reader, writer in connections:
+            assert b"HTTP/1.1 " not in await asyncio.wait_for(reader.read(), DEADLINE_SECONDS)
             writer.close()
             await writer.wait_closed()
         async with httpx2.AsyncClient() as http:  # a request that comes at once is served
