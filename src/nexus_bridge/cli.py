@@ -343,50 +343,30 @@ def _check_server_agrees(configuration: Configuration, target: str) -> None:
     Raises:
         ConfigError: the server has no such target, or another transport for it.
     """
-    import httpx
-
-    from nexus_bridge.app import TARGETS_PATH
+    from nexus_bridge.doctor import (
+        ANOTHER_CONFIGURATION_FIX,
+        ServerWantsToken,
+        server_targets,
+        target_disagreement,
+    )
 
     settings = configuration.settings
-    mine = {t.name: t.transport.value for t in configuration.targets}
     url = settings.bridge_url.rstrip("/")
-    headers = (
-        {"Authorization": f"Bearer {settings.auth_tokens[0].get_secret_value()}"}
-        if settings.auth_tokens
-        else {}
-    )
     try:
-        response = httpx.get(
-            url + TARGETS_PATH, headers=headers, timeout=SERVER_CHECK_TIMEOUT_SECONDS
-        )
-    except httpx.HTTPError:
-        return  # no bridge there: the task waits in the database for one
-    if response.status_code in (401, 403):
+        theirs = server_targets(settings, SERVER_CHECK_TIMEOUT_SECONDS)
+    except ServerWantsToken:
         print(
             f"nexus-bridge: warning: the bridge at {url} wants a token to compare targets "
             f"({config.ENV_PREFIX}AUTH_TOKENS); queueing without checking",
             file=sys.stderr,
         )
         return
-    try:
-        theirs = {t["name"]: t["transport"] for t in response.json()["targets"]}
-    except (ValueError, KeyError, TypeError):
-        return  # not a bridge of this version: nothing to compare
-    fix = (
-        "this command reads another configuration than the server: compare `nexus-bridge "
-        "config` with the server's (its environment file), or set "
-        f"{config.ENV_PREFIX}ENV_FILE to it; not queued"
-    )
-    if target in mine and target not in theirs:
-        raise ConfigError(
-            f"the bridge running at {url} has no target {target!r} (it has "
-            f"{', '.join(sorted(theirs)) or 'none'}); {fix}"
-        )
-    if target in mine and theirs[target] != mine[target]:
-        raise ConfigError(
-            f"the bridge running at {url} delivers {target!r} over {theirs[target]}, but this "
-            f"command's configuration puts it on {mine[target]}; {fix}"
-        )
+    if theirs is None:
+        return  # no bridge there (the task waits in the database for one), or nothing to compare
+    mine = {t.name: t.transport.value for t in configuration.targets}
+    problem = target_disagreement(url, mine, theirs, target)
+    if problem is not None:
+        raise ConfigError(f"{problem}; {ANOTHER_CONFIGURATION_FIX}; not queued")
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:

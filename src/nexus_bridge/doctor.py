@@ -7,6 +7,7 @@ failed). The checks only read: nothing is sent to a chat, nothing is written to 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import shutil
 import stat
@@ -112,7 +113,8 @@ async def diagnose(settings: Settings) -> Report:
                 "run: nexus-bridge db upgrade (or fix NEXUS_BRIDGE_DATABASE_URL)",
             )
         database_ok = not missing and await _check_database(report, runtime)
-        await _check_bridge(report, settings)
+        if await _check_bridge(report, settings):
+            await asyncio.to_thread(_check_bridge_targets, report, runtime)
         for target in runtime.targets:
             if target.transport is Transport.TELEGRAM:
                 await _check_telegram_target(report, runtime, target, database_ok)
@@ -227,7 +229,8 @@ def _check_disk(report: Report, path: Path) -> None:
 # --- the running bridge ------------------------------------------------------------------------
 
 
-async def _check_bridge(report: Report, settings: Settings) -> None:
+async def _check_bridge(report: Report, settings: Settings) -> bool:
+    """Whether the bridge at URL answers ready (a transport in error included)."""
     import httpx
 
     url = settings.bridge_url.rstrip("/") + READYZ_PATH
@@ -249,7 +252,7 @@ async def _check_bridge(report: Report, settings: Settings) -> None:
             f"start it (nexus-bridge serve, or systemctl start nexus-bridge), or set "
             f"{config.ENV_PREFIX}URL to where it listens",
         )
-        return
+        return False
     if response.status_code != 200 or body.get("status") != "ready":
         reason = body.get("reason") or f"HTTP {response.status_code}"
         report.add(
@@ -258,7 +261,7 @@ async def _check_bridge(report: Report, settings: Settings) -> None:
             f"{url} answers but is not ready: {reason}",
             f"is {config.ENV_PREFIX}URL this bridge? see its log",
         )
-        return
+        return False
     transport = body.get("transport") or {}
     state = transport.get("state")
     detail = f"ready at {settings.bridge_url}; Telegram transport {state}"
@@ -266,6 +269,93 @@ async def _check_bridge(report: Report, settings: Settings) -> None:
         report.add("bridge", Status.FAIL, detail, "see the bridge's log for the reason")
     else:
         report.add("bridge", Status.OK, detail)
+    return True
+
+
+class ServerWantsToken(NexusBridgeError):
+    """The bridge at URL asks for a token to list its targets (set AUTH_TOKENS to compare)."""
+
+
+def server_targets(settings: Settings, timeout: float) -> dict[str, str] | None:
+    """The targets the bridge running at ``URL`` serves, by name, with their transports; None
+    when nothing answers there or it does not list them (another version).
+
+    Raises:
+        ServerWantsToken: it answered 401/403 (this command has no or another AUTH_TOKENS).
+    """
+    import httpx
+
+    from nexus_bridge.app import TARGETS_PATH
+
+    headers = (
+        {"Authorization": f"Bearer {settings.auth_tokens[0].get_secret_value()}"}
+        if settings.auth_tokens
+        else {}
+    )
+    url = settings.bridge_url.rstrip("/") + TARGETS_PATH
+    try:
+        response = httpx.get(url, headers=headers, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    if response.status_code in (401, 403):
+        raise ServerWantsToken()
+    try:
+        return {t["name"]: t["transport"] for t in response.json()["targets"]}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def target_disagreement(
+    url: str, mine: dict[str, str], theirs: dict[str, str], target: str
+) -> str | None:
+    """How the bridge at ``url`` (``theirs``) differs from this configuration (``mine``) on
+    ``target``, in words; None where they agree."""
+    if target not in mine:
+        return None
+    if target not in theirs:
+        return (
+            f"the bridge running at {url} has no target {target!r} (it has "
+            f"{', '.join(sorted(theirs)) or 'none'})"
+        )
+    if theirs[target] != mine[target]:
+        return (
+            f"the bridge running at {url} delivers {target!r} over {theirs[target]}, but this "
+            f"command's configuration puts it on {mine[target]}"
+        )
+    return None
+
+
+ANOTHER_CONFIGURATION_FIX: Final = (
+    "this command reads another configuration than the server: compare `nexus-bridge config` "
+    f"with the server's (its environment file), or set {config.ENV_PREFIX}ENV_FILE to it"
+)
+
+
+def _check_bridge_targets(report: Report, runtime: Runtime) -> None:
+    settings = runtime.settings
+    mine = {t.name: t.transport.value for t in runtime.targets}
+    try:
+        theirs = server_targets(settings, DOCTOR_HTTP_TIMEOUT_SECONDS)
+    except ServerWantsToken:
+        report.add(
+            "bridge.targets",
+            Status.SKIP,
+            "the bridge wants a token to list its targets",
+            f"set {config.ENV_PREFIX}AUTH_TOKENS for this command to compare them",
+        )
+        return
+    if theirs is None:
+        return
+    url = settings.bridge_url.rstrip("/")
+    problems = [p for t in sorted(mine) if (p := target_disagreement(url, mine, theirs, t))]
+    if problems:
+        report.add("bridge.targets", Status.FAIL, "; ".join(problems), ANOTHER_CONFIGURATION_FIX)
+    else:
+        report.add(
+            "bridge.targets",
+            Status.OK,
+            f"the bridge serves these targets too: {', '.join(sorted(mine))}",
+        )
 
 
 # --- targets -----------------------------------------------------------------------------------

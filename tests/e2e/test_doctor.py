@@ -375,3 +375,23 @@ async def test_a_credentials_file_others_can_read_is_a_warning(
     assert "configuration.permissions" not in await checks(
         make_settings(telegram_credentials_file=credentials)
     )
+
+
+async def test_a_bridge_serving_other_targets_than_this_configuration_is_a_failure(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The bridge answers ready, but it reads another configuration than this command (another
+    targets file, another database): what this command queues, it would never deliver."""
+    from tests.e2e.test_agent_api import two_targets
+
+    async with running_server(make_settings(config_file=two_targets(tmp_path))) as (url, _):
+        base = url.removesuffix("/mcp")
+        found = await checks(make_settings(bridge_url=base))  # the default target: homelab
+        assert found["bridge"].status is Status.OK
+        assert found["bridge.targets"].status is Status.FAIL
+        assert "has no target 'homelab' (it has nexus:felt, nexus:sentry)" in (
+            found["bridge.targets"].detail
+        )
+        assert "nexus-bridge config" in (found["bridge.targets"].fix or "")
+        same = await checks(make_settings(bridge_url=base, config_file=two_targets(tmp_path)))
+        assert same["bridge.targets"].status is Status.OK
