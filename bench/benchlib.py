@@ -223,7 +223,10 @@ def migrated_template(directory: Path) -> Path:
 
 
 def copy_database(template: Path, destination: Path) -> Path:
+    """A copy of ``template``, private to its owner as the server makes its database (a copy
+    that others could read draws the server's warning on every open)."""
     shutil.copyfile(template, destination)
+    destination.chmod(0o600)
     return destination
 
 
