@@ -82,6 +82,7 @@ def verify_passphrase(passphrase: str, stored: str) -> bool:
 # Wrong passphrases from all known addresses together that lock every known address out, as a
 # multiple of the per-address limit: guessing from many addresses is bounded too.
 ALL_ADDRESSES_FACTOR: Final = 10
+IPV6_CLIENT_PREFIX: Final = 64  # one client's share of IPv6: a /64
 MAX_ADDRESSES: Final = 10_000  # addresses whose wrong guesses are remembered; oldest forgotten
 
 
@@ -113,13 +114,22 @@ class _Guesses:
 
 def known_client_address(address: str | None) -> str | None:
     """The client's address if it tells one client from another: not loopback (a proxy on this
-    machine that names no client, or the owner on this machine), and an address at all."""
+    machine that names no client, or the owner on this machine), and an address at all. An
+    IPv6 address stands for its /64, which one client holds whole (and can pick any address
+    of): ``2001:db8::/64``."""
     if address is None:
         return None
     try:
-        return None if ipaddress.ip_address(address).is_loopback else address
+        parsed = ipaddress.ip_address(address)
     except ValueError:
         return None
+    if parsed.is_loopback:
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:  # an IPv4 client on a dual-stack socket
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return str(parsed)
 
 
 class OwnerGate:

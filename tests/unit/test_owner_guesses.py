@@ -35,6 +35,10 @@ def test_guesses_older_than_the_window_are_forgotten() -> None:
 
 def test_only_an_address_that_tells_clients_apart_is_known() -> None:
     assert known_client_address("203.0.113.7") == "203.0.113.7"
-    assert known_client_address("2001:db8::1") == "2001:db8::1"
+    # One client can pick any address of its IPv6 /64: the /64 is the client.
+    assert known_client_address("2001:db8::1") == "2001:db8::/64"
+    assert known_client_address("2001:db8::ffff:1234") == "2001:db8::/64"
+    assert known_client_address("2001:db8:0:1::1") == "2001:db8:0:1::/64"
+    assert known_client_address("::ffff:203.0.113.7") == "203.0.113.7"  # IPv4 on a v6 socket
     for unknown in ("127.0.0.1", "::1", None, "not an address", ""):
         assert known_client_address(unknown) is None

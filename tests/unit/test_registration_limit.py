@@ -40,3 +40,11 @@ def test_the_addresses_remembered_are_bounded_oldest_forgotten_first() -> None:
         assert limiter.allow(f"10.1.{n // 250}.{n % 250}")
     assert limiter.allow(first)  # forgotten: the flood of new addresses pushed it out
     assert len(limiter) == RegistrationLimiter.MAX_ADDRESSES
+
+
+def test_addresses_of_one_ipv6_64_count_as_one_client() -> None:
+    limiter = RegistrationLimiter(2, clock=Clock())
+    assert limiter.allow("2001:db8::1")
+    assert limiter.allow("2001:db8::2")
+    assert not limiter.allow("2001:db8::dead:beef")  # the same /64: the same client
+    assert limiter.allow("2001:db8:0:1::1")  # the next /64 is another
