@@ -1,6 +1,6 @@
 """The owner's passphrase: its hash (scrypt), and the gate every page that asks for it goes
 through (the OAuth consent page and the console), with one count of wrong guesses and one
-lockout for all of them, per client address where the address is known.
+lockout for all of them (which a browser that entered the right passphrase before may pass).
 
 It needs neither the MCP SDK nor the OAuth server: the console works without ``PUBLIC_URL``.
 """
@@ -79,11 +79,11 @@ def verify_passphrase(passphrase: str, stored: str) -> bool:
     return hmac.compare_digest(digest, base64.b64decode(expected))
 
 
-# Wrong passphrases from all known addresses together that lock every known address out, as a
-# multiple of the per-address limit: guessing from many addresses is bounded too.
-ALL_ADDRESSES_FACTOR: Final = 10
+# Addresses that entered the right passphrase, remembered in memory: during a lockout each may
+# still try, with a count of its own, so a stranger's wrong guesses cannot keep the owner out.
+TRUSTED_ADDRESS_DAYS: Final = 30
 IPV6_CLIENT_PREFIX: Final = 64  # one client's share of IPv6: a /64
-MAX_ADDRESSES: Final = 10_000  # addresses whose wrong guesses are remembered; oldest forgotten
+MAX_TRUSTED_ADDRESSES: Final = 100
 
 
 @dataclass(slots=True)
@@ -134,13 +134,14 @@ def known_client_address(address: str | None) -> str | None:
 
 class OwnerGate:
     """The owner's passphrase and its wrong-guess lockout, one for every page that asks for it
-    (the consent page and the console).
+    (the consent page and the console): the attempts count against the same owner row, shared
+    by every process, whatever address they come from (so guessing from many addresses is no
+    faster).
 
-    Wrong guesses from a known client address (one the proxy names in X-Forwarded-For, or a
-    direct one) lock that address out, and ``ALL_ADDRESSES_FACTOR`` times as many from all of
-    them lock every known address out, in this process's memory: a stranger cannot lock the
-    owner out from elsewhere. Guesses with no known address (loopback) count against the owner
-    row, shared by every process, as one source.
+    The one way past a lockout, besides ``auth set-passphrase``: an address that entered the
+    right passphrase in the last ``TRUSTED_ADDRESS_DAYS`` days (the client's, as the proxy names
+    it; remembered by this process) may still try, its own wrong guesses locking only itself.
+    A stranger's wrong guesses lock the page for everyone else, not for the owner's browser.
     """
 
     def __init__(
@@ -157,8 +158,10 @@ class OwnerGate:
         self.lockout_seconds = lockout_seconds
         self.failure_delay_seconds = failure_delay_seconds
         self._now = clock
-        self._by_address: collections.OrderedDict[str, _Guesses] = collections.OrderedDict()
-        self._all_addresses = _Guesses()
+        # Trusted address -> when it last entered the right passphrase, and its own guesses.
+        self._trusted: collections.OrderedDict[str, tuple[datetime, _Guesses]] = (
+            collections.OrderedDict()
+        )
 
     async def has_passphrase(self) -> bool:
         async with self._store.read() as tx:
@@ -171,14 +174,11 @@ class OwnerGate:
 
         Raises:
             NoPassphrase: none has been set.
-            OwnerLockedOut: too many wrong attempts lately (from this address, if known).
+            OwnerLockedOut: too many wrong attempts lately.
             ConsentRefused: wrong passphrase (the page never says more).
         """
-        known = known_client_address(address)
-        if known is not None:
-            await self._check_from(known, passphrase)
-            return
         now = self._now()
+        known = known_client_address(address)
         # Count the attempt before checking it, in one serialised write: parallel guesses
         # cannot all slip in under the limit.
         async with self._store.write() as tx:
@@ -186,65 +186,76 @@ class OwnerGate:
             if owner is None or not owner.passphrase_hash:
                 raise NoPassphrase()
             if owner.locked_until is not None and owner.locked_until > now:
-                METRICS.oauth_refusals.labels("locked_out").inc()
-                raise OwnerLockedOut()
-            attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
-            locked_until = None
-            if attempts >= self.max_failed_attempts:
-                locked_until = now + timedelta(seconds=self.lockout_seconds)
-            await tx.oauth.save_owner_attempts(
-                failed_attempts=attempts, locked_until=locked_until, at=now
-            )
-            stored_hash = owner.passphrase_hash
-        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
-        if not ok:
-            METRICS.oauth_refusals.labels("wrong_passphrase").inc()
-            await asyncio.sleep(self.failure_delay_seconds)  # throttle guessing
-            if locked_until is not None:
-                logger.warning(
-                    "owner passphrase: locked for %s s after wrong passphrases",
-                    self.lockout_seconds,
+                trusted = self._trusted_guesses(known, now)
+                if trusted is None:
+                    METRICS.oauth_refusals.labels("locked_out").inc()
+                    raise OwnerLockedOut()
+                stored_hash = owner.passphrase_hash
+                locked_until = None
+            else:
+                trusted = None
+                attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
+                locked_until = None
+                if attempts >= self.max_failed_attempts:
+                    locked_until = now + timedelta(seconds=self.lockout_seconds)
+                await tx.oauth.save_owner_attempts(
+                    failed_attempts=attempts, locked_until=locked_until, at=now
                 )
-                raise OwnerLockedOut()
-            raise ConsentRefused()
+                stored_hash = owner.passphrase_hash
+        if trusted is not None:
+            await self._check_trusted(trusted, passphrase, stored_hash, now)
+        else:
+            await self._check_counted(passphrase, stored_hash, locked_until)
         async with self._store.write() as tx:
             await tx.oauth.save_owner_attempts(failed_attempts=0, locked_until=None, at=now)
+        if known is not None:
+            self._trust(known, now)
 
-    async def _check_from(self, address: str, passphrase: str) -> None:
-        """:meth:`check` for a known address: its own count, and the count of all of them."""
-        now = self._now()
-        async with self._store.read() as tx:
-            owner = await tx.oauth.owner()
-        if owner is None or not owner.passphrase_hash:
-            raise NoPassphrase()
-        guesses = self._by_address.pop(address, None) or _Guesses()
-        self._by_address[address] = guesses  # now the newest
-        while len(self._by_address) > MAX_ADDRESSES:
-            self._by_address.popitem(last=False)
-        if guesses.locked(now) or self._all_addresses.locked(now):
-            METRICS.oauth_refusals.labels("locked_out").inc()
-            raise OwnerLockedOut()
-        # Counted before the check, with no await in between: parallel guesses cannot all slip
-        # in under the limit.
-        window = timedelta(seconds=self.lockout_seconds)
-        locked = guesses.count(now, self.max_failed_attempts, window)
-        limit_all = self.max_failed_attempts * ALL_ADDRESSES_FACTOR
-        locked = self._all_addresses.count(now, limit_all, window) or locked
-        ok = await asyncio.to_thread(verify_passphrase, passphrase, owner.passphrase_hash)
+    async def _check_counted(
+        self, passphrase: str, stored_hash: str, locked_until: datetime | None
+    ) -> None:
+        ok = await asyncio.to_thread(verify_passphrase, passphrase, stored_hash)
         if ok:
-            guesses.clear()
-            self._all_addresses.clear()
             return
         METRICS.oauth_refusals.labels("wrong_passphrase").inc()
         await asyncio.sleep(self.failure_delay_seconds)  # throttle guessing
-        if locked:
+        if locked_until is not None:
             logger.warning(
-                "owner passphrase: %s locked for %s s after wrong passphrases",
-                "every address" if self._all_addresses.locked(now) else address,
-                self.lockout_seconds,
+                "owner passphrase: locked for %s s after wrong passphrases", self.lockout_seconds
             )
             raise OwnerLockedOut()
         raise ConsentRefused()
+
+    async def _check_trusted(
+        self, guesses: _Guesses, passphrase: str, stored_hash: str, now: datetime
+    ) -> None:
+        """During a lockout, from an address that signed in before: its own count decides."""
+        if guesses.locked(now):
+            METRICS.oauth_refusals.labels("locked_out").inc()
+            raise OwnerLockedOut()
+        window = timedelta(seconds=self.lockout_seconds)
+        locked = guesses.count(now, self.max_failed_attempts, window)  # before the check
+        if await asyncio.to_thread(verify_passphrase, passphrase, stored_hash):
+            guesses.clear()
+            return
+        METRICS.oauth_refusals.labels("wrong_passphrase").inc()
+        await asyncio.sleep(self.failure_delay_seconds)
+        if locked:
+            raise OwnerLockedOut()
+        raise ConsentRefused()
+
+    def _trusted_guesses(self, address: str | None, now: datetime) -> _Guesses | None:
+        """The guesses of ``address`` if it entered the right passphrase lately, else None."""
+        entry = self._trusted.get(address) if address is not None else None
+        if entry is None or now - entry[0] > timedelta(days=TRUSTED_ADDRESS_DAYS):
+            return None
+        return entry[1]
+
+    def _trust(self, address: str, now: datetime) -> None:
+        _since, guesses = self._trusted.pop(address, (now, _Guesses()))
+        self._trusted[address] = (now, guesses)  # the newest
+        while len(self._trusted) > MAX_TRUSTED_ADDRESSES:
+            self._trusted.popitem(last=False)
 
     def _recent_failures(self, failures: int, last_change: datetime, now: datetime) -> int:
         """Wrong passphrases still counted: failures decay. They count only within a window of
