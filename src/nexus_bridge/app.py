@@ -741,16 +741,26 @@ class BridgeHttpProtocol(H11Protocol):
         self._request_timer: asyncio.TimerHandle | None = None
         self._arm_request_timer()  # the first request's head is owed from now
 
-    def data_received(self, data: bytes) -> None:
-        if self._request_timer is None and self._request_owed():
+    def handle_events(self) -> None:
+        # Where h11's state moves: bytes came in, or a response ended and a pipelined request
+        # (already received in part) begins.
+        super().handle_events()
+        owed = self._request_owed()
+        if owed and self._request_timer is None:
             self._arm_request_timer()  # a request has begun to arrive
-        super().data_received(data)
-        if not self._request_owed() and self._request_timer is not None:
+        elif not owed and self._request_timer is not None:
             self._request_timer.cancel()  # it arrived whole: the app answers in its own time
             self._request_timer = None
 
     def _request_owed(self) -> bool:
-        return self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+        """Whether the client owes the rest of a request: a body, the first head, or a next
+        head it has begun (a kept-alive connection with nothing sent is uvicorn's to time)."""
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            return True
+        if state is h11.IDLE:
+            return self.cycle is None or bool(self.conn.trailing_data[0])
+        return False
 
     def _arm_request_timer(self) -> None:
         self._request_timer = self.loop.call_later(self.REQUEST_SECONDS, self._close_if_owed)
