@@ -480,9 +480,10 @@ class RegistrationLimiter:
         """How many addresses are remembered."""
         return len(self._seen)
 
-    def allow(self, address: str | None) -> bool:
-        """Count one registration from ``address``; False if it is one too many."""
-        address = known_client_address(address)
+    def allow(self, address: str | None, forwarded_for: str | None = None) -> bool:
+        """Count one registration from ``address`` (as :func:`known_client_address` takes it,
+        with the request's X-Forwarded-For); False if it is one too many."""
+        address = known_client_address(address, forwarded_for)
         if address is None:
             return True
         now = self._clock()
@@ -504,7 +505,8 @@ def registration_rate_guard(inner: ASGIApp, limiter: RegistrationLimiter) -> ASG
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         address = client[0] if client else None
-        if scope.get("method") == "POST" and not limiter.allow(address):
+        forwarded_for = Headers(scope=scope).get("x-forwarded-for")
+        if scope.get("method") == "POST" and not limiter.allow(address, forwarded_for):
             logger.warning("oauth: refused a registration: too many from one address this hour")
             response = JSONResponse(
                 {

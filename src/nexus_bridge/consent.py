@@ -157,6 +157,7 @@ def consent_routes(provider: BridgeOAuthProvider) -> list[Route]:
                     request_id,
                     str(form.get("passphrase", "")),
                     request.client.host if request.client else None,
+                    request.headers.get("x-forwarded-for"),
                 )
         except ConsentExpired as exc:
             return _message(str(exc), 400)

@@ -389,9 +389,15 @@ class BridgeOAuthProvider:
             query["state"] = params.state
         return _with_query(str(params.redirect_uri), query)
 
-    async def approve(self, request_id: str, passphrase: str, address: str | None = None) -> str:
-        """Check the passphrase (sent from ``address``, the client's); on success issue a code
-        and return the redirect to the client.
+    async def approve(
+        self,
+        request_id: str,
+        passphrase: str,
+        address: str | None = None,
+        forwarded_for: str | None = None,
+    ) -> str:
+        """Check the passphrase (sent from ``address``, the client's, with the request's
+        X-Forwarded-For); on success issue a code and return the redirect to the client.
 
         Raises:
             ConsentExpired: the request is gone.
@@ -400,7 +406,7 @@ class BridgeOAuthProvider:
             ConsentRefused: wrong passphrase (the page never says more).
         """
         client, params = await self.pending_request(request_id)
-        await self.owner_gate.check(passphrase, address)
+        await self.owner_gate.check(passphrase, address, forwarded_for)
         now = self._now()
         code = secrets.token_urlsafe(32)
         async with self._store.write() as tx:

@@ -112,12 +112,19 @@ class _Guesses:
         self.failures, self.last, self.locked_until = 0, None, None
 
 
-def known_client_address(address: str | None) -> str | None:
-    """The client's address if it tells one client from another: not loopback (a proxy on this
-    machine that names no client, or the owner on this machine), and an address at all. An
-    IPv6 address stands for its /64, which one client holds whole (and can pick any address
-    of): ``2001:db8::/64``."""
+def known_client_address(address: str | None, forwarded_for: str | None = None) -> str | None:
+    """The client's address if it tells one client from another, else None.
+
+    ``address`` is uvicorn's (which reads ``X-Forwarded-For`` only from a proxy it trusts:
+    loopback by default); ``forwarded_for`` is the request's ``X-Forwarded-For``, if any. None
+    for loopback (a proxy on this machine that names no client, or the owner on this machine),
+    for a proxy uvicorn does not trust (the header names clients, but the address is not one of
+    them: it is the proxy's, shared by every client behind it), and for no address at all. An
+    IPv6 address stands for its /64, which one client holds whole (and can pick any address of):
+    ``2001:db8::/64``."""
     if address is None:
+        return None
+    if forwarded_for is not None and address not in _forwarded_hosts(forwarded_for):
         return None
     try:
         parsed = ipaddress.ip_address(address)
@@ -130,6 +137,19 @@ def known_client_address(address: str | None) -> str | None:
             return str(parsed.ipv4_mapped)
         return str(ipaddress.ip_network(f"{parsed}/{IPV6_CLIENT_PREFIX}", strict=False))
     return str(parsed)
+
+
+def _forwarded_hosts(forwarded_for: str) -> set[str]:
+    """The hosts an ``X-Forwarded-For`` names, without ports or brackets."""
+    hosts = set()
+    for entry in forwarded_for.split(","):
+        entry = entry.strip()
+        if entry.startswith("["):
+            entry = entry[1:].partition("]")[0]
+        elif entry.count(":") == 1:
+            entry = entry.partition(":")[0]
+        hosts.add(entry)
+    return hosts
 
 
 class OwnerGate:
@@ -168,9 +188,11 @@ class OwnerGate:
             owner = await tx.oauth.owner()
         return owner is not None and bool(owner.passphrase_hash)
 
-    async def check(self, passphrase: str, address: str | None = None) -> None:
+    async def check(
+        self, passphrase: str, address: str | None = None, forwarded_for: str | None = None
+    ) -> None:
         """Pass if ``passphrase`` is the owner's; a success clears the count of wrong ones.
-        ``address`` is the client's (uvicorn's, after the proxy's X-Forwarded-For).
+        ``address`` and ``forwarded_for``: the client's, as :func:`known_client_address` takes.
 
         Raises:
             NoPassphrase: none has been set.
@@ -178,7 +200,7 @@ class OwnerGate:
             ConsentRefused: wrong passphrase (the page never says more).
         """
         now = self._now()
-        known = known_client_address(address)
+        known = known_client_address(address, forwarded_for)
         # Count the attempt before checking it, in one serialised write: parallel guesses
         # cannot all slip in under the limit.
         async with self._store.write() as tx:

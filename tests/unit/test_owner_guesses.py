@@ -42,3 +42,13 @@ def test_only_an_address_that_tells_clients_apart_is_known() -> None:
     assert known_client_address("::ffff:203.0.113.7") == "203.0.113.7"  # IPv4 on a v6 socket
     for unknown in ("127.0.0.1", "::1", None, "not an address", ""):
         assert known_client_address(unknown) is None
+
+
+def test_behind_a_proxy_uvicorn_does_not_trust_no_client_is_known() -> None:
+    """uvicorn takes X-Forwarded-For only from a proxy it trusts; from any other, its client
+    address is the proxy's, shared by every client behind it (a container network's proxy)."""
+    assert known_client_address("203.0.113.7", "203.0.113.7") == "203.0.113.7"
+    assert known_client_address("203.0.113.7", "10.1.1.1, 203.0.113.7") == "203.0.113.7"
+    assert known_client_address("203.0.113.7", "203.0.113.7:5555") == "203.0.113.7"
+    assert known_client_address("2001:db8::5", "[2001:db8::5]:443") == "2001:db8::/64"
+    assert known_client_address("172.18.0.3", "203.0.113.7") is None  # the proxy, untrusted

@@ -48,3 +48,10 @@ def test_addresses_of_one_ipv6_64_count_as_one_client() -> None:
     assert limiter.allow("2001:db8::2")
     assert not limiter.allow("2001:db8::dead:beef")  # the same /64: the same client
     assert limiter.allow("2001:db8:0:1::1")  # the next /64 is another
+
+
+def test_behind_an_untrusted_proxy_registrations_are_not_counted_by_address() -> None:
+    """Every client would share the proxy's address: ten registrations an hour for everyone."""
+    limiter = RegistrationLimiter(1, clock=Clock())
+    assert all(limiter.allow("172.18.0.3", "203.0.113.7") for _ in range(5))
+    assert len(limiter) == 0

@@ -217,7 +217,8 @@ class Console:
             return self._sign_in_form("The form expired or came from elsewhere; try again.", 403)
         try:
             address = request.client.host if request.client else None
-            await self.d.gate.check(_field(form, "passphrase"), address)
+            forwarded_for = request.headers.get("x-forwarded-for")
+            await self.d.gate.check(_field(form, "passphrase"), address, forwarded_for)
         except NoPassphrase:
             return _page(pages.console_off_page(), 503)
         except OwnerLockedOut as exc:
