@@ -395,7 +395,7 @@ def runner_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str
     claude = shutil.which(CLAUDE_PROGRAM)
     if claude is not None:
         # A service's PATH is systemd's short default, which misses ~/.local/bin and the like.
-        where = str(Path(claude).parent).replace("%", "%%")
+        where = str(Path(claude).parent.absolute()).replace("%", "%%")
         lines.append(f'Environment="PATH={where}:{SYSTEMD_DEFAULT_PATH}"')
     else:
         lines.append(
