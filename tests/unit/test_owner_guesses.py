@@ -3,7 +3,12 @@ row's (older than the window: forgotten; a lockout that ran out: a fresh start).
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from nexus_bridge.owner import _Guesses, known_client_address
 
@@ -52,3 +57,23 @@ def test_behind_a_proxy_uvicorn_does_not_trust_no_client_is_known() -> None:
     assert known_client_address("203.0.113.7", "203.0.113.7:5555") == "203.0.113.7"
     assert known_client_address("2001:db8::5", "[2001:db8::5]:443") == "2001:db8::/64"
     assert known_client_address("172.18.0.3", "203.0.113.7") is None  # the proxy, untrusted
+
+
+@given(
+    address=st.one_of(st.none(), st.text(max_size=60)),
+    forwarded=st.one_of(st.none(), st.text(max_size=300)),
+)
+def test_any_address_and_forwarded_header_give_a_client_or_none_never_an_error(
+    address: str | None, forwarded: str | None
+) -> None:
+    """Both come from the network (the header as a client or proxy wrote it)."""
+    known = known_client_address(address, forwarded)
+    assert known is None or (isinstance(known, str) and known)
+
+
+@given(a=st.integers(0, 2**32 - 1), others=st.lists(st.ip_addresses(v=4), max_size=5))
+def test_an_ipv4_client_named_anywhere_in_the_header_is_known(a: int, others: list[Any]) -> None:
+    assume(not ipaddress.IPv4Address(a).is_loopback)
+    address = str(ipaddress.IPv4Address(a))
+    chain = ", ".join([*map(str, others), address])
+    assert known_client_address(address, chain) == address
