@@ -207,23 +207,21 @@ class OwnerGate:
             owner = await tx.oauth.owner()
             if owner is None or not owner.passphrase_hash:
                 raise NoPassphrase()
+            stored_hash = owner.passphrase_hash
+            trusted: _Guesses | None = None
+            locked_until: datetime | None = None
             if owner.locked_until is not None and owner.locked_until > now:
                 trusted = self._trusted_guesses(known, now)
                 if trusted is None:
                     METRICS.oauth_refusals.labels("locked_out").inc()
                     raise OwnerLockedOut()
-                stored_hash = owner.passphrase_hash
-                locked_until = None
             else:
-                trusted = None
                 attempts = self._recent_failures(owner.failed_attempts, owner.updated_at, now) + 1
-                locked_until = None
                 if attempts >= self.max_failed_attempts:
                     locked_until = now + timedelta(seconds=self.lockout_seconds)
                 await tx.oauth.save_owner_attempts(
                     failed_attempts=attempts, locked_until=locked_until, at=now
                 )
-                stored_hash = owner.passphrase_hash
         if trusted is not None:
             await self._check_trusted(trusted, passphrase, stored_hash, now)
         else:
