@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from nexus_bridge.constants import WAL_LIMIT_BYTES
 from nexus_bridge.db.engine import create_engine, create_writer_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.queue import QueueService
@@ -25,13 +26,20 @@ async def test_every_sqlite_connection_gets_the_durability_pragmas(
         for conn in conns:
             pragmas = {
                 name: (await conn.execute(text(f"PRAGMA {name}"))).scalar()
-                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+                for name in (
+                    "journal_mode",
+                    "synchronous",
+                    "foreign_keys",
+                    "busy_timeout",
+                    "journal_size_limit",
+                )
             }
             assert pragmas == {
                 "journal_mode": "wal",
                 "synchronous": 2,  # FULL
                 "foreign_keys": 1,
                 "busy_timeout": 4321,
+                "journal_size_limit": WAL_LIMIT_BYTES,
             }
         for conn in conns:
             await conn.close()

@@ -8,6 +8,7 @@ in the next transaction: the batch is made on purpose, not by luck.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -25,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from nexus_bridge import config
 from nexus_bridge.db.engine import create_engine, create_writer_engine
 from nexus_bridge.db.store import Store, StoreTransaction
-from nexus_bridge.db.writer import SqliteWriter, WriteWaited
+from nexus_bridge.db.writer import SqliteWriter, WalKeeper, WriteWaited
 from nexus_bridge.domain import TargetPolicy, Transport, content_hash
 from nexus_bridge.errors import DatabaseUnreachable, TaskNotFound
 from nexus_bridge.queue import QueueService
@@ -489,3 +490,153 @@ async def test_a_write_that_swallows_the_groups_failure_cannot_commit_a_lost_sen
     with sqlite3.connect(_path(migrated_sqlite_url)) as conn:
         rows = conn.execute("SELECT content FROM tasks ORDER BY rowid").fetchall()
     assert rows == [("already open",), ("new one",)]
+
+
+# --- the write-ahead log -------------------------------------------------------------------
+
+WAL_LIMIT = 256 * 1024
+WAL_WRITES = 400  # of a 4,000-character update each: about 2 MB of log, 8 times the limit
+
+
+class OverlappingReaders:
+    """Two readers on their own connections, taking turns so that one is always inside a read
+    transaction (the next begins before the last ends), as a busy server's pulls are: SQLite's
+    own checkpoints then never find the moment to start the log over."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self.reads = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> OverlappingReaders:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(DEADLINE_SECONDS)
+
+    def _run(self) -> None:
+        first, second = (sqlite3.connect(self._path, isolation_level=None) for _ in range(2))
+        try:
+            current, other = first, second
+            current.execute("BEGIN")
+            current.execute("SELECT count(*) FROM updates").fetchone()
+            while not self._stop.is_set():
+                other.execute("BEGIN")
+                other.execute("SELECT count(*) FROM updates").fetchone()
+                current.execute("COMMIT")
+                self.reads += 1
+                current, other = other, current
+            current.execute("COMMIT")
+        finally:
+            first.close()
+            second.close()
+
+
+def _wal_bytes(url: str) -> int:
+    log = _path(url).with_name(_path(url).name + "-wal")
+    return log.stat().st_size if log.exists() else 0
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "unkept (control)"])
+async def test_under_readers_that_never_all_stop_the_write_ahead_log_stays_near_its_limit(
+    migrated_sqlite_url: str, kept: bool
+) -> None:
+    """Found on a real server: 12 busy clients for 90 s left a 105 MB log beside a 5 MB
+    database. The control shows the readers defeat SQLite's own checkpoints (the log is never
+    started over); the writer's keeper checkpoints and truncates it all the same."""
+    keeper = WalKeeper(_path(migrated_sqlite_url), limit_bytes=WAL_LIMIT) if kept else None
+    engine = create_engine(migrated_sqlite_url)
+    writer = SqliteWriter(
+        create_writer_engine(engine),
+        connect_error=lambda exc: DatabaseUnreachable(str(exc)),
+        wal=keeper,
+    )
+    largest = 0
+    try:
+        with OverlappingReaders(_path(migrated_sqlite_url)) as readers:
+            await wait_for(lambda: readers.reads > 0, what="the readers to start")
+            for i in range(WAL_WRITES):
+                await writer.run(_insert_agent_update(f"{i:04d} " + "x" * 3995))
+                largest = max(largest, _wal_bytes(migrated_sqlite_url))
+            assert readers.reads > WAL_WRITES / 10, "the readers did not keep reading"
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+    if keeper is None:
+        assert largest > 6 * WAL_LIMIT, largest
+        return
+    # Checked after each commit is answered: the log may pass the limit by a commit or two.
+    assert largest < 2 * WAL_LIMIT, largest
+    assert keeper.truncations >= 3, keeper.truncations
+    contents = _contents(migrated_sqlite_url)
+    assert [c[:4] for c in contents] == [f"{i:04d}" for i in range(WAL_WRITES)]
+
+
+async def test_a_reader_that_never_finishes_holds_writes_up_by_the_wait_at_most_and_is_named(
+    migrated_sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader stuck inside a transaction (a long backup, a stopped process) outlasts every
+    checkpoint: the writer gives up after the wait, keeps writing, tries again a retry later,
+    says so in the log after a minute of it, and truncates the log once the reader lets go."""
+    now = [1000.0]
+    keeper = WalKeeper(
+        _path(migrated_sqlite_url),
+        limit_bytes=WAL_LIMIT,
+        wait_ms=20,
+        retry_seconds=1.0,
+        clock=lambda: now[0],
+    )
+    engine = create_engine(migrated_sqlite_url)
+    writer = SqliteWriter(
+        create_writer_engine(engine),
+        connect_error=lambda exc: DatabaseUnreachable(str(exc)),
+        wal=keeper,
+    )
+    stuck = sqlite3.connect(_path(migrated_sqlite_url), isolation_level=None)
+
+    async def write(content: str) -> None:
+        """One write, and the keeper's look at the log after it."""
+        await writer.run(_insert_agent_update(content))
+        await wait_for(lambda: keeper.commits_seen == writer.commits, what="the keeper")
+
+    try:
+        await write("before the reader")
+        stuck.execute("BEGIN")
+        stuck.execute("SELECT count(*) FROM updates").fetchone()
+        i = 0
+        while keeper.busy_tries == 0:
+            await write(f"{i} " + "x" * 4000)
+            i += 1
+            assert i < WAL_WRITES, "the log never passed its limit"
+        assert _wal_bytes(migrated_sqlite_url) > WAL_LIMIT
+        # Within the retry interval nothing is tried: writes go on without waiting.
+        await write("within the retry interval")
+        assert keeper.busy_tries == 1
+        with caplog.at_level(logging.WARNING, logger="nexus_bridge.db.writer"):
+            for _ in range(61):
+                now[0] += 1.0
+                await write("still stuck")
+        assert keeper.busy_tries == 62
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "-wal is" in warnings[0]
+        assert "kept it from being checkpointed" in warnings[0]
+        assert keeper.truncations == 0
+
+        stuck.execute("COMMIT")
+        now[0] += 1.0
+        await write("after the reader")
+        assert keeper.truncations == 1
+        assert _wal_bytes(migrated_sqlite_url) == 0
+    finally:
+        stuck.close()
+        await writer.close()
+        await engine.dispose()
+    contents = _contents(migrated_sqlite_url)
+    assert contents[0] == "before the reader"
+    assert contents[-1] == "after the reader"
+    assert len(contents) == i + 64

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only as await_
 
-from nexus_bridge.constants import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
+from nexus_bridge.constants import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE, WAL_LIMIT_BYTES
 from nexus_bridge.db.models import declare_postgresql_options
 from nexus_bridge.errors import ConfigError
 
@@ -162,6 +162,9 @@ def _set_pragmas(engine: Engine, options: SqliteOptions) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA foreign_keys={'ON' if options.foreign_keys else 'OFF'}")
         cursor.execute(f"PRAGMA busy_timeout={int(options.busy_timeout_ms)}")
+        # When SQLite restarts the write-ahead log, it cuts the file back to this size (it
+        # would otherwise keep the largest size it ever reached).
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         cursor.close()
 
 

@@ -53,7 +53,7 @@ from nexus_bridge.db.models import (
 from nexus_bridge.db.oauth_store import OAuthStore
 from nexus_bridge.db.types import UTCDateTime, format_timestamp
 from nexus_bridge.db.wakeups import ChangeFeed, change_feed
-from nexus_bridge.db.writer import GROUP_FINISHERS, SqliteWriter, WriteSession
+from nexus_bridge.db.writer import GROUP_FINISHERS, SqliteWriter, WalKeeper, WriteSession
 from nexus_bridge.domain import (
     HANDED_OVER_STATUSES,
     MAX_ID_CHARS,
@@ -1415,6 +1415,7 @@ class Store:
             self._writer = SqliteWriter(
                 create_writer_engine(self.engine),
                 connect_error=lambda exc: DatabaseUnreachable(_reason(exc)),
+                wal=WalKeeper(self._file) if self._file is not None else None,
             )
         return self._writer
 

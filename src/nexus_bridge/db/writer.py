@@ -19,16 +19,24 @@ import asyncio
 import collections
 import logging
 import queue
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from nexus_bridge.constants import MAX_WRITES_PER_COMMIT
+from nexus_bridge.constants import (
+    MAX_WRITES_PER_COMMIT,
+    WAL_CHECKPOINT_RETRY_SECONDS,
+    WAL_CHECKPOINT_WAIT_MS,
+    WAL_LIMIT_BYTES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +149,94 @@ def _settle(batch: list[_Pending[Any]]) -> None:
             item.future.set_result(item.result)
 
 
+class WalKeeper:
+    """Keeps the write-ahead log of a SQLite file near ``limit_bytes``; the writer thread's.
+
+    SQLite checkpoints the log on its own after commits, but it starts the file over only at a
+    moment when no reader is still reading from it; on a busy server some pull is always
+    reading, and the file grows for as long as that lasts. Past ``limit_bytes``, after a
+    commit, this checkpoints the log and truncates it (``wal_checkpoint(TRUNCATE)``), letting
+    the readers of the moment finish for up to ``wait_ms`` (the writes that arrive meanwhile are
+    committed together afterwards); if they do not, it tries again ``retry_seconds`` later.
+    """
+
+    def __init__(
+        self,
+        database: Path,
+        *,
+        limit_bytes: int = WAL_LIMIT_BYTES,
+        wait_ms: int = WAL_CHECKPOINT_WAIT_MS,
+        retry_seconds: float = WAL_CHECKPOINT_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = database.with_name(database.name + "-wal")
+        self._limit_bytes = limit_bytes
+        self._wait_ms = wait_ms
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._next_try = 0.0
+        self._busy_since: float | None = None
+        # Written by the writer thread only: commits looked at, logs truncated, and tries the
+        # readers outlasted.
+        self.commits_seen = 0
+        self.truncations = 0
+        self.busy_tries = 0
+
+    def after_commit(self, connection: sqlite3.Connection) -> None:
+        """Checkpoint and truncate the log if it is past the limit (``connection`` is not in a
+        transaction)."""
+        try:
+            self._keep(connection)
+        finally:
+            self.commits_seen += 1
+
+    def _keep(self, connection: sqlite3.Connection) -> None:
+        now = self._clock()
+        if now < self._next_try:
+            return
+        try:
+            size = self.log.stat().st_size
+        except OSError:
+            return  # no log (yet), or not ours to look at: nothing to keep
+        if size <= self._limit_bytes:
+            self._busy_since = None
+            return
+        try:
+            (timeout,) = connection.execute("PRAGMA busy_timeout").fetchone()
+            connection.execute(f"PRAGMA busy_timeout={int(self._wait_ms)}")
+            try:
+                busy, _frames, _copied = connection.execute(
+                    "PRAGMA wal_checkpoint(TRUNCATE)"
+                ).fetchone()
+            finally:
+                connection.execute(f"PRAGMA busy_timeout={int(timeout)}")
+        except sqlite3.Error as exc:
+            busy = 1
+            logger.debug("checkpointing the write-ahead log failed: %s", exc)
+        if not busy:
+            self.truncations += 1
+            self._busy_since = None
+            logger.debug("write-ahead log checkpointed and truncated at %d bytes", size)
+            return
+        self.busy_tries += 1
+        self._next_try = now + self._retry_seconds
+        if self._busy_since is None:
+            self._busy_since = now
+        elif now - self._busy_since >= 60 * self._retry_seconds:
+            self._busy_since = now  # once a minute (of retries) at most
+            logger.warning(
+                "the write-ahead log %s is %d MB: a reader has kept it from being checkpointed "
+                "for a minute (a long backup or a stuck process?); trying again",
+                self.log,
+                size // 1_000_000,
+            )
+
+
 class SqliteWriter:
     """Runs write transactions in its own thread, on its own connection of ``engine``.
 
-    ``connect_error`` turns a failure to open the connection into the error its callers get.
+    ``connect_error`` turns a failure to open the connection into the error its callers get;
+    ``wal``, when given, keeps the file's write-ahead log bounded after each commit.
     """
 
     def __init__(
@@ -153,8 +245,10 @@ class SqliteWriter:
         *,
         connect_error: Callable[[Exception], Exception],
         max_batch: int = MAX_WRITES_PER_COMMIT,
+        wal: WalKeeper | None = None,
     ) -> None:
         self._engine = engine
+        self._wal = wal
         event.listen(engine, "before_cursor_execute", _run_put_off)
         self._connect_error = connect_error
         self._max_batch = max_batch
@@ -273,6 +367,9 @@ class SqliteWriter:
                         _notify(session.loop, session.started, None, exc)
                         _discard(connection)
                         connection = None
+                if self._wal is not None and connection is not None:
+                    # After the answers: nobody waits on it but the writes queued meanwhile.
+                    self._wal.after_commit(_sqlite3_connection(connection))
                 if stop:
                     return
         finally:
