@@ -622,7 +622,11 @@ def create_app(settings: Settings, bridge: Bridge | None = None) -> Starlette:
         [
             Route(HEALTHZ_PATH, healthz, methods=["GET"]),
             Route(READYZ_PATH, readyz, methods=["GET"]),
-            Route(METRICS_PATH, metrics_endpoint(bridge.queue, metrics_token), methods=["GET"]),
+            Route(
+                METRICS_PATH,
+                metrics_endpoint(bridge.queue, metrics_token, sqlite_file(settings.database_url)),
+                methods=["GET"],
+            ),
         ]
     )
     if bridge.oauth is not None:

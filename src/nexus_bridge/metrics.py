@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Final
 
 from prometheus_client import (
@@ -202,6 +203,28 @@ class QueueCollector(Collector):
         yield from (tasks, oldest, stalled, seen, reachable, due, failed)
 
 
+class SqliteFilesCollector(Collector):
+    """The size of a SQLite database's file and of its write-ahead log, read at each scrape: a
+    queue left running for months is watched for the disk it takes (retention keeps the file
+    bounded; the writer keeps the log near ``WAL_LIMIT_BYTES``)."""
+
+    def __init__(self, database: Path) -> None:
+        self._files = (("database", database), ("wal", database.with_name(database.name + "-wal")))
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily(
+            f"{PREFIX}_database_size_bytes",
+            "Bytes on disk of the SQLite database file and of its write-ahead log (0: none).",
+            labels=["file"],
+        )
+        for name, path in self._files:
+            try:
+                size.add_metric([name], path.stat().st_size)
+            except OSError:
+                size.add_metric([name], 0)
+        yield size
+
+
 class _Scrape(Collector):
     """This process's counters and one scrape's database gauges, as one exposition."""
 
@@ -229,13 +252,15 @@ def _host_name(host: str) -> str:
 
 
 def metrics_endpoint(
-    queue: QueueService, token: str | None
+    queue: QueueService, token: str | None, database: Path | None = None
 ) -> Callable[[Request], Awaitable[Response]]:
     """GET /metrics: with METRICS_TOKEN, for that bearer token only; without it, only for a
     client on this machine that came straight (loopback address, loopback Host, no proxy
     headers), so an HTTP reverse proxy or tunnel in front of the bridge never publishes it (a
-    TCP-level tunnel cannot be told from a local client: METRICS_TOKEN is for that)."""
+    TCP-level tunnel cannot be told from a local client: METRICS_TOKEN is for that).
+    ``database``: the SQLite file whose size is reported (None on PostgreSQL)."""
     expected = f"Bearer {token}".encode() if token else None
+    files = [SqliteFilesCollector(database)] if database is not None else []
 
     async def metrics(request: Request) -> Response:
         if expected is not None:
@@ -262,7 +287,7 @@ def metrics_endpoint(
             logger.exception("/metrics: could not read the queue from the database")
             return PlainTextResponse("the database could not be read; see the log\n", 503)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Scrape(METRICS.registry, QueueCollector(snapshot)))
+        registry.register(_Scrape(METRICS.registry, QueueCollector(snapshot), *files))
         return Response(generate_latest(registry), media_type=TEXT_FORMAT)
 
     return metrics

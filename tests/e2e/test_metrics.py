@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_bridge.config import Settings
+from nexus_bridge.db.engine import sqlite_file
 from nexus_bridge.metrics import METRICS
 from tests.conftest import mcp_client, running_server, wait_for
 from tests.e2e.test_http import call, call_error
@@ -124,6 +125,34 @@ async def test_metrics_show_the_process_memory_open_files_start_and_collector(
     assert value(samples, "process_cpu_seconds_total") > 0
     for generation in ("0", "1", "2"):
         assert ("python_gc_collections_total", (("generation", generation),)) in samples
+
+
+async def test_metrics_show_the_size_of_the_database_file_and_its_write_ahead_log(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """An owner leaving the bridge up for months graphs the disk its queue takes."""
+    settings = make_settings()
+    database = sqlite_file(settings.database_url)
+    assert database is not None
+    log = database.with_name(database.name + "-wal")
+    async with running_server(settings) as (url, _), mcp_client(url) as client:
+        await call(client, "send_message", {"message": "x" * 20_000})
+        samples = await scrape(url)
+        on_disk = database.stat().st_size, log.stat().st_size
+    assert on_disk[1] > 20_000  # the send is in the log, not yet checkpointed
+    size = {
+        f: value(samples, "nexus_bridge_database_size_bytes", file=f) for f in ("database", "wal")
+    }
+    assert (size["database"], size["wal"]) == on_disk
+
+
+async def test_on_postgresql_metrics_report_no_file_sizes(
+    migrated_postgres_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    async with running_server(make_settings(database_url=migrated_postgres_url)) as (url, _):
+        samples = await scrape(url)
+    assert value(samples, "nexus_bridge_tasks", target="homelab", status="pending") == 0
+    assert not [name for name, _labels in samples if name == "nexus_bridge_database_size_bytes"]
 
 
 def _agent_token(make_settings: Callable[..., Settings]) -> str:
