@@ -62,6 +62,19 @@ class DatabaseBusy(NexusBridgeError):
     """the database is busy; try again"""
 
 
+class DatabaseUnwritable(NexusBridgeError):
+    """The database refused a write: its disk is full or failing, or it is read-only. Nothing of
+    the call was written; it works again once the owner has fixed that (no restart needed)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"the database cannot be written ({reason}); nothing of this call was written: the "
+            "disk of the bridge's database is full or failing, or the database is read-only; "
+            "the bridge's owner must free space or fix it, then try again"
+        )
+
+
 class AgentTokenRefused(ConfigError):
     """The bridge refused the agent token."""
 

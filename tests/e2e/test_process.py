@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -87,9 +88,20 @@ class ServerProcess:
 
 @asynccontextmanager
 async def serve_process(
-    database_url: str, host: str = "127.0.0.1", **env: str
+    database_url: str,
+    host: str = "127.0.0.1",
+    *,
+    max_file_bytes: int | None = None,
+    **env: str,
 ) -> AsyncIterator[ServerProcess]:
-    """``nexus-bridge serve --port 0`` on loopback, up and listening; killed on the way out."""
+    """``nexus-bridge serve --port 0`` on loopback, up and listening; killed on the way out.
+    ``max_file_bytes``: no file the server writes may grow past it (``RLIMIT_FSIZE``), as on a
+    full disk."""
+
+    def limit_files() -> None:
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.RLIM_INFINITY))
+
     proc = await asyncio.create_subprocess_exec(
         NEXUS_BRIDGE,
         "serve",
@@ -101,6 +113,7 @@ async def serve_process(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=limit_files if max_file_bytes is not None else None,
     )
     server = ServerProcess(proc)
     try:
@@ -159,6 +172,58 @@ def group_commits(server: ServerProcess) -> int:
     return sum(
         int(match.group(1)) >= 2 for line in server.lines if (match := GROUP_COMMIT.search(line))
     )
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux's prlimit")
+async def test_when_the_disk_refuses_writes_sends_fail_in_one_line_and_work_again_once_it_is_fixed(
+    migrated_sqlite_url: str,
+) -> None:
+    """A disk that fills up under a bridge left running for months (here: a file size limit the
+    database reaches). Every send it refuses says so in one line, the owner gets one log line,
+    not a traceback per call; reads go on; once there is room again sends work, with no
+    restart, and every acknowledged send is on disk."""
+    path = sqlite_path(migrated_sqlite_url)
+    limit = path.stat().st_size + 1024 * 1024
+    acked: list[str] = []
+    refused: list[str] = []
+    async with serve_process(migrated_sqlite_url, max_file_bytes=limit) as server:
+        assert server.url is not None
+        async with Client(server.url) as client:
+            for i in range(1_000):  # about 250 fill the log
+                text = f"disk-full test {i:04d} " + "x" * 4_000
+                result = await client.call_tool("send_message", {"message": text})
+                if result.is_error:
+                    refused.append(result.content[0].text)  # type: ignore[union-attr]
+                    if len(refused) == 5:
+                        break
+                else:
+                    assert result.structured_content is not None
+                    acked.append(result.structured_content["id"])
+            assert len(refused) == 5, "the file limit was never reached"
+            assert acked, "not one send fit under the limit"
+            for message in refused:
+                assert "\n" not in message
+                assert "the database cannot be written (disk I/O error)" in message, message
+                assert "nothing of this call was written" in message
+            status = await call(client, "queue_status", {})  # reads go on
+            assert status["pending"] == len(acked)
+            failures = [line for line in server.lines if "refused a write" in line]
+            assert len(failures) == 1, server.log
+            assert " ERROR " in failures[0]
+            assert "Traceback" not in server.log
+            assert "internal error" not in server.log
+
+            unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, unlimited)
+            after = await call(client, "send_message", {"message": "after the disk was fixed"})
+            assert after["queued"]
+            acked.append(after["id"])
+        server.proc.send_signal(signal.SIGKILL)
+        await server.wait_exit()
+
+    integrity, rows = await asyncio.to_thread(read_database, path)
+    assert integrity == ["ok"]
+    assert sorted(i for i, _content in rows) == sorted(acked)
 
 
 @pytest.mark.parametrize("senders", [4, 32])

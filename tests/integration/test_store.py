@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from nexus_bridge.constants import WAL_LIMIT_BYTES
 from nexus_bridge.db.engine import create_engine, create_writer_engine
 from nexus_bridge.db.store import Store
+from nexus_bridge.errors import DatabaseUnwritable
 from nexus_bridge.queue import QueueService
+from tests.conftest import _asyncpg_dsn, _pg_admin
 
 
 async def test_every_sqlite_connection_gets_the_durability_pragmas(
@@ -107,3 +112,40 @@ async def test_last_seq_sees_another_connections_commit_at_once(store: Store) ->
             assert await store.last_seq() == await tx.last_seq()
     finally:
         await other.dispose()
+
+
+async def test_a_read_only_postgresql_database_refuses_a_send_in_one_line_and_reads_go_on(
+    migrated_postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A standby promoted the wrong way round, or default_transaction_read_only set by an
+    administrator: the caller is told what is wrong, not "internal error", and the owner gets
+    one log line however many writes fail."""
+    name = make_url(migrated_postgres_url).database
+    await _pg_admin(
+        migrated_postgres_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
+    )
+    store = Store(create_engine(migrated_postgres_url))
+    queue = QueueService(store)
+    try:
+        with caplog.at_level(logging.ERROR, logger="nexus_bridge.db.store"):
+            for i in range(3):
+                with pytest.raises(DatabaseUnwritable) as refused:
+                    await queue.enqueue(f"check the backups {i}")
+                message = str(refused.value)
+                assert "read-only transaction" in message, message
+                assert "nothing of this call was written" in message
+        assert len([r for r in caplog.records if "refused a write" in r.getMessage()]) == 1
+        assert (await queue.status()).total_updates == 0  # reads go on
+    finally:
+        await store.dispose()
+    admin = await asyncpg.connect(_asyncpg_dsn(migrated_postgres_url), timeout=10)
+    try:  # this session too starts read-only now
+        await admin.execute("SET default_transaction_read_only = off")
+        await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    finally:
+        await admin.close()
+    store = Store(create_engine(migrated_postgres_url))
+    try:
+        assert (await QueueService(store).enqueue("check the backups")).queued
+    finally:
+        await store.dispose()

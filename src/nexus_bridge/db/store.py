@@ -4,9 +4,11 @@ Driver errors are translated to domain errors here."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, suppress
 from dataclasses import dataclass
@@ -73,12 +75,15 @@ from nexus_bridge.domain import (
 from nexus_bridge.errors import (
     DatabaseBusy,
     DatabaseUnreachable,
+    DatabaseUnwritable,
     DuplicateTask,
     InvalidInput,
+    NexusBridgeError,
     TaskNotFound,
 )
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # Every PostgreSQL write transaction takes this advisory lock, so update rows commit in `seq`
 # order and a cursor can never skip a row that committed late. SQLite writers are serial anyway.
@@ -1366,6 +1371,31 @@ def _is_busy(exc: Exception) -> bool:
     return "database is locked" in message or "database is busy" in message
 
 
+# What SQLite says when a write cannot reach the disk (SQLITE_FULL, SQLITE_IOERR,
+# SQLITE_READONLY), and PostgreSQL's SQLSTATEs for the same: disk_full, and
+# read_only_sql_transaction (a standby, or default_transaction_read_only).
+_UNWRITABLE_SQLITE: Final = (
+    "database or disk is full",
+    "disk i/o error",
+    "attempt to write a readonly database",
+)
+_UNWRITABLE_SQLSTATES: Final = frozenset({"53100", "25006"})
+# Writes that fail so are logged once per this many seconds, not once per call.
+_UNWRITABLE_LOG_SECONDS: Final = 60.0
+
+
+def _unwritable_reason(exc: BaseException) -> str | None:
+    """The database's own words when ``exc`` is a write its storage refused, else None."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    message = " ".join(str(inner).split())
+    if any(words in message.lower() for words in _UNWRITABLE_SQLITE):
+        return message
+    state = getattr(inner, "sqlstate", None) or getattr(inner, "pgcode", None)
+    if state in _UNWRITABLE_SQLSTATES:
+        return message.partition(": ")[2] or message
+    return None
+
+
 class Store:
     """Opens transactions on the engine; all SQL lives in :class:`StoreTransaction`."""
 
@@ -1376,6 +1406,34 @@ class Store:
         self._file = sqlite_file(engine.url.render_as_string(hide_password=False))
         self._writes_in_thread = self._file is not None
         self._probe: sqlite3.Connection | None = None
+        # Writes refused by the database's storage: when one was last logged, and how many
+        # were not logged since.
+        self._unwritable_logged_at: float | None = None
+        self._unwritable_unlogged = 0
+
+    def _write_failed(self, exc: Exception) -> NexusBridgeError | None:
+        """The error a failed write transaction means to a caller (busy, or storage refused
+        it), or None to let ``exc`` through. A refusal by the storage is logged for the owner,
+        once a minute at most: every call it fails already gets it as a one-line error."""
+        if _is_busy(exc):
+            return DatabaseBusy()
+        reason = _unwritable_reason(exc)
+        if reason is None:
+            return None
+        now = time.monotonic()
+        last = self._unwritable_logged_at
+        if last is not None and now - last < _UNWRITABLE_LOG_SECONDS:
+            self._unwritable_unlogged += 1
+        else:
+            self._unwritable_logged_at = now
+            unlogged, self._unwritable_unlogged = self._unwritable_unlogged, 0
+            logger.error(
+                "the database refused a write (%s): free space on its disk or make it writable; "
+                "writes fail until then, reads go on%s",
+                reason,
+                f" ({unlogged} more failed writes since the last line)" if unlogged else "",
+            )
+        return DatabaseUnwritable(reason)
 
     async def commit(self, body: Callable[[StoreTransaction], Coroutine[Any, Any, T]]) -> T:
         """Run ``body`` in a write transaction; its result once the transaction is committed
@@ -1402,9 +1460,9 @@ class Store:
 
         try:
             return await writer.run(job)
-        except (OperationalError, sqlite3.OperationalError) as exc:
-            if _is_busy(exc):
-                raise DatabaseBusy from exc
+        except (DBAPIError, sqlite3.Error) as exc:
+            if (error := self._write_failed(exc)) is not None:
+                raise error from exc
             raise
 
     def _sqlite_writer(self) -> SqliteWriter | None:
@@ -1469,9 +1527,9 @@ class Store:
             try:
                 async with writer.session() as session:
                     yield StoreTransaction(SessionConnection(session, self.engine.dialect))
-            except (OperationalError, sqlite3.OperationalError) as exc:
-                if _is_busy(exc):
-                    raise DatabaseBusy from exc
+            except (DBAPIError, sqlite3.Error) as exc:
+                if (error := self._write_failed(exc)) is not None:
+                    raise error from exc
                 raise
             return
         try:
@@ -1481,9 +1539,9 @@ class Store:
                     if self._is_postgres:
                         await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})"))
                     yield StoreTransaction(conn)
-        except (OperationalError, sqlite3.OperationalError) as exc:
-            if _is_busy(exc):
-                raise DatabaseBusy from exc
+        except (DBAPIError, sqlite3.Error) as exc:
+            if (error := self._write_failed(exc)) is not None:
+                raise error from exc
             raise
 
     def changes(self) -> AbstractAsyncContextManager[ChangeFeed | None]:
