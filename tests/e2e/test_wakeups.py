@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import uuid
 from pathlib import Path
 
 import anyio
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
-from tests.conftest import mcp_client, running_server, subprocess_env
+from tests.conftest import (
+    _asyncpg_dsn,
+    _pg_admin,
+    mcp_client,
+    running_server,
+    subprocess_env,
+    wait_for,
+)
 from tests.e2e.test_agent_api import FELT_TOKEN, agent_client, two_targets
 from tests.e2e.test_http import call
 
@@ -98,3 +109,52 @@ async def test_a_cli_send_wakes_an_agent_waiting_in_next_task_at_once(
     task = (result.structured_content or {})["task"]
     assert task is not None
     assert task["id"] == task_id
+
+
+async def _listening_backends(database_url: str) -> list[int]:
+    """The PostgreSQL backends of ``database_url``'s database that LISTEN for updates."""
+    conn = await asyncpg.connect(_asyncpg_dsn(database_url), timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'",
+            make_url(database_url).database,
+        )
+    finally:
+        await conn.close()
+    return [int(row["pid"]) for row in rows]
+
+
+async def test_after_postgresql_closes_the_listen_connection_wake_ups_come_back(
+    migrated_postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL restart (here: its backend terminated) closes the LISTEN connection. The
+    bridge opens it again, so a write by another process still wakes a waiting pull at once,
+    not at the next poll (an hour here), for as long as the bridge keeps running."""
+    settings = settings_for(migrated_postgres_url, tmp_path)
+    with caplog.at_level(logging.INFO, logger="nexus_bridge.db.wakeups"):
+        async with running_server(settings) as (url, _server), mcp_client(url) as client:
+            await wait_for(
+                lambda: _listening_backends(migrated_postgres_url), what="the LISTEN connection"
+            )
+            (first,) = await _listening_backends(migrated_postgres_url)
+            await _pg_admin(migrated_postgres_url, f"SELECT pg_terminate_backend({first})")
+
+            async def listening_again() -> bool:
+                return [first] != await _listening_backends(migrated_postgres_url) != []
+
+            await wait_for(listening_again, what="a new LISTEN connection")
+            start = await call(client, "pull_updates", {})
+            waiting = asyncio.create_task(
+                client.call_tool(
+                    "pull_updates",
+                    {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS},
+                )
+            )
+            task_id = await cli_send(migrated_postgres_url, "sent after the reconnection")
+            with anyio.fail_after(WAKE_DEADLINE_SECONDS):
+                result = await waiting
+    updates = (result.structured_content or {})["updates"]
+    assert [u["message_id"] for u in updates] == [task_id]
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("LISTEN connection to PostgreSQL closed" in m for m in logged), logged
+    assert any("LISTEN connection to PostgreSQL is open again" in m for m in logged), logged

@@ -10,8 +10,9 @@ CLI, the agent CLI, a second server) are noticed here:
 - PostgreSQL: ``LISTEN`` on the channel a trigger on ``updates`` notifies at commit
   (migration 0011).
 
-Where neither works (not Linux, inotify exhausted, a lost PostgreSQL connection) the caller's
-poll every ``change_poll_seconds`` remains, as before; which mechanism is active is logged once.
+Where neither works (not Linux, inotify exhausted, PostgreSQL away) the caller's poll every
+``change_poll_seconds`` remains, as before; which mechanism is active is logged once. A LISTEN
+connection PostgreSQL closes (a restart, a failover) is opened again in the background.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nexus_bridge.db.engine import sqlite_file
 
@@ -47,6 +48,9 @@ _READ_BYTES: Final = 64 * 1024
 # After a burst of writes, look again this much later: the commit may become visible to readers
 # only after its last write to the WAL file (the -shm update and the fsync come after it).
 LATE_WAKEUPS_SECONDS: Final = (0.005, 0.03)
+# After PostgreSQL closed the LISTEN connection: the first pause before opening it again, and
+# the longest (each failed try doubles it).
+LISTEN_RETRY_SECONDS: Final = (0.5, 30.0)
 
 
 class ChangeFeed:
@@ -141,35 +145,106 @@ async def _sqlite_feed(path: Path) -> AsyncIterator[ChangeFeed | None]:
         watch.close()
 
 
+class _PostgresListener:
+    """One LISTEN connection, opened again whenever PostgreSQL closes it (a restart for an
+    upgrade, a failover, a proxy's idle timeout), with a growing pause between tries. While it
+    is closed the feed says ``poll``, and the caller's poll is what notices other processes'
+    writes; once it is open again the feed wakes once, for what was missed meanwhile."""
+
+    def __init__(self, engine: AsyncEngine, feed: ChangeFeed) -> None:
+        self._engine = engine
+        self._feed = feed
+        self._closed = asyncio.Event()
+        self._conn: AsyncConnection | None = None
+
+    def _notified(self, *_args: Any) -> None:
+        self._feed.poke()
+
+    def _lost(self, *_args: Any) -> None:
+        self._closed.set()
+
+    async def _open(self) -> None:
+        """Open the connection and LISTEN; raises what failed (the connection is closed)."""
+        conn = await self._engine.connect()
+        try:
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            await raw.add_listener(UPDATES_CHANNEL, self._notified)
+            raw.add_termination_listener(self._lost)
+        except BaseException:
+            await self._close(conn)
+            raise
+        self._conn = conn
+
+    @staticmethod
+    async def _close(conn: AsyncConnection | None) -> None:
+        if conn is not None:
+            with suppress(Exception):  # it may be dead already: that is why we close it
+                await conn.close()
+
+    async def run(self, first_try: asyncio.Future[bool]) -> None:
+        """Keep the connection open until cancelled; ``first_try`` is set to whether the first
+        attempt listened."""
+        pause = LISTEN_RETRY_SECONDS[0]
+        opened_before = False
+        while True:
+            try:
+                await self._open()
+            except (AttributeError, NotImplementedError) as exc:
+                # Not asyncpg: it never can. The poll alone notices other processes' writes.
+                logger.debug("could not LISTEN (%s): other processes' writes are polled", exc)
+                self._feed.mechanism = "poll"
+                if not first_try.done():
+                    first_try.set_result(False)
+                return
+            except Exception as exc:  # noqa: BLE001 - the server is away: try again later
+                self._feed.mechanism = "poll"
+                if not first_try.done():
+                    first_try.set_result(False)
+                logger.debug("no LISTEN connection (%s); trying again in %.0f s", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LISTEN_RETRY_SECONDS[1])
+                continue
+            self._feed.mechanism = "LISTEN/NOTIFY"
+            pause = LISTEN_RETRY_SECONDS[0]
+            if opened_before:
+                logger.info("the LISTEN connection to PostgreSQL is open again")
+                self._feed.poke()  # what other processes wrote while it was closed
+            opened_before = True
+            if not first_try.done():
+                first_try.set_result(True)
+            await self._closed.wait()
+            self._closed.clear()
+            self._feed.mechanism = "poll"
+            logger.warning(
+                "the LISTEN connection to PostgreSQL closed; polling until it opens again"
+            )
+            conn, self._conn = self._conn, None
+            await self._close(conn)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        await self._close(conn)
+
+
 @asynccontextmanager
 async def _postgres_feed(engine: AsyncEngine) -> AsyncIterator[ChangeFeed | None]:
     feed = ChangeFeed("LISTEN/NOTIFY")
-
-    def notified(*_args: Any) -> None:
-        feed.poke()
-
-    def lost(*_args: Any) -> None:
-        logger.warning("the LISTEN connection to PostgreSQL closed; polling from now on")
-        feed.mechanism = "poll"
-
+    listener = _PostgresListener(engine, feed)
+    first_try: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(listener.run(first_try), name="nexus-bridge-listen")
     try:
-        conn = await engine.connect()
-    except Exception as exc:  # noqa: BLE001 - any failure here only means: poll instead
-        logger.debug("no LISTEN connection (%s): other processes' writes are polled", exc)
-        yield None
-        return
-    listening: ChangeFeed | None = feed
-    try:
-        raw: Any = (await conn.get_raw_connection()).driver_connection
-        await raw.add_listener(UPDATES_CHANNEL, notified)
-        raw.add_termination_listener(lost)
-    except Exception as exc:  # noqa: BLE001 - not asyncpg, or LISTEN refused: poll instead
-        logger.debug("could not LISTEN (%s): other processes' writes are polled", exc)
-        listening = None
-    try:
-        yield listening
+        started: set[asyncio.Future[Any]] = {first_try, task}
+        await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not first_try.done():
+            task.result()  # it failed unexpectedly: raise that
+        # Listening, or trying again in the background (the poll works meanwhile); None only
+        # when this driver can never listen.
+        yield feed if not task.done() else None
     finally:
-        await conn.close()
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await listener.close()
 
 
 @asynccontextmanager
