@@ -35,7 +35,14 @@ from nexus_bridge.console.sessions import (
 from nexus_bridge.constants import CONSOLE_PATH
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import Task, TaskStatus, TransportReport
-from nexus_bridge.errors import InvalidInput, NexusBridgeError, TaskNotFound
+from nexus_bridge.errors import (
+    DatabaseBusy,
+    DatabaseNotReady,
+    DatabaseUnwritable,
+    InvalidInput,
+    NexusBridgeError,
+    TaskNotFound,
+)
 from nexus_bridge.owner import ConsentRefused, NoPassphrase, OwnerGate, OwnerLockedOut
 from nexus_bridge.queue import QueueService
 from nexus_bridge.views import TargetOut, TaskOut, TransportOut, UpdateOut, queue_figures
@@ -104,6 +111,8 @@ def _status_of(exc: NexusBridgeError) -> int:
         return 404
     if isinstance(exc, InvalidInput):
         return 400
+    if isinstance(exc, DatabaseBusy | DatabaseUnwritable | DatabaseNotReady):
+        return 503  # the bridge's side: the same request may work later
     return 409  # the task is not in a state for it (ended, not waiting for an answer)
 
 
@@ -268,13 +277,19 @@ class Console:
     # --- tasks -----------------------------------------------------------------------------------
 
     async def tasks(
-        self, request: Request, csrf: str, form: SendForm | None = None, error: str | None = None
+        self,
+        request: Request,
+        csrf: str,
+        form: SendForm | None = None,
+        failed: NexusBridgeError | None = None,
     ) -> Response:
+        """The task list; after a send that ``failed``, with its error and the form as sent."""
         queue = self.d.queue
         target = request.query_params.get("target") or None
         status = request.query_params.get("status") or None
         before = request.query_params.get("before") or None
-        status_code = 400 if error else 200
+        error = str(failed) if failed is not None else None
+        status_code = _status_of(failed) if failed is not None else 200
         try:
             page = await queue.list_tasks(
                 status=status, target=target, limit=TASKS_PER_PAGE, before=before
@@ -306,7 +321,7 @@ class Console:
         try:
             result = await self.d.queue.enqueue(sent.text, sent.target, urgent=sent.urgent)
         except NexusBridgeError as exc:
-            return await self.tasks(request, csrf, sent, str(exc))
+            return await self.tasks(request, csrf, sent, exc)
         path = pages.task_path(result.task.id)
         return _see(path if result.queued else f"{path}?notice=duplicate")
 
