@@ -317,6 +317,10 @@ async def _check_connection(database_url: str) -> None:
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     configuration = load_configuration(settings)
     _check_server_agrees(configuration, args.target)
+    queue_log = logging.getLogger(QueueService.__module__)
+    if queue_log.getEffectiveLevel() == logging.INFO:
+        # The queue's "queued task …" line is for a server's log; here stdout says it already.
+        queue_log.setLevel(logging.WARNING)
     result = asyncio.run(
         _with_queue(configuration, lambda q: q.enqueue(args.text, args.target, urgent=args.urgent))
     )

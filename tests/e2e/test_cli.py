@@ -32,6 +32,22 @@ def run(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[st
     return result
 
 
+def test_send_prints_its_result_once_and_logs_it_only_when_asked(migrated_sqlite_url: str) -> None:
+    """stdout says "queued <id>"; the queue's INFO line saying the same is a server's."""
+    sent = run(migrated_sqlite_url, "send", "check the UPS battery")
+    assert sent.stdout.startswith("queued ")
+    assert sent.stderr == ""
+    debug = subprocess.run(
+        [EXE, "send", "check the UPS fan"],
+        env=subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_LOG_LEVEL="DEBUG"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "nexus_bridge.queue: queued task" in debug.stderr
+
+
 def test_a_task_sent_from_the_shell_can_be_followed_and_cancelled(
     migrated_sqlite_url: str,
 ) -> None:
