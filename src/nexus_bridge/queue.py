@@ -41,7 +41,13 @@ from nexus_bridge.domain import (
     status_line,
     utc_now,
 )
-from nexus_bridge.errors import DuplicateTask, IllegalTransition, InvalidInput, TaskNotFound
+from nexus_bridge.errors import (
+    DatabaseUnwritable,
+    DuplicateTask,
+    IllegalTransition,
+    InvalidInput,
+    TaskNotFound,
+)
 from nexus_bridge.transition import apply_transition
 
 logger = logging.getLogger(__name__)
@@ -603,6 +609,8 @@ class QueueService:
         while True:
             try:
                 await self.expire_claims()
+            except DatabaseUnwritable:
+                pass  # the store says so in the log, once a minute; the next round tries again
             except Exception:
                 logger.exception("could not return expired claims to the queue")
             await asyncio.sleep(interval)
@@ -809,6 +817,8 @@ class QueueService:
         while True:
             try:
                 report = await self.prune(older_than)
+            except DatabaseUnwritable:
+                pass  # the store says so in the log, once a minute; the next round tries again
             except Exception:
                 logger.exception("retention: could not prune old tasks")
             else:

@@ -146,6 +146,26 @@ async def test_metrics_show_the_size_of_the_database_file_and_its_write_ahead_lo
     assert (size["database"], size["wal"]) == on_disk
 
 
+async def test_through_a_symbolic_link_metrics_show_the_sizes_of_the_files_it_points_to(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    real = sqlite_file(make_settings().database_url)
+    assert real is not None
+    linked = tmp_path / "elsewhere" / "bridge.db"
+    linked.parent.mkdir()
+    linked.symlink_to(real)
+    settings = make_settings(database_url=f"sqlite+aiosqlite:///{linked}")
+    async with running_server(settings) as (url, _), mcp_client(url) as client:
+        await call(client, "send_message", {"message": "x" * 20_000})
+        samples = await scrape(url)
+        on_disk = real.stat().st_size, real.with_name(real.name + "-wal").stat().st_size
+    size = {
+        f: value(samples, "nexus_bridge_database_size_bytes", file=f) for f in ("database", "wal")
+    }
+    assert (size["database"], size["wal"]) == on_disk
+    assert on_disk[1] > 20_000
+
+
 async def test_on_postgresql_metrics_report_no_file_sizes(
     migrated_postgres_url: str, make_settings: Callable[..., Settings]
 ) -> None:

@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
+from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.wakeups import change_feed
 from tests.conftest import (
     _asyncpg_dsn,
     _pg_admin,
@@ -158,3 +160,57 @@ async def test_after_postgresql_closes_the_listen_connection_wake_ups_come_back(
     logged = [r.getMessage() for r in caplog.records]
     assert any("LISTEN connection to PostgreSQL closed" in m for m in logged), logged
     assert any("LISTEN connection to PostgreSQL is open again" in m for m in logged), logged
+
+
+async def test_a_listen_connection_closed_soon_after_each_opening_is_opened_again_ever_slower(
+    migrated_postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's idle_session_timeout (or a proxy's) closes the connection each time: it is
+    opened again after a pause that doubles, not in a tight loop that floods the log."""
+    name = make_url(migrated_postgres_url).database
+    await _pg_admin(
+        migrated_postgres_url, f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '100ms'"
+    )
+    engine = create_engine(migrated_postgres_url)
+    try:
+        with caplog.at_level(logging.INFO, logger="nexus_bridge.db.wakeups"):
+            async with change_feed(engine):
+
+                def closes() -> list[float]:
+                    return [
+                        r.created for r in caplog.records if "PostgreSQL closed" in r.getMessage()
+                    ]
+
+                await wait_for(lambda: len(closes()) >= 3, what="three closed connections")
+                opens = [r.created for r in caplog.records if "is open again" in r.getMessage()]
+                gaps = [o - c for c, o in zip(closes(), opens, strict=False)]
+    finally:
+        await engine.dispose()
+    assert len(gaps) >= 2, (closes(), opens)
+    assert gaps[0] >= 0.45, gaps  # LISTEN_RETRY_SECONDS[0], then twice that
+    assert gaps[1] >= 0.9, gaps
+
+
+async def test_through_a_symbolic_link_to_the_database_a_cli_send_still_wakes_a_pull_at_once(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    """SQLite writes its -wal beside the file the link points to: that is the one to watch."""
+    real = Path(make_url(migrated_sqlite_url).database or "")
+    linked = tmp_path / "elsewhere" / "bridge.db"
+    linked.parent.mkdir()
+    linked.symlink_to(real)
+    url = f"sqlite+aiosqlite:///{linked}"
+    settings = settings_for(url, tmp_path)
+    async with running_server(settings) as (mcp_url, _server), mcp_client(mcp_url) as client:
+        start = await call(client, "pull_updates", {})
+        waiting = asyncio.create_task(
+            client.call_tool(
+                "pull_updates", {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS}
+            )
+        )
+        task_id = await cli_send(url, "sent through the link")
+        with anyio.fail_after(WAKE_DEADLINE_SECONDS):
+            result = await waiting
+    updates = (result.structured_content or {})["updates"]
+    assert [u["message_id"] for u in updates] == [task_id]
+    assert not linked.with_name("bridge.db-wal").exists()

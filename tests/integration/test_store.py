@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -16,9 +19,10 @@ from sqlalchemy.exc import DBAPIError
 from nexus_bridge.constants import WAL_LIMIT_BYTES
 from nexus_bridge.db.engine import create_engine, create_writer_engine
 from nexus_bridge.db.store import Store
+from nexus_bridge.domain import TargetPolicy
 from nexus_bridge.errors import DatabaseUnwritable
 from nexus_bridge.queue import QueueService
-from tests.conftest import _asyncpg_dsn, _pg_admin
+from tests.conftest import _asyncpg_dsn, _pg_admin, wait_for
 
 
 async def test_every_sqlite_connection_gets_the_durability_pragmas(
@@ -149,3 +153,46 @@ async def test_a_read_only_postgresql_database_refuses_a_send_in_one_line_and_re
         assert (await QueueService(store).enqueue("check the backups")).queued
     finally:
         await store.dispose()
+
+
+async def test_a_background_loop_on_a_database_that_refuses_writes_logs_no_traceback_per_round(
+    migrated_postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The claims' expiry runs every second: a full disk must not put a traceback in the log
+    every second; the store's line a minute says it all."""
+    now = [datetime(2026, 11, 30, 12, 0, tzinfo=UTC)]
+    store = Store(create_engine(migrated_postgres_url))
+    agents = QueueService(
+        store,
+        targets=[TargetPolicy("felt", transport="agent")],
+        clock=lambda: now[0],
+        claim_seconds=60,
+    )
+    name = make_url(migrated_postgres_url).database
+    try:
+        await agents.enqueue("check the backups", "felt")
+        assert await agents.claim_next("felt") is not None
+        now[0] += timedelta(seconds=61)  # the claim has lapsed: the next round writes
+        await _pg_admin(
+            migrated_postgres_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
+        )
+        await store.engine.dispose()  # connections open again, read-only now
+        with caplog.at_level(logging.DEBUG):
+            rounds = asyncio.create_task(agents.expire_claims_every(0.01))
+            try:
+                await wait_for(lambda: store._unwritable_unlogged >= 5, what="five failed rounds")
+            finally:
+                rounds.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rounds
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+        refused = [r for r in caplog.records if "refused a write" in r.getMessage()]
+        assert len(refused) == 1
+    finally:
+        await store.dispose()
+        admin = await asyncpg.connect(_asyncpg_dsn(migrated_postgres_url), timeout=10)
+        try:
+            await admin.execute("SET default_transaction_read_only = off")
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        finally:
+            await admin.close()

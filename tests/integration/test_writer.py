@@ -8,8 +8,11 @@ in the next transaction: the batch is made on purpose, not by luck.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -640,3 +643,48 @@ async def test_a_reader_that_never_finishes_holds_writes_up_by_the_wait_at_most_
     assert contents[0] == "before the reader"
     assert contents[-1] == "after the reader"
     assert len(contents) == i + 64
+
+
+# One process (the limit on file sizes is the whole process's): 100 large sends in one group,
+# more than SQLite's page cache holds, so it writes pages to the log before the COMMIT and hits
+# the limit there; prints how many sends failed with which error.
+FULL_DISK_GROUP = """
+import asyncio, collections, json, resource, sys
+from nexus_bridge.db.engine import create_engine
+from nexus_bridge.db.store import Store
+from nexus_bridge.queue import QueueService
+
+async def main():
+    store = Store(create_engine(sys.argv[1]))
+    queue = QueueService(store, max_message_chars=40_000)
+    await queue.enqueue("first, before the limit")  # the writer's connection is open
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+    sends = [queue.enqueue(f"{i:03d} " + "x" * 30_000) for i in range(100)]
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    await store.dispose()
+    print(json.dumps(collections.Counter(type(r).__name__ for r in results)))
+
+asyncio.run(main())
+"""
+
+
+def test_a_group_the_full_disk_fails_mid_way_fails_every_send_of_it_as_unwritable(
+    migrated_sqlite_url: str,
+) -> None:
+    """SQLite rolls the whole transaction back when a write fails while it spills pages; the
+    savepoint of each send is gone then, and every send must get the disk's error (before, all
+    but one got "no such savepoint", which callers saw as an internal error)."""
+    path = _path(migrated_sqlite_url)
+    limit = path.stat().st_size + 512 * 1024
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_GROUP, migrated_sqlite_url, str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"DatabaseUnwritable": 100}, done.stdout
+    with sqlite3.connect(path) as conn:
+        tasks = [str(row[0]) for row in conn.execute("SELECT content FROM tasks")]
+    assert tasks == ["first, before the limit"]

@@ -33,10 +33,11 @@ DATABASE_FILE_MODE: Final = PRIVATE_FILE_MODE
 
 
 def sqlite_file(database_url: str) -> Path | None:
-    """The file of a SQLite database URL, or None (PostgreSQL, or in memory)."""
+    """The file of a SQLite database URL, or None (PostgreSQL, or in memory): its real path,
+    where SQLite puts its ``-wal`` and ``-shm`` files when the URL names a symbolic link."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(url.database).expanduser()
+        return Path(url.database).expanduser().resolve()
     return None
 
 

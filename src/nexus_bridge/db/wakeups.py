@@ -205,7 +205,7 @@ class _PostgresListener:
                 pause = min(pause * 2, LISTEN_RETRY_SECONDS[1])
                 continue
             self._feed.mechanism = "LISTEN/NOTIFY"
-            pause = LISTEN_RETRY_SECONDS[0]
+            opened_at = asyncio.get_running_loop().time()
             if opened_before:
                 logger.info("the LISTEN connection to PostgreSQL is open again")
                 self._feed.poke()  # what other processes wrote while it was closed
@@ -220,6 +220,12 @@ class _PostgresListener:
             )
             conn, self._conn = self._conn, None
             await self._close(conn)
+            if asyncio.get_running_loop().time() - opened_at >= LISTEN_RETRY_SECONDS[1]:
+                pause = LISTEN_RETRY_SECONDS[0]  # it stayed open a while: pauses start over
+            # A connection closed soon after each opening (an idle timeout, say) is not
+            # opened again in a tight loop.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LISTEN_RETRY_SECONDS[1])
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -201,6 +201,7 @@ class WalKeeper:
         if size <= self._limit_bytes:
             self._busy_since = None
             return
+        failure: sqlite3.Error | None = None
         try:
             (timeout,) = connection.execute("PRAGMA busy_timeout").fetchone()
             connection.execute(f"PRAGMA busy_timeout={int(self._wait_ms)}")
@@ -211,7 +212,7 @@ class WalKeeper:
             finally:
                 connection.execute(f"PRAGMA busy_timeout={int(timeout)}")
         except sqlite3.Error as exc:
-            busy = 1
+            busy, failure = 1, exc
             logger.debug("checkpointing the write-ahead log failed: %s", exc)
         if not busy:
             self.truncations += 1
@@ -224,11 +225,17 @@ class WalKeeper:
             self._busy_since = now
         elif now - self._busy_since >= 60 * self._retry_seconds:
             self._busy_since = now  # once a minute (of retries) at most
+            why = (
+                f"checkpointing it failed ({failure})"
+                if failure is not None
+                else "a reader has kept it from being checkpointed (a long backup or a stuck "
+                "process?)"
+            )
             logger.warning(
-                "the write-ahead log %s is %d MB: a reader has kept it from being checkpointed "
-                "for a minute (a long backup or a stuck process?); trying again",
+                "the write-ahead log %s is %d MB: for a minute %s; trying again",
                 self.log,
                 size // 1_000_000,
+                why,
             )
 
 
@@ -516,8 +523,12 @@ class SqliteWriter:
                 driver.execute("SAVEPOINT write")
                 try:
                     item.result = _run_to_end(item.job(connection))
-                except Exception as exc:  # noqa: BLE001 - it is its caller's to handle
+                except Exception as exc:  # it is its caller's to handle
                     item.error = exc
+                    if not driver.in_transaction:
+                        # SQLite rolled the whole transaction back (a full disk, an I/O error
+                        # while spilling pages): nothing of the batch stays; all get this error.
+                        raise
                     driver.execute("ROLLBACK TO write")
                 driver.execute("RELEASE write")
 

@@ -36,7 +36,7 @@ from telegram.request import HTTPXRequest
 
 from nexus_bridge.config import POLLER_LEASE, TelegramSettings
 from nexus_bridge.domain import OutboxKind, TransportState
-from nexus_bridge.errors import InvalidInput
+from nexus_bridge.errors import DatabaseUnwritable, InvalidInput
 from nexus_bridge.holders import holder_is_dead, lease_clock, make_holder_id
 from nexus_bridge.logs import quiet_noisy_loggers
 from nexus_bridge.metrics import METRICS
@@ -271,7 +271,10 @@ class TelegramTransport:
                     for failure in failures:
                         if isinstance(failure, InvalidToken):
                             raise failure
-                        if failure is not None and not isinstance(failure, LeaseLost):
+                        if failure is not None and not isinstance(
+                            failure,
+                            LeaseLost | DatabaseUnwritable,  # the store logs that
+                        ):
                             logger.error(
                                 "telegram transport: a worker stopped (%s); restarting", failure
                             )
@@ -355,6 +358,8 @@ class TelegramTransport:
                     epoch = await self._relay.acquire_lease(
                         POLLER_LEASE, self.holder_id, seconds=seconds, replacing=lease.holder
                     )
+        except DatabaseUnwritable:
+            epoch = None  # the store says so in the log, once a minute
         except Exception:
             logger.exception("telegram transport: could not renew the poller lease")
             epoch = None
@@ -518,6 +523,8 @@ class TelegramTransport:
                 reply_to_telegram_id=self._reply_target(message, route),
                 accepted=accepted,
             )
+        except DatabaseUnwritable:
+            return False  # the store says so in the log, once a minute
         except Exception:
             logger.exception("telegram transport: could not journal message %s", update.update_id)
             return False
@@ -543,9 +550,10 @@ class TelegramTransport:
         try:
             await self._relay.touch_presence(target)
             result = await self._relay.process_inbound(journal_id, target=target)
-        except Exception:
+        except Exception as exc:
             # Journaled but not acted on: the poll loop retries it before its next getUpdates.
-            logger.exception("telegram transport: could not process journaled message")
+            if not isinstance(exc, DatabaseUnwritable):  # the store logs that, once a minute
+                logger.exception("telegram transport: could not process journaled message")
             self._unprocessed = True
             return
         if result.deferred:
