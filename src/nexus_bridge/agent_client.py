@@ -12,7 +12,13 @@ from typing import Any, Final, Self
 
 from nexus_bridge import config
 from nexus_bridge.constants import AGENT_MCP_PATH
-from nexus_bridge.errors import AgentTokenRefused, BridgeUnreachable, NexusBridgeError
+from nexus_bridge.errors import (
+    AgentTokenRefused,
+    BridgeTroubled,
+    BridgeUnreachable,
+    NexusBridgeError,
+    is_bridge_side,
+)
 
 REFUSED_STATUSES: Final = frozenset({401, 403})
 
@@ -51,6 +57,8 @@ class AgentClient:
         Raises:
             AgentTokenRefused: the bridge answered 401/403.
             BridgeUnreachable: no answer (not running, network, timeout, a broken session).
+            BridgeTroubled: the bridge could not do it on its side (its database is away,
+                busy or full, an internal error): the same call may work later.
             NexusBridgeError: the tool refused the call (its message).
         """
         from mcp import Client
@@ -76,7 +84,8 @@ class AgentClient:
             ) from None
         if result.is_error:
             texts = [c.text for c in result.content if isinstance(c, TextContent)]
-            raise NexusBridgeError(texts[0] if texts else "the call failed")
+            message = texts[0] if texts else "the call failed"
+            raise BridgeTroubled(message) if is_bridge_side(message) else NexusBridgeError(message)
         return dict(result.structured_content or {})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 
 class NexusBridgeError(Exception):
     """nexus-bridge failed."""
@@ -81,3 +83,25 @@ class AgentTokenRefused(ConfigError):
 
 class BridgeUnreachable(ConfigError):
     """Cannot reach the bridge."""
+
+
+class BridgeTroubled(NexusBridgeError):
+    """The bridge answered but could not do the call on its side: its database is busy, away,
+    full or read-only, or it failed unexpectedly. The same call may work later."""
+
+
+# How a tool error that is the bridge's trouble, not the call's, begins or reads (the messages
+# of DatabaseBusy, DatabaseUnreachable, DatabaseUnwritable and of an unexpected failure): a
+# client that may wait (the agent runner) tries such a call again.
+INTERNAL_ERROR: Final = "internal error in nexus-bridge"
+_BRIDGE_SIDE_MARKERS: Final = (
+    "the database is busy; try again",
+    "cannot connect to the database: ",
+    "the database cannot be written (",
+    INTERNAL_ERROR,
+)
+
+
+def is_bridge_side(message: str) -> bool:
+    """True when a tool error's ``message`` is the bridge's trouble, not the call's."""
+    return any(marker in message for marker in _BRIDGE_SIDE_MARKERS)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from nexus_bridge import __version__, config
 from nexus_bridge.db.types import format_timestamp
 from nexus_bridge.domain import MAX_ID_CHARS, MAX_INSTANT_CHARS, TransportReport
-from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.errors import INTERNAL_ERROR, NexusBridgeError
 from nexus_bridge.mcp_http import client_gone
 from nexus_bridge.metrics import METRICS
 from nexus_bridge.queue import DeliveryInfo, QueueService
@@ -168,7 +168,7 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             reference = uuid.uuid4().hex[:8]
             logger.exception("tool %s failed unexpectedly (ref %s)", fn.__name__, reference)
             raise ToolError(
-                f"internal error in nexus-bridge (ref {reference}); nothing was changed by this "
+                f"{INTERNAL_ERROR} (ref {reference}); nothing was changed by this "
                 "call unless it says otherwise; try again, or ask the operator to check the log"
             ) from exc
 

@@ -36,7 +36,13 @@ from nexus_bridge.agent_client import AgentClient
 from nexus_bridge.claude_stream import EventKind, parse_line
 from nexus_bridge.constants import CLAUDE_PROGRAM, PRIVATE_DIRECTORY_MODE
 from nexus_bridge.domain import TaskStatus
-from nexus_bridge.errors import BridgeUnreachable, ConfigError, NexusBridgeError, TaskNotFound
+from nexus_bridge.errors import (
+    BridgeTroubled,
+    BridgeUnreachable,
+    ConfigError,
+    NexusBridgeError,
+    TaskNotFound,
+)
 from nexus_bridge.protocol import parse_agent_message, short_id
 
 logger = logging.getLogger("nexus_bridge.runner")
@@ -58,6 +64,9 @@ SUMMARY_TAIL_LINES: Final = 20
 READER_DRAIN_SECONDS: Final = 1.0  # a grandchild holding stdout open does not hold the task
 BACKOFF_FIRST_SECONDS: Final = 0.5
 BACKOFF_MAX_SECONDS: Final = 10.0
+# Once the runner aborts, how long its task handlers get to stop their commands and try the
+# bridge once more; the rest are cancelled (their state files stay for the next start).
+ABORT_SECONDS: Final = 10.0
 ENV_TASK_ID: Final = f"{config.ENV_PREFIX}TASK_ID"
 ENV_TASK_TAG: Final = f"{config.ENV_PREFIX}TASK_TAG"
 ENV_URL: Final = f"{config.ENV_PREFIX}URL"
@@ -124,16 +133,22 @@ class TaskState:
     pgid: int | None = None
     pgid_started: str | None = None
     waiting_cursor: str | None = None  # set while the task waits for the client's answer
+    # Once the command has ended, how (an Ending's value) and its summary or error, until the
+    # bridge has been told: a runner that could not tell it leaves this for the next one.
+    ending: str | None = None
+    summary: str = ""
 
 
 # --- the bridge, with retries --------------------------------------------------------------
 
 
 class Bridge:
-    """Tool calls on ``/agent/mcp``; an unreachable bridge is retried with backoff."""
+    """Tool calls on ``/agent/mcp``; an unreachable bridge, or one in trouble on its side (its
+    database away, busy or full), is retried with backoff until ``give_up`` is set."""
 
-    def __init__(self, client: AgentClient) -> None:
+    def __init__(self, client: AgentClient, give_up: asyncio.Event | None = None) -> None:
         self._client = client
+        self._give_up = give_up or asyncio.Event()
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """The tool's result, once the bridge answers (however long that takes).
@@ -141,14 +156,19 @@ class Bridge:
         Raises:
             NexusBridgeError: the tool refused the call.
             AgentTokenRefused: the token is wrong (retrying would not help).
+            BridgeUnreachable, BridgeTroubled: the last failure, once ``give_up`` is set.
         """
         delay = BACKOFF_FIRST_SECONDS
         while True:
             try:
                 return await self._client.call(tool, arguments)
-            except BridgeUnreachable as exc:
-                logger.warning("%s; retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
+            except (BridgeUnreachable, BridgeTroubled) as exc:
+                if self._give_up.is_set():
+                    raise
+                logger.warning("%s: %s; retrying in %.1f s", tool, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._give_up.wait()  # a last try at once, then it raises
             delay = min(delay * 2, BACKOFF_MAX_SECONDS)
 
     async def task(self, task_id: str, **arguments: Any) -> dict[str, Any] | None:
@@ -387,12 +407,13 @@ class Runner:
     def __init__(self, options: RunnerOptions) -> None:
         self.options = options
         self._client = AgentClient(options.bridge_url, options.token)
-        self.bridge = Bridge(self._client)
+        self._stop = asyncio.Event()
+        self._abort = asyncio.Event()
+        # Once the runner aborts (stopping, past the drain), an absent bridge is not waited for.
+        self.bridge = Bridge(self._client, give_up=self._abort)
         state_dir = options.state_dir / options.target if options.target else options.state_dir
         self.states = StateDir(state_dir)
         self._slots = asyncio.Semaphore(options.concurrency)
-        self._stop = asyncio.Event()
-        self._abort = asyncio.Event()
         self._slot_wanted = asyncio.Event()
         self._slot_waiters = 0
         self._handlers: set[asyncio.Task[None]] = set()
@@ -408,7 +429,7 @@ class Runner:
         async with self._client:
             self._stop = stop
             try:
-                await self.recover()
+                await self._until_stop(self.recover())  # it may wait for an absent bridge
                 await self._take_tasks()
             except BaseException:
                 stop.set()
@@ -482,8 +503,11 @@ class Runner:
             )
             _, left = await asyncio.wait(set(self._handlers), timeout=self.options.drain_seconds)
             if left:
-                self._abort.set()
-                await asyncio.wait(left)
+                self._abort.set()  # commands are stopped; the bridge is tried once more
+                _, left = await asyncio.wait(left, timeout=ABORT_SECONDS)
+                for handler in left:  # its state file stays: the next runner sees to it
+                    handler.cancel()
+                await asyncio.gather(*left, return_exceptions=True)
 
     # --- one task --------------------------------------------------------------------------
 
@@ -522,7 +546,9 @@ class Runner:
                     await self._ask(state, outcome.text)
                     prompt = None
                     continue
-                await self._finish(state.task_id, outcome)
+                state.ending, state.summary = outcome.ending.value, outcome.text
+                self.states.save(state)  # the command's result outlives this runner
+                keep_state = not await self._finish(state.task_id, outcome)
                 return
         except _Shelved:
             keep_state = True
@@ -547,16 +573,27 @@ class Runner:
         finally:
             self._slot_waiters -= 1
 
-    async def _finish(self, task_id: str, outcome: Outcome) -> None:
+    async def _finish(self, task_id: str, outcome: Outcome) -> bool:
+        """Tell the bridge how the task ended; False if it could not be told (the runner is
+        stopping and the bridge is away or in trouble): the next runner tells it."""
         try:
             if outcome.ending is Ending.DONE:
                 await self.bridge.call("complete_task", id=task_id, summary=outcome.text)
             elif outcome.ending in (Ending.FAILED, Ending.ABORTED):
                 await self.bridge.call("fail_task", id=task_id, error=outcome.text)
+        except (BridgeUnreachable, BridgeTroubled) as exc:
+            logger.warning(
+                "task %s: %s, not reported yet (%s); the runner's next start reports it",
+                task_id,
+                outcome.ending.value,
+                exc,
+            )
+            return False
         except NexusBridgeError as exc:  # e.g. cancelled just as the command finished
             logger.info("task %s: not finished by the runner: %s", task_id, exc)
-            return
+            return True
         logger.info("task %s: %s", task_id, outcome.ending.value)
+        return True
 
     async def _ask(self, state: TaskState, question: str) -> None:
         replies = await self.bridge.call("get_replies", id=state.task_id)
@@ -740,6 +777,13 @@ class Runner:
                 self.states.remove(state.task_id)
                 continue
             state.runner_pid, state.runner_started = os.getpid(), _process_started(os.getpid())
+            if state.ending is not None:
+                # Its command had ended; only the report was missing: make it now.
+                self.states.save(state)
+                logger.info("task %s: reporting how it ended before the restart", state.task_id)
+                if await self._finish(state.task_id, Outcome(Ending(state.ending), state.summary)):
+                    self.states.remove(state.task_id)
+                continue
             # The local state may have lost it (or never saved it): the bridge keeps it too.
             state.session_id = state.session_id or task.get("agent_session")
             self.states.save(state)

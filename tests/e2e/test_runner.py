@@ -16,14 +16,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from mcp import Client
+from sqlalchemy.engine import make_url
 
 from nexus_bridge.agent_client import call_agent_tool
 from nexus_bridge.config import Settings
 from nexus_bridge.runner import ENV_TASK_ID, ENV_TASK_TAG, ENV_TOKEN, ENV_URL
 from tests.conftest import (
     REPO_ROOT,
+    _asyncpg_dsn,
+    _pg_admin,
     free_port,
     mcp_client,
     running_server,
@@ -81,8 +85,10 @@ def start_runner(base: str, tmp_path: Path, *args: str, name: str = "runner") ->
 
 
 @asynccontextmanager
-async def runner(base: str, tmp_path: Path, *args: str) -> AsyncIterator[RunnerProcess]:
-    proc = start_runner(base, tmp_path, *args)
+async def runner(
+    base: str, tmp_path: Path, *args: str, name: str = "runner"
+) -> AsyncIterator[RunnerProcess]:
+    proc = start_runner(base, tmp_path, *args, name=name)
     try:
         yield proc
     finally:
@@ -545,3 +551,86 @@ async def test_an_urgent_task_is_run_before_older_ones(
         await wait_status(client, urgent, "complete")
     runs = [json.loads(line) for line in (tmp_path / "claude.log").read_text().splitlines()]
     assert [run["prompt"] for run in runs] == ["busy fake:sleep=60", "urgent", "older"]
+
+
+async def test_a_database_that_refuses_writes_for_a_while_holds_the_runner_up_not_stops_it(
+    make_settings: Callable[..., Settings], tmp_path: Path, migrated_postgres_url: str
+) -> None:
+    """The database under the bridge turns read-only while a command runs (as a full disk, or a
+    PostgreSQL failover, would): the runner keeps trying its calls instead of exiting, and the
+    task completes once writes work again; so does the next one."""
+    name = make_url(migrated_postgres_url).database
+    settings = make_settings(config_file=two_targets(tmp_path), database_url=migrated_postgres_url)
+    async with (
+        running_server(settings) as (url, _),
+        mcp_client(url) as client,
+        claude(url.removesuffix("/mcp"), tmp_path) as proc,
+    ):
+        task_id = await send(client, "restart jellyfin fake:sleep=2")
+        await wait_status(client, task_id, "in_progress")
+        await _pg_admin(
+            migrated_postgres_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
+        )
+        await _pg_admin(  # the bridge's connections open again, read-only
+            migrated_postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+        await wait_for(
+            lambda: (
+                "the database cannot be written" in proc.output()
+                and pids(tmp_path)
+                and not any(alive(p) for p in pids(tmp_path))
+            ),
+            what="the command to end while the runner's calls are refused",
+        )
+        assert proc.process.poll() is None, proc.output()
+        admin = await asyncpg.connect(_asyncpg_dsn(migrated_postgres_url), timeout=10)
+        try:
+            await admin.execute("SET default_transaction_read_only = off")
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        finished = await wait_status(client, task_id, "complete", "error")
+        assert finished["status"] == "complete", finished
+        later = await send(client, "and the next one")
+        await wait_status(client, later, "complete")
+        assert proc.process.poll() is None, proc.output()
+
+
+async def test_stopped_while_the_bridge_is_away_the_runner_exits_and_its_next_start_reports(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A command finishes while the bridge is down; the runner is told to stop (systemd): it
+    exits instead of retrying for ever, and its next start reports the task complete, not
+    "the runner restarted while this task ran"."""
+    port = free_port()
+    settings = make_settings(config_file=two_targets(tmp_path), shutdown_grace_seconds=0.5)
+    base = f"http://127.0.0.1:{port}"
+    proc = start_runner(base, tmp_path, "--claude", "--grace", "1")
+    try:
+        async with running_server(settings, port=port) as (url, _), mcp_client(url) as client:
+            task_id = await send(client, "restart jellyfin fake:sleep=2")
+            await wait_status(client, task_id, "in_progress")
+        await wait_for(
+            lambda: pids(tmp_path) and not any(alive(p) for p in pids(tmp_path)),
+            what="the command to finish while the bridge is away",
+        )
+        proc.stop()
+        assert await asyncio.to_thread(proc.process.wait, DEADLINE) == 0, proc.output()
+        assert "not reported yet" in proc.output()
+    finally:
+        proc.stop(signal.SIGKILL)
+        await asyncio.to_thread(proc.process.wait)
+    async with (
+        running_server(settings, port=port) as (url, _),
+        mcp_client(url) as client,
+        runner(base, tmp_path, "--claude", name="again") as again,
+    ):
+        finished = await wait_status(client, task_id, "complete", "error")
+        assert finished["status"] == "complete", (finished, again.output())
+        assert "reporting how it ended before the restart" in again.output()

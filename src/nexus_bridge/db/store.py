@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, CursorResult, Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement, Executable
 
@@ -1417,6 +1417,10 @@ class Store:
         once a minute at most: every call it fails already gets it as a one-line error."""
         if _is_busy(exc):
             return DatabaseBusy()
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            # The connection died under the call (a database restart, a failover): the pool
+            # opens a new one next time; the caller may try again.
+            return DatabaseUnreachable(f"the connection was lost ({_reason(exc)})")
         reason = _unwritable_reason(exc)
         if reason is None:
             return None
@@ -1505,9 +1509,11 @@ class Store:
         try:
             async with self._connect() as conn, conn.begin():
                 yield StoreTransaction(conn)
-        except (OperationalError, sqlite3.OperationalError) as exc:
+        except (DBAPIError, sqlite3.OperationalError) as exc:
             if _is_busy(exc):
                 raise DatabaseBusy from exc
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # as in _write_failed
+                raise DatabaseUnreachable(f"the connection was lost ({_reason(exc)})") from exc
             raise
 
     @asynccontextmanager
