@@ -152,6 +152,59 @@ class OncePerInterval(logging.Filter):
         return True
 
 
+class RepeatedFailure:
+    """The log of something a loop does every round (a poll, a lease renewal) while it keeps
+    failing (the database away for an hour): the first failure with its traceback, then one
+    line every ``seconds`` at most with how many failed since, then one when it works again;
+    not a traceback a round."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._what = what
+        self._seconds = seconds
+        self._clock = clock
+        self._since: float | None = None  # when it began failing
+        self._last_line = 0.0
+        self._failures = 0
+        self._unlogged = 0
+
+    def failed(self, exc: BaseException) -> None:
+        now = self._clock()
+        self._failures += 1
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if self._since is None:
+            self._since = self._last_line = now
+            self._log.error("%s: %s", self._what, reason, exc_info=exc)
+        elif now - self._last_line >= self._seconds:
+            self._last_line = now
+            self._log.error(
+                "%s: still failing for %.0f s (%d more times since the last line): %s",
+                self._what,
+                now - self._since,
+                self._unlogged + 1,
+                reason,
+            )
+            self._unlogged = 0
+        else:
+            self._unlogged += 1
+
+    def succeeded(self) -> None:
+        if self._since is not None:
+            self._log.info(
+                "%s: works again, after %d failures in %.0f s",
+                self._what,
+                self._failures,
+                self._clock() - self._since,
+            )
+        self._since, self._failures, self._unlogged = None, 0, 0
+
+
 # The filters configure_logging installed, so secrets learnt later are redacted too.
 _INSTALLED: Final[list[RedactSecrets]] = []
 

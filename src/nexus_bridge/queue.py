@@ -48,6 +48,7 @@ from nexus_bridge.errors import (
     InvalidInput,
     TaskNotFound,
 )
+from nexus_bridge.logs import RepeatedFailure
 from nexus_bridge.transition import apply_transition
 
 logger = logging.getLogger(__name__)
@@ -606,13 +607,16 @@ class QueueService:
 
     async def expire_claims_every(self, interval: float) -> None:
         """Run :meth:`expire_claims` every ``interval`` seconds, until cancelled."""
+        failures = RepeatedFailure(logger, "could not return expired claims to the queue")
         while True:
             try:
                 await self.expire_claims()
             except DatabaseUnwritable:
                 pass  # the store says so in the log, once a minute; the next round tries again
-            except Exception:
-                logger.exception("could not return expired claims to the queue")
+            except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             await asyncio.sleep(interval)
 
     async def agent_task(
@@ -861,14 +865,16 @@ class QueueService:
         PostgreSQL), else by one cheap primary-key lookup per interval for the whole process,
         however many clients are waiting. Runs until cancelled.
         """
+        failures = RepeatedFailure(logger, "could not check the database for new updates")
         async with self._store.changes() as feed:
             last: int | None = None
             while True:
                 try:
                     current = await self._store.last_seq()
-                except Exception:
-                    logger.exception("could not check the database for new updates")
+                except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                    failures.failed(exc)
                 else:
+                    failures.succeeded()
                     if last is not None and current != last:
                         self.signal.notify()
                     last = current

@@ -23,6 +23,7 @@ from tests.conftest import (
     _asyncpg_dsn,
     _pg_admin,
     mcp_client,
+    postgres_admin_url,
     running_server,
     subprocess_env,
     wait_for,
@@ -214,3 +215,45 @@ async def test_through_a_symbolic_link_to_the_database_a_cli_send_still_wakes_a_
     updates = (result.structured_content or {})["updates"]
     assert [u["message_id"] for u in updates] == [task_id]
     assert not linked.with_name("bridge.db-wal").exists()
+
+
+async def test_while_postgresql_refuses_connections_the_polls_log_one_traceback_not_one_a_round(
+    migrated_postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idle bridge whose database is down for a while (here: it accepts no connections):
+    the change poll and the claims' expiry run every round; the log gets each failure's first
+    traceback, not one per round, and a line when the database is back."""
+    name = make_url(migrated_postgres_url).database
+    admin = postgres_admin_url()  # another database: not one that refuses connections
+    assert admin is not None
+    settings = settings_for(migrated_postgres_url, tmp_path, change_poll_seconds=0.02)
+    try:
+        with caplog.at_level(logging.INFO, logger="nexus_bridge"):
+            async with running_server(settings) as (url, _server), mcp_client(url) as client:
+                await _pg_admin(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                await _pg_admin(
+                    admin,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+                )
+
+                def failed_polls() -> int:
+                    return sum(
+                        "could not check the database" in r.getMessage() for r in caplog.records
+                    )
+
+                # The outage lasts a second, some 50 rounds of each loop; calls fail meanwhile.
+                end = asyncio.get_running_loop().time() + 50 * settings.change_poll_seconds
+                while asyncio.get_running_loop().time() < end:
+                    assert (await client.call_tool("queue_status", {})).is_error
+                await _pg_admin(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                await wait_for(
+                    lambda: any("works again" in r.getMessage() for r in caplog.records),
+                    what="the poll to work again",
+                )
+                assert (await call(client, "queue_status", {}))["pending"] == 0
+        tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+        assert 1 <= failed_polls() <= 3  # the first, perhaps a "still failing", "works again"
+        assert len(tracebacks) <= 2, tracebacks  # the poll's and the claims' first failure
+    finally:
+        await _pg_admin(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

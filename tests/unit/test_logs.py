@@ -5,7 +5,13 @@ from __future__ import annotations
 import io
 import logging
 
-from nexus_bridge.logs import REDACTED, RedactSecrets, StripQueryStrings, quiet_noisy_loggers
+from nexus_bridge.logs import (
+    REDACTED,
+    RedactSecrets,
+    RepeatedFailure,
+    StripQueryStrings,
+    quiet_noisy_loggers,
+)
 
 
 def test_secrets_are_redacted_in_messages_arguments_and_tracebacks() -> None:
@@ -108,3 +114,39 @@ def test_a_flood_of_one_kind_of_record_is_logged_once_per_interval_then_counted(
     assert once.filter(next_one)
     assert "2048 more like it since the last one were not logged" in str(next_one.msg)
     assert once.dropped == 0
+
+
+def test_a_failure_repeated_every_round_logs_one_traceback_then_a_line_a_minute() -> None:
+    """A loop that polls every second while the database is away for an hour: not 3,600
+    tracebacks, but one, then one line a minute with a count, then one when it works again."""
+    now = [0.0]
+    log = logging.getLogger("test.repeated")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    failures = RepeatedFailure(log, "could not poll", clock=lambda: now[0])
+    try:
+        for _ in range(3_600):  # an hour, a round a second
+            failures.failed(ConnectionRefusedError("connection refused"))
+            now[0] += 1.0
+        failures.succeeded()
+        failures.succeeded()  # working on: nothing more to say
+        failures.failed(ConnectionRefusedError("refused again"))
+    finally:
+        log.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    assert [r.exc_info is not None for r in records] == [True] + [False] * 60 + [True]
+    assert lines[0] == "could not poll: connection refused"
+    assert lines[1] == (
+        "could not poll: still failing for 60 s (60 more times since the last line): "
+        "connection refused"
+    )
+    assert lines[60].startswith("could not poll: works again, after 3600 failures in 3600 s")
+    assert lines[61] == "could not poll: refused again"

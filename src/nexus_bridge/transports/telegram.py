@@ -38,7 +38,7 @@ from nexus_bridge.config import POLLER_LEASE, TelegramSettings
 from nexus_bridge.domain import OutboxKind, TransportState
 from nexus_bridge.errors import DatabaseUnwritable, InvalidInput
 from nexus_bridge.holders import holder_is_dead, lease_clock, make_holder_id
-from nexus_bridge.logs import quiet_noisy_loggers
+from nexus_bridge.logs import RepeatedFailure, quiet_noisy_loggers
 from nexus_bridge.metrics import METRICS
 from nexus_bridge.protocol import render_cancel, render_reply, render_task
 from nexus_bridge.relay import Delivery, TelegramRelay
@@ -100,6 +100,10 @@ class TelegramTransport:
         self._stopping = asyncio.Event()
         self._inbound_failed = False
         self._unprocessed = False  # a journaled message failed to process: retry it
+        # Reading or renewing the poller lease, every renewal while the database is away.
+        self._lease_failures = RepeatedFailure(
+            logger, "telegram transport: could not read or renew the poller lease"
+        )
         self._last_send = 0.0
         # The fence: until when (lease_clock) this process may call the Bot API, and the epoch
         # of the lease its workers were started under.
@@ -334,9 +338,10 @@ class TelegramTransport:
     async def _report_standby(self) -> None:
         try:
             lease = await self._relay.lease(POLLER_LEASE)
-        except Exception:
-            logger.exception("telegram transport: could not read the poller lease")
+        except Exception as exc:  # noqa: BLE001 - logged; the next renewal tries again
+            self._lease_failures.failed(exc)
             return
+        self._lease_failures.succeeded()
         self._set_state(TransportState.STANDBY, f"polled by {lease.holder}" if lease else None)
 
     async def _try_lease(self) -> int | None:
@@ -360,9 +365,11 @@ class TelegramTransport:
                     )
         except DatabaseUnwritable:
             epoch = None  # the store says so in the log, once a minute
-        except Exception:
-            logger.exception("telegram transport: could not renew the poller lease")
+        except Exception as exc:  # noqa: BLE001 - logged; the next renewal tries again
+            self._lease_failures.failed(exc)
             epoch = None
+        else:
+            self._lease_failures.succeeded()
         self._held_epoch = epoch
         self._fence_until = 0.0 if epoch is None else began + seconds * FENCE_FRACTION
         return epoch
