@@ -61,6 +61,13 @@ class Fault:
     delay: float = 0.0
     deliver: bool = False
     drop: bool = False
+    gate: asyncio.Event | None = None
+
+    @classmethod
+    def held(cls, gate: asyncio.Event) -> Fault:
+        """The call waits until ``gate`` is set, then runs and answers as usual (a test acts
+        while Telegram is busy accepting it)."""
+        return cls(200, None, gate=gate)
 
     @classmethod
     def dropped(cls) -> Fault:
@@ -459,6 +466,9 @@ class FakeTelegram:
         try:
             if fault is not None and fault.drop:
                 return _dropped()
+            if fault is not None and fault.gate is not None:
+                await fault.gate.wait()
+                fault = None
             if fault is not None:
                 if not fault.delay:
                     return JSONResponse(fault.body, status_code=fault.status)

@@ -59,6 +59,11 @@ RENEWALS_PER_LEASE: Final = 3
 FENCE_FRACTION: Final = 2 / 3
 
 
+# A post Telegram accepted but the database did not journal: the first pause before trying the
+# journal again, and the longest.
+JOURNAL_RETRY_SECONDS: Final = (0.2, 10.0)
+
+
 class LeaseLost(Exception):
     """This process can no longer be sure it holds the poller lease: stop before sending."""
 
@@ -711,14 +716,36 @@ class TelegramTransport:
                 await self._relay.mark_retry(delivery, error=_describe(exc), delay_seconds=delay)
                 return
             self._call_ok()
-            await self._relay.record_part_sent(
-                delivery,
-                part=index,
-                chat_id=sent.chat.id,
-                telegram_message_id=sent.message_id,
-                lease_epoch=self._epoch,
-            )
+            await self._journal_post(delivery, index, sent.chat.id, sent.message_id)
         await self._relay.mark_delivered(delivery)
+
+    async def _journal_post(
+        self, delivery: Delivery, part: int, chat_id: int, telegram_message_id: int
+    ) -> None:
+        """Journal a part Telegram has accepted. Until it is journaled, a worker started after
+        this one would post it again, so a failure (the database away, full or read-only) is
+        tried again, with growing pauses, until it is journaled or the worker is stopped."""
+        failures = RepeatedFailure(
+            logger, f"telegram transport: could not journal the post of task {delivery.task.id}"
+        )
+        pause = JOURNAL_RETRY_SECONDS[0]
+        while True:
+            try:
+                await self._relay.record_part_sent(
+                    delivery,
+                    part=part,
+                    chat_id=chat_id,
+                    telegram_message_id=telegram_message_id,
+                    lease_epoch=self._epoch,
+                )
+            except Exception as exc:  # noqa: BLE001 - logged; tried again
+                if not isinstance(exc, DatabaseUnwritable):  # the store logs that one
+                    failures.failed(exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, JOURNAL_RETRY_SECONDS[1])
+                continue
+            failures.succeeded()
+            return
 
     async def _pace(self) -> None:
         """About one message a second into a chat, as Telegram asks."""
