@@ -48,6 +48,11 @@ WAL_LIMIT_BYTES: Final = 16 * 1024 * 1024
 WAL_CHECKPOINT_WAIT_MS: Final = 100
 WAL_CHECKPOINT_RETRY_SECONDS: Final = 1.0
 
+# An agent's presence (when it was last seen) is written at most this often: its runner's
+# heartbeat every half second would otherwise be a disk write every half second (1.3 GB a day
+# of WAL on an SD card while a task runs). "Last seen" is this much stale at most.
+PRESENCE_RESOLUTION_SECONDS: Final = 5.0
+
 # The owner's console (the web pages under this path), and how long one sign-in lasts.
 CONSOLE_PATH: Final = "/console"
 CONSOLE_SESSION_SECONDS: Final = 12 * 3600

@@ -4,10 +4,15 @@ every argument of the service is bounded: on real SQLite files and PostgreSQL.""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from nexus_bridge.constants import PRESENCE_RESOLUTION_SECONDS
+from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.domain import CLAIM_EXPIRED_REASON, TargetPolicy, TaskStatus, UpdateKind
 from nexus_bridge.errors import IllegalTransition, InvalidInput, TaskNotFound
@@ -274,3 +279,42 @@ async def test_only_the_tasks_own_target_can_set_its_agent_session(agents: Queue
     with pytest.raises(TaskNotFound):
         await agents.agent_task("solo", task.id, session="not-mine")
     assert (await agents.get(task.id)).task.agent_session is None
+
+
+async def test_heartbeats_on_a_running_task_write_nothing_until_the_sighting_is_stale(
+    migrated_sqlite_url: str, clock: Clock
+) -> None:
+    """The runner heartbeats every half second while a command runs: that must not be a write
+    to disk every half second (an SD card's wear). The agent's presence is written again once
+    the last sighting is PRESENCE_RESOLUTION_SECONDS old."""
+    store = Store(create_engine(migrated_sqlite_url))
+    agents = QueueService(
+        store, targets=[TargetPolicy("felt", transport="agent")], clock=clock, claim_seconds=LEASE
+    )
+    watcher = sqlite3.connect(Path(make_url(migrated_sqlite_url).database or ""))
+    try:
+        await agents.enqueue("check the backups", "felt")
+        task = await agents.claim_next("felt")
+        assert task is not None
+        await agents.agent_report("felt", task.id, status=TaskStatus.IN_PROGRESS)
+        seen = (await agents.presence())["felt"]
+
+        def version() -> int:  # changes when another connection commits a change
+            return int(watcher.execute("PRAGMA data_version").fetchone()[0])
+
+        before = version()
+        for _ in range(int(PRESENCE_RESOLUTION_SECONDS * 2) - 1):  # every half second
+            clock.advance(0.5)
+            await agents.agent_task("felt", task.id)
+        assert version() == before, "a heartbeat wrote to the database"
+        assert (await agents.presence())["felt"] == seen
+
+        clock.advance(0.5)  # now the sighting is PRESENCE_RESOLUTION_SECONDS old
+        await agents.agent_task("felt", task.id)
+        assert version() != before
+        assert (await agents.presence())["felt"] == seen + timedelta(
+            seconds=PRESENCE_RESOLUTION_SECONDS
+        )
+    finally:
+        watcher.close()
+        await store.dispose()

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement, Executable
 
-from nexus_bridge.constants import SHORT_ID_CHARS
+from nexus_bridge.constants import PRESENCE_RESOLUTION_SECONDS, SHORT_ID_CHARS
 from nexus_bridge.db.engine import WRITE_OPTION, create_writer_engine, sqlite_file
 from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
@@ -895,10 +895,19 @@ class StoreTransaction:
         return _task(row) if row else None
 
     async def touch_presence(self, target: str, *, at: datetime) -> None:
+        """The target's agent was seen ``at``. Written only when the last sighting is
+        ``PRESENCE_RESOLUTION_SECONDS`` old or more (or ahead of ``at``): an agent's heartbeat
+        every half second would otherwise be a write to disk every half second."""
+        stale = at - timedelta(seconds=PRESENCE_RESOLUTION_SECONDS)
         changed = await self._conn.execute(
-            update(agent_presence).where(agent_presence.c.target == target).values(last_seen_at=at)
+            update(agent_presence)
+            .where(
+                agent_presence.c.target == target,
+                or_(agent_presence.c.last_seen_at <= stale, agent_presence.c.last_seen_at > at),
+            )
+            .values(last_seen_at=at)
         )
-        if changed.rowcount == 0:
+        if changed.rowcount == 0:  # a new target, or seen a moment ago (then this is no write)
             await self._conn.execute(
                 self._insert_ignoring_duplicates(agent_presence).values(
                     target=target, last_seen_at=at
@@ -1255,12 +1264,11 @@ class StoreTransaction:
         )
 
     async def ended_task_ids(self, cutoff: datetime, *, limit: int) -> list[str]:
-        """Up to ``limit`` ids of tasks that ended before ``cutoff``, oldest first."""
+        """Up to ``limit`` ids of tasks that ended before ``cutoff``, in the order of the
+        (status, created_at) index: oldest first within each status. Not sorted as a whole: that
+        sorted every ended task for each batch (75 ms a batch at 220,000 tasks)."""
         rows = await self._conn.execute(
-            select(tasks.c.id)
-            .where(self._ended_before(cutoff))
-            .order_by(tasks.c.created_at, tasks.c.id)
-            .limit(limit)
+            select(tasks.c.id).where(self._ended_before(cutoff)).limit(limit)
         )
         return [str(r[0]) for r in rows.all()]
 
