@@ -54,6 +54,24 @@ async def _pg_admin(url: str, sql: str) -> None:
         await conn.close()
 
 
+async def postgres_refuses_writes(database_url: str, refuse: bool = True) -> None:
+    """Make a PostgreSQL test database read-only for every session (as a full disk or a standby
+    would refuse writes), or writable again; its other connections are closed, so a pool opens
+    new ones under the new setting."""
+    name = make_url(database_url).database
+    conn = await asyncpg.connect(_asyncpg_dsn(database_url), timeout=10)
+    try:
+        await conn.execute("SET default_transaction_read_only = off")  # this one, to ALTER
+        value = "on" if refuse else "off"
+        await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {value}')
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"

@@ -19,11 +19,16 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
 from nexus_bridge.oauth import OwnerGate
-from tests.conftest import _pg_admin, mcp_client, running_server, subprocess_env, wait_for
+from tests.conftest import (
+    mcp_client,
+    postgres_refuses_writes,
+    running_server,
+    subprocess_env,
+    wait_for,
+)
 from tests.e2e.test_agent_api import FELT_TOKEN, agent_client, two_targets
 from tests.e2e.test_http import call, call_error
 
@@ -494,19 +499,10 @@ async def test_a_database_that_refuses_writes_is_a_503_with_its_reason_not_a_409
     make_settings: Callable[..., Settings], migrated_postgres_url: str
 ) -> None:
     """The bridge's side, not the task's state: the owner may try the same form again later."""
-    name = make_url(migrated_postgres_url).database
     async with console(make_settings, database_url=migrated_postgres_url) as c:
         assert (await c.sign_in()).status_code == 303
         token = await c.csrf()
-        await _pg_admin(
-            migrated_postgres_url,
-            f'ALTER DATABASE "{name}" SET default_transaction_read_only = on',
-        )
-        await _pg_admin(  # the bridge's connections open again, read-only now
-            migrated_postgres_url,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
-        )
+        await postgres_refuses_writes(migrated_postgres_url)
         page = await c.http.post(
             c.base + "/console/tasks", data={"csrf": token, "target": "homelab", "text": "ok"}
         )

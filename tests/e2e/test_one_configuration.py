@@ -147,7 +147,9 @@ def test_the_standard_file_can_be_moved_and_a_missing_one_is_one_line(
 def test_json_logs_are_one_object_per_line_with_the_task_and_target_as_fields(
     migrated_sqlite_url: str, tmp_path: Path
 ) -> None:
-    env = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_LOG_FORMAT="json")
+    # At DEBUG, send logs the queue's own line too (at INFO it only prints its result).
+    debug = {"NEXUS_BRIDGE_LOG_LEVEL": "DEBUG"}
+    env = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_LOG_FORMAT="json", **debug)
     sent = run(["send", f"deploy with {SECRET}", "--json"], env, tmp_path)
     assert sent.returncode == 0, sent.stderr
     task_id = json.loads(sent.stdout)["id"]
@@ -158,7 +160,7 @@ def test_json_logs_are_one_object_per_line_with_the_task_and_target_as_fields(
     assert queued["message"] == f"queued task {task_id} for homelab"
     assert queued["time"].endswith("+00:00")
 
-    readable = run(["send", "second task"], subprocess_env(migrated_sqlite_url), tmp_path)
+    readable = run(["send", "second task"], subprocess_env(migrated_sqlite_url, **debug), tmp_path)
     assert readable.returncode == 0, readable.stderr
     [line] = [ln for ln in readable.stderr.splitlines() if "queued task" in ln]
     assert " INFO nexus_bridge.queue: queued task " in line

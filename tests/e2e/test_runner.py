@@ -16,20 +16,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from mcp import Client
-from sqlalchemy.engine import make_url
 
 from nexus_bridge.agent_client import call_agent_tool
 from nexus_bridge.config import Settings
 from nexus_bridge.runner import ENV_TASK_ID, ENV_TASK_TAG, ENV_TOKEN, ENV_URL
 from tests.conftest import (
     REPO_ROOT,
-    _asyncpg_dsn,
-    _pg_admin,
     free_port,
     mcp_client,
+    postgres_refuses_writes,
     running_server,
     subprocess_env,
     wait_for,
@@ -559,7 +556,6 @@ async def test_a_database_that_refuses_writes_for_a_while_holds_the_runner_up_no
     """The database under the bridge turns read-only while a command runs (as a full disk, or a
     PostgreSQL failover, would): the runner keeps trying its calls instead of exiting, and the
     task completes once writes work again; so does the next one."""
-    name = make_url(migrated_postgres_url).database
     settings = make_settings(config_file=two_targets(tmp_path), database_url=migrated_postgres_url)
     async with (
         running_server(settings) as (url, _),
@@ -568,14 +564,7 @@ async def test_a_database_that_refuses_writes_for_a_while_holds_the_runner_up_no
     ):
         task_id = await send(client, "restart jellyfin fake:sleep=2")
         await wait_status(client, task_id, "in_progress")
-        await _pg_admin(
-            migrated_postgres_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
-        )
-        await _pg_admin(  # the bridge's connections open again, read-only
-            migrated_postgres_url,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
-        )
+        await postgres_refuses_writes(migrated_postgres_url)
         await wait_for(
             lambda: (
                 "the database cannot be written" in proc.output()
@@ -585,16 +574,7 @@ async def test_a_database_that_refuses_writes_for_a_while_holds_the_runner_up_no
             what="the command to end while the runner's calls are refused",
         )
         assert proc.process.poll() is None, proc.output()
-        admin = await asyncpg.connect(_asyncpg_dsn(migrated_postgres_url), timeout=10)
-        try:
-            await admin.execute("SET default_transaction_read_only = off")
-            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            )
-        finally:
-            await admin.close()
+        await postgres_refuses_writes(migrated_postgres_url, refuse=False)
         finished = await wait_status(client, task_id, "complete", "error")
         assert finished["status"] == "complete", finished
         later = await send(client, "and the next one")

@@ -13,17 +13,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from mcp.shared._httpx_utils import create_mcp_http_client
-from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.queue import QueueService
 from nexus_bridge.relay import TelegramRelay
-from tests.conftest import _asyncpg_dsn, mcp_client, running_server, subprocess_env, wait_for
+from tests.conftest import (
+    mcp_client,
+    postgres_refuses_writes,
+    running_server,
+    subprocess_env,
+    wait_for,
+)
 from tests.e2e.test_http import call, call_error
 from tests.e2e.test_telegram import (
     AGENT,
@@ -239,23 +243,6 @@ async def test_a_journaled_but_unprocessed_reply_is_acted_on_without_a_takeover(
             assert await agent_updates(client, task_id) == ["[Done] finished"]
 
 
-async def _refuse_writes(database_url: str, refuse: bool) -> None:
-    """Make a PostgreSQL database read-only (or writable again) for every connection, open ones
-    too (they are closed: the bridge's pool opens new ones)."""
-    name = make_url(database_url).database
-    admin = await asyncpg.connect(_asyncpg_dsn(database_url), timeout=10)
-    try:
-        await admin.execute("SET default_transaction_read_only = off")
-        value = "on" if refuse else "off"
-        await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {value}')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await admin.close()
-
-
 async def test_a_post_telegram_accepted_while_the_database_refused_writes_is_not_posted_again(
     make_settings: Callable[..., Settings],
     migrated_postgres_url: str,
@@ -274,19 +261,19 @@ async def test_a_post_telegram_accepted_while_the_database_refused_writes_is_not
                 fake.fail_next("sendMessage", Fault.held(gate))
                 task = await call(client, "send_message", {"message": "check the backups"})
                 await fake.wait_for_call("sendMessage")  # Telegram holds it
-                await _refuse_writes(migrated_postgres_url, refuse=True)
+                await postgres_refuses_writes(migrated_postgres_url)
                 gate.set()
                 await fake.wait_for_sent(1)
                 await wait_for(
                     lambda: any("refused a write" in r.getMessage() for r in caplog.records),
                     what="the journal write to be refused",
                 )
-                await _refuse_writes(migrated_postgres_url, refuse=False)
+                await postgres_refuses_writes(migrated_postgres_url, refuse=False)
                 await wait_for(lambda: _delivered(client, task["id"]), what="the delivery")
                 # The next delivery goes out: the worker is past the first for good.
                 later = await call(client, "send_message", {"message": "and the logs"})
                 await wait_for(lambda: _delivered(client, later["id"]), what="the next one")
         finally:
-            await _refuse_writes(migrated_postgres_url, refuse=False)
+            await postgres_refuses_writes(migrated_postgres_url, refuse=False)
         posts = [m.text for m in fake.sent]
         assert sum("check the backups" in text for text in posts) == 1, posts

@@ -10,10 +10,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from nexus_bridge.constants import WAL_LIMIT_BYTES
@@ -22,7 +20,7 @@ from nexus_bridge.db.store import Store
 from nexus_bridge.domain import TargetPolicy
 from nexus_bridge.errors import DatabaseUnwritable
 from nexus_bridge.queue import QueueService
-from tests.conftest import _asyncpg_dsn, _pg_admin, wait_for
+from tests.conftest import postgres_refuses_writes, wait_for
 
 
 async def test_every_sqlite_connection_gets_the_durability_pragmas(
@@ -124,10 +122,7 @@ async def test_a_read_only_postgresql_database_refuses_a_send_in_one_line_and_re
     """A standby promoted the wrong way round, or default_transaction_read_only set by an
     administrator: the caller is told what is wrong, not "internal error", and the owner gets
     one log line however many writes fail."""
-    name = make_url(migrated_postgres_url).database
-    await _pg_admin(
-        migrated_postgres_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
-    )
+    await postgres_refuses_writes(migrated_postgres_url)
     store = Store(create_engine(migrated_postgres_url))
     queue = QueueService(store)
     try:
@@ -142,12 +137,7 @@ async def test_a_read_only_postgresql_database_refuses_a_send_in_one_line_and_re
         assert (await queue.status()).total_updates == 0  # reads go on
     finally:
         await store.dispose()
-    admin = await asyncpg.connect(_asyncpg_dsn(migrated_postgres_url), timeout=10)
-    try:  # this session too starts read-only now
-        await admin.execute("SET default_transaction_read_only = off")
-        await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
-    finally:
-        await admin.close()
+    await postgres_refuses_writes(migrated_postgres_url, refuse=False)
     store = Store(create_engine(migrated_postgres_url))
     try:
         assert (await QueueService(store).enqueue("check the backups")).queued
@@ -168,14 +158,11 @@ async def test_a_background_loop_on_a_database_that_refuses_writes_logs_no_trace
         clock=lambda: now[0],
         claim_seconds=60,
     )
-    name = make_url(migrated_postgres_url).database
     try:
         await agents.enqueue("check the backups", "felt")
         assert await agents.claim_next("felt") is not None
         now[0] += timedelta(seconds=61)  # the claim has lapsed: the next round writes
-        await _pg_admin(
-            migrated_postgres_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
-        )
+        await postgres_refuses_writes(migrated_postgres_url)
         await store.engine.dispose()  # connections open again, read-only now
         with caplog.at_level(logging.DEBUG):
             rounds = asyncio.create_task(agents.expire_claims_every(0.01))
@@ -190,9 +177,4 @@ async def test_a_background_loop_on_a_database_that_refuses_writes_logs_no_trace
         assert len(refused) == 1
     finally:
         await store.dispose()
-        admin = await asyncpg.connect(_asyncpg_dsn(migrated_postgres_url), timeout=10)
-        try:
-            await admin.execute("SET default_transaction_read_only = off")
-            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
-        finally:
-            await admin.close()
+        await postgres_refuses_writes(migrated_postgres_url, refuse=False)
