@@ -257,3 +257,27 @@ async def test_while_postgresql_refuses_connections_the_polls_log_one_traceback_
         assert len(tracebacks) <= 2, tracebacks  # the poll's and the claims' first failure
     finally:
         await _pg_admin(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+async def test_a_shared_memory_file_deleted_under_a_running_bridge_is_a_critical_log_line(
+    migrated_sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cleanup script's `rm bridge.db-*`: the processes using the database stop sharing the
+    index of its log, and a CLI send can be lost without a word (found by a probe). The bridge
+    cannot repair that; it says so at once, naming the file and the way out."""
+    settings = settings_for(migrated_sqlite_url, tmp_path)
+    database = Path(make_url(migrated_sqlite_url).database or "")
+    shm = database.with_name(database.name + "-shm")
+    with caplog.at_level(logging.INFO, logger="nexus_bridge.db.wakeups"):
+        async with running_server(settings) as (url, _server), mcp_client(url) as client:
+            await call(client, "send_message", {"message": "before"})
+            assert shm.exists()
+            shm.unlink()
+
+            def warned() -> list[str]:
+                return [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+
+            await wait_for(warned, what="the critical line")
+    (line,) = warned()
+    assert str(shm) in line
+    assert "Restart nexus-bridge now" in line

@@ -39,8 +39,10 @@ UPDATES_CHANNEL: Final = "nexus_bridge_updates"  # notified by the trigger of mi
 # <sys/inotify.h>
 _IN_MODIFY: Final = 0x00000002
 _IN_CLOSE_WRITE: Final = 0x00000008
+_IN_MOVED_FROM: Final = 0x00000040
 _IN_MOVED_TO: Final = 0x00000080
 _IN_CREATE: Final = 0x00000100
+_IN_DELETE: Final = 0x00000200
 _IN_NONBLOCK: Final = 0o4000
 _IN_CLOEXEC: Final = 0o2000000
 _EVENT_HEADER: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
@@ -75,7 +77,9 @@ class _Inotify:
     """A non-blocking inotify descriptor watching a file's directory (Linux only, via libc) for
     changes to the file and its companions (``names``)."""
 
-    def __init__(self, path: Path, names: frozenset[bytes]) -> None:
+    def __init__(
+        self, path: Path, names: frozenset[bytes], guarded: frozenset[bytes] = frozenset()
+    ) -> None:
         directory = path.absolute().parent
         libc_name = ctypes.util.find_library("c")
         if libc_name is None:
@@ -86,16 +90,21 @@ class _Inotify:
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE | _IN_MOVED_TO
+        mask = (
+            _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE | _IN_MOVED_TO | _IN_DELETE | _IN_MOVED_FROM
+        )
         if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
             error = ctypes.get_errno()
             os.close(fd)
             raise OSError(error, f"inotify_add_watch on {directory} failed")
         self.fd = fd
         self._names = names
+        self._guarded = guarded
+        self.removed: list[str] = []  # guarded files deleted or moved away, as they go
 
     def relevant(self) -> bool:
-        """Read every pending event; True if one concerns the database's files."""
+        """Read every pending event; True if one concerns the database's files. A guarded
+        file deleted or moved away is added to ``removed``."""
         found = False
         while True:
             try:
@@ -104,10 +113,12 @@ class _Inotify:
                 return found
             offset = 0
             while offset + _EVENT_HEADER.size <= len(data):
-                _wd, _mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+                _wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
                 start = offset + _EVENT_HEADER.size
                 name = data[start : start + length].rstrip(b"\0")
                 found = found or name in self._names
+                if mask & (_IN_DELETE | _IN_MOVED_FROM) and name in self._guarded:
+                    self.removed.append(os.fsdecode(name))
                 offset = start + length
 
     def close(self) -> None:
@@ -117,8 +128,11 @@ class _Inotify:
 @asynccontextmanager
 async def _sqlite_feed(path: Path) -> AsyncIterator[ChangeFeed | None]:
     names = frozenset(os.fsencode(path.name + suffix) for suffix in ("", "-wal", "-journal"))
+    # SQLite's files that must not go while a connection is open: removed, this process and
+    # the others (the CLI, agents) stop sharing the log and its index, and writes get lost.
+    guarded = frozenset(os.fsencode(path.name + suffix) for suffix in ("-wal", "-shm"))
     try:
-        watch = _Inotify(path, names)
+        watch = _Inotify(path, names, guarded)
     except (OSError, AttributeError) as exc:
         logger.debug("no inotify (%s): other processes' writes are noticed by polling", exc)
         yield None
@@ -128,7 +142,17 @@ async def _sqlite_feed(path: Path) -> AsyncIterator[ChangeFeed | None]:
     late: list[asyncio.TimerHandle] = []
 
     def readable() -> None:
-        if not watch.relevant():
+        changed = watch.relevant()
+        for name in watch.removed:
+            logger.critical(
+                "%s was deleted or moved while nexus-bridge has the database open: this process "
+                "and the others using it (the CLI, agents) no longer share its write-ahead log, "
+                "and the writes of one can be lost to the other. Restart nexus-bridge now "
+                "(systemctl restart nexus-bridge), and stop whatever removes it",
+                path.with_name(name),
+            )
+        watch.removed.clear()
+        if not changed:
             return
         feed.poke()
         for handle in late:
