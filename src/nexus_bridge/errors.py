@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 
@@ -102,6 +103,13 @@ _BRIDGE_SIDE_MARKERS: Final = (
 )
 
 
+# How the MCP SDK introduces a tool's error message.
+_TOOL_ERROR_PREFIX: Final = re.compile(r"Error executing tool [^:\s]*: ")
+
+
 def is_bridge_side(message: str) -> bool:
-    """True when a tool error's ``message`` is the bridge's trouble, not the call's."""
-    return any(marker in message for marker in _BRIDGE_SIDE_MARKERS)
+    """True when a tool error's ``message`` is the bridge's trouble, not the call's: it must
+    begin so (after the SDK's prefix), since another error may quote a caller's text."""
+    prefix = _TOOL_ERROR_PREFIX.match(message)
+    body = message[prefix.end() :] if prefix is not None else message
+    return body.startswith(_BRIDGE_SIDE_MARKERS)
