@@ -553,6 +553,9 @@ class Runner:
         except _Shelved:
             keep_state = True
             logger.info("task %s waits for an answer; a restarted runner resumes it", state.task_id)
+        except asyncio.CancelledError:
+            keep_state = True  # cut short as the runner stops: its next start sees to the task
+            raise
         finally:
             if slot_held:
                 self._slots.release()
