@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
+from mcp import Client
 from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
@@ -70,24 +71,29 @@ async def cli_send(database_url: str, text: str, *args: str, **env: str) -> str:
     return str(sent["id"])
 
 
+async def cli_send_wakes_a_waiting_pull(client: Client, database_url: str, text: str) -> None:
+    """A pull_updates waiting past the latest update is answered, within the wake-up deadline,
+    with exactly the task ``nexus-bridge send`` queues from its own process."""
+    start = await call(client, "pull_updates", {})
+    waiting = asyncio.create_task(
+        client.call_tool(
+            "pull_updates", {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS}
+        )
+    )
+    task_id = await cli_send(database_url, text)
+    with anyio.fail_after(WAKE_DEADLINE_SECONDS):
+        result = await waiting
+    updates = (result.structured_content or {})["updates"]
+    assert [u["message_id"] for u in updates] == [task_id]
+
+
 async def test_a_cli_send_wakes_a_waiting_pull_updates_at_once(
     migrated_url: str, tmp_path: Path
 ) -> None:
     text = f"sent from another process {uuid.uuid4().hex}"
     settings = settings_for(migrated_url, tmp_path)
     async with running_server(settings) as (url, _server), mcp_client(url) as client:
-        start = await call(client, "pull_updates", {})
-        waiting = asyncio.create_task(
-            client.call_tool(
-                "pull_updates",
-                {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS},
-            )
-        )
-        task_id = await cli_send(migrated_url, text)
-        with anyio.fail_after(WAKE_DEADLINE_SECONDS):
-            result = await waiting
-    updates = (result.structured_content or {})["updates"]
-    assert [u["message_id"] for u in updates] == [task_id]
+        await cli_send_wakes_a_waiting_pull(client, migrated_url, text)
 
 
 async def test_a_cli_send_wakes_an_agent_waiting_in_next_task_at_once(
@@ -146,18 +152,9 @@ async def test_after_postgresql_closes_the_listen_connection_wake_ups_come_back(
                 return [first] != await _listening_backends(migrated_postgres_url) != []
 
             await wait_for(listening_again, what="a new LISTEN connection")
-            start = await call(client, "pull_updates", {})
-            waiting = asyncio.create_task(
-                client.call_tool(
-                    "pull_updates",
-                    {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS},
-                )
+            await cli_send_wakes_a_waiting_pull(
+                client, migrated_postgres_url, "sent after the reconnection"
             )
-            task_id = await cli_send(migrated_postgres_url, "sent after the reconnection")
-            with anyio.fail_after(WAKE_DEADLINE_SECONDS):
-                result = await waiting
-    updates = (result.structured_content or {})["updates"]
-    assert [u["message_id"] for u in updates] == [task_id]
     logged = [r.getMessage() for r in caplog.records]
     assert any("LISTEN connection to PostgreSQL closed" in m for m in logged), logged
     assert any("LISTEN connection to PostgreSQL is open again" in m for m in logged), logged
@@ -203,17 +200,7 @@ async def test_through_a_symbolic_link_to_the_database_a_cli_send_still_wakes_a_
     url = f"sqlite+aiosqlite:///{linked}"
     settings = settings_for(url, tmp_path)
     async with running_server(settings) as (mcp_url, _server), mcp_client(mcp_url) as client:
-        start = await call(client, "pull_updates", {})
-        waiting = asyncio.create_task(
-            client.call_tool(
-                "pull_updates", {"cursor": start["next_cursor"], "wait_seconds": WAIT_SECONDS}
-            )
-        )
-        task_id = await cli_send(url, "sent through the link")
-        with anyio.fail_after(WAKE_DEADLINE_SECONDS):
-            result = await waiting
-    updates = (result.structured_content or {})["updates"]
-    assert [u["message_id"] for u in updates] == [task_id]
+        await cli_send_wakes_a_waiting_pull(client, url, "sent through the link")
     assert not linked.with_name("bridge.db-wal").exists()
 
 
