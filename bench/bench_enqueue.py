@@ -58,7 +58,7 @@ async def _service_concurrent(queue: QueueService, run_id: str, start: int, each
     return time.perf_counter() - begin
 
 
-class _RawWriter:
+class RawWriter:
     """Plain ``sqlite3`` on a copy of the migrated schema: WAL, synchronous=FULL, foreign keys,
     one ``BEGIN IMMEDIATE ... COMMIT`` per task writing the rows the service writes."""
 
@@ -148,8 +148,8 @@ async def run(
     concurrent_store = Store(create_engine(sqlite_url(copy_database(template, scratch / "con.db"))))
     sequential = QueueService(sequential_store)
     concurrent = QueueService(concurrent_store)
-    raw = _RawWriter(copy_database(template, scratch / "raw.db"))
-    raw_batched = _RawWriter(copy_database(template, scratch / "raw-batched.db"))
+    raw = RawWriter(copy_database(template, scratch / "raw.db"))
+    raw_batched = RawWriter(copy_database(template, scratch / "raw-batched.db"))
     persisted = _PersistQueue(scratch / "persist-queue")
     run_id = uuid.uuid4().hex[:8]
     each = max(1, CHUNK // 4)  # per producer and round: 32 x 12 = 384 tasks a round

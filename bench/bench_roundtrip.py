@@ -3,7 +3,10 @@ then the throughput of 32 concurrent clients sending vs the same 32 clients ping
 
 Beside them, for scale (informational rows): a no-op tool that returns ``send_message``'s own
 result model, added to the same server for the benchmark only. It is the SDK's ``tools/call``
-with none of nexus-bridge's work (no validation, no database): the floor under any tool.
+with none of nexus-bridge's work (no validation, no database): the floor under any tool. And the
+same no-op tool that first commits one raw ``sqlite3`` transaction of the rows a send writes (row
+2's raw baseline, on its own copy of the schema, blocking the loop: the cheapest a durable write
+can be): the floor under any durable ``send_message``.
 
 ``ping`` exists only in the handshake-era protocol (the SDK removes it from 2026-07-28 on and the
 server answers "Method not found" there), so the client connects with ``mode="legacy"``; both
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from bench_enqueue import RawWriter
 from benchlib import (
     Case,
     Report,
@@ -41,6 +45,7 @@ CLIENTS = 32
 CONCURRENT_TARGET = 0.9  # send_message throughput / ping throughput, at least
 CONCURRENT_ROUNDS = 6
 NOOP_TOOL = "bench_noop"
+NOOP_COMMIT_TOOL = "bench_noop_commit"
 
 
 async def _noop(message: str) -> SendResult:
@@ -60,16 +65,28 @@ async def _throughput(calls: list[Callable[[], Awaitable[None]]], each: int) -> 
     return len(calls) * each / (time.perf_counter() - begin)
 
 
-async def run(report: Report, database: Path, *, iterations: int, warmup: int) -> None:
+async def run(
+    report: Report, database: Path, raw_database: Path, *, iterations: int, warmup: int
+) -> None:
     progress(f"1. MCP round trip: live server on {database.name}, SDK client (mode='legacy')")
     settings = server_settings(sqlite_url(database))
+    raw = RawWriter(raw_database)
+    run_id = uuid.uuid4().hex[:8]
+    raw_numbers = itertools.count()
+
+    async def noop_commit(message: str) -> SendResult:
+        """Commits one raw sqlite3 transaction of a task's rows, then returns what send_message
+        returns (benchmark only)."""
+        raw.block(run_id, next(raw_numbers), 1)
+        return SendResult(queued=True, id=message, status="pending")
+
     async with (
         running_bridge(settings) as (url, server),
         Client(url, mode="legacy") as client,
     ):
         server.bridge.mcp.add_tool(_noop, name=NOOP_TOOL)
+        server.bridge.mcp.add_tool(noop_commit, name=NOOP_COMMIT_TOOL)
         progress(f"  server at {url}, protocol {client.protocol_version}")
-        run_id = uuid.uuid4().hex[:8]
         numbers = itertools.count()
 
         async def ping() -> None:
@@ -89,11 +106,21 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
             if result.is_error:
                 raise RuntimeError(f"the no-op tool failed: {result}")
 
+        async def commit() -> None:
+            result = await client.call_tool(NOOP_COMMIT_TOOL, {"message": "x"})
+            if result.is_error:
+                raise RuntimeError(f"the no-op tool with a raw commit failed: {result}")
+
         samples = await measure(
-            [Case("ping", ping), Case("send_message", send), Case("no-op tool", noop)],
+            [
+                Case("ping", ping),
+                Case("send_message", send),
+                Case("no-op tool", noop),
+                Case("no-op tool + raw commit", commit),
+            ],
             iterations=iterations,
             warmup=warmup,
-            label="ping / send_message / no-op tool",
+            label="ping / send_message / no-op tool / no-op tool + raw commit",
         )
 
         progress(f"  {CLIENTS} concurrent clients: ping vs send_message throughput")
@@ -110,6 +137,7 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
                 order = [("ping", pings), ("send_message", sends), ("no-op tool", noops)]
                 for name, calls in order[r % 3 :] + order[: r % 3]:
                     rates[name].append(await _throughput(calls, each))
+    raw.close()  # on an error the process ends and the scratch directory goes with it
 
     sent, ping_sample, noop_sample = samples["send_message"], samples["ping"], samples["no-op tool"]
     report.rows.append(
@@ -129,6 +157,16 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
             measured=f"no-op tool {noop_sample.describe()}",
             baseline=f"ping {ping_sample.describe()}",
             ratio=noop_sample.median / ping_sample.median,
+        )
+    )
+    commit_sample = samples["no-op tool + raw commit"]
+    report.rows.append(
+        Row(
+            section="1",
+            name="  for scale: MCP no-op tool + a raw sqlite3 commit of a task's rows vs ping",
+            measured=f"no-op tool + commit {commit_sample.describe()}",
+            baseline=f"ping {ping_sample.describe()}",
+            ratio=commit_sample.median / ping_sample.median,
         )
     )
     report.notes.append(
@@ -168,7 +206,10 @@ async def run(report: Report, database: Path, *, iterations: int, warmup: int) -
     report.notes.append(
         f"1: the no-op tool ({NOOP_TOOL}, added for the benchmark only) returns send_message's "
         "result model and does nothing else: the SDK's tools/call on both sides, the floor under "
-        "any tool. send_message's cost above it is the durable enqueue."
+        "any tool. send_message's cost above it is the durable enqueue. The no-op tool + raw "
+        f"commit ({NOOP_COMMIT_TOOL}) first writes a task's 3 rows with raw sqlite3 in one "
+        "transaction (row 2's raw baseline, WAL + synchronous=FULL, its own copy of the schema, "
+        "blocking the loop): the floor under any send_message whose answer waits for the disk."
     )
     progress(f"  {CLIENTS} clients: send_message {send_rate:,.0f}/s; ping {ping_rate:,.0f}/s")
 

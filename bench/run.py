@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench_roundtrip.run(
                     report,
                     roundtrip_db,
+                    copy_database(template, scratch / "roundtrip-raw.db"),
                     iterations=sizes.roundtrip_iterations,
                     warmup=sizes.roundtrip_warmup,
                 )
