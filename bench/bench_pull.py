@@ -8,7 +8,9 @@ are measured on the service layer and over MCP (live server, SDK client). ``queu
 measured alongside (it reads maintained counts, so it must stay flat too). Last, the tool layer's
 own cost: the same 100-row pull over MCP vs on the service layer (target <= 2x), beside two
 figures for scale: an MCP ``ping`` (the transport alone) and the SDK client's own check of the
-100-row result against the tool's output schema (which every ``call_tool`` runs).
+100-row result against the tool's output schema (which every ``call_tool`` runs); and, measured
+whole, a no-op tool added for the benchmark that returns the same 100 rows, already built, as the
+same result model: every cost of an MCP pull but the service's and ours.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from benchlib import (
     created_at_of,
     measure,
     progress,
-    running_server,
+    running_bridge,
+    server_settings,
     sqlite_url,
 )
 from mcp import Client
@@ -38,6 +41,7 @@ from mcp_types import CallToolResult
 
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
+from nexus_bridge.mcp_tools import PullResult
 from nexus_bridge.queue import QueueService
 
 TARGET = 1.5
@@ -45,6 +49,7 @@ TOOL_LAYER_TARGET = 2.0  # an MCP pull of a page vs the same pull on the service
 PAGE = 100
 BEHIND = 150  # start this many rows before the end: a full page, and has_more is true
 MCP_IDENTITY = "anonymous"  # the server's identity for unauthenticated clients
+NOOP_PULL_TOOL = "bench_pull_noop"
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,11 @@ def _mcp_cases(data: Dataset, client: Client, setters: list[CursorSetter]) -> li
     ]
 
 
-def _scale_cases(data: Dataset, client: Client, legacy: Client) -> list[Case]:
-    """An MCP ping, and the SDK client's output-schema check of one 100-row result."""
+def _scale_cases(
+    data: Dataset, client: Client, legacy: Client, built: list[PullResult]
+) -> list[Case]:
+    """An MCP ping, the SDK client's output-schema check of one 100-row result, and a call of
+    the no-op tool that returns ``built[0]``: the same 100 rows, already built."""
     first = data.start + 1
     page: list[CallToolResult] = []
 
@@ -148,7 +156,30 @@ def _scale_cases(data: Dataset, client: Client, legacy: Client) -> list[Case]:
             _check_page([u["seq"] for u in updates], first, "MCP pull for the check")
         await client.session.validate_tool_result("pull_updates", page[0])
 
-    return [Case(f"mcp ping {data.label}", ping), Case(f"client check {data.label}", check)]
+    async def noop_pull() -> None:
+        if not built:
+            arguments = {"cursor": str(data.start), "limit": PAGE}
+            fetched = await client.call_tool("pull_updates", arguments)
+            built.append(PullResult.model_validate(fetched.structured_content))
+        result = await client.call_tool(NOOP_PULL_TOOL, {"cursor": str(data.start)})
+        if result.is_error:
+            raise RuntimeError(f"the no-op pull tool failed: {result}")
+        updates = (result.structured_content or {}).get("updates", [])
+        _check_page([u["seq"] for u in updates], first, "the no-op pull tool")
+
+    return [
+        Case(f"mcp ping {data.label}", ping),
+        Case(f"client check {data.label}", check),
+        Case(f"noop pull {data.label}", noop_pull),
+    ]
+
+
+def _noop_pull_of(built: list[PullResult]) -> Callable[[str], Awaitable[PullResult]]:
+    async def noop_pull(cursor: str) -> PullResult:
+        """Returns the page fetched once from pull_updates (benchmark only)."""
+        return built[0]
+
+    return noop_pull
 
 
 def _rows(report: Report, samples: dict[str, Sample], small: Dataset, big: Dataset) -> None:
@@ -197,6 +228,11 @@ def _rows(report: Report, samples: dict[str, Sample], small: Dataset, big: Datas
             f"  for scale: the SDK client's schema check of the {PAGE} rows vs the service pull",
             "check",
         ),
+        (
+            "noop pull",
+            f"  for scale: MCP no-op tool returning the {PAGE} rows, built, vs the service pull",
+            "no-op tool",
+        ),
     ]
     for key, title, what in scale:
         sample = samples.get(f"{key} {small.label}")
@@ -237,13 +273,17 @@ async def run(
         async with AsyncExitStack() as stack:
             cases = []
             for data in (small, big):
-                url = await stack.enter_async_context(running_server(sqlite_url(data.path)))
+                url, server = await stack.enter_async_context(
+                    running_bridge(server_settings(sqlite_url(data.path)))
+                )
                 client = await stack.enter_async_context(Client(url))
                 cases += _mcp_cases(data, client, setters)
                 if data is small:
+                    built: list[PullResult] = []
+                    server.bridge.mcp.add_tool(_noop_pull_of(built), name=NOOP_PULL_TOOL)
                     # ping exists only in the handshake-era protocol (see bench_roundtrip).
                     legacy = await stack.enter_async_context(Client(url, mode="legacy"))
-                    cases += _scale_cases(data, client, legacy)
+                    cases += _scale_cases(data, client, legacy, built)
             samples |= await measure(cases, iterations=iterations, warmup=warmup, label="MCP pulls")
     finally:
         for setter in setters:
@@ -258,7 +298,11 @@ async def run(
     report.notes.append(
         "3: for scale, an MCP pull costs at least a ping plus the service pull plus the client's "
         "schema check of the rows it receives (the SDK's ClientSession.validate_tool_result, "
-        "timed alone on one fetched result)."
+        "timed alone on one fetched result). The no-op pull tool (bench_pull_noop, added for the "
+        "benchmark only) returns that page already built, as the same result model: the SDK's "
+        "tools/call, its serialising and the client's check, with no database and nothing of ours; "
+        "an MCP pull costs at least the service pull plus that, so its ratio is at least 1 + the "
+        "no-op tool's."
     )
     for name, sample in samples.items():
         progress(f"  {name}: {sample.describe()}")

@@ -305,16 +305,10 @@ def server_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_server(database_url: str) -> AsyncIterator[str]:
-    """The real app under uvicorn on an ephemeral 127.0.0.1 port, in this loop; yields /mcp URL."""
-    async with running_bridge(server_settings(database_url)) as (url, _server):
-        yield url
-
-
-@asynccontextmanager
 async def running_bridge(settings: Settings) -> AsyncIterator[tuple[str, BridgeServer]]:
-    """Like :func:`running_server` for any settings; yields the /mcp URL and the server (whose
-    ``_bridge`` holds the queue service, the store and the transport of this process)."""
+    """The real app under uvicorn on an ephemeral 127.0.0.1 port, in this loop; yields the /mcp
+    URL and the server (whose ``bridge`` holds the queue service, the store and the transport of
+    this process)."""
     server = make_server(settings)
     task = asyncio.create_task(server.serve())
     try:
