@@ -148,7 +148,11 @@ class TelegramRelay:
         """
         now = self._clock()
         async with self._store.write() as tx:
-            earlier = await tx.epochs_of_part(delivery.item.id, part)
+            # The same Telegram message journaled again is a retry whose first commit went
+            # through unseen (the database went away as it answered), not a second copy.
+            earlier = await tx.epochs_of_part(
+                delivery.item.id, part, chat_id=chat_id, telegram_message_id=telegram_message_id
+            )
             await tx.journal_telegram_message(
                 chat_id=chat_id,
                 telegram_message_id=telegram_message_id,

@@ -132,7 +132,7 @@ async def test_the_relays_journal_lookups_read_no_history(migrated_sqlite_url: s
     try:
         async with store.read() as tx:
             with statements_sent("telegram_messages") as sent:
-                assert await tx.epochs_of_part(1, 0) == []
+                assert await tx.epochs_of_part(1, 0, chat_id=-1, telegram_message_id=1) == []
                 assert await tx.unprocessed_inbound() == []
     finally:
         await store.dispose()

@@ -108,6 +108,26 @@ async def test_a_part_posted_under_two_epochs_is_detected_and_logged(
     assert "already posted under epoch 1" in caplog.text
 
 
+async def test_journaling_the_same_post_again_is_not_reported_as_posted_twice(
+    leases: TelegramRelay, service: QueueService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The transport journals a post again when it could not tell whether the first try was
+    committed (the database went away as it answered): the same Telegram message, not a
+    second copy of the part."""
+    await service.enqueue("journaled twice, posted once")
+    delivery = await leases.next_delivery()
+    assert delivery is not None
+    first = await leases.record_part_sent(
+        delivery, part=0, chat_id=-1, telegram_message_id=10, lease_epoch=1
+    )
+    with caplog.at_level(logging.WARNING, logger="nexus_bridge.relay"):
+        again = await leases.record_part_sent(
+            delivery, part=0, chat_id=-1, telegram_message_id=10, lease_epoch=1
+        )
+    assert (first, again) == ([], [])
+    assert "posted twice" not in caplog.text
+
+
 async def test_a_journaled_message_is_acted_on_once_however_often_it_is_processed(
     leases: TelegramRelay,
     service: QueueService,

@@ -1176,13 +1176,20 @@ class StoreTransaction:
             error_since=row.error_since,
         )
 
-    async def epochs_of_part(self, outbox_id: int, part: int) -> list[int | None]:
-        """The lease epochs under which this outbox part was already posted (journaled)."""
+    async def epochs_of_part(
+        self, outbox_id: int, part: int, *, chat_id: int, telegram_message_id: int
+    ) -> list[int | None]:
+        """The lease epochs under which this outbox part was already posted (journaled) as a
+        Telegram message other than ``telegram_message_id`` in ``chat_id``."""
         rows = await self._conn.execute(
             select(telegram_messages.c.lease_epoch).where(
                 telegram_messages.c.outbox_id == outbox_id,
                 telegram_messages.c.part == part,
                 telegram_messages.c.direction == "out",
+                ~and_(
+                    telegram_messages.c.chat_id == chat_id,
+                    telegram_messages.c.telegram_message_id == telegram_message_id,
+                ),
             )
         )
         return [r[0] for r in rows.all()]
