@@ -148,6 +148,12 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     if not source.is_file():
         raise ConfigError(f"there is no database at {source} to back up")
     destination = Path(args.path).expanduser()
+    if args.path.endswith(("/", os.sep)):  # a directory, made if it is not there yet
+        if destination.exists() and not destination.is_dir():
+            raise ConfigError(f"{destination} is not a directory")
+        if not destination.exists():
+            destination.mkdir(mode=DATA_DIRECTORY_MODE, parents=True)
+            print(f"made the directory {destination} (mode {DATA_DIRECTORY_MODE:o})")
     if destination.is_dir():
         destination = destination / f"{source.stem}-{_stamp()}{source.suffix or '.db'}"
     if destination.exists() and not args.force:

@@ -206,6 +206,25 @@ def test_backup_refuses_to_overwrite_without_force(
     run(migrated_sqlite_url, "backup", "--force", str(target))
 
 
+def test_backup_to_a_new_directory_named_with_a_slash_makes_it_and_dates_each_copy(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    """As the docs' daily job does on a fresh machine: the first run must not write a file
+    named like the directory (the second run would then refuse)."""
+    folder = tmp_path / "backups" / "nexus-bridge"
+    first = run(migrated_sqlite_url, "backup", f"{folder}/")
+    assert folder.is_dir()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert f"made the directory {folder}" in first.stdout
+    copies = list(folder.iterdir())
+    assert len(copies) == 1
+    assert copies[0].name.startswith(sqlite_path(migrated_sqlite_url).stem + "-")
+    (folder / "not-a-folder").write_text("x")
+    refused = run(migrated_sqlite_url, "backup", f"{folder}/not-a-folder/", ok=False)
+    assert refused.returncode == 2
+    assert "is not a directory" in refused.stderr
+
+
 def test_backup_and_restore_on_postgresql_name_pg_dump_and_pg_restore() -> None:
     url = "postgresql+asyncpg://nobody@127.0.0.1:1/none"
     for command, tool in (("backup", "pg_dump"), ("restore", "pg_restore")):
