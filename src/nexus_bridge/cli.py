@@ -666,8 +666,12 @@ def _read_new_passphrase(from_stdin: bool) -> str:
             "pipe it in instead: nexus-bridge auth set-passphrase --stdin < FILE"
         )
     else:
-        passphrase = getpass.getpass("New owner passphrase: ")
-        if getpass.getpass("Again: ") != passphrase:
+        try:
+            passphrase = getpass.getpass("New owner passphrase: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:  # Ctrl-D at a prompt
+            raise ConfigError("no passphrase was typed; nothing was changed") from None
+        if again != passphrase:
             raise ConfigError("the two passphrases differ; nothing was changed")
     if len(passphrase) < 12:
         raise ConfigError("the passphrase must be at least 12 characters; nothing was changed")

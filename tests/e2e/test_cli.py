@@ -289,6 +289,50 @@ def test_set_passphrase_without_a_terminal_says_to_use_stdin(migrated_sqlite_url
     assert_one_line_error(result, "auth set-passphrase", "--stdin")
 
 
+def _on_a_terminal(url: str, keys: bytes, *args: str) -> tuple[int, str]:
+    """Run the command with a pseudo-terminal as its controlling terminal, type ``keys`` once it
+    asks something, and return its exit code and everything it wrote to the terminal."""
+    import os
+    import pty
+    import select
+    import time
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: exec at once, nothing of pytest's runs here
+        os.execve(EXE, [EXE, *args], subprocess_env(url))
+    output = b""
+    typed = False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed the terminal: it has ended
+                break
+            if not chunk:
+                break
+            output += chunk
+            if not typed and b": " in output:
+                os.write(master, keys)
+                typed = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_set_passphrase_ended_with_ctrl_d_at_the_prompt_is_one_line(
+    migrated_sqlite_url: str,
+) -> None:
+    code, written = _on_a_terminal(migrated_sqlite_url, b"\x04", "auth", "set-passphrase")
+    assert code == 2, written
+    assert "Traceback" not in written
+    assert "nexus-bridge: error: no passphrase was typed; nothing was changed" in written
+
+
 @pytest.mark.parametrize(
     ("content", "mode", "needles"),
     [
