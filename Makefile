@@ -113,8 +113,9 @@ docs: install
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz
 
+# BENCH: arguments for bench/run.py, e.g. BENCH="--only 2" (one benchmark) or BENCH=--quick.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH)
 
 # Minutes of Telegram faults against two real servers and the fake Bot API (not in `make test`);
 # prints lost / duplicated / stuck and fails on any lost or stuck task. SOAK_SECONDS=180 by default.

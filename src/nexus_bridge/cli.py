@@ -987,7 +987,12 @@ def build_parser() -> argparse.ArgumentParser:
     upd.add_argument("--since", help="ISO-8601 time instead of the last-run cursor")
     upd.add_argument("--cursor", help="a seq to continue after")
     upd.add_argument("--message-id", help="only this task's updates")
-    upd.add_argument("--limit", type=_positive_int, default=config.DEFAULT_PULL_LIMIT)
+    upd.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=config.DEFAULT_PULL_LIMIT,
+        help="updates read per page (every page is printed)",
+    )
     upd.set_defaults(func=cmd_updates)
 
     show = sub.add_parser("show", parents=[common], help="one task and its recent updates")

@@ -410,8 +410,8 @@ def runner_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str
         )
     lines += [
         f"EnvironmentFile=-{env_file}",
-        "# The agent works here: its project, its CLAUDE.md.",
-        f"WorkingDirectory={'%h' if user_mode else _quoted(Path.home())}",
+        "# The agent works here: its project, its CLAUDE.md (where this unit was printed).",
+        f"WorkingDirectory={_working_directory()}",
         f"ExecStart={_quoted(exe)} agent run --claude",
         # SIGTERM to the runner only: it stops its commands itself after --grace (30 s).
         "KillMode=mixed",
@@ -426,6 +426,19 @@ def runner_unit(settings: Settings, *, user_mode: bool, exe: Path, env_file: str
         lines += [NAMESPACE_NOTE, "ProtectSystem=full", "PrivateTmp=yes"]
     lines += ["", "[Install]", f"WantedBy={'default' if user_mode else 'multi-user'}.target", ""]
     return "\n".join(lines)
+
+
+def _working_directory() -> str:
+    """The current directory as ``WorkingDirectory=`` takes it: as it is (systemd wants no
+    quotes there, a space is part of the path), ``%`` doubled.
+
+    Raises:
+        ConfigError: a directory whose name has a line break (a unit file cannot say it).
+    """
+    here = str(Path.cwd())
+    if "\n" in here or "\r" in here:
+        raise ConfigError(f"{here!r} has a line break in its name; print the unit elsewhere")
+    return here.replace("%", "%%")
 
 
 def _service_user() -> str:

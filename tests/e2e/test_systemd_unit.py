@@ -113,6 +113,26 @@ def test_the_user_unit_needs_no_root_and_the_runner_unit_runs_the_agent(
     assert runner["Unit"]["After"] == ["network-online.target nexus-bridge.service"]
 
 
+@pytest.mark.parametrize("user_mode", [False, True], ids=["system", "user"])
+def test_the_runner_unit_works_in_the_directory_it_was_printed_in(
+    migrated_sqlite_url: str, tmp_path: Path, user_mode: bool
+) -> None:
+    """The agent's project (its CLAUDE.md) is where the owner prints the unit, not always $HOME."""
+    project = tmp_path / "agent project"
+    project.mkdir()
+    printed = subprocess.run(
+        [EXE, "systemd-unit", "--runner", *(["--user"] if user_mode else [])],
+        env=subprocess_env(migrated_sqlite_url),
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # systemd takes this path as it is (no quotes; a space is part of it).
+    assert parse(printed.stdout)["Service"]["WorkingDirectory"] == [str(project)]
+
+
 def test_systemd_unit_help_prints_the_user_units_environment_file(
     migrated_sqlite_url: str,
 ) -> None:
