@@ -842,7 +842,9 @@ def _agent_token(settings: Settings) -> str:
     )
     if not token:
         raise ConfigError(
-            f"no agent token: set {config.ENV_PREFIX}AGENT_TOKEN (make run prints it)"
+            f"no agent token: set {config.ENV_PREFIX}AGENT_TOKEN, or "
+            f"{config.ENV_PREFIX}AGENT_TOKEN_FILE to the bridge's token file (there is none at "
+            f"{settings.agent_token_file}; the bridge writes it when it first starts)"
         )
     return token
 

@@ -289,6 +289,16 @@ def test_set_passphrase_without_a_terminal_says_to_use_stdin(migrated_sqlite_url
     assert_one_line_error(result, "auth set-passphrase", "--stdin")
 
 
+def test_an_agent_command_without_a_token_names_the_file_it_looked_for(
+    migrated_sqlite_url: str,
+) -> None:
+    env = subprocess_env(migrated_sqlite_url)  # the token file beside the database: not made yet
+    result = run_env("agent", "next", env=env)
+    assert_one_line_error(
+        result, "NEXUS_BRIDGE_AGENT_TOKEN_FILE", env["NEXUS_BRIDGE_AGENT_TOKEN_FILE"]
+    )
+
+
 def _on_a_terminal(url: str, keys: bytes, *args: str) -> tuple[int, str]:
     """Run the command with a pseudo-terminal as its controlling terminal, type ``keys`` once it
     asks something, and return its exit code and everything it wrote to the terminal."""
