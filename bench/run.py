@@ -1,4 +1,4 @@
-"""nexus-bridge benchmarks: ``make bench`` (full, about 4 min on 2 cores) or ``--quick`` (smoke run).
+"""nexus-bridge benchmarks: ``make bench`` (full, ~4 min on 2 cores) or ``--quick`` (smoke run).
 
 Every figure is compared with a baseline measured in the same run, on the same machine:
 
