@@ -48,16 +48,22 @@ def problems(
     ``chats`` each Telegram chat to its target."""
     db.row_factory = sqlite3.Row
     found: list[str] = []
-    found += _task_problems(db, targets, max_message_chars)
-    found += _update_problems(db)
-    found += _outbox_problems(db, targets)
-    found += _journal_problems(db, chats)
-    found += _cursor_problems(db)
-    found += [
-        f"agent_presence: unknown target {row['target']!r}"
-        for row in db.execute("SELECT target FROM agent_presence")
-        if row["target"] not in targets
-    ]
+    # One read transaction, so one snapshot for every query: the server goes on writing while
+    # this runs, and a transition committed between two reads is not damage.
+    db.execute("BEGIN")
+    try:
+        found += _task_problems(db, targets, max_message_chars)
+        found += _update_problems(db)
+        found += _outbox_problems(db, targets)
+        found += _journal_problems(db, chats)
+        found += _cursor_problems(db)
+        found += [
+            f"agent_presence: unknown target {row['target']!r}"
+            for row in db.execute("SELECT target FROM agent_presence")
+            if row["target"] not in targets
+        ]
+    finally:
+        db.rollback()
     return found
 
 

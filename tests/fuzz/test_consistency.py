@@ -65,6 +65,41 @@ async def test_what_the_queue_writes_is_consistent(
     assert found(migrated_sqlite_url) == []
 
 
+async def test_the_check_reads_one_snapshot_while_the_server_keeps_writing(
+    queue: QueueService, migrated_sqlite_url: str
+) -> None:
+    """The server goes on writing while the fuzzers check (a lapsed claim swept back, a report):
+    a transition committed between the check's reads of the tasks and of their updates must not
+    look like a task whose status and history disagree."""
+    ids = await a_busy_queue(queue)
+    path = str(make_url(migrated_sqlite_url).database)
+    later = "2999-01-01T00:00:00.000000+00:00"
+    written = []
+
+    def meanwhile(statement: str) -> None:
+        if "FROM updates" in statement and not written:
+            written.append(statement)
+            with sqlite3.connect(path) as writer:  # the agent completes its task
+                writer.execute(
+                    "UPDATE tasks SET status = 'complete', ended_at = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (later, later, ids["agent"]),
+                )
+                writer.execute(
+                    "INSERT INTO updates (task_id, kind, status, content, created_at) "
+                    "VALUES (?, 'status', 'complete', 'status: complete', ?)",
+                    (ids["agent"], later),
+                )
+            writer.close()
+
+    with connect_read_only(Path(path)) as db:
+        db.set_trace_callback(meanwhile)
+        seen = problems(db, targets=TARGETS, chats={-1: "homelab"}, max_message_chars=100)
+    assert written, "the check never read the updates"
+    assert seen == []
+    assert found(migrated_sqlite_url) == []  # and what was written meanwhile is consistent too
+
+
 @pytest.mark.parametrize(
     ("statement", "expected"),
     [
