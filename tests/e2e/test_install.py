@@ -24,6 +24,7 @@ from typing import Final
 
 import pytest
 
+import nexus_bridge
 from tests.conftest import DEADLINE_SECONDS, REPO_ROOT, wait_for
 from tests.e2e.test_process import ServerProcess
 
@@ -143,6 +144,9 @@ def wheel(dist: Path) -> Path:
 def test_the_build_makes_a_wheel_and_an_sdist_that_both_carry_the_migrations(dist: Path) -> None:
     (wheel,) = dist.glob("nexus_bridge-*.whl")
     (sdist,) = dist.glob("nexus_bridge-*.tar.gz")
+    # The version is written twice (pyproject.toml, which names the wheel, and __version__,
+    # which --version, the MCP handshake and the console show): a release must change both.
+    assert wheel.name.split("-")[1] == nexus_bridge.__version__
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
     assert "nexus_bridge/migrations/env.py" in in_wheel
     assert "nexus_bridge/migrations/versions/0001_initial_schema.py" in in_wheel
