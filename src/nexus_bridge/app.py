@@ -54,7 +54,7 @@ from nexus_bridge.constants import (
 )
 from nexus_bridge.db.engine import ServerLock, sqlite_file
 from nexus_bridge.domain import TransportReport, TransportState
-from nexus_bridge.errors import ConfigError, DatabaseNotReady, InvalidInput
+from nexus_bridge.errors import ConfigError, DatabaseBusy, DatabaseNotReady, InvalidInput
 from nexus_bridge.mcp_http import McpEndpoint
 from nexus_bridge.mcp_tools import create_mcp_server
 from nexus_bridge.metrics import METRICS_PATH, metrics_endpoint
@@ -286,13 +286,23 @@ def mcp_endpoint(endpoint: Any) -> Any:
 
 
 def targets_route(bridge: Bridge, mcp_route: Any) -> Route:
-    """GET /targets: each target and the transport this server delivers it over, so a CLI with
-    another configuration can tell before queueing a task nothing would deliver. It asks for
-    the same credentials as ``/mcp`` (``mcp_route``'s token check, when there is one)."""
+    """GET /targets: each target and the transport this server delivers it over, and the id of
+    the database it reads, so a CLI with another configuration or another database can tell
+    before queueing a task nothing would deliver. It asks for the same credentials as ``/mcp``
+    (``mcp_route``'s token check, when there is one)."""
 
     async def targets(_request: Request) -> Response:
+        try:
+            database: str | None = await bridge.database_id()
+        except (DatabaseNotReady, DatabaseBusy):  # nothing to compare with now; the rest holds
+            database = None
         return JSONResponse(
-            {"targets": [{"name": t.name, "transport": t.transport.value} for t in bridge.targets]}
+            {
+                "targets": [
+                    {"name": t.name, "transport": t.transport.value} for t in bridge.targets
+                ],
+                "database": database,
+            }
         )
 
     endpoint: Any = targets

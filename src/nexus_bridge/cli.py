@@ -24,6 +24,7 @@ from nexus_bridge.constants import (
     SHORT_ID_CHARS,
 )
 from nexus_bridge.domain import (
+    EnqueueResult,
     Lease,
     Task,
     TaskUpdate,
@@ -316,14 +317,16 @@ async def _check_connection(database_url: str) -> None:
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     configuration = load_configuration(settings)
-    _check_server_agrees(configuration, args.target)
     queue_log = logging.getLogger(QueueService.__module__)
     if queue_log.getEffectiveLevel() == logging.INFO:
         # The queue's "queued task …" line is for a server's log; here stdout says it already.
         queue_log.setLevel(logging.WARNING)
-    result = asyncio.run(
-        _with_queue(configuration, lambda q: q.enqueue(args.text, args.target, urgent=args.urgent))
-    )
+
+    async def send(runtime: Runtime) -> EnqueueResult:
+        _check_server_agrees(configuration, args.target, await runtime.database_id())
+        return await runtime.queue.enqueue(args.text, args.target, urgent=args.urgent)
+
+    result = asyncio.run(_with_runtime(configuration, send))
     if args.json:
         _print_json({"queued": result.queued, "id": result.task.id, "status": result.task.status})
     elif result.queued:
@@ -339,25 +342,30 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 SERVER_CHECK_TIMEOUT_SECONDS: Final = 3.0
 
 
-def _check_server_agrees(configuration: Configuration, target: str) -> None:
-    """Refuse to queue for ``target`` when the bridge running at ``URL`` delivers it differently
-    from how this command's configuration says (a CLI run with another configuration would
-    queue a task the server never delivers). Nothing running, or nothing to compare: go ahead.
+def _check_server_agrees(
+    configuration: Configuration, target: str, database_id: str | None
+) -> None:
+    """Refuse to queue for ``target`` when the bridge running at ``URL`` reads another database
+    than this command's (``database_id``) or delivers the target differently from how this
+    command's configuration says (a CLI run with another configuration would queue a task the
+    server never delivers). Nothing running, or nothing to compare: go ahead.
 
     Raises:
-        ConfigError: the server has no such target, or another transport for it.
+        ConfigError: the server reads another database, has no such target, or another
+            transport for it.
     """
     from nexus_bridge.doctor import (
         ANOTHER_CONFIGURATION_FIX,
         ServerWantsToken,
-        server_targets,
+        database_disagreement,
+        server_view,
         target_disagreement,
     )
 
     settings = configuration.settings
     url = settings.bridge_url.rstrip("/")
     try:
-        theirs = server_targets(settings, SERVER_CHECK_TIMEOUT_SECONDS)
+        view = server_view(settings, SERVER_CHECK_TIMEOUT_SECONDS)
     except ServerWantsToken:
         print(
             f"nexus-bridge: warning: the bridge at {url} wants a token to compare targets "
@@ -365,10 +373,12 @@ def _check_server_agrees(configuration: Configuration, target: str) -> None:
             file=sys.stderr,
         )
         return
-    if theirs is None:
+    if view is None:
         return  # no bridge there (the task waits in the database for one), or nothing to compare
     mine = {t.name: t.transport.value for t in configuration.targets}
-    problem = target_disagreement(url, mine, theirs, target)
+    problem = database_disagreement(
+        url, settings.database_url, database_id, view.database_id
+    ) or target_disagreement(url, mine, view.targets, target)
     if problem is not None:
         raise ConfigError(f"{problem}; {ANOTHER_CONFIGURATION_FIX}; not queued")
 

@@ -114,7 +114,8 @@ async def diagnose(settings: Settings) -> Report:
             )
         database_ok = not missing and await _check_database(report, runtime)
         if await _check_bridge(report, settings):
-            await asyncio.to_thread(_check_bridge_targets, report, runtime)
+            database_id = await runtime.database_id() if database_ok else None
+            await asyncio.to_thread(_check_bridge_targets, report, runtime, database_id)
         for target in runtime.targets:
             if target.transport is Transport.TELEGRAM:
                 await _check_telegram_target(report, runtime, target, database_ok)
@@ -276,9 +277,18 @@ class ServerWantsToken(NexusBridgeError):
     """The bridge at URL asks for a token to list its targets (set AUTH_TOKENS to compare)."""
 
 
-def server_targets(settings: Settings, timeout: float) -> dict[str, str] | None:
-    """The targets the bridge running at ``URL`` serves, by name, with their transports; None
-    when nothing answers there or it does not list them (another version).
+@dataclass(frozen=True)
+class ServerView:
+    """What the bridge running at ``URL`` says it serves (``GET /targets``)."""
+
+    targets: dict[str, str]  # each target's name: its transport
+    database_id: str | None  # the id of the database it reads (None: an older bridge)
+
+
+def server_view(settings: Settings, timeout: float) -> ServerView | None:
+    """The targets the bridge running at ``URL`` serves, by name, with their transports, and
+    the id of its database; None when nothing answers there or it does not list them (another
+    version).
 
     Raises:
         ServerWantsToken: it answered 401/403 (this command has no or another AUTH_TOKENS).
@@ -300,9 +310,28 @@ def server_targets(settings: Settings, timeout: float) -> dict[str, str] | None:
     if response.status_code in (401, 403):
         raise ServerWantsToken()
     try:
-        return {t["name"]: t["transport"] for t in response.json()["targets"]}
-    except (ValueError, KeyError, TypeError):
+        body = response.json()
+        targets = {str(t["name"]): str(t["transport"]) for t in body["targets"]}
+        database = body.get("database")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    return ServerView(targets, database if isinstance(database, str) else None)
+
+
+def database_disagreement(
+    url: str, database_url: str, mine: str | None, theirs: str | None
+) -> str | None:
+    """In words, that the bridge at ``url`` reads another database (id ``theirs``) than this
+    command (``database_url``, id ``mine``); None when they are the same or cannot be told."""
+    if mine is None or theirs is None or mine == theirs:
+        return None
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(database_url).render_as_string(hide_password=True)
+    return (
+        f"the bridge running at {url} reads another database than this command ({shown}): "
+        "what this command queues, that bridge never sees"
+    )
 
 
 def target_disagreement(
@@ -331,11 +360,13 @@ ANOTHER_CONFIGURATION_FIX: Final = (
 )
 
 
-def _check_bridge_targets(report: Report, runtime: Runtime) -> None:
+def _check_bridge_targets(report: Report, runtime: Runtime, database_id: str | None) -> None:
+    """The running bridge serves this configuration's targets the same way, from the same
+    database (``database_id``: this command's, None if unknown)."""
     settings = runtime.settings
     mine = {t.name: t.transport.value for t in runtime.targets}
     try:
-        theirs = server_targets(settings, DOCTOR_HTTP_TIMEOUT_SECONDS)
+        view = server_view(settings, DOCTOR_HTTP_TIMEOUT_SECONDS)
     except ServerWantsToken:
         report.add(
             "bridge.targets",
@@ -344,17 +375,23 @@ def _check_bridge_targets(report: Report, runtime: Runtime) -> None:
             f"set {config.ENV_PREFIX}AUTH_TOKENS for this command to compare them",
         )
         return
-    if theirs is None:
+    if view is None:
         return
     url = settings.bridge_url.rstrip("/")
-    problems = [p for t in sorted(mine) if (p := target_disagreement(url, mine, theirs, t))]
+    problems = [p for t in sorted(mine) if (p := target_disagreement(url, mine, view.targets, t))]
+    other_database = database_disagreement(
+        url, settings.database_url, database_id, view.database_id
+    )
+    if other_database is not None:
+        problems.insert(0, other_database)
     if problems:
         report.add("bridge.targets", Status.FAIL, "; ".join(problems), ANOTHER_CONFIGURATION_FIX)
     else:
         report.add(
             "bridge.targets",
             Status.OK,
-            f"the bridge serves these targets too: {', '.join(sorted(mine))}",
+            f"the bridge serves these targets too: {', '.join(sorted(mine))}"
+            + (", from the same database" if database_id and view.database_id else ""),
         )
 
 

@@ -55,6 +55,12 @@ class Runtime:
                 f"({', '.join(self.heads)}); run: nexus-bridge db upgrade"
             )
 
+    async def database_id(self) -> str | None:
+        """The database's own id (see ``database_identity``): which database this process reads,
+        whatever URL or path it was reached by."""
+        async with self.store.read() as tx:
+            return await tx.database_id()
+
     async def close(self) -> None:
         self.queue.signal.close()
         await self.store.dispose()

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
+from nexus_bridge.db import migrate
 from nexus_bridge.db.engine import create_engine
 from nexus_bridge.db.store import Store
 from nexus_bridge.doctor import Finding, Status, diagnose
@@ -395,3 +396,21 @@ async def test_a_bridge_serving_other_targets_than_this_configuration_is_a_failu
         assert "nexus-bridge config" in (found["bridge.targets"].fix or "")
         same = await checks(make_settings(bridge_url=base, config_file=two_targets(tmp_path)))
         assert same["bridge.targets"].status is Status.OK
+        assert same["bridge.targets"].detail.endswith(", from the same database")
+
+
+async def test_a_bridge_reading_another_database_than_this_command_is_a_failure(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Same targets, but the command's DATABASE_URL is not the server's (another environment
+    file, another user's default path): the tasks it queues, no server reads."""
+    other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    await asyncio.to_thread(migrate.upgrade, other)  # a database of its own: its own id
+    async with running_server(make_settings()) as (url, _):
+        base = url.removesuffix("/mcp")
+        found = await checks(make_settings(bridge_url=base, database_url=other))
+    assert found["bridge.targets"].status is Status.FAIL
+    assert found["bridge.targets"].detail.startswith(
+        f"the bridge running at {base} reads another database than this command ({other})"
+    )
+    assert "nexus-bridge config" in (found["bridge.targets"].fix or "")

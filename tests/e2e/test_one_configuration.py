@@ -4,7 +4,9 @@ both, ``nexus-bridge config`` saying which is which, and JSON logs; real process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from nexus_bridge.config import Settings
+from nexus_bridge.db import migrate
 from tests.conftest import running_server, subprocess_env
 
 EXE = str(Path(sys.executable).with_name("nexus-bridge"))
@@ -218,6 +221,38 @@ async def test_send_refuses_when_the_running_server_delivers_the_target_differen
         assert task["id"] == json.loads(sent.stdout)["id"]  # the refused one was never queued
 
 
+def database_id_of(url: str) -> str:
+    with contextlib.closing(sqlite3.connect(str(make_url(url).database))) as db:
+        (found,) = db.execute("SELECT id FROM database_identity").fetchone()
+    return str(found)
+
+
+async def test_send_refuses_when_the_running_server_reads_another_database(
+    make_settings: Callable[..., Settings], migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    """Same targets, another DATABASE_URL (the CLI reads another environment file than the
+    service, or runs as another user): the task would be queued where no server reads."""
+    other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    await asyncio.to_thread(migrate.upgrade, other)  # a database of its own: its own id
+    assert database_id_of(other) != database_id_of(migrated_sqlite_url)
+    async with running_server(make_settings()) as (url, _server):
+        base = url.removesuffix("/mcp")
+        elsewhere = subprocess_env(other, NEXUS_BRIDGE_URL=base)
+        refused = await asyncio.to_thread(run, ["send", "restart jellyfin"], elsewhere, tmp_path)
+        here = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_URL=base)
+        sent = await asyncio.to_thread(run, ["send", "restart jellyfin"], here, tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        f"nexus-bridge: error: the bridge running at {base} reads another database than this "
+        f"command ({other}): "
+    )
+    assert refused.stderr.rstrip().endswith("not queued")
+    assert len(refused.stderr.splitlines()) == 1
+    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as db:
+        assert db.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+    assert sent.returncode == 0, sent.stderr
+
+
 async def test_the_targets_route_asks_for_the_same_token_as_mcp(
     make_settings: Callable[..., Settings], migrated_sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -233,7 +268,10 @@ async def test_the_targets_route_asks_for_the_same_token_as_mcp(
             answer = await http.get(
                 base + "/targets", headers={"Authorization": f"Bearer {SECRET}"}
             )
-        assert answer.json() == {"targets": [{"name": "homelab", "transport": "agent"}]}
+        assert answer.json() == {
+            "targets": [{"name": "homelab", "transport": "agent"}],
+            "database": database_id_of(migrated_sqlite_url),
+        }
 
         # A CLI without the token cannot compare: it says so and queues.
         env = subprocess_env(migrated_sqlite_url, NEXUS_BRIDGE_URL=base)

@@ -321,6 +321,16 @@ console_sessions = Table(
 )
 
 
+# Which database this is: one row, a random id made by migration 0015. A command compares it with
+# the running server's (GET /targets) to tell that both read the same database.
+database_identity = Table(
+    "database_identity",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+
 # How many rows of a kind there are, kept by triggers (migration 0011) in the transaction
 # that inserts, changes or deletes them: ``queue_status`` reads these few rows instead of
 # counting the whole history.

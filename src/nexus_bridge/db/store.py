@@ -44,6 +44,7 @@ from nexus_bridge.db.models import (
     OPEN_CONTENT_INDEX,
     agent_presence,
     console_sessions,
+    database_identity,
     leases,
     outbox,
     pull_cursors,
@@ -1369,6 +1370,11 @@ class StoreTransaction:
             return None
         row = (await self._conn.execute(text("PRAGMA journal_mode"))).first()
         return str(row[0]).lower() if row else None
+
+    async def database_id(self) -> str | None:
+        """The random id migration 0015 gave this database (None if it has none)."""
+        row = (await self._conn.execute(select(database_identity.c.id).limit(1))).first()
+        return None if row is None else str(row[0])
 
     async def schema_revisions(self) -> Sequence[str]:
         """The alembic revisions the database is at (empty before the first migration)."""
