@@ -12,7 +12,7 @@ from pydantic import AnyHttpUrl, BaseModel, Field
 from nexus_bridge import __version__, config
 from nexus_bridge.auth import agent_target
 from nexus_bridge.domain import MAX_AGENT_SESSION_CHARS, TaskStatus
-from nexus_bridge.errors import NexusBridgeError
+from nexus_bridge.errors import AnotherTarget, NexusBridgeError
 from nexus_bridge.mcp_http import client_gone
 from nexus_bridge.mcp_tools import (
     BridgeMCPServer,
@@ -85,6 +85,16 @@ def create_agent_server(
                 f"{queue.max_wait_seconds:g} s)."
             ),
         ] = 0,
+        target: Annotated[
+            str | None,
+            Field(
+                description=(
+                    "The target you mean to serve: if your token is for another one, nothing "
+                    "is claimed and the call fails (saying which). Omit it to take your token's."
+                ),
+                json_schema_extra=text_schema(config.MAX_TARGET_CHARS),
+            ),
+        ] = None,
     ) -> NextTask:
         """Claim the oldest pending task of your target; it becomes acknowledged and yours.
 
@@ -93,7 +103,10 @@ def create_agent_server(
         post_update, ask_question), renews it; a task not started before it lapses goes back to
         the queue for the next next_task.
         """
-        task = await queue.wait_for_task(_target(), wait_seconds, stop=client_gone())
+        mine = _target()
+        if target is not None and target != mine:
+            raise AnotherTarget(mine, target)
+        task = await queue.wait_for_task(mine, wait_seconds, stop=client_gone())
         return NextTask(task=AgentTaskOut.of(task) if task else None)
 
     @server.tool(annotations=writes)

@@ -86,6 +86,23 @@ class BridgeUnreachable(ConfigError):
     """Cannot reach the bridge."""
 
 
+class AnotherTarget(NexusBridgeError):
+    """The agent token is for another target than the one named."""
+
+    PREFIX: Final = "this agent token is for target "
+
+    def __init__(self, mine: str, named: str) -> None:
+        super().__init__(f"{self.PREFIX}{mine!r}, not {named!r}")
+
+    @classmethod
+    def target_in(cls, message: str) -> str | None:
+        """The token's target (quoted, as said) in a tool error carrying this error; None if
+        the message is not one."""
+        if cls.PREFIX not in message:
+            return None
+        return message.partition(cls.PREFIX)[2].partition(", not ")[0]
+
+
 class BridgeTroubled(NexusBridgeError):
     """The bridge answered but could not do the call on its side: its database is busy, away,
     full or read-only, or it failed unexpectedly. The same call may work later."""

@@ -37,6 +37,7 @@ from nexus_bridge.claude_stream import EventKind, parse_line
 from nexus_bridge.constants import CLAUDE_PROGRAM, PRIVATE_DIRECTORY_MODE
 from nexus_bridge.domain import TaskStatus
 from nexus_bridge.errors import (
+    AnotherTarget,
     BridgeTroubled,
     BridgeUnreachable,
     ConfigError,
@@ -453,23 +454,42 @@ class Runner:
                 self._slots.release()
                 await asyncio.sleep(0)  # the waiter (first in line) takes it
                 continue
-            task = await self._until_stop(
-                self.bridge.call("next_task", wait_seconds=self.options.claim_wait),
-                also=self._slot_wanted,
-            )
+            task = await self._until_stop(self._claim(), also=self._slot_wanted)
             if not task or task.get("task") is None:
                 self._slots.release()
                 continue
             self._check_target(task["task"])
             self._spawn(self._begin(task["task"]))
 
+    async def _claim(self) -> dict[str, Any]:
+        """``next_task``; with ``--target``, naming it, so that a token for another target
+        claims nothing and stops the runner at once.
+
+        Raises:
+            ConfigError: the agent token is for another target than ``--target``.
+        """
+        arguments: dict[str, Any] = {"wait_seconds": self.options.claim_wait}
+        if self.options.target is not None:
+            arguments["target"] = self.options.target
+        try:
+            return await self.bridge.call("next_task", **arguments)
+        except NexusBridgeError as exc:
+            theirs = AnotherTarget.target_in(str(exc))
+            if theirs is None:
+                raise
+            raise ConfigError(self._another_target(theirs)) from None
+
     def _check_target(self, task: dict[str, Any]) -> None:
-        """Refuse to run another target's tasks (its claim lapses back to the queue)."""
+        """Refuse to run another target's tasks (its claim lapses back to the queue): a bridge
+        too old to check ``next_task``'s ``target`` itself."""
         if self.options.target is not None and task["target"] != self.options.target:
-            raise ConfigError(
-                f"--target is {self.options.target!r} but the agent token ({ENV_TOKEN}) is "
-                f"for target {task['target']!r}"
-            )
+            raise ConfigError(self._another_target(repr(task["target"])))
+
+    def _another_target(self, theirs: str) -> str:
+        return (
+            f"--target is {self.options.target!r} but the agent token ({ENV_TOKEN}) is for "
+            f"target {theirs}"
+        )
 
     async def _until_stop(self, work: Awaitable[Any], also: asyncio.Event | None = None) -> Any:
         """``work``'s result, or None once the runner is told to stop (or ``also`` is set):

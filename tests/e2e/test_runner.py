@@ -493,13 +493,15 @@ async def test_a_refused_token_or_another_targets_task_stops_the_runner_with_one
             f"nexus-bridge: error: the bridge at {base} refused the agent token "
             "(NEXUS_BRIDGE_AGENT_TOKEN)"
         )
+        waiting = await send(client, "for felt")
         proc = start_runner(base, tmp_path, "--target", "nexus:sentry", "--", "true")
-        await send(client, "for felt")
         assert await asyncio.to_thread(proc.process.wait, DEADLINE) == 2
         assert proc.output().strip().splitlines()[-1] == (
             "nexus-bridge: error: --target is 'nexus:sentry' but the agent token "
             "(NEXUS_BRIDGE_AGENT_TOKEN) is for target 'nexus:felt'"
         )
+        # Found before claiming: the task is not left acknowledged until the claim lapses.
+        assert (await call(client, "get_message", {"id": waiting}))["status"] == "pending"
 
 
 @pytest.mark.parametrize(

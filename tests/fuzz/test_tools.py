@@ -88,7 +88,7 @@ CLIENT_TOOLS: dict[str, Fields] = {
     "cancel_message": {"id": _ids, "reason": _optional_text},
 }
 AGENT_TOOLS: dict[str, Fields] = {
-    "next_task": {"wait_seconds": lambda _: fz.waits()},
+    "next_task": {"wait_seconds": lambda _: fz.waits(), "target": _targets},
     "start_task": {"id": _ids},
     "heartbeat": {"id": _ids, "session": _session},
     "post_update": {"id": _ids, "text": _text},
