@@ -28,6 +28,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -143,6 +144,10 @@ class TaskState:
 # --- the bridge, with retries --------------------------------------------------------------
 
 
+# Whether a call's first try, unanswered, was carried out: judged from the task as it is now.
+Landed = Callable[[dict[str, Any]], bool]
+
+
 class Bridge:
     """Tool calls on ``/agent/mcp``; an unreachable bridge, or one in trouble on its side (its
     database away, busy or full), is retried with backoff until ``give_up`` is set."""
@@ -151,8 +156,15 @@ class Bridge:
         self._client = client
         self._give_up = give_up or asyncio.Event()
 
-    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
+    async def call(
+        self, tool: str, *, landed: Landed | None = None, **arguments: Any
+    ) -> dict[str, Any]:
         """The tool's result, once the bridge answers (however long that takes).
+
+        A try whose answer never came may still have been carried out (the answer lost on the
+        way back: a proxy's timeout, a reset): the call is tried again, and a move of the task
+        that the first try made is then refused. ``landed`` tells, from the task as it is now
+        (``id``'s), that the first try made it: the call then returns that task.
 
         Raises:
             NexusBridgeError: the tool refused the call.
@@ -160,13 +172,22 @@ class Bridge:
             BridgeUnreachable, BridgeTroubled: the last failure, once ``give_up`` is set.
         """
         delay = BACKOFF_FIRST_SECONDS
+        unanswered = False
         while True:
             try:
                 return await self._client.call(tool, arguments)
             except (BridgeUnreachable, BridgeTroubled) as exc:
                 if self._give_up.is_set():
                     raise
+                unanswered = True
                 logger.warning("%s: %s; retrying in %.1f s", tool, exc, delay)
+            except NexusBridgeError:
+                if unanswered and landed is not None:
+                    task = await self.task(str(arguments["id"]))
+                    if task is not None and landed(task):
+                        logger.info("%s: done by the try whose answer was lost", tool)
+                        return task
+                raise
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._give_up.wait()  # a last try at once, then it raises
@@ -189,6 +210,19 @@ class Bridge:
 
 
 _NOT_FOUND: Final = str(TaskNotFound("x")).partition("'")[0]  # "no task with id "
+
+
+def _started_by(claim_expires_at: Any) -> Landed:
+    """Whether a task was started under the claim that lapses at ``claim_expires_at``: started
+    before then (another agent can claim it only once that claim has lapsed)."""
+
+    def landed(task: dict[str, Any]) -> bool:
+        started, until = task.get("started_at"), claim_expires_at
+        if task.get("status") != TaskStatus.IN_PROGRESS.value or not started or not until:
+            return False
+        return datetime.fromisoformat(str(started)) < datetime.fromisoformat(str(until))
+
+    return landed
 
 
 # --- state on disk ---------------------------------------------------------------------------
@@ -535,7 +569,9 @@ class Runner:
         state = TaskState(task_id=task["id"])
         self.states.save(state)  # before start_task: a crash after it leaves a record
         try:
-            await self.bridge.call("start_task", id=state.task_id)
+            await self.bridge.call(
+                "start_task", id=state.task_id, landed=_started_by(task.get("claim_expires_at"))
+            )
         except NexusBridgeError as exc:
             logger.warning("could not start task %s: %s", state.task_id, exc)
             self.states.remove(state.task_id)
@@ -621,7 +657,12 @@ class Runner:
     async def _ask(self, state: TaskState, question: str) -> None:
         replies = await self.bridge.call("get_replies", id=state.task_id)
         state.waiting_cursor = str(replies["next_cursor"])
-        await self.bridge.call("ask_question", id=state.task_id, text=question)
+        await self.bridge.call(
+            "ask_question",
+            id=state.task_id,
+            text=question,
+            landed=lambda now: now["status"] == TaskStatus.INPUT_REQUIRED.value,
+        )
         self.states.save(state)
         logger.info("task %s: asked the client; waiting for the answer", state.task_id)
 

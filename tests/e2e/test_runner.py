@@ -5,6 +5,7 @@ updates with pull_updates, as claude.ai would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -582,6 +583,98 @@ async def test_a_database_that_refuses_writes_for_a_while_holds_the_runner_up_no
         later = await send(client, "and the next one")
         await wait_status(client, later, "complete")
         assert proc.process.poll() is None, proc.output()
+
+
+@asynccontextmanager
+async def answer_lost_once(upstream: str, tool: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """A proxy in front of the bridge at ``upstream`` (``http://host:port``) that hands every
+    request on, and relays every answer but one: that to the first call of ``tool``, which the
+    bridge carries out and whose answer it throws away, closing the connection (a reverse
+    proxy's timeout, a reset). Yields its own URL, and a list that gets ``tool`` once dropped."""
+    host, port = upstream.removeprefix("http://").rsplit(":", 1)
+    dropped: list[str] = []
+
+    async def read_request(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        lines = []
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+            if line and not line.lower().startswith(b"connection:"):
+                lines.append(line)
+        body = await reader.readexactly(length) if length else b""
+        return b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body
+
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def handle(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        handlers.add(current)
+        writers = [client_out]
+        try:
+            request = await read_request(client_in)
+            bridge_in, bridge_out = await asyncio.open_connection(host, int(port))
+            writers.append(bridge_out)
+            bridge_out.write(request)
+            await bridge_out.drain()
+            answer = await bridge_in.read()  # to the end: the bridge closes (Connection: close)
+            if f'"{tool}"'.encode() in request and not dropped:
+                dropped.append(tool)  # carried out; its answer is lost on the way back
+            else:
+                client_out.write(answer)
+                await client_out.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            handlers.discard(current)
+            for writer in writers:
+                writer.close()
+                with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                    await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", dropped
+    finally:
+        server.close()
+        for handler in set(handlers):  # a long poll still waiting on the bridge
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("tool", ["start_task", "ask_question"])
+async def test_a_call_done_by_the_bridge_whose_answer_was_lost_is_not_done_twice_or_dropped(
+    make_settings: Callable[..., Settings], tmp_path: Path, tool: str
+) -> None:
+    """The runner tries the call again; the bridge refuses the move the first try made ("from
+    in_progress to in_progress"). The runner carried on only if the task had been its own
+    start: otherwise it dropped the task, or crashed its handler, and the task stayed
+    in_progress for good."""
+    async with (
+        bridge(make_settings, tmp_path) as (base, client),
+        answer_lost_once(base, tool) as (proxy, dropped),
+        runner(proxy, tmp_path, "--claude") as proc,
+    ):
+        task_id = await send(client, "restart jellyfin fake:question")
+        await wait_status(client, task_id, "input_required")
+        assert dropped == [tool]
+        # The runner has tried again (and been refused) before the client answers.
+        await wait_for(
+            lambda: "waiting for the answer" in proc.output() or "Traceback" in proc.output(),
+            what="the runner waiting for the answer",
+        )
+        await call(client, "reply_to_task", {"id": task_id, "text": "tonight"})
+        await wait_status(client, task_id, "complete")
+        updates = await updates_of(client, task_id)
+        assert ("agent", "Resuming with: tonight") in updates
+        assert updates.count(("agent", "[Question] Restart jellyfin now, or tonight?")) == 1
+    runs = [json.loads(line) for line in (tmp_path / "claude.log").read_text().splitlines()]
+    assert len(runs) == 2  # the question's run, then the answer's: nothing run twice
+    assert "done by the try whose answer was lost" in proc.output()
+    assert "Traceback" not in proc.output()
 
 
 async def test_stopped_while_the_bridge_is_away_the_runner_exits_and_its_next_start_reports(
