@@ -28,6 +28,9 @@ QUIET_LOGGERS: Final = {
     "sqlalchemy": logging.WARNING,
     "asyncpg": logging.INFO,
     "mcp": logging.INFO,
+    # Stateless HTTP: every request is a session of its own, "terminated" at INFO as it ends.
+    "mcp.server.streamable_http": logging.WARNING,
+    "mcp.server.streamable_http_manager": logging.WARNING,
 }
 # uvicorn's access log line: (client, method, path with query string, HTTP version, status).
 ACCESS_LOGGER: Final = "uvicorn.access"

@@ -340,3 +340,19 @@ async def test_a_request_that_does_not_arrive_whole_in_time_closes_its_connectio
             await writer.wait_closed()
         async with httpx2.AsyncClient() as http:  # a request that comes at once is served
             assert (await http.get(url.removesuffix("/mcp") + "/healthz")).status_code == 200
+
+
+async def test_stateless_mcp_requests_log_nothing_below_warning(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every stateless request ends its one-request "session": the SDK said so at INFO, one
+    line a call (4,500 of 10,856 lines of a probe's soak), drowning what the owner needs."""
+    from nexus_bridge.logs import quiet_noisy_loggers
+
+    quiet_noisy_loggers()  # as every nexus-bridge command's logging set-up does
+    with caplog.at_level(logging.INFO):
+        async with running_server(make_settings()) as (url, _), mcp_client(url) as client:
+            for _ in range(3):
+                await call(client, "queue_status", {})
+    chatter = [r.getMessage() for r in caplog.records if r.name.startswith("mcp.")]
+    assert chatter == []
