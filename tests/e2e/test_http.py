@@ -349,8 +349,8 @@ async def test_stateless_mcp_requests_log_nothing_below_warning(
     line a call (4,500 of 10,856 lines of a probe's soak), drowning what the owner needs."""
     from nexus_bridge.logs import quiet_noisy_loggers
 
-    quiet_noisy_loggers()  # as every nexus-bridge command's logging set-up does
     with caplog.at_level(logging.INFO):
+        quiet_noisy_loggers()  # as every command's logging set-up does, after the root's level
         async with running_server(make_settings()) as (url, _), mcp_client(url) as client:
             for _ in range(3):
                 await call(client, "queue_status", {})
