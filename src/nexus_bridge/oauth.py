@@ -56,6 +56,12 @@ CLAUDE_CALLBACKS: Final = (
 )
 REQUEST_SECONDS: Final = 600
 PRUNE_AFTER_DAYS: Final = 7  # expired codes and tokens are kept this long, then forgotten
+# A rotated refresh token presented again this soon, while the refresh token its rotation gave
+# out has not been used in turn, is taken as its client trying again after the answer was lost
+# (a timeout, a reset, a paused server) or refreshing twice at once: it gets new tokens, as a
+# rotation's grace period does elsewhere (Okta, Auth0). Later, or once the successor has been
+# used, it is a copy in other hands: the whole family is revoked.
+REFRESH_RETRY_SECONDS: Final = 60
 # Anyone can register and start an authorization: every stored field is capped.
 MAX_REGISTRATION_CHARS: Final = 16_384  # the whole registration, as stored
 MAX_CLIENT_NAME_CHARS: Final = 200
@@ -493,9 +499,13 @@ class BridgeOAuthProvider:
                 return None
             if row.revoked_at is not None or row.client_revoked_at is not None:
                 return None
-            if row.used_at is not None:
+            now = self._now()
+            if row.used_at is not None and not (
+                now - row.used_at <= timedelta(seconds=REFRESH_RETRY_SECONDS)
+                and not await tx.oauth.rotation_taken_up(row.family_id, rotated_at=row.used_at)
+            ):
                 # Reuse of a rotated refresh token: someone has a copy. End the whole family.
-                revoked = await tx.oauth.revoke_family(row.family_id, at=self._now())
+                revoked = await tx.oauth.revoke_family(row.family_id, at=now)
                 logger.warning(
                     "oauth: a rotated refresh token was reused; revoked its family (%s tokens)",
                     revoked,
@@ -517,8 +527,13 @@ class BridgeOAuthProvider:
             raise TokenError(error="invalid_target", error_description=refused)
         hashed = token_hash(refresh_token.token)
         async with self._store.write() as tx:  # raise only once committed: see above
+            now = self._now()
+            # A client that only ever refreshes must not grow the table either.
+            await tx.oauth.prune(now=now, keep_after=now - timedelta(days=PRUNE_AFTER_DAYS))
             row = await tx.oauth.token(hashed)
-            if row is not None and await tx.oauth.use_token(hashed, at=self._now()):
+            if row is not None and (
+                await tx.oauth.use_token(hashed, at=now) or await self._retried(tx.oauth, row, now)
+            ):
                 return await self._issue(
                     tx.oauth,
                     client_id=row.client_id,
@@ -527,8 +542,22 @@ class BridgeOAuthProvider:
                     resource=refresh_token.resource,
                 )
             if row is not None:  # used twice at once: the family is compromised
-                await tx.oauth.revoke_family(row.family_id, at=self._now())
+                await tx.oauth.revoke_family(row.family_id, at=now)
         raise TokenError(error="invalid_grant", error_description="refresh token reused")
+
+    async def _retried(self, oauth: OAuthStore, row: TokenRecord, now: datetime) -> bool:
+        """Whether ``row``, a refresh token already rotated, is its client trying again (see
+        REFRESH_RETRY_SECONDS)."""
+        if row.used_at is None or now - row.used_at > timedelta(seconds=REFRESH_RETRY_SECONDS):
+            return False
+        if await oauth.rotation_taken_up(row.family_id, rotated_at=row.used_at):
+            return False
+        logger.info(
+            "oauth: a refresh token was presented again %.1f s after its rotation (an answer "
+            "lost on the way, or two refreshes at once): new tokens issued",
+            (now - row.used_at).total_seconds(),
+        )
+        return True
 
     async def _issue(
         self,

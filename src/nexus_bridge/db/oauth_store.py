@@ -287,10 +287,17 @@ class OAuthStore:
         )
 
     async def prune(self, *, now: datetime, keep_after: datetime) -> None:
-        """Forget consents and codes that have expired, and tokens expired before keep_after."""
+        """Forget consents and codes that have expired, tokens expired before keep_after, and
+        clients revoked before then (with what is left of theirs)."""
         await self._conn.execute(delete(oauth_requests).where(oauth_requests.c.expires_at < now))
         await self._conn.execute(delete(oauth_codes).where(oauth_codes.c.expires_at < keep_after))
         await self._conn.execute(delete(oauth_tokens).where(oauth_tokens.c.expires_at < keep_after))
+        revoked = select(oauth_clients.c.client_id).where(oauth_clients.c.revoked_at < keep_after)
+        for table in (oauth_requests, oauth_codes, oauth_tokens):  # not every database cascades
+            await self._conn.execute(delete(table).where(table.c.client_id.in_(revoked)))
+        await self._conn.execute(
+            delete(oauth_clients).where(oauth_clients.c.revoked_at < keep_after)
+        )
 
     # --- codes ---------------------------------------------------------------------------------
 
@@ -390,6 +397,18 @@ class OAuthStore:
             .values(used_at=at)
         )
         return bool(result.rowcount == 1)
+
+    async def rotation_taken_up(self, family_id: str, *, rotated_at: datetime) -> bool:
+        """Whether a refresh token the family got at or after ``rotated_at`` was used since."""
+        query = select(
+            exists().where(
+                oauth_tokens.c.family_id == family_id,
+                oauth_tokens.c.kind == "refresh",
+                oauth_tokens.c.created_at >= rotated_at,
+                oauth_tokens.c.used_at.is_not(None),
+            )
+        )
+        return bool((await self._conn.execute(query)).scalar_one())
 
     async def family_exists(self, family_id: str) -> bool:
         """Whether any stored token belongs to this family (revoked or not)."""
