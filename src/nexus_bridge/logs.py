@@ -123,6 +123,18 @@ class JsonFormatter(logging.Formatter):
 # megabytes of log a minute. One such line a minute says as much.
 ACCEPT_FAILED_MESSAGE: Final = "socket.accept() out of system resource"
 ACCEPT_FAILED_LOG_SECONDS: Final = 60.0
+# What anyone on the internet can make the server say, a line a request (a wrong Host, a webhook
+# without its secret, registrations over the limits): at most one line a minute of each, by
+# logger and how the message begins, the rest counted in the next.
+REFUSED_REQUEST_MESSAGES: Final = {
+    "nexus_bridge.app": (
+        "refused a request for Host",
+        "telegram webhook: refused a request",
+        "oauth: refused a registration",
+    ),
+    "nexus_bridge.oauth": ("oauth: refused a registration",),
+}
+REFUSED_REQUEST_LOG_SECONDS: Final = 60.0
 
 
 class OncePerInterval(logging.Filter):
@@ -236,3 +248,14 @@ def configure_logging(level: str, secrets: Iterable[str] = (), log_format: str =
     if not any(isinstance(f, OncePerInterval) for f in event_loop.filters):
         event_loop.addFilter(OncePerInterval(ACCEPT_FAILED_MESSAGE, ACCEPT_FAILED_LOG_SECONDS))
     quiet_noisy_loggers()
+    limit_refused_request_logs()
+
+
+def limit_refused_request_logs() -> None:
+    """At most a line a minute of each kind of refused request (REFUSED_REQUEST_MESSAGES)."""
+    for name, prefixes in REFUSED_REQUEST_MESSAGES.items():
+        log = logging.getLogger(name)
+        present = {f.prefix for f in log.filters if isinstance(f, OncePerInterval)}
+        for prefix in prefixes:
+            if prefix not in present:
+                log.addFilter(OncePerInterval(prefix, REFUSED_REQUEST_LOG_SECONDS))

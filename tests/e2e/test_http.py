@@ -356,3 +356,26 @@ async def test_stateless_mcp_requests_log_nothing_below_warning(
                 await call(client, "queue_status", {})
     chatter = [r.getMessage() for r in caplog.records if r.name.startswith("mcp.")]
     assert chatter == []
+
+
+async def test_a_flood_of_refused_requests_logs_a_line_a_minute_not_a_line_each(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who can reach the port can make the server refuse a request: 50 with a foreign
+    Host used to log 50 warnings (a disk's worth over months of a scanner)."""
+    from nexus_bridge.logs import OncePerInterval, limit_refused_request_logs
+
+    app_log = logging.getLogger("nexus_bridge.app")
+    limit_refused_request_logs()  # as configure_logging does; taken off again below
+    limits = [f for f in app_log.filters if isinstance(f, OncePerInterval)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="nexus_bridge.app"):
+            async with running_server(make_settings()) as (url, _), httpx2.AsyncClient() as http:
+                for _ in range(50):
+                    refused = await http.get(url, headers={"Host": "evil.example"})
+                    assert refused.status_code in (403, 421)
+    finally:
+        for limit in limits:
+            app_log.removeFilter(limit)
+    lines = [r for r in caplog.records if "not an allowed host name" in r.getMessage()]
+    assert len(lines) == 1
