@@ -654,6 +654,15 @@ class QueueService:
             raise TaskNotFound(task_id)
         changed = False
         if task.claim_expires_at is not None:
+            if task.claim_expires_at <= now:
+                # Lapsed, swept back to the queue within a poll: a call held up past the lease
+                # (a stalled database, a paused server) must not revive it, or an agent could
+                # not tell its own late start from another agent's after the sweep.
+                raise IllegalTransition(
+                    f"the claim on task {task.id} lapsed at "
+                    f"{task.claim_expires_at.isoformat()}: the task goes back to the queue; "
+                    "take tasks with next_task"
+                )
             await tx.renew_claim(task.id, until=now + timedelta(seconds=self._claim_seconds))
             changed = True
         if session is not None and session != task.agent_session:

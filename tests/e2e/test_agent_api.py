@@ -301,6 +301,7 @@ async def test_a_task_with_no_agent_activity_shows_as_stalled(migrated_sqlite_ur
         targets=[TargetPolicy("felt", transport="agent")],
         clock=lambda: now[0],
         stall_seconds=600,
+        claim_seconds=3600,  # the claim outlives the stall: no lapse in between
     )
     try:
         task = (await queue.enqueue("slow job", "felt")).task

@@ -104,6 +104,25 @@ async def test_a_lapsed_claim_goes_back_to_pending_and_is_handed_out_again(
     assert again.status is TaskStatus.ACKNOWLEDGED
 
 
+async def test_a_call_on_a_lapsed_claim_is_refused_even_before_the_sweep_runs(
+    agents: QueueService, clock: Clock
+) -> None:
+    """A start held up past the lease (a stalled database, a paused server) must not land: the
+    task is the queue's again, and an agent that later retries cannot tell its own late start
+    from another agent's."""
+    task = (await agents.enqueue("compact the database", "felt")).task
+    assert await agents.claim_next("felt") is not None
+    clock.advance(LEASE + 0.001)  # lapsed; no sweep has run yet
+    for call in (
+        lambda: agents.agent_report("felt", task.id, status=TaskStatus.IN_PROGRESS),
+        lambda: agents.agent_task("felt", task.id),  # a heartbeat does not revive it either
+    ):
+        with pytest.raises(IllegalTransition, match="claim on task .* lapsed"):
+            await call()
+    (returned,) = await agents.expire_claims()
+    assert returned.status is TaskStatus.PENDING
+
+
 async def test_a_started_task_is_never_put_back_in_the_queue(
     agents: QueueService, clock: Clock
 ) -> None:
