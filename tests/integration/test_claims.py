@@ -117,7 +117,7 @@ async def test_a_call_on_a_lapsed_claim_is_refused_even_before_the_sweep_runs(
         lambda: agents.agent_report("felt", task.id, status=TaskStatus.IN_PROGRESS),
         lambda: agents.agent_task("felt", task.id),  # a heartbeat does not revive it either
     ):
-        with pytest.raises(IllegalTransition, match="claim on task .* lapsed"):
+        with pytest.raises(IllegalTransition, match=r"claim on task .* lapsed"):
             await call()
     (returned,) = await agents.expire_claims()
     assert returned.status is TaskStatus.PENDING
