@@ -58,9 +58,11 @@ REQUEST_SECONDS: Final = 600
 PRUNE_AFTER_DAYS: Final = 7  # expired codes and tokens are kept this long, then forgotten
 # A rotated refresh token presented again this soon, while the refresh token its rotation gave
 # out has not been used in turn, is taken as its client trying again after the answer was lost
-# (a timeout, a reset, a paused server) or refreshing twice at once: it gets new tokens, as a
-# rotation's grace period does elsewhere (Okta, Auth0). Later, or once the successor has been
-# used, it is a copy in other hands: the whole family is revoked.
+# (a timeout, a reset, a paused server): it gets new tokens, and what the lost answer held is
+# revoked, so that the sign-in never forks into two chains. Whoever did receive that answer and
+# presents its (revoked) refresh token then revokes the whole family, as any reuse does. Later,
+# or once the successor has been used, the old token is a copy in other hands: the family is
+# revoked at once.
 REFRESH_RETRY_SECONDS: Final = 60
 # Anyone can register and start an authorization: every stored field is capped.
 MAX_REGISTRATION_CHARS: Final = 16_384  # the whole registration, as stored
@@ -497,9 +499,20 @@ class BridgeOAuthProvider:
                 or row.client_id != client.client_id
             ):
                 return None
-            if row.revoked_at is not None or row.client_revoked_at is not None:
-                return None
             now = self._now()
+            if row.client_revoked_at is not None:
+                return None
+            if row.revoked_at is not None:
+                # Revoked with its family (nothing more to do), or as the answer a retry
+                # replaced: then someone holds an answer the client said it never got.
+                revoked = await tx.oauth.revoke_family(row.family_id, at=now)
+                if revoked:
+                    logger.warning(
+                        "oauth: a refresh token replaced by a retry was presented; revoked its "
+                        "family (%s tokens)",
+                        revoked,
+                    )
+                return None
             if row.used_at is not None and not (
                 now - row.used_at <= timedelta(seconds=REFRESH_RETRY_SECONDS)
                 and not await tx.oauth.rotation_taken_up(row.family_id, rotated_at=row.used_at)
@@ -531,6 +544,8 @@ class BridgeOAuthProvider:
             # A client that only ever refreshes must not grow the table either.
             await tx.oauth.prune(now=now, keep_after=now - timedelta(days=PRUNE_AFTER_DAYS))
             row = await tx.oauth.token(hashed)
+            if row is not None and (row.revoked_at is not None or row.client_revoked_at):
+                row = None  # revoked since it was loaded (the owner, or a reuse detected)
             if row is not None and (
                 await tx.oauth.use_token(hashed, at=now) or await self._retried(tx.oauth, row, now)
             ):
@@ -547,15 +562,17 @@ class BridgeOAuthProvider:
 
     async def _retried(self, oauth: OAuthStore, row: TokenRecord, now: datetime) -> bool:
         """Whether ``row``, a refresh token already rotated, is its client trying again (see
-        REFRESH_RETRY_SECONDS)."""
+        REFRESH_RETRY_SECONDS); if so, what the answer it did not get held is revoked."""
         if row.used_at is None or now - row.used_at > timedelta(seconds=REFRESH_RETRY_SECONDS):
             return False
         if await oauth.rotation_taken_up(row.family_id, rotated_at=row.used_at):
             return False
+        replaced = await oauth.revoke_issued_since(row.family_id, row.used_at, at=now)
         logger.info(
-            "oauth: a refresh token was presented again %.1f s after its rotation (an answer "
-            "lost on the way, or two refreshes at once): new tokens issued",
+            "oauth: a refresh token was presented again %.1f s after its rotation (its answer "
+            "lost on the way?): revoked the %s tokens of that answer, issued new ones",
             (now - row.used_at).total_seconds(),
+            replaced,
         )
         return True
 

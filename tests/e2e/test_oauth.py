@@ -393,6 +393,7 @@ async def test_a_refresh_tried_again_soon_gets_tokens_and_one_tried_late_revokes
         assert again.status_code == 200, again.text
         retried = again.json()
         assert await mcp_status(b, retried["access_token"]) == 200
+        assert await mcp_status(b, lost.json()["access_token"]) == 401  # replaced
         assert (await refresh(b, client_id, retried["refresh_token"])).status_code == 200
 
         late_client, other = await signed_in(b)
@@ -984,9 +985,11 @@ async def test_the_metadata_advertises_public_clients(
         assert "client_secret" not in client
 
 
-async def test_parallel_refreshes_with_one_token_all_get_working_tokens_and_no_server_error(
+async def test_parallel_refreshes_with_one_token_leave_one_chain_and_no_server_error(
     make_settings: Callable[..., Settings],
 ) -> None:
+    """Each later one is taken for a retry (within the minute, nothing refreshed in turn): it
+    gets tokens and replaces the one before, so one answer's tokens work in the end."""
     import asyncio
 
     async with oauth_bridge(make_settings) as b:
@@ -995,8 +998,12 @@ async def test_parallel_refreshes_with_one_token_all_get_working_tokens_and_no_s
             *(refresh(b, client_id, tokens["refresh_token"]) for _ in range(6))
         )
         assert [r.status_code for r in results] == [200] * 6, [r.text for r in results]
-        for answer in results:
-            assert await mcp_status(b, answer.json()["access_token"]) == 200
+        working = [
+            answer
+            for answer in results
+            if await mcp_status(b, answer.json()["access_token"]) == 200
+        ]
+        assert len(working) == 1
 
 
 async def test_a_nul_character_in_an_oauth_field_is_refused_in_one_line_never_a_500(

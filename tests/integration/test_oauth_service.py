@@ -170,3 +170,48 @@ async def test_revoking_an_unknown_id_names_it_and_changes_nothing(
     assert raised.value.client_or_family_id == unknown
     assert await provider.clients() == before
     assert await provider.load_access_token(issued.access_token) is not None
+
+
+async def test_a_family_revoked_while_a_refresh_is_under_way_issues_nothing(
+    provider: BridgeOAuthProvider,
+) -> None:
+    """The SDK loads the refresh token, then exchanges it: the owner's revocation (or reuse
+    detection) committed in between must hold."""
+    from mcp.server.auth.provider import TokenError
+
+    alice = await register(provider, "alice")
+    tokens = await consent(provider, alice)
+    assert tokens.refresh_token is not None
+    loaded = await provider.load_refresh_token(alice, tokens.refresh_token)
+    assert loaded is not None
+    (family,) = await provider.token_families()
+    await provider.revoke(family.family_id)
+    with pytest.raises(TokenError):
+        await provider.exchange_refresh_token(alice, loaded, [])
+    assert [f.live for f in await provider.token_families()] == [0]
+
+
+async def test_a_copy_refreshed_within_the_grace_cuts_off_whoever_holds_the_other_answer(
+    provider: BridgeOAuthProvider,
+) -> None:
+    """The grace for a lost answer must not fork a sign-in into chains nobody can tell apart:
+    the retry revokes what the first answer gave out, and that revoked refresh token, presented
+    later by whoever did receive it, revokes the whole family."""
+    alice = await register(provider, "alice")
+    tokens = await consent(provider, alice)
+    assert tokens.refresh_token is not None
+
+    async def refresh(token: str) -> OAuthToken | None:
+        loaded = await provider.load_refresh_token(alice, token)
+        return None if loaded is None else await provider.exchange_refresh_token(alice, loaded, [])
+
+    received = await refresh(tokens.refresh_token)  # the client got this answer...
+    copy = await refresh(tokens.refresh_token)  # ...and a copy of the old token is replayed
+    assert received is not None
+    assert copy is not None
+    assert received.refresh_token is not None
+    assert await provider.load_access_token(received.access_token) is None
+    assert await provider.load_access_token(copy.access_token) is not None
+    assert await refresh(received.refresh_token) is None  # the client refreshes: detected
+    assert await provider.load_access_token(copy.access_token) is None
+    assert [f.live for f in await provider.token_families()] == [0]

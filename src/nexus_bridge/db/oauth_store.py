@@ -410,6 +410,19 @@ class OAuthStore:
         )
         return bool((await self._conn.execute(query)).scalar_one())
 
+    async def revoke_issued_since(self, family_id: str, since: datetime, *, at: datetime) -> int:
+        """Revoke the family's tokens issued at or after ``since``; how many were live."""
+        result = await self._conn.execute(
+            update(oauth_tokens)
+            .where(
+                oauth_tokens.c.family_id == family_id,
+                oauth_tokens.c.created_at >= since,
+                oauth_tokens.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=at)
+        )
+        return int(result.rowcount)
+
     async def family_exists(self, family_id: str) -> bool:
         """Whether any stored token belongs to this family (revoked or not)."""
         query = select(exists().where(oauth_tokens.c.family_id == family_id))
