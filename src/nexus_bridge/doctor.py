@@ -114,7 +114,10 @@ async def diagnose(settings: Settings) -> Report:
             )
         database_ok = not missing and await _check_database(report, runtime)
         if await _check_bridge(report, settings):
-            database_id = await runtime.database_id() if database_ok else None
+            try:
+                database_id = await runtime.database_id() if database_ok else None
+            except NexusBridgeError:  # busy or gone since it was checked: nothing to compare
+                database_id = None
             await asyncio.to_thread(_check_bridge_targets, report, runtime, database_id)
         for target in runtime.targets:
             if target.transport is Transport.TELEGRAM:

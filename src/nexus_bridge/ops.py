@@ -152,7 +152,12 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
         if destination.exists() and not destination.is_dir():
             raise ConfigError(f"{destination} is not a directory")
         if not destination.exists():
-            destination.mkdir(mode=DATA_DIRECTORY_MODE, parents=True)
+            try:
+                destination.mkdir(mode=DATA_DIRECTORY_MODE, parents=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot make the directory {destination}: {exc.strerror or exc}"
+                ) from None
             print(f"made the directory {destination} (mode {DATA_DIRECTORY_MODE:o})")
     if destination.is_dir():
         destination = destination / f"{source.stem}-{_stamp()}{source.suffix or '.db'}"
@@ -433,11 +438,15 @@ def _working_directory() -> str:
     quotes there, a space is part of the path), ``%`` doubled.
 
     Raises:
-        ConfigError: a directory whose name has a line break (a unit file cannot say it).
+        ConfigError: a directory name the unit file cannot say (see below).
     """
     here = str(Path.cwd())
-    if "\n" in here or "\r" in here:
-        raise ConfigError(f"{here!r} has a line break in its name; print the unit elsewhere")
+    if any(c in here for c in "\n\r") or here != here.strip() or here.endswith("\\"):
+        # systemd would cut the line there, strip the spaces, or join the next line to it.
+        raise ConfigError(
+            f"systemd cannot name the directory {here!r} in WorkingDirectory= (a line break, a "
+            "space at an end, or a backslash at the end); print the unit from another one"
+        )
     return here.replace("%", "%%")
 
 

@@ -223,6 +223,10 @@ def test_backup_to_a_new_directory_named_with_a_slash_makes_it_and_dates_each_co
     refused = run(migrated_sqlite_url, "backup", f"{folder}/not-a-folder/", ok=False)
     assert refused.returncode == 2
     assert "is not a directory" in refused.stderr
+    beneath = run(migrated_sqlite_url, "backup", f"{folder}/not-a-folder/deeper/", ok=False)
+    assert beneath.returncode == 2
+    assert beneath.stderr.startswith("nexus-bridge: error: cannot make the directory ")
+    assert len(beneath.stderr.splitlines()) == 1
 
 
 def test_backup_and_restore_on_postgresql_name_pg_dump_and_pg_restore() -> None:

@@ -131,6 +131,21 @@ def test_the_runner_unit_works_in_the_directory_it_was_printed_in(
     )
     # systemd takes this path as it is (no quotes; a space is part of it).
     assert parse(printed.stdout)["Service"]["WorkingDirectory"] == [str(project)]
+    unsayable = tmp_path / "ends with a space "  # systemd would strip it
+    unsayable.mkdir()
+    refused = subprocess.run(
+        [EXE, "systemd-unit", "--runner"],
+        env=subprocess_env(migrated_sqlite_url),
+        cwd=unsayable,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    error = refused.stderr.splitlines()[-1]  # after a warning if claude is not on PATH here
+    assert error.startswith("nexus-bridge: error: systemd cannot name the directory")
+    assert "Traceback" not in refused.stderr
 
 
 def test_systemd_unit_help_prints_the_user_units_environment_file(
