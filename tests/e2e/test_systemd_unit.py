@@ -118,30 +118,26 @@ def test_the_runner_unit_works_in_the_directory_it_was_printed_in(
     migrated_sqlite_url: str, tmp_path: Path, user_mode: bool
 ) -> None:
     """The agent's project (its CLAUDE.md) is where the owner prints the unit, not always $HOME."""
+    flags = ["--runner", *(["--user"] if user_mode else [])]
+
+    def printed_in(directory: Path) -> subprocess.CompletedProcess[str]:
+        directory.mkdir()
+        return subprocess.run(
+            [EXE, "systemd-unit", *flags],
+            env=subprocess_env(migrated_sqlite_url),
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     project = tmp_path / "agent project"
-    project.mkdir()
-    printed = subprocess.run(
-        [EXE, "systemd-unit", "--runner", *(["--user"] if user_mode else [])],
-        env=subprocess_env(migrated_sqlite_url),
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    printed = printed_in(project)
+    assert printed.returncode == 0, printed.stderr
     # systemd takes this path as it is (no quotes; a space is part of it).
     assert parse(printed.stdout)["Service"]["WorkingDirectory"] == [str(project)]
-    unsayable = tmp_path / "ends with a space "  # systemd would strip it
-    unsayable.mkdir()
-    refused = subprocess.run(
-        [EXE, "systemd-unit", "--runner"],
-        env=subprocess_env(migrated_sqlite_url),
-        cwd=unsayable,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = printed_in(tmp_path / "ends with a space ")  # systemd would strip the space
     assert refused.returncode == 2
     error = refused.stderr.splitlines()[-1]  # after a warning if claude is not on PATH here
     assert error.startswith("nexus-bridge: error: systemd cannot name the directory")
