@@ -513,10 +513,7 @@ class BridgeOAuthProvider:
                         revoked,
                     )
                 return None
-            if row.used_at is not None and not (
-                now - row.used_at <= timedelta(seconds=REFRESH_RETRY_SECONDS)
-                and not await tx.oauth.rotation_taken_up(row.family_id, rotated_at=row.used_at)
-            ):
+            if row.used_at is not None and not await self._within_grace(tx.oauth, row, now):
                 # Reuse of a rotated refresh token: someone has a copy. End the whole family.
                 revoked = await tx.oauth.revoke_family(row.family_id, at=now)
                 logger.warning(
@@ -544,7 +541,9 @@ class BridgeOAuthProvider:
             # A client that only ever refreshes must not grow the table either.
             await tx.oauth.prune(now=now, keep_after=now - timedelta(days=PRUNE_AFTER_DAYS))
             row = await tx.oauth.token(hashed)
-            if row is not None and (row.revoked_at is not None or row.client_revoked_at):
+            if row is not None and (
+                row.revoked_at is not None or row.client_revoked_at is not None
+            ):
                 row = None  # revoked since it was loaded (the owner, or a reuse detected)
             if row is not None and (
                 await tx.oauth.use_token(hashed, at=now) or await self._retried(tx.oauth, row, now)
@@ -560,12 +559,17 @@ class BridgeOAuthProvider:
                 await tx.oauth.revoke_family(row.family_id, at=now)
         raise TokenError(error="invalid_grant", error_description="refresh token reused")
 
-    async def _retried(self, oauth: OAuthStore, row: TokenRecord, now: datetime) -> bool:
-        """Whether ``row``, a refresh token already rotated, is its client trying again (see
-        REFRESH_RETRY_SECONDS); if so, what the answer it did not get held is revoked."""
+    async def _within_grace(self, oauth: OAuthStore, row: TokenRecord, now: datetime) -> bool:
+        """Whether ``row``, a refresh token already rotated, may be its client trying again (see
+        REFRESH_RETRY_SECONDS): rotated that recently, and what the rotation gave out unused."""
         if row.used_at is None or now - row.used_at > timedelta(seconds=REFRESH_RETRY_SECONDS):
             return False
-        if await oauth.rotation_taken_up(row.family_id, rotated_at=row.used_at):
+        return not await oauth.rotation_taken_up(row.family_id, rotated_at=row.used_at)
+
+    async def _retried(self, oauth: OAuthStore, row: TokenRecord, now: datetime) -> bool:
+        """Whether ``row``, a refresh token already rotated, is its client trying again; if so,
+        what the answer it did not get held is revoked."""
+        if row.used_at is None or not await self._within_grace(oauth, row, now):
             return False
         replaced = await oauth.revoke_issued_since(row.family_id, row.used_at, at=now)
         logger.info(
