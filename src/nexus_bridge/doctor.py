@@ -314,9 +314,17 @@ def server_view(settings: Settings, timeout: float) -> ServerView | None:
         raise ServerWantsToken()
     try:
         body = response.json()
+    except ValueError:
+        return None
+    return parse_server_view(body)
+
+
+def parse_server_view(body: Any) -> ServerView | None:
+    """``GET /targets``'s JSON as a :class:`ServerView`; None if it is not one."""
+    try:
         targets = {str(t["name"]): str(t["transport"]) for t in body["targets"]}
         database = body.get("database")
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return None
     return ServerView(targets, database if isinstance(database, str) else None)
 

@@ -220,7 +220,10 @@ def _started_by(claim_expires_at: Any) -> Landed:
         started, until = task.get("started_at"), claim_expires_at
         if task.get("status") != TaskStatus.IN_PROGRESS.value or not started or not until:
             return False
-        return datetime.fromisoformat(str(started)) < datetime.fromisoformat(str(until))
+        try:
+            return datetime.fromisoformat(str(started)) < datetime.fromisoformat(str(until))
+        except (ValueError, TypeError):  # not two aware times: it cannot be told, so not ours
+            return False
 
     return landed
 
